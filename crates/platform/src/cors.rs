@@ -1,0 +1,68 @@
+//! CORS for browser callers of gRPC-web and Connect: which origins may call, and the headers those
+//! protocols need allowed and exposed.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// Request headers browsers may send: the protocols' own plus the platform's.
+const ALLOWED_HEADERS: &[&str] = &[
+    "content-type",
+    "authorization",
+    "idempotency-key",
+    "commerce-tenant",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "connect-content-encoding",
+    "connect-accept-encoding",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+];
+
+/// Response headers browsers may read: gRPC-web status lives in them.
+const EXPOSED_HEADERS: &[&str] = &[
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "grpc-encoding",
+    "connect-content-encoding",
+    "content-encoding",
+    "x-request-id",
+    "retry-after",
+    "deprecation",
+    "sunset",
+];
+
+/// Which browser origins may call the API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Exact origins (`https://shop.example.com`); `*` allows any origin. Empty disables CORS.
+    pub allowed_origins: Vec<String>,
+}
+
+impl CorsConfig {
+    /// The CORS layer, or `None` when no origin is allowed.
+    pub fn layer(&self) -> Option<CorsLayer> {
+        if self.allowed_origins.is_empty() {
+            return None;
+        }
+        let origins = if self.allowed_origins.iter().any(|origin| origin == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(self.allowed_origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()))
+        };
+        Some(
+            CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers(ALLOWED_HEADERS.iter().map(|name| HeaderName::from_static(name)).collect::<Vec<_>>())
+                .expose_headers(EXPOSED_HEADERS.iter().map(|name| HeaderName::from_static(name)).collect::<Vec<_>>())
+                .max_age(Duration::from_secs(7200)),
+        )
+    }
+}

@@ -1,0 +1,209 @@
+//! The server: every registered tonic service on one port, reachable over gRPC (HTTP/2), gRPC-web
+//! (HTTP/1.1 and 2) and Connect (HTTP/1.1 and 2), with health, reflection, CORS and graceful
+//! shutdown. The protocol stack, outermost first: CORS → Connect → gRPC-web → tonic routes.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use prost_reflect::DescriptorPool;
+use tokio::net::TcpListener;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::ServiceBuilder;
+use tower::util::Either;
+
+use crate::CorsConfig;
+
+/// Settings of the API port.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port (see [`BoundServer::local_addr`]).
+    pub listen_addr: SocketAddr,
+    /// Browser origins allowed by CORS.
+    pub cors: CorsConfig,
+    /// How long in-flight calls and streams may run after shutdown begins.
+    pub shutdown_grace: Duration,
+    /// Largest Connect message, compressed or not.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cors: CorsConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A descriptor set could not be decoded.
+    #[error("invalid descriptor set: {0}")]
+    Descriptors(#[from] prost_reflect::DescriptorError),
+    /// Reflection could not be built from the descriptor sets.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Binding or accepting failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Collects services before binding.
+pub struct Server {
+    config: ServerConfig,
+    routes: RoutesBuilder,
+    descriptor_sets: Vec<&'static [u8]>,
+    service_names: Vec<&'static str>,
+}
+
+impl Server {
+    /// A server with no services yet.
+    pub fn new(config: ServerConfig) -> Self {
+        Server { config, routes: Routes::builder(), descriptor_sets: Vec::new(), service_names: Vec::new() }
+    }
+
+    /// Registers a tonic service and the encoded descriptor set that describes it (used for
+    /// reflection and Connect JSON). The same set may be passed for several services.
+    pub fn add_service<S>(mut self, service: S, descriptor_set: &'static [u8]) -> Self
+    where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes.add_service(service);
+        self.service_names.push(S::NAME);
+        if !self.descriptor_sets.contains(&descriptor_set) {
+            self.descriptor_sets.push(descriptor_set);
+        }
+        self
+    }
+
+    /// Binds the listener and builds the protocol stack; health reports every service SERVING.
+    pub async fn bind(mut self) -> Result<BoundServer, ServerError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        let mut pool = DescriptorPool::new();
+        pool.decode_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)?;
+        pool.decode_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)?;
+        pool.decode_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)?;
+        for set in &self.descriptor_sets {
+            reflection = reflection.register_encoded_file_descriptor_set(set);
+            pool.decode_file_descriptor_set(*set)?;
+        }
+        self.routes
+            .add_service(health_service)
+            .add_service(reflection.build_v1()?)
+            .add_service(reflection_v1alpha(&self.descriptor_sets)?);
+        for name in &self.service_names {
+            health.set_service_status(*name, ServingStatus::Serving).await;
+        }
+
+        let connect = connect::ConnectLayer::new(
+            connect::ConnectConfig::new(&pool).max_message_bytes(self.config.max_message_bytes),
+        );
+        let stack = ServiceBuilder::new()
+            .layer(tower::util::option_layer(self.config.cors.layer()))
+            .layer(connect)
+            .layer(tonic_web::GrpcWebLayer::new())
+            .service(self.routes.routes());
+
+        let listener = TcpListener::bind(self.config.listen_addr).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(BoundServer { listener, local_addr, stack, health, service_names: self.service_names, config: self.config })
+    }
+}
+
+fn reflection_v1alpha(
+    descriptor_sets: &[&'static [u8]],
+) -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+    ServerError,
+> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for set in descriptor_sets {
+        builder = builder.register_encoded_file_descriptor_set(set);
+    }
+    Ok(builder.build_v1alpha()?)
+}
+
+type Stack = Either<
+    tower_http::cors::Cors<connect::Connect<tonic_web::GrpcWebService<Routes>>>,
+    connect::Connect<tonic_web::GrpcWebService<Routes>>,
+>;
+
+/// A server bound to its port, ready to serve.
+pub struct BoundServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    stack: Stack,
+    health: HealthReporter,
+    service_names: Vec<&'static str>,
+    config: ServerConfig,
+}
+
+impl BoundServer {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then: health flips to NOT_SERVING, no new connections are
+    /// accepted, open connections are told to finish (HTTP/2 GOAWAY) and in-flight calls and
+    /// streams get up to `shutdown_grace` to complete before the server returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let BoundServer { listener, stack, health, service_names, config, .. } = self;
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let graceful = GracefulShutdown::new();
+        // Owning the connection tasks lets shutdown end the ones that outlive the grace period.
+        let mut connections = tokio::task::JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    // Accept errors (e.g. too many open files) are transient; keep serving.
+                    Err(_) => continue,
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(stack.clone()))
+                .into_owned();
+            let connection = graceful.watch(connection);
+            connections.spawn(async move {
+                let _ = connection.await;
+            });
+        }
+        drop(listener);
+        health.set_service_status("", ServingStatus::NotServing).await;
+        for name in service_names {
+            health.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        let _ = tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await;
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+        Ok(())
+    }
+}
