@@ -54,14 +54,28 @@ impl CorsConfig {
         let origins = if self.allowed_origins.iter().any(|origin| origin == "*") {
             AllowOrigin::any()
         } else {
-            AllowOrigin::list(self.allowed_origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()))
+            AllowOrigin::list(
+                self.allowed_origins
+                    .iter()
+                    .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+            )
         };
         Some(
             CorsLayer::new()
                 .allow_origin(origins)
                 .allow_methods([Method::GET, Method::POST])
-                .allow_headers(ALLOWED_HEADERS.iter().map(|name| HeaderName::from_static(name)).collect::<Vec<_>>())
-                .expose_headers(EXPOSED_HEADERS.iter().map(|name| HeaderName::from_static(name)).collect::<Vec<_>>())
+                .allow_headers(
+                    ALLOWED_HEADERS
+                        .iter()
+                        .map(|name| HeaderName::from_static(name))
+                        .collect::<Vec<_>>(),
+                )
+                .expose_headers(
+                    EXPOSED_HEADERS
+                        .iter()
+                        .map(|name| HeaderName::from_static(name))
+                        .collect::<Vec<_>>(),
+                )
                 .max_age(Duration::from_secs(7200)),
         )
     }

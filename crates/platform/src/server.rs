@@ -73,7 +73,12 @@ pub struct Server {
 impl Server {
     /// A server with no services yet.
     pub fn new(config: ServerConfig) -> Self {
-        Server { config, routes: Routes::builder(), descriptor_sets: Vec::new(), service_names: Vec::new() }
+        Server {
+            config,
+            routes: Routes::builder(),
+            descriptor_sets: Vec::new(),
+            service_names: Vec::new(),
+        }
     }
 
     /// Registers a tonic service and the encoded descriptor set that describes it (used for
@@ -114,7 +119,9 @@ impl Server {
             .add_service(reflection.build_v1()?)
             .add_service(reflection_v1alpha(&self.descriptor_sets)?);
         for name in &self.service_names {
-            health.set_service_status(*name, ServingStatus::Serving).await;
+            health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
         }
 
         let connect = connect::ConnectLayer::new(
@@ -128,14 +135,23 @@ impl Server {
 
         let listener = TcpListener::bind(self.config.listen_addr).await?;
         let local_addr = listener.local_addr()?;
-        Ok(BoundServer { listener, local_addr, stack, health, service_names: self.service_names, config: self.config })
+        Ok(BoundServer {
+            listener,
+            local_addr,
+            stack,
+            health,
+            service_names: self.service_names,
+            config: self.config,
+        })
     }
 }
 
 fn reflection_v1alpha(
     descriptor_sets: &[&'static [u8]],
 ) -> Result<
-    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
     ServerError,
 > {
     let mut builder = tonic_reflection::server::Builder::configure()
@@ -171,7 +187,14 @@ impl BoundServer {
     /// accepted, open connections are told to finish (HTTP/2 GOAWAY) and in-flight calls and
     /// streams get up to `shutdown_grace` to complete before the server returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let BoundServer { listener, stack, health, service_names, config, .. } = self;
+        let BoundServer {
+            listener,
+            stack,
+            health,
+            service_names,
+            config,
+            ..
+        } = self;
         let builder = auto::Builder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
         // Owning the connection tasks lets shutdown end the ones that outlive the grace period.
@@ -189,7 +212,10 @@ impl BoundServer {
             };
             let _ = stream.set_nodelay(true);
             let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(stack.clone()))
+                .serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(stack.clone()),
+                )
                 .into_owned();
             let connection = graceful.watch(connection);
             connections.spawn(async move {
@@ -197,9 +223,13 @@ impl BoundServer {
             });
         }
         drop(listener);
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         for name in service_names {
-            health.set_service_status(name, ServingStatus::NotServing).await;
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
         }
         let _ = tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await;
         connections.abort_all();

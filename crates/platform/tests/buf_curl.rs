@@ -13,8 +13,14 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
 
 fn buf() -> PathBuf {
-    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../node_modules/.bin/buf"));
-    assert!(path.exists(), "buf CLI missing: run scripts/test (it runs `npm ci`)");
+    let path = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../node_modules/.bin/buf"
+    ));
+    assert!(
+        path.exists(),
+        "buf CLI missing: run scripts/test (it runs `npm ci`)"
+    );
     path
 }
 
@@ -25,7 +31,12 @@ struct CurlResult {
 }
 
 async fn buf_curl(args: &[&str]) -> CurlResult {
-    let output = Command::new(buf()).arg("curl").args(args).output().await.expect("run buf curl");
+    let output = Command::new(buf())
+        .arg("curl")
+        .args(args)
+        .output()
+        .await
+        .expect("run buf curl");
     CurlResult {
         success: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -35,7 +46,10 @@ async fn buf_curl(args: &[&str]) -> CurlResult {
 
 /// Parses buf curl's output: one pretty-printed JSON value per message.
 fn json_values(text: &str) -> Vec<serde_json::Value> {
-    serde_json::Deserializer::from_str(text).into_iter().map(|value| value.expect("JSON")).collect()
+    serde_json::Deserializer::from_str(text)
+        .into_iter()
+        .map(|value| value.expect("JSON"))
+        .collect()
 }
 
 #[tokio::test]
@@ -52,8 +66,16 @@ async fn unary_calls_work_over_connect_grpc_and_grpc_web_with_reflection() {
         let mut args = protocol_args.clone();
         args.extend(["--data", data, url.as_str()]);
         let result = buf_curl(&args).await;
-        assert!(result.success, "buf curl {args:?} failed: {}", result.stderr);
-        assert_eq!(json_values(&result.stdout), [json!({"text": "hello", "bigNumber": "9007199254740993"})], "{args:?}");
+        assert!(
+            result.success,
+            "buf curl {args:?} failed: {}",
+            result.stderr
+        );
+        assert_eq!(
+            json_values(&result.stdout),
+            [json!({"text": "hello", "bigNumber": "9007199254740993"})],
+            "{args:?}"
+        );
     }
 }
 
@@ -70,11 +92,22 @@ async fn errors_reach_buf_curl_with_code_and_details_on_every_protocol() {
         args.extend(["--data", r#"{"code":5,"message":"missing"}"#, url.as_str()]);
         let result = buf_curl(&args).await;
         assert!(!result.success, "{args:?} should fail");
-        let error = json_values(&result.stderr).pop().unwrap_or_else(|| panic!("no JSON error: {}", result.stderr));
+        let error = json_values(&result.stderr)
+            .pop()
+            .unwrap_or_else(|| panic!("no JSON error: {}", result.stderr));
         assert_eq!(error["code"], "not_found", "{args:?}: {error}");
         assert_eq!(error["message"], "missing");
-        let types: Vec<&str> = error["details"].as_array().unwrap().iter().map(|d| d["type"].as_str().unwrap()).collect();
-        assert_eq!(types, ["google.rpc.ErrorInfo", "google.rpc.BadRequest"], "{args:?}");
+        let types: Vec<&str> = error["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            ["google.rpc.ErrorInfo", "google.rpc.BadRequest"],
+            "{args:?}"
+        );
     }
 }
 
@@ -92,7 +125,14 @@ async fn server_streams_work_on_every_protocol() {
         args.extend(["--data", r#"{"upTo":3}"#, url.as_str()]);
         let result = buf_curl(&args).await;
         assert!(result.success, "{args:?}: {}", result.stderr);
-        assert_eq!(json_values(&result.stdout), [json!({"number": 1}), json!({"number": 2}), json!({"number": 3})]);
+        assert_eq!(
+            json_values(&result.stdout),
+            [
+                json!({"number": 1}),
+                json!({"number": 2}),
+                json!({"number": 3})
+            ]
+        );
     }
 }
 
@@ -100,7 +140,12 @@ async fn server_streams_work_on_every_protocol() {
 async fn health_watch_streams_status_changes_to_buf_curl() {
     let mut server = TestServer::start_with_grace(Duration::from_millis(500)).await;
     let mut child = Command::new(buf())
-        .args(["curl", "--http2-prior-knowledge", "--data", r#"{"service":"protocol.test.v1.EchoService"}"#])
+        .args([
+            "curl",
+            "--http2-prior-knowledge",
+            "--data",
+            r#"{"service":"protocol.test.v1.EchoService"}"#,
+        ])
         .arg(server.url("/grpc.health.v1.Health/Watch"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -110,7 +155,10 @@ async fn health_watch_streams_status_changes_to_buf_curl() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = String::new();
     while !seen.contains("SERVING") {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("first status").unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("first status")
+            .unwrap();
         seen.push_str(&line.expect("stream open"));
     }
     let serving = server.begin_shutdown();
@@ -123,6 +171,9 @@ async fn health_watch_streams_status_changes_to_buf_curl() {
     })
     .await
     .expect("stream ends after shutdown");
-    assert!(rest.contains("NOT_SERVING"), "after shutdown buf curl saw: {rest}");
+    assert!(
+        rest.contains("NOT_SERVING"),
+        "after shutdown buf curl saw: {rest}"
+    );
     serving.await.unwrap().expect("clean exit");
 }

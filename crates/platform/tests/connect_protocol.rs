@@ -33,7 +33,11 @@ async fn unary_json_round_trips_with_proto3_json_names_and_metadata() {
 #[tokio::test]
 async fn unary_binary_protobuf_round_trips_over_http2() {
     let server = TestServer::start().await;
-    let message = pb::EchoRequest { text: "binary".into(), big_number: -7, ..Default::default() };
+    let message = pb::EchoRequest {
+        text: "binary".into(),
+        big_number: -7,
+        ..Default::default()
+    };
     let request = Request::post(server.url(ECHO))
         .header("content-type", "application/proto")
         .body(Full::new(Bytes::from(message.encode_to_vec())))
@@ -48,14 +52,25 @@ async fn unary_binary_protobuf_round_trips_over_http2() {
 #[tokio::test]
 async fn get_serves_side_effect_free_methods_from_the_query_string() {
     let server = TestServer::start().await;
-    let message = pb::EchoRequest { text: "via get".into(), ..Default::default() }.encode_to_vec();
+    let message = pb::EchoRequest {
+        text: "via get".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
     let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(message);
-    let url = server.url(&format!("{ECHO}?encoding=proto&base64=1&message={encoded}&connect=v1&ignored=yes"));
+    let url = server.url(&format!(
+        "{ECHO}?encoding=proto&base64=1&message={encoded}&connect=v1&ignored=yes"
+    ));
     let reply = send(Request::get(url).body(Full::default()).unwrap(), false).await;
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(pb::EchoResponse::decode(reply.body.as_ref()).unwrap().text, "via get");
+    assert_eq!(
+        pb::EchoResponse::decode(reply.body.as_ref()).unwrap().text,
+        "via get"
+    );
 
-    let url = server.url(&format!("{ECHO}?message=%7B%22text%22%3A%22json%22%7D&encoding=json"));
+    let url = server.url(&format!(
+        "{ECHO}?message=%7B%22text%22%3A%22json%22%7D&encoding=json"
+    ));
     let reply = send(Request::get(url).body(Full::default()).unwrap(), false).await;
     assert_eq!(reply.json(), json!({"text": "json"}));
 
@@ -69,23 +84,51 @@ async fn get_serves_side_effect_free_methods_from_the_query_string() {
 #[tokio::test]
 async fn errors_map_codes_to_http_statuses_and_carry_details() {
     let server = TestServer::start().await;
-    let reply = post_json(&server, "/protocol.test.v1.EchoService/Fail", json!({"code": 5, "message": "no such order"}), &[]).await;
+    let reply = post_json(
+        &server,
+        "/protocol.test.v1.EchoService/Fail",
+        json!({"code": 5, "message": "no such order"}),
+        &[],
+    )
+    .await;
     assert_eq!(reply.status, 404);
     let error = reply.json();
     assert_eq!(error["code"], "not_found");
     assert_eq!(error["message"], "no such order");
-    let types: Vec<&str> = error["details"].as_array().unwrap().iter().map(|d| d["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = error["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["type"].as_str().unwrap())
+        .collect();
     assert_eq!(types, ["google.rpc.ErrorInfo", "google.rpc.BadRequest"]);
     // The detail value is the binary message, base64 without padding.
     let value = base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(error["details"][0]["value"].as_str().unwrap())
         .unwrap();
     let info = tonic_types::pb::ErrorInfo::decode(value.as_slice()).unwrap();
-    assert_eq!((info.reason.as_str(), info.domain.as_str()), ("TEST_FAILURE", "protocol.test"));
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("TEST_FAILURE", "protocol.test")
+    );
 
-    for (code, status, name) in [(3, 400, "invalid_argument"), (7, 403, "permission_denied"), (16, 401, "unauthenticated"), (14, 503, "unavailable")] {
-        let reply = post_json(&server, "/protocol.test.v1.EchoService/Fail", json!({"code": code}), &[]).await;
-        assert_eq!((reply.status, reply.json()["code"].as_str().unwrap()), (status, name));
+    for (code, status, name) in [
+        (3, 400, "invalid_argument"),
+        (7, 403, "permission_denied"),
+        (16, 401, "unauthenticated"),
+        (14, 503, "unavailable"),
+    ] {
+        let reply = post_json(
+            &server,
+            "/protocol.test.v1.EchoService/Fail",
+            json!({"code": code}),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (reply.status, reply.json()["code"].as_str().unwrap()),
+            (status, name)
+        );
     }
 }
 
@@ -93,22 +136,45 @@ async fn errors_map_codes_to_http_statuses_and_carry_details() {
 async fn malformed_requests_get_clear_errors() {
     let server = TestServer::start().await;
     let reply = send(
-        Request::post(server.url(ECHO)).header("content-type", "application/json").body(Full::new(Bytes::from("{\"text\": 5"))).unwrap(),
+        Request::post(server.url(ECHO))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from("{\"text\": 5")))
+            .unwrap(),
         false,
     )
     .await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json()["code"], "invalid_argument");
-    assert!(reply.json()["message"].as_str().unwrap().contains("protocol.test.v1.EchoRequest"));
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("protocol.test.v1.EchoRequest")
+    );
 
     let reply = post_json(&server, ECHO, json!({"bigNumber": "not a number"}), &[]).await;
-    assert_eq!((reply.status, reply.json()["code"].as_str().unwrap()), (400, "invalid_argument"));
+    assert_eq!(
+        (reply.status, reply.json()["code"].as_str().unwrap()),
+        (400, "invalid_argument")
+    );
 
-    let reply = post_json(&server, "/protocol.test.v1.EchoService/Nope", json!({}), &[]).await;
-    assert_eq!((reply.status, reply.json()["code"].as_str().unwrap()), (404, "unimplemented"));
+    let reply = post_json(
+        &server,
+        "/protocol.test.v1.EchoService/Nope",
+        json!({}),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.json()["code"].as_str().unwrap()),
+        (404, "unimplemented")
+    );
 
     let reply = send(
-        Request::post(server.url(ECHO)).header("content-type", "text/xml").body(Full::new(Bytes::from("<a/>"))).unwrap(),
+        Request::post(server.url(ECHO))
+            .header("content-type", "text/xml")
+            .body(Full::new(Bytes::from("<a/>")))
+            .unwrap(),
         false,
     )
     .await;
@@ -127,7 +193,9 @@ async fn gzip_is_accepted_and_negotiated() {
     let server = TestServer::start().await;
     let text = "pickup at the curb ".repeat(200);
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(json!({"text": text}).to_string().as_bytes()).unwrap();
+    encoder
+        .write_all(json!({"text": text}).to_string().as_bytes())
+        .unwrap();
     let request = Request::post(server.url(ECHO))
         .header("content-type", "application/json")
         .header("content-encoding", "gzip")
@@ -138,19 +206,39 @@ async fn gzip_is_accepted_and_negotiated() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.header("content-encoding"), Some("gzip"));
     let mut inflated = String::new();
-    flate2::read::GzDecoder::new(reply.body.as_ref()).read_to_string(&mut inflated).unwrap();
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&inflated).unwrap(), json!({"text": text}));
+    flate2::read::GzDecoder::new(reply.body.as_ref())
+        .read_to_string(&mut inflated)
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&inflated).unwrap(),
+        json!({"text": text})
+    );
 }
 
 #[tokio::test]
 async fn oversized_messages_are_resource_exhausted_before_and_after_inflating() {
     let server = TestServer::start().await;
-    let reply = post_json(&server, ECHO, json!({"text": "x".repeat(MAX_MESSAGE_BYTES + 1)}), &[]).await;
-    assert_eq!((reply.status, reply.json()["code"].as_str().unwrap()), (429, "resource_exhausted"));
+    let reply = post_json(
+        &server,
+        ECHO,
+        json!({"text": "x".repeat(MAX_MESSAGE_BYTES + 1)}),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.json()["code"].as_str().unwrap()),
+        (429, "resource_exhausted")
+    );
 
     // A small gzip body that inflates past the limit (a zip bomb) is refused too.
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    encoder.write_all(json!({"text": "y".repeat(MAX_MESSAGE_BYTES * 4)}).to_string().as_bytes()).unwrap();
+    encoder
+        .write_all(
+            json!({"text": "y".repeat(MAX_MESSAGE_BYTES * 4)})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
     let bomb = encoder.finish().unwrap();
     assert!(bomb.len() < MAX_MESSAGE_BYTES);
     let request = Request::post(server.url(ECHO))
@@ -159,23 +247,53 @@ async fn oversized_messages_are_resource_exhausted_before_and_after_inflating() 
         .body(Full::new(Bytes::from(bomb)))
         .unwrap();
     let reply = send(request, false).await;
-    assert_eq!((reply.status, reply.json()["code"].as_str().unwrap()), (429, "resource_exhausted"));
+    assert_eq!(
+        (reply.status, reply.json()["code"].as_str().unwrap()),
+        (429, "resource_exhausted")
+    );
 }
 
 #[tokio::test]
 async fn an_expired_connect_timeout_is_deadline_exceeded_not_canceled() {
     let server = TestServer::start().await;
     let started = Instant::now();
-    let reply = post_json(&server, "/protocol.test.v1.EchoService/Sleep", json!({"millis": 3000}), &[("connect-timeout-ms", "200")]).await;
-    assert_eq!((reply.status, reply.json()["code"].as_str().unwrap()), (504, "deadline_exceeded"));
-    assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
+    let reply = post_json(
+        &server,
+        "/protocol.test.v1.EchoService/Sleep",
+        json!({"millis": 3000}),
+        &[("connect-timeout-ms", "200")],
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.json()["code"].as_str().unwrap()),
+        (504, "deadline_exceeded")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "took {:?}",
+        started.elapsed()
+    );
 
-    let reply = post_json(&server, "/protocol.test.v1.EchoService/Sleep", json!({"millis": 10}), &[("connect-timeout-ms", "5000")]).await;
+    let reply = post_json(
+        &server,
+        "/protocol.test.v1.EchoService/Sleep",
+        json!({"millis": 10}),
+        &[("connect-timeout-ms", "5000")],
+    )
+    .await;
     assert_eq!(reply.json(), json!({"sleptMillis": "10"}));
 }
 
-fn stream_request(server: &TestServer, method: &str, content_type: &str, messages: &[Vec<u8>]) -> Request<Full<Bytes>> {
-    let body: Vec<u8> = messages.iter().flat_map(|message| envelope(0, message)).collect();
+fn stream_request(
+    server: &TestServer,
+    method: &str,
+    content_type: &str,
+    messages: &[Vec<u8>],
+) -> Request<Full<Bytes>> {
+    let body: Vec<u8> = messages
+        .iter()
+        .flat_map(|message| envelope(0, message))
+        .collect();
     Request::post(server.url(&format!("/protocol.test.v1.EchoService/{method}")))
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
@@ -185,12 +303,23 @@ fn stream_request(server: &TestServer, method: &str, content_type: &str, message
 #[tokio::test]
 async fn server_streams_work_over_http1_with_an_end_stream_message() {
     let server = TestServer::start().await;
-    let request = stream_request(&server, "Count", "application/connect+json", &[br#"{"upTo": 3}"#.to_vec()]);
+    let request = stream_request(
+        &server,
+        "Count",
+        "application/connect+json",
+        &[br#"{"upTo": 3}"#.to_vec()],
+    );
     let reply = send(request, false).await;
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("content-type"), Some("application/connect+json"));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/connect+json")
+    );
     let frames = envelopes(&reply.body);
-    let texts: Vec<(u8, String)> = frames.iter().map(|(flags, data)| (*flags, String::from_utf8(data.clone()).unwrap())).collect();
+    let texts: Vec<(u8, String)> = frames
+        .iter()
+        .map(|(flags, data)| (*flags, String::from_utf8(data.clone()).unwrap()))
+        .collect();
     assert_eq!(
         texts,
         [
@@ -205,7 +334,12 @@ async fn server_streams_work_over_http1_with_an_end_stream_message() {
 #[tokio::test]
 async fn a_failing_server_stream_ends_with_the_error_in_the_end_stream_message() {
     let server = TestServer::start().await;
-    let request = stream_request(&server, "Count", "application/connect+json", &[br#"{"upTo": 5, "failAt": 2}"#.to_vec()]);
+    let request = stream_request(
+        &server,
+        "Count",
+        "application/connect+json",
+        &[br#"{"upTo": 5, "failAt": 2}"#.to_vec()],
+    );
     let reply = send(request, true).await;
     let frames = envelopes(&reply.body);
     assert_eq!(frames.len(), 2, "{frames:?}");
@@ -218,22 +352,54 @@ async fn a_failing_server_stream_ends_with_the_error_in_the_end_stream_message()
 #[tokio::test]
 async fn client_and_bidi_streams_work_over_http2() {
     let server = TestServer::start().await;
-    let values: Vec<Vec<u8>> = [5i64, 7, 30].iter().map(|value| pb::SumRequest { value: *value }.encode_to_vec()).collect();
-    let reply = send(stream_request(&server, "Sum", "application/connect+proto", &values), true).await;
+    let values: Vec<Vec<u8>> = [5i64, 7, 30]
+        .iter()
+        .map(|value| pb::SumRequest { value: *value }.encode_to_vec())
+        .collect();
+    let reply = send(
+        stream_request(&server, "Sum", "application/connect+proto", &values),
+        true,
+    )
+    .await;
     let frames = envelopes(&reply.body);
-    assert_eq!(pb::SumResponse::decode(frames[0].1.as_slice()).unwrap(), pb::SumResponse { total: 42, count: 3 });
+    assert_eq!(
+        pb::SumResponse::decode(frames[0].1.as_slice()).unwrap(),
+        pb::SumResponse {
+            total: 42,
+            count: 3
+        }
+    );
     assert_eq!(frames[1], (2, b"{}".to_vec()));
 
     let chat = vec![br#"{"text":"one"}"#.to_vec(), br#"{"text":"two"}"#.to_vec()];
-    let reply = send(stream_request(&server, "Chat", "application/connect+json", &chat), true).await;
+    let reply = send(
+        stream_request(&server, "Chat", "application/connect+json", &chat),
+        true,
+    )
+    .await;
     let frames = envelopes(&reply.body);
-    assert_eq!(frames[..2], [(0, br#"{"text":"one"}"#.to_vec()), (0, br#"{"text":"two"}"#.to_vec())]);
+    assert_eq!(
+        frames[..2],
+        [
+            (0, br#"{"text":"one"}"#.to_vec()),
+            (0, br#"{"text":"two"}"#.to_vec())
+        ]
+    );
 }
 
 #[tokio::test]
 async fn a_unary_content_type_on_a_streaming_method_is_unsupported() {
     let server = TestServer::start().await;
-    let reply = post_json(&server, "/protocol.test.v1.EchoService/Count", json!({"upTo": 1}), &[]).await;
+    let reply = post_json(
+        &server,
+        "/protocol.test.v1.EchoService/Count",
+        json!({"upTo": 1}),
+        &[],
+    )
+    .await;
     assert_eq!(reply.status, 415);
-    assert_eq!(reply.header("accept-post"), Some("application/connect+proto, application/connect+json"));
+    assert_eq!(
+        reply.header("accept-post"),
+        Some("application/connect+proto, application/connect+json")
+    );
 }

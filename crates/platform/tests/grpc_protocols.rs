@@ -17,7 +17,9 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 async fn grpc_client(server: &TestServer) -> EchoServiceClient<tonic::transport::Channel> {
-    EchoServiceClient::connect(server.url("")).await.expect("connect")
+    EchoServiceClient::connect(server.url(""))
+        .await
+        .expect("connect")
 }
 
 #[tokio::test]
@@ -25,20 +27,40 @@ async fn grpc_unary_streams_and_error_details_pass_through_untouched() {
     let server = TestServer::start().await;
     let mut client = grpc_client(&server).await;
 
-    let mut request = tonic::Request::new(pb::EchoRequest { text: "grpc".into(), ..Default::default() });
-    request.metadata_mut().insert("x-echo", "meta".parse().unwrap());
+    let mut request = tonic::Request::new(pb::EchoRequest {
+        text: "grpc".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-echo", "meta".parse().unwrap());
     let response = client.echo(request).await.expect("echo");
     assert_eq!(response.metadata().get("x-echo").unwrap(), "meta");
     assert_eq!(response.into_inner().text, "grpc");
 
-    let status = client.fail(pb::FailRequest { code: 9, message: "nope".into() }).await.unwrap_err();
+    let status = client
+        .fail(pb::FailRequest {
+            code: 9,
+            message: "nope".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     let details = status.get_error_details();
-    assert_eq!(details.error_info().map(|info| info.reason.as_str()), Some("TEST_FAILURE"));
-    assert_eq!(details.bad_request().map(|bad| bad.field_violations.len()), Some(1));
+    assert_eq!(
+        details.error_info().map(|info| info.reason.as_str()),
+        Some("TEST_FAILURE")
+    );
+    assert_eq!(
+        details.bad_request().map(|bad| bad.field_violations.len()),
+        Some(1)
+    );
 
     let numbers: Vec<i32> = client
-        .count(pb::CountRequest { up_to: 4, ..Default::default() })
+        .count(pb::CountRequest {
+            up_to: 4,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -56,14 +78,21 @@ async fn grpc_deadlines_cut_slow_calls_short() {
     request.set_timeout(Duration::from_millis(200));
     let started = Instant::now();
     let status = client.sleep(request).await.unwrap_err();
-    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
     assert!(started.elapsed() < Duration::from_millis(2500));
 }
 
 #[tokio::test]
 async fn grpc_web_binary_works_over_http1_with_trailers_in_the_body() {
     let server = TestServer::start().await;
-    let message = pb::EchoRequest { text: "web".into(), ..Default::default() }.encode_to_vec();
+    let message = pb::EchoRequest {
+        text: "web".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
     let request = Request::post(server.url("/protocol.test.v1.EchoService/Echo"))
         .header("content-type", "application/grpc-web+proto")
         .header("x-grpc-web", "1")
@@ -72,7 +101,12 @@ async fn grpc_web_binary_works_over_http1_with_trailers_in_the_body() {
     let reply = send(request, false).await;
     assert_eq!(reply.status, 200);
     let frames = envelopes(&reply.body);
-    assert_eq!(pb::EchoResponse::decode(frames[0].1.as_slice()).unwrap().text, "web");
+    assert_eq!(
+        pb::EchoResponse::decode(frames[0].1.as_slice())
+            .unwrap()
+            .text,
+        "web"
+    );
     assert_eq!(frames[1].0, 0x80, "trailer frame");
     let trailers = String::from_utf8(frames[1].1.clone()).unwrap();
     assert!(trailers.contains("grpc-status:0"), "{trailers}");
@@ -82,7 +116,11 @@ async fn grpc_web_binary_works_over_http1_with_trailers_in_the_body() {
 async fn grpc_web_text_is_base64_on_the_wire() {
     use base64::Engine as _;
     let server = TestServer::start().await;
-    let message = pb::EchoRequest { text: "text".into(), ..Default::default() }.encode_to_vec();
+    let message = pb::EchoRequest {
+        text: "text".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
     let body = base64::engine::general_purpose::STANDARD.encode(envelope(0, &message));
     let request = Request::post(server.url("/protocol.test.v1.EchoService/Echo"))
         .header("content-type", "application/grpc-web-text")
@@ -90,10 +128,18 @@ async fn grpc_web_text_is_base64_on_the_wire() {
         .body(Full::new(Bytes::from(body)))
         .unwrap();
     let reply = send(request, false).await;
-    assert_eq!(reply.header("content-type"), Some("application/grpc-web-text+proto"));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/grpc-web-text+proto")
+    );
     let decoded = decode_concatenated_base64(std::str::from_utf8(&reply.body).unwrap());
     let frames = envelopes(&decoded);
-    assert_eq!(pb::EchoResponse::decode(frames[0].1.as_slice()).unwrap().text, "text");
+    assert_eq!(
+        pb::EchoResponse::decode(frames[0].1.as_slice())
+            .unwrap()
+            .text,
+        "text"
+    );
 }
 
 /// gRPC-web-text encodes each frame on its own, padding included: decode one padded chunk at a time.
@@ -106,7 +152,11 @@ fn decode_concatenated_base64(text: &str) -> Vec<u8> {
         chunk.push(c);
         let padding_ends = c == '=' && chars.peek() != Some(&'=');
         if padding_ends || chars.peek().is_none() {
-            decoded.extend(base64::engine::general_purpose::STANDARD.decode(&chunk).unwrap());
+            decoded.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(&chunk)
+                    .unwrap(),
+            );
             chunk.clear();
         }
     }
@@ -118,16 +168,27 @@ async fn health_reports_registered_services_as_serving() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let server = TestServer::start().await;
-    let channel = tonic::transport::Endpoint::from_shared(server.url("")).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(server.url(""))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = HealthClient::new(channel);
     let status = health
-        .check(HealthCheckRequest { service: "protocol.test.v1.EchoService".into() })
+        .check(HealthCheckRequest {
+            service: "protocol.test.v1.EchoService".into(),
+        })
         .await
         .unwrap()
         .into_inner()
         .status;
     assert_eq!(status, ServingStatus::Serving as i32);
-    let unknown = health.check(HealthCheckRequest { service: "nope.v1.Nothing".into() }).await.unwrap_err();
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "nope.v1.Nothing".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 }
 
@@ -138,16 +199,33 @@ async fn cors_preflight_allows_configured_origins_only() {
         Request::options(server.url("/protocol.test.v1.EchoService/Echo"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "content-type,connect-protocol-version,authorization")
+            .header(
+                "access-control-request-headers",
+                "content-type,connect-protocol-version,authorization",
+            )
             .body(Full::<Bytes>::default())
             .unwrap()
     };
     let allowed = send(preflight(ALLOWED_ORIGIN), false).await;
     assert_eq!(allowed.status, 200);
-    assert_eq!(allowed.header("access-control-allow-origin"), Some(ALLOWED_ORIGIN));
-    let allowed_headers = allowed.header("access-control-allow-headers").unwrap_or_default().to_owned();
-    for header in ["content-type", "connect-protocol-version", "authorization", "x-grpc-web"] {
-        assert!(allowed_headers.contains(header), "{header} not in {allowed_headers}");
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some(ALLOWED_ORIGIN)
+    );
+    let allowed_headers = allowed
+        .header("access-control-allow-headers")
+        .unwrap_or_default()
+        .to_owned();
+    for header in [
+        "content-type",
+        "connect-protocol-version",
+        "authorization",
+        "x-grpc-web",
+    ] {
+        assert!(
+            allowed_headers.contains(header),
+            "{header} not in {allowed_headers}"
+        );
     }
     let denied = send(preflight("https://evil.example.net"), false).await;
     assert_eq!(denied.header("access-control-allow-origin"), None);
@@ -159,8 +237,13 @@ async fn cors_preflight_allows_configured_origins_only() {
         .body(Full::new(Bytes::from("{}")))
         .unwrap();
     let reply = send(request, false).await;
-    let exposed = reply.header("access-control-expose-headers").unwrap_or_default();
-    assert!(exposed.contains("grpc-status") && exposed.contains("grpc-status-details-bin"), "{exposed}");
+    let exposed = reply
+        .header("access-control-expose-headers")
+        .unwrap_or_default();
+    assert!(
+        exposed.contains("grpc-status") && exposed.contains("grpc-status-details-bin"),
+        "{exposed}"
+    );
 }
 
 #[tokio::test]
@@ -174,7 +257,11 @@ async fn shutdown_lets_an_in_flight_call_finish() {
     let answer = slow.await.unwrap().expect("in-flight call completes");
     assert_eq!(answer.into_inner().slept_millis, 700);
     serving.await.unwrap().expect("clean exit");
-    assert!(started.elapsed() < Duration::from_secs(4), "shutdown waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
     // No new connections after shutdown.
     assert!(EchoServiceClient::connect(server.url("")).await.is_err());
 }
@@ -184,16 +271,30 @@ async fn health_watch_sees_not_serving_when_shutdown_begins() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let mut server = TestServer::start_with_grace(Duration::from_millis(500)).await;
-    let channel = tonic::transport::Endpoint::from_shared(server.url("")).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(server.url(""))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut watch = HealthClient::new(channel)
-        .watch(HealthCheckRequest { service: "protocol.test.v1.EchoService".into() })
+        .watch(HealthCheckRequest {
+            service: "protocol.test.v1.EchoService".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(watch.next().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
     let serving = server.begin_shutdown();
-    let update = tokio::time::timeout(Duration::from_secs(2), watch.next()).await.expect("an update");
-    assert_eq!(update.unwrap().unwrap().status, ServingStatus::NotServing as i32);
+    let update = tokio::time::timeout(Duration::from_secs(2), watch.next())
+        .await
+        .expect("an update");
+    assert_eq!(
+        update.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
     serving.await.unwrap().expect("clean exit");
 }
 
@@ -202,7 +303,11 @@ async fn shutdown_gives_up_on_streams_after_the_grace_period() {
     let mut server = TestServer::start_with_grace(Duration::from_millis(300)).await;
     let mut client = grpc_client(&server).await;
     let mut stream = client
-        .count(pb::CountRequest { up_to: 1000, interval_millis: 50, fail_at: 0 })
+        .count(pb::CountRequest {
+            up_to: 1000,
+            interval_millis: 50,
+            fail_at: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -210,5 +315,8 @@ async fn shutdown_gives_up_on_streams_after_the_grace_period() {
     let started = Instant::now();
     server.begin_shutdown().await.unwrap().expect("clean exit");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(3), "waited {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
 }

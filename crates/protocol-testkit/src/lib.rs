@@ -16,7 +16,8 @@ pub mod pb {
 }
 
 /// The encoded descriptor set of the test service (for reflection and Connect JSON).
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("protocol_test_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("protocol_test_descriptor");
 
 use pb::echo_service_server::{EchoService, EchoServiceServer};
 use pb::*;
@@ -54,21 +55,41 @@ impl EchoService for Echo {
 
     async fn fail(&self, request: Request<FailRequest>) -> Result<Response<FailResponse>, Status> {
         let message = request.into_inner();
-        let mut details = ErrorDetails::with_error_info("TEST_FAILURE", "protocol.test", [("case".to_owned(), "fail".to_owned())]);
+        let mut details = ErrorDetails::with_error_info(
+            "TEST_FAILURE",
+            "protocol.test",
+            [("case".to_owned(), "fail".to_owned())],
+        );
         details.add_bad_request_violation("code", "requested failure");
-        Err(Status::with_error_details(Code::from_i32(message.code), message.message, details))
+        Err(Status::with_error_details(
+            Code::from_i32(message.code),
+            message.message,
+            details,
+        ))
     }
 
-    async fn sleep(&self, request: Request<SleepRequest>) -> Result<Response<SleepResponse>, Status> {
+    async fn sleep(
+        &self,
+        request: Request<SleepRequest>,
+    ) -> Result<Response<SleepResponse>, Status> {
         let millis = request.into_inner().millis.max(0);
         tokio::time::sleep(Duration::from_millis(millis as u64)).await;
-        Ok(Response::new(SleepResponse { slept_millis: millis }))
+        Ok(Response::new(SleepResponse {
+            slept_millis: millis,
+        }))
     }
 
     type CountStream = BoxStream<CountResponse>;
 
-    async fn count(&self, request: Request<CountRequest>) -> Result<Response<Self::CountStream>, Status> {
-        let CountRequest { up_to, interval_millis, fail_at } = request.into_inner();
+    async fn count(
+        &self,
+        request: Request<CountRequest>,
+    ) -> Result<Response<Self::CountStream>, Status> {
+        let CountRequest {
+            up_to,
+            interval_millis,
+            fail_at,
+        } = request.into_inner();
         let interval = Duration::from_millis(interval_millis.max(0) as u64);
         let numbers = tokio_stream::iter(1..=up_to).then(move |number| async move {
             if !interval.is_zero() {
@@ -90,7 +111,10 @@ impl EchoService for Echo {
         Ok(Response::new(Box::pin(numbers)))
     }
 
-    async fn sum(&self, request: Request<Streaming<SumRequest>>) -> Result<Response<SumResponse>, Status> {
+    async fn sum(
+        &self,
+        request: Request<Streaming<SumRequest>>,
+    ) -> Result<Response<SumResponse>, Status> {
         let mut stream = request.into_inner();
         let (mut total, mut count) = (0i64, 0i32);
         while let Some(item) = stream.next().await {
@@ -102,8 +126,13 @@ impl EchoService for Echo {
 
     type ChatStream = BoxStream<ChatResponse>;
 
-    async fn chat(&self, request: Request<Streaming<ChatRequest>>) -> Result<Response<Self::ChatStream>, Status> {
-        let replies = request.into_inner().map(|item| item.map(|message| ChatResponse { text: message.text }));
+    async fn chat(
+        &self,
+        request: Request<Streaming<ChatRequest>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        let replies = request
+            .into_inner()
+            .map(|item| item.map(|message| ChatResponse { text: message.text }));
         Ok(Response::new(Box::pin(replies)))
     }
 }

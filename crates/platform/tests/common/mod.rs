@@ -31,12 +31,17 @@ impl TestServer {
     pub async fn start_with_grace(shutdown_grace: Duration) -> TestServer {
         let config = ServerConfig {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            cors: CorsConfig { allowed_origins: vec![ALLOWED_ORIGIN.to_owned()] },
+            cors: CorsConfig {
+                allowed_origins: vec![ALLOWED_ORIGIN.to_owned()],
+            },
             shutdown_grace,
             max_message_bytes: MAX_MESSAGE_BYTES,
         };
         let bound = Server::new(config)
-            .add_service(protocol_testkit::Echo::server(), protocol_testkit::FILE_DESCRIPTOR_SET)
+            .add_service(
+                protocol_testkit::Echo::server(),
+                protocol_testkit::FILE_DESCRIPTOR_SET,
+            )
             .bind()
             .await
             .expect("bind");
@@ -45,7 +50,11 @@ impl TestServer {
         let task = tokio::spawn(bound.serve(async {
             let _ = stopped.await;
         }));
-        TestServer { addr, stop: Some(stop), task: Some(task) }
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -80,7 +89,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|err| panic!("body is not JSON ({err}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|err| panic!("body is not JSON ({err}): {:?}", self.body))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|value| value.to_str().ok())
@@ -96,18 +106,34 @@ pub async fn send(request: Request<Full<Bytes>>, http2: bool) -> Reply {
     let (parts, body) = response.into_parts();
     let collected = body.collect().await.expect("body");
     let trailers = collected.trailers().cloned();
-    Reply { status: parts.status.as_u16(), headers: parts.headers, body: collected.to_bytes(), trailers }
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
 }
 
 /// A Connect unary JSON POST over HTTP/1.1 with extra headers.
-pub async fn post_json(server: &TestServer, path: &str, body: serde_json::Value, headers: &[(&str, &str)]) -> Reply {
+pub async fn post_json(
+    server: &TestServer,
+    path: &str,
+    body: serde_json::Value,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut request = Request::post(server.url(path))
         .header("content-type", "application/json")
         .header("connect-protocol-version", "1");
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    send(request.body(Full::new(Bytes::from(body.to_string()))).expect("request"), false).await
+    send(
+        request
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("request"),
+        false,
+    )
+    .await
 }
 
 /// Frames a message in the 5-byte envelope.
