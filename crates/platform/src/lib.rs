@@ -1,11 +1,14 @@
-//! The runtime kit every service uses. Today: the server that serves tonic services over gRPC,
-//! gRPC-web and Connect on one port (HTTP/1.1 and cleartext HTTP/2), with health, reflection,
-//! CORS and graceful shutdown. The interceptor stack (auth, limits, validation, metrics) and the
-//! outbound client stack are still to come (issue #4).
+//! The runtime kit every service uses: the server that serves tonic services over gRPC, gRPC-web
+//! and Connect on one port (HTTP/1.1 and cleartext HTTP/2) with health, reflection, CORS and
+//! graceful shutdown; the interceptor stack (request id, load shedding, deadlines, JWT auth,
+//! contract-driven authorization, tenant, rate limit, validation, RED metrics, logs); the admin
+//! port. The outbound client stack is still to come (issue #4).
 //!
 //! It knows nothing of commerce: services register themselves with their descriptor sets.
 
+mod admin;
 mod cors;
+pub mod interceptors;
 mod server;
 mod shutdown;
 

@@ -23,6 +23,8 @@ use tower::ServiceBuilder;
 use tower::util::Either;
 
 use crate::CorsConfig;
+use crate::admin;
+use crate::interceptors::{self, GrpcService, InterceptorConfig, Metrics};
 
 /// Settings of the API port.
 #[derive(Debug, Clone)]
@@ -35,6 +37,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Largest Connect message, compressed or not.
     pub max_message_bytes: usize,
+    /// The interceptor stack (auth, limits, deadlines, validation).
+    pub interceptors: InterceptorConfig,
+    /// Address of the admin port (`/metrics`, `/healthz`); `None` serves no admin port.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +50,8 @@ impl Default for ServerConfig {
             cors: CorsConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             max_message_bytes: 4 * 1024 * 1024,
+            interceptors: InterceptorConfig::default(),
+            admin_addr: None,
         }
     }
 }
@@ -60,6 +68,9 @@ pub enum ServerError {
     /// Binding or accepting failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The authentication settings are unusable.
+    #[error("authentication: {0}")]
+    Auth(#[from] crate::interceptors::AuthConfigError),
 }
 
 /// Collects services before binding.
@@ -127,17 +138,31 @@ impl Server {
         let connect = connect::ConnectLayer::new(
             connect::ConnectConfig::new(&pool).max_message_bytes(self.config.max_message_bytes),
         );
+        let metrics = Metrics::default();
+        let grpc = interceptors::stack(
+            self.routes.routes(),
+            &pool,
+            &self.config.interceptors,
+            metrics.clone(),
+            self.config.max_message_bytes,
+        )?;
         let stack = ServiceBuilder::new()
             .layer(tower::util::option_layer(self.config.cors.layer()))
             .layer(connect)
             .layer(tonic_web::GrpcWebLayer::new())
-            .service(self.routes.routes());
+            .service(grpc);
 
         let listener = TcpListener::bind(self.config.listen_addr).await?;
         let local_addr = listener.local_addr()?;
+        let admin = match self.config.admin_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         Ok(BoundServer {
             listener,
             local_addr,
+            admin,
+            metrics,
             stack,
             health,
             service_names: self.service_names,
@@ -163,14 +188,16 @@ fn reflection_v1alpha(
 }
 
 type Stack = Either<
-    tower_http::cors::Cors<connect::Connect<tonic_web::GrpcWebService<Routes>>>,
-    connect::Connect<tonic_web::GrpcWebService<Routes>>,
+    tower_http::cors::Cors<connect::Connect<tonic_web::GrpcWebService<GrpcService>>>,
+    connect::Connect<tonic_web::GrpcWebService<GrpcService>>,
 >;
 
 /// A server bound to its port, ready to serve.
 pub struct BoundServer {
     listener: TcpListener,
     local_addr: SocketAddr,
+    admin: Option<TcpListener>,
+    metrics: Metrics,
     stack: Stack,
     health: HealthReporter,
     service_names: Vec<&'static str>,
@@ -183,18 +210,28 @@ impl BoundServer {
         self.local_addr
     }
 
+    /// The admin port's address, when one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|admin| admin.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then: health flips to NOT_SERVING, no new connections are
     /// accepted, open connections are told to finish (HTTP/2 GOAWAY) and in-flight calls and
     /// streams get up to `shutdown_grace` to complete before the server returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let BoundServer {
             listener,
+            admin,
+            metrics,
             stack,
             health,
             service_names,
             config,
             ..
         } = self;
+        let admin_task = admin.map(|listener| tokio::spawn(admin::serve(listener, metrics)));
         let builder = auto::Builder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
         // Owning the connection tasks lets shutdown end the ones that outlive the grace period.
@@ -234,6 +271,9 @@ impl BoundServer {
         let _ = tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await;
         connections.abort_all();
         while connections.join_next().await.is_some() {}
+        if let Some(admin_task) = admin_task {
+            admin_task.abort();
+        }
         Ok(())
     }
 }

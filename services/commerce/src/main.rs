@@ -1,14 +1,24 @@
 //! `commerce serve`: checkout, subscriptions and loyalty on one port over gRPC, gRPC-web and
-//! Connect. Needs no Redis or MongoDB. Services whose issues have not landed yet answer every RPC
-//! with UNIMPLEMENTED — the contract is served, no data is faked.
+//! Connect, behind the platform's interceptor stack. Needs no Redis or MongoDB. Services whose
+//! issues have not landed yet answer every RPC with UNIMPLEMENTED — the contract is served, no
+//! data is faked. `commerce token` mints a development token.
 
 mod unbuilt;
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use platform::interceptors::{
+    AuthConfig, Claims, InterceptorConfig, Policies, RateLimitConfig, mint_hs256,
+};
 use platform::{CorsConfig, Server, ServerConfig};
+
+/// The secret used when none is configured: fine on a laptop, never in a deployment.
+const DEV_SECRET: &str = "commerce-dev-secret-not-for-production";
 
 /// Commerce API platform.
 #[derive(Parser)]
@@ -22,6 +32,65 @@ struct Cli {
 enum Command {
     /// Serve every service on one port.
     Serve(ServeConfig),
+    /// Print an HS256 development token (signed with the same secret `serve` uses).
+    Token(TokenArgs),
+}
+
+/// Token verification settings shared by `serve` and `token`.
+#[derive(Args, Clone)]
+struct AuthArgs {
+    /// HS256 secret for bearer tokens; unset uses a fixed development secret (with a warning).
+    #[arg(long, env = "COMMERCE_JWT_HS256_SECRET")]
+    jwt_hs256_secret: Option<String>,
+    /// JWKS file with the RS256/ES256 public keys to accept.
+    #[arg(long, env = "COMMERCE_JWKS_FILE")]
+    jwks_file: Option<PathBuf>,
+    /// Required token issuer (`iss`).
+    #[arg(long, env = "COMMERCE_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required token audience (`aud`).
+    #[arg(long, env = "COMMERCE_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+}
+
+impl AuthArgs {
+    fn secret(&self) -> &str {
+        self.jwt_hs256_secret.as_deref().unwrap_or(DEV_SECRET)
+    }
+
+    fn config(&self) -> anyhow::Result<AuthConfig> {
+        let jwks_json = match &self.jwks_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(AuthConfig {
+            hs256_secret: Some(self.secret().as_bytes().to_vec()),
+            jwks_json,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+        })
+    }
+}
+
+impl fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field(
+                "jwt_hs256_secret",
+                &if self.jwt_hs256_secret.is_some() {
+                    "<redacted>"
+                } else {
+                    "<development secret>"
+                },
+            )
+            .field("jwks_file", &self.jwks_file)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .finish()
+    }
 }
 
 /// Configuration of `serve`; every flag can also come from the environment.
@@ -30,6 +99,9 @@ struct ServeConfig {
     /// Address of the API port (gRPC, gRPC-web, Connect); port 0 picks a free one.
     #[arg(long, env = "COMMERCE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address of the admin port (`/metrics`, `/healthz`).
+    #[arg(long, env = "COMMERCE_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
     /// Browser origins allowed by CORS (comma-separated; `*` for any).
     #[arg(long, env = "COMMERCE_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
@@ -39,45 +111,150 @@ struct ServeConfig {
     /// Largest Connect message in bytes.
     #[arg(long, env = "COMMERCE_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_message_bytes: usize,
+    /// Calls in flight before new ones are shed with UNAVAILABLE.
+    #[arg(long, env = "COMMERCE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    max_in_flight: usize,
+    /// Per-tenant rate limit: tokens per second.
+    #[arg(long, env = "COMMERCE_RATE_LIMIT_PER_SECOND", default_value_t = 200.0)]
+    rate_limit_per_second: f64,
+    /// Per-tenant rate limit: burst size.
+    #[arg(long, env = "COMMERCE_RATE_LIMIT_BURST", default_value_t = 400.0)]
+    rate_limit_burst: f64,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// Arguments of `token`.
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// Tenant the token acts for.
+    #[arg(long, default_value = "demo")]
+    tenant: String,
+    /// Subject (caller) of the token.
+    #[arg(long, default_value = "developer")]
+    subject: String,
+    /// Scopes (space- or comma-separated); default: every scope the contract declares.
+    #[arg(long)]
+    scopes: Option<String>,
+    /// Lifetime in minutes.
+    #[arg(long, default_value_t = 60)]
+    ttl_minutes: u64,
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Command::Serve(config) = Cli::parse().command;
-    // No secrets in this configuration yet; when there are, they are redacted here.
+    match Cli::parse().command {
+        Command::Serve(config) => serve(config).await,
+        Command::Token(args) => {
+            println!("{}", token(&args)?);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COMMERCE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     eprintln!("commerce: configuration {config:?}");
+    if config.auth.jwt_hs256_secret.is_none() {
+        eprintln!(
+            "commerce: WARNING no COMMERCE_JWT_HS256_SECRET set; accepting tokens signed with the development secret"
+        );
+    }
     let server_config = ServerConfig {
         listen_addr: config.listen,
+        admin_addr: Some(config.admin_listen),
         cors: CorsConfig {
             allowed_origins: config.cors_origins.clone(),
         },
         shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
         max_message_bytes: config.max_message_bytes,
+        interceptors: InterceptorConfig {
+            auth: Some(config.auth.config()?),
+            rate_limit: RateLimitConfig {
+                tokens_per_second: config.rate_limit_per_second,
+                burst: config.rate_limit_burst,
+            },
+            max_in_flight: config.max_in_flight,
+            default_timeout: None,
+        },
     };
     let bound = unbuilt::register(Server::new(server_config)).bind().await?;
-    print_banner(bound.local_addr());
+    print_banner(bound.local_addr(), bound.admin_addr());
     bound.serve(platform::termination_signal()).await?;
     eprintln!("commerce: stopped");
     Ok(())
 }
 
-fn print_banner(addr: SocketAddr) {
+fn token(args: &TokenArgs) -> anyhow::Result<String> {
+    let scopes = match &args.scopes {
+        Some(scopes) => scopes
+            .split([' ', ','])
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => all_contract_scopes()?.join(" "),
+    };
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + args.ttl_minutes * 60;
+    let claims = Claims {
+        sub: args.subject.clone(),
+        tenant: args.tenant.clone(),
+        scope: scopes,
+        exp,
+    };
+    Ok(mint_hs256(args.auth.secret().as_bytes(), &claims)?)
+}
+
+/// Every scope any RPC of the contract requires.
+fn all_contract_scopes() -> anyhow::Result<Vec<String>> {
+    let pool = prost_reflect::DescriptorPool::decode(commerce_api::FILE_DESCRIPTOR_SET)?;
+    let policies = Policies::from_pool(&pool);
+    let mut scopes: Vec<String> = pool
+        .services()
+        .flat_map(|service| {
+            service
+                .methods()
+                .map(|method| format!("/{}/{}", service.full_name(), method.name()))
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|path| policies.get(&path).map(|policy| policy.scopes.clone()))
+        .flatten()
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    Ok(scopes)
+}
+
+fn print_banner(addr: SocketAddr, admin: Option<SocketAddr>) {
     let url = format!("http://{addr}");
     println!("commerce: listening on {url}");
     println!(
         "  protocols: gRPC (HTTP/2 cleartext), gRPC-web and Connect (HTTP/1.1 and HTTP/2) on this one port"
     );
+    if let Some(admin) = admin {
+        println!("  admin:     http://{admin}/metrics (Prometheus), http://{admin}/healthz");
+    }
     println!(
         "  services:  checkout, subscriptions, loyalty (RPCs answer `unimplemented` until their issues land)"
     );
-    println!("  auth:      not enforced yet (the interceptor stack is still being built)");
+    println!(
+        "  auth:      JWT bearer; dev token: TOKEN=$(cargo run -q -p commerce -- token --tenant demo)"
+    );
     println!("  try:");
     println!("    npx buf curl --http2-prior-knowledge {url}/grpc.health.v1.Health/Check");
     println!("    npx buf curl --http2-prior-knowledge --list-methods {url}");
     println!(
-        "    curl -s -H 'content-type: application/json' -d '{{\"service\":\"commerce.checkout.v1.OrderService\"}}' {url}/grpc.health.v1.Health/Check"
+        "    curl -s -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"orderId\":\"o-1\"}}' {url}/commerce.checkout.v1.OrderService/GetOrder"
     );
     println!(
-        "    curl -s -H 'content-type: application/json' -d '{{}}' {url}/commerce.checkout.v1.MenuService/ListLocations"
+        "    curl -s -H 'commerce-tenant: demo' -H 'content-type: application/json' -d '{{}}' {url}/commerce.checkout.v1.MenuService/ListLocations"
     );
 }

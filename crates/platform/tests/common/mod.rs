@@ -36,6 +36,7 @@ impl TestServer {
             },
             shutdown_grace,
             max_message_bytes: MAX_MESSAGE_BYTES,
+            ..ServerConfig::default()
         };
         let bound = Server::new(config)
             .add_service(

@@ -1,0 +1,243 @@
+//! JWT bearer authentication: HS256 with a shared secret (local use) and RS256/ES256 with public
+//! keys from a JWKS document. A valid token becomes a [`Principal`]; a bad one is refused here
+//! with UNAUTHENTICATED. Whether a token is *required* is the authorization layer's call.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use http::Request;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+};
+use serde::{Deserialize, Serialize};
+use tonic::body::Body;
+use tonic::{Code, Status};
+
+use super::check::Check;
+use super::context::Principal;
+use super::errors;
+use super::policy::PLATFORM_ERROR_DOMAIN;
+
+/// Which tokens are accepted.
+#[derive(Clone, Default)]
+pub struct AuthConfig {
+    /// Shared secret for HS256 tokens (local development); `None` refuses HS256.
+    pub hs256_secret: Option<Vec<u8>>,
+    /// JWKS document (JSON) with the RS256/ES256 public keys accepted.
+    pub jwks_json: Option<String>,
+    /// Required `iss`, if any.
+    pub issuer: Option<String>,
+    /// Required `aud`, if any.
+    pub audience: Option<String>,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "jwks_json",
+                &self
+                    .jwks_json
+                    .as_ref()
+                    .map(|jwks| format!("<{} bytes>", jwks.len())),
+            )
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// Why an [`AuthConfig`] cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// The JWKS document is not valid.
+    #[error("invalid JWKS: {0}")]
+    Jwks(String),
+    /// Neither a secret nor a JWKS was given.
+    #[error("no token verification key configured (set an HS256 secret or a JWKS)")]
+    NoKeys,
+}
+
+/// Claims the platform reads from a token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// Subject: the caller.
+    pub sub: String,
+    /// Tenant the caller acts for.
+    pub tenant: String,
+    /// Space-separated scopes.
+    #[serde(default)]
+    pub scope: String,
+    /// Expiry (seconds since the epoch).
+    pub exp: u64,
+}
+
+struct JwksKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies bearer tokens.
+#[derive(Clone)]
+pub struct Authenticate {
+    inner: std::sync::Arc<Keys>,
+}
+
+struct Keys {
+    hs256: Option<DecodingKey>,
+    jwks: Vec<JwksKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl Authenticate {
+    /// Builds the verifier; fails on a bad JWKS or when no key is configured.
+    pub fn new(config: &AuthConfig) -> Result<Self, AuthConfigError> {
+        let mut jwks = Vec::new();
+        if let Some(json) = &config.jwks_json {
+            let set: JwkSet =
+                serde_json::from_str(json).map_err(|err| AuthConfigError::Jwks(err.to_string()))?;
+            for jwk in &set.keys {
+                let algorithm = match jwk
+                    .common
+                    .key_algorithm
+                    .map(|alg| alg.to_string())
+                    .as_deref()
+                {
+                    Some("RS256") => Algorithm::RS256,
+                    Some("ES256") => Algorithm::ES256,
+                    other => {
+                        return Err(AuthConfigError::Jwks(format!(
+                            "unsupported key algorithm {other:?}; use RS256 or ES256"
+                        )));
+                    }
+                };
+                let key = DecodingKey::from_jwk(jwk)
+                    .map_err(|err| AuthConfigError::Jwks(err.to_string()))?;
+                jwks.push(JwksKey {
+                    kid: jwk.common.key_id.clone(),
+                    algorithm,
+                    key,
+                });
+            }
+        }
+        let hs256 = config.hs256_secret.as_deref().map(DecodingKey::from_secret);
+        if hs256.is_none() && jwks.is_empty() {
+            return Err(AuthConfigError::NoKeys);
+        }
+        Ok(Authenticate {
+            inner: std::sync::Arc::new(Keys {
+                hs256,
+                jwks,
+                issuer: config.issuer.clone(),
+                audience: config.audience.clone(),
+            }),
+        })
+    }
+
+    /// Verifies one token.
+    pub fn verify(&self, token: &str) -> Result<Principal, Status> {
+        let keys = &self.inner;
+        let invalid = |message: &str| {
+            errors::status(
+                Code::Unauthenticated,
+                "TOKEN_INVALID",
+                PLATFORM_ERROR_DOMAIN,
+                message,
+            )
+        };
+        // An unknown `alg` (including "none") fails to parse here.
+        let header = decode_header(token)
+            .map_err(|_| invalid("malformed token or unsupported algorithm"))?;
+        let key = match header.alg {
+            Algorithm::HS256 => keys
+                .hs256
+                .as_ref()
+                .ok_or_else(|| invalid("HS256 tokens are not accepted"))?,
+            Algorithm::RS256 | Algorithm::ES256 => keys
+                .jwks
+                .iter()
+                .find(|key| {
+                    key.algorithm == header.alg && (header.kid.is_none() || key.kid == header.kid)
+                })
+                .map(|key| &key.key)
+                .ok_or_else(|| invalid("token signed with an unknown key"))?,
+            _ => return Err(invalid("token algorithm not accepted")),
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = 5;
+        if let Some(issuer) = &keys.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        match &keys.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        let claims = decode::<Claims>(token, key, &validation)
+            .map_err(|err| match err.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature
+                | jsonwebtoken::errors::ErrorKind::ImmatureSignature => errors::status(
+                    Code::Unauthenticated,
+                    "TOKEN_EXPIRED",
+                    PLATFORM_ERROR_DOMAIN,
+                    "token expired or not yet valid",
+                ),
+                _ => invalid("token signature or claims invalid"),
+            })?
+            .claims;
+        if claims.tenant.is_empty() || claims.sub.is_empty() {
+            return Err(invalid("token lacks a sub or tenant claim"));
+        }
+        Ok(Principal {
+            subject: claims.sub,
+            tenant: claims.tenant,
+            scopes: claims
+                .scope
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<BTreeSet<_>>(),
+        })
+    }
+}
+
+impl Check for Authenticate {
+    fn check(&self, request: &mut Request<Body>) -> Result<(), Status> {
+        let Some(header) = request.headers().get(http::header::AUTHORIZATION) else {
+            return Ok(());
+        };
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                errors::status(
+                    Code::Unauthenticated,
+                    "TOKEN_INVALID",
+                    PLATFORM_ERROR_DOMAIN,
+                    "authorization must be `Bearer <token>`",
+                )
+            })?;
+        let principal = self.verify(token.trim())?;
+        request.extensions_mut().insert(principal);
+        Ok(())
+    }
+}
+
+/// Mints an HS256 token, for local development and tests (`commerce token`).
+pub fn mint_hs256(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+}

@@ -1,0 +1,109 @@
+//! Authorization from the contract: each method's `(commerce.api.v1.rpc).auth` says whether it is
+//! public or which scopes it needs. Decides the call's [`Tenant`]. Methods the contract gives no
+//! auth policy are refused (fail closed); health and reflection are open.
+
+use std::sync::Arc;
+
+use http::Request;
+use tonic::body::Body;
+use tonic::{Code, Status};
+
+use super::check::Check;
+use super::context::{Principal, Tenant};
+use super::errors;
+use super::policy::{PLATFORM_ERROR_DOMAIN, Policies};
+
+/// Header naming the tenant of calls to public methods.
+pub const TENANT_HEADER: &str = "commerce-tenant";
+
+/// The authorization check.
+#[derive(Debug, Clone)]
+pub struct Authorize {
+    policies: Arc<Policies>,
+    known_methods: Arc<std::collections::HashSet<String>>,
+}
+
+impl Authorize {
+    /// Authorizes against `policies`; `known_methods` are every served path (policy or not).
+    pub fn new(
+        policies: Arc<Policies>,
+        known_methods: Arc<std::collections::HashSet<String>>,
+    ) -> Self {
+        Authorize {
+            policies,
+            known_methods,
+        }
+    }
+}
+
+impl Check for Authorize {
+    fn check(&self, request: &mut Request<Body>) -> Result<(), Status> {
+        let path = request.uri().path();
+        let Some(policy) = self.policies.get(path).cloned() else {
+            if self.known_methods.contains(path) {
+                return Err(errors::status(
+                    Code::PermissionDenied,
+                    "SCOPE_MISSING",
+                    PLATFORM_ERROR_DOMAIN,
+                    format!("{path} declares no auth policy in its contract and is closed"),
+                ));
+            }
+            return Ok(()); // unknown method: the router answers UNIMPLEMENTED
+        };
+        let domain = policy.error_domain.clone();
+        request.extensions_mut().insert(policy.clone());
+        if policy.infrastructure {
+            return Ok(());
+        }
+        let principal = request.extensions().get::<Principal>().cloned();
+        let tenant = if policy.public {
+            match &principal {
+                Some(principal) => principal.tenant.clone(),
+                None => request
+                    .headers()
+                    .get(TENANT_HEADER)
+                    .and_then(|value| value.to_str().ok())
+                    .filter(|tenant| !tenant.is_empty() && tenant.len() <= 64)
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        errors::status(
+                            Code::InvalidArgument,
+                            "TENANT_MISSING",
+                            &domain,
+                            format!(
+                                "public method {} needs the {TENANT_HEADER} header",
+                                policy.name
+                            ),
+                        )
+                    })?,
+            }
+        } else {
+            let principal = principal.ok_or_else(|| {
+                errors::status(
+                    Code::Unauthenticated,
+                    "TOKEN_MISSING",
+                    &domain,
+                    format!("{} needs a bearer token", policy.name),
+                )
+            })?;
+            let missing: Vec<&str> = policy
+                .scopes
+                .iter()
+                .filter(|scope| !principal.scopes.contains(*scope))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(errors::status_with_metadata(
+                    Code::PermissionDenied,
+                    "SCOPE_MISSING",
+                    &domain,
+                    format!("{} needs scopes: {}", policy.name, missing.join(" ")),
+                    [("missing_scopes".to_owned(), missing.join(" "))],
+                ));
+            }
+            principal.tenant
+        };
+        request.extensions_mut().insert(Tenant(tenant));
+        Ok(())
+    }
+}

@@ -1,0 +1,36 @@
+//! What the interceptors learn about a call, left in the request's extensions for handlers.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+/// The call's request id (`x-request-id`, generated when absent); echoed in the response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// W3C trace context received with the call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TraceContext {
+    /// `traceparent`, when valid.
+    pub traceparent: Option<String>,
+    /// `tracestate`.
+    pub tracestate: Option<String>,
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Token subject (`sub`).
+    pub subject: String,
+    /// Tenant from the `tenant` claim.
+    pub tenant: String,
+    /// Scopes from the `scope` claim.
+    pub scopes: BTreeSet<String>,
+}
+
+/// The tenant the call acts for: from the token, or from `commerce-tenant` on public methods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant(pub String);
+
+/// When the call must be finished (the caller's deadline, capped by the contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(pub Instant);

@@ -1,0 +1,120 @@
+//! Load shedding: at most `max_in_flight` calls run at once (a call counts until its response
+//! body ends, so streams count too); beyond that, calls are refused at once with UNAVAILABLE and
+//! a retry hint instead of queueing until their deadlines pass.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, ready};
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Code;
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use super::errors;
+use super::policy::PLATFORM_ERROR_DOMAIN;
+
+/// Refuses calls beyond a concurrency limit.
+#[derive(Debug, Clone)]
+pub struct LoadShedLayer {
+    permits: Arc<Semaphore>,
+}
+
+impl LoadShedLayer {
+    /// At most `max_in_flight` concurrent calls.
+    pub fn new(max_in_flight: usize) -> Self {
+        LoadShedLayer {
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+        }
+    }
+}
+
+impl<S> Layer<S> for LoadShedLayer {
+    type Service = LoadShed<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        LoadShed {
+            permits: self.permits.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service produced by [`LoadShedLayer`].
+#[derive(Debug, Clone)]
+pub struct LoadShed<S> {
+    permits: Arc<Semaphore>,
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for LoadShed<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let status = errors::retryable(
+                Code::Unavailable,
+                "OVERLOADED",
+                PLATFORM_ERROR_DOMAIN,
+                "server is at its concurrency limit",
+                Duration::from_millis(250),
+            );
+            return ready(Ok(errors::response(status))).boxed();
+        };
+        self.inner
+            .call(request)
+            .map(move |result| {
+                result.map(|response| {
+                    response.map(|body| {
+                        Body::new(PermitBody {
+                            body,
+                            _permit: permit,
+                        })
+                    })
+                })
+            })
+            .boxed()
+    }
+}
+
+/// A response body that holds a concurrency permit until it ends or is dropped.
+struct PermitBody {
+    body: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl HttpBody for PermitBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,242 @@
+//! RED metrics per method (rate, errors by code, duration) and one structured log line per call.
+//! Wraps the whole interceptor stack; a call ends when its response's trailers pass (or when the
+//! body is dropped early, which is recorded as `canceled`).
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use super::context::RequestId;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+/// The RPC metrics, exported by the admin port's `/metrics`.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    calls: Family<CallLabels, Counter>,
+    durations: Family<MethodLabels, Histogram>,
+    in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let calls = Family::<CallLabels, Counter>::default();
+        let durations = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+        });
+        let in_flight = Gauge::default();
+        registry.register(
+            "rpc_calls",
+            "Completed RPCs by method and status code",
+            calls.clone(),
+        );
+        registry.register(
+            "rpc_duration_seconds",
+            "RPC duration until the last byte of the response",
+            durations.clone(),
+        );
+        registry.register("rpc_in_flight", "RPCs in progress", in_flight.clone());
+        Metrics {
+            registry: Arc::new(registry),
+            calls,
+            durations,
+            in_flight,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Records every call.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Metrics,
+}
+
+impl ObserveLayer {
+    /// Records into `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        ObserveLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            metrics: self.metrics.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service produced by [`ObserveLayer`].
+#[derive(Clone)]
+pub struct Observe<S> {
+    metrics: Metrics,
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Observe<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        self.metrics.in_flight.inc();
+        let call = CallRecord {
+            metrics: self.metrics.clone(),
+            method: request.uri().path().trim_start_matches('/').to_owned(),
+            request_id: request
+                .extensions()
+                .get::<RequestId>()
+                .map(|id| id.0.clone())
+                .unwrap_or_default(),
+            started: Instant::now(),
+            done: false,
+        };
+        self.inner
+            .call(request)
+            .map(move |result| {
+                result.map(|response| {
+                    let mut call = call;
+                    if let Some(code) = grpc_code(response.headers()) {
+                        call.finish(code); // trailers-only: the call is over
+                    }
+                    response.map(|body| Body::new(ObservedBody { body, call }))
+                })
+            })
+            .boxed()
+    }
+}
+
+fn grpc_code(metadata: &HeaderMap) -> Option<i32> {
+    metadata.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+struct CallRecord {
+    metrics: Metrics,
+    method: String,
+    request_id: String,
+    started: Instant,
+    done: bool,
+}
+
+impl CallRecord {
+    fn finish(&mut self, code: i32) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let code = connect::Code::from_grpc(code).name();
+        let elapsed = self.started.elapsed();
+        self.metrics.in_flight.dec();
+        self.metrics
+            .calls
+            .get_or_create(&CallLabels {
+                method: self.method.clone(),
+                code: code.to_owned(),
+            })
+            .inc();
+        self.metrics
+            .durations
+            .get_or_create(&MethodLabels {
+                method: self.method.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "rpc",
+            method = %self.method,
+            code,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id = %self.request_id,
+            "rpc finished"
+        );
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        // The body was dropped before its trailers: the caller went away.
+        self.finish(1);
+    }
+}
+
+/// The response body, watched for the trailers that end the call.
+struct ObservedBody {
+    body: Body,
+    call: CallRecord,
+}
+
+impl HttpBody for ObservedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_code) {
+                    self.call.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.call.finish(2),
+            Poll::Ready(None) => self.call.finish(0),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
