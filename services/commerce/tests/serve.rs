@@ -2,96 +2,14 @@
 //! on one port behind the interceptor stack, answers honestly for RPCs not built yet, logs one JSON
 //! line per call, and stops cleanly on SIGTERM.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const SECRET: &str = "serve-test-secret";
+mod common;
 
-struct Running {
-    child: Child,
-    addr: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start() -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_commerce"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--shutdown-grace-seconds", "2"])
-        .env("COMMERCE_JWT_HS256_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start commerce");
-    // Collect stderr (configuration, JSON logs) as it comes, so the pipe never fills.
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut pipe = child.stderr.take().expect("stderr");
-    let sink = stderr.clone();
-    std::thread::spawn(move || {
-        let mut buffer = [0u8; 4096];
-        while let Ok(read) = pipe.read(&mut buffer) {
-            if read == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buffer[..read]));
-        }
-    });
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut first_line = String::new();
-    stdout.read_line(&mut first_line).expect("banner");
-    // Keep draining stdout so the server never writes to a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let Some(addr) = first_line
-        .trim()
-        .strip_prefix("commerce: listening on http://")
-        .map(str::to_owned)
-    else {
-        std::thread::sleep(Duration::from_millis(200));
-        panic!(
-            "unexpected banner {first_line:?}; stderr: {}",
-            stderr.lock().unwrap()
-        );
-    };
-    Running {
-        child,
-        addr,
-        stderr,
-    }
-}
-
-/// A token from `commerce token`, signed with the server's secret.
-fn dev_token(scopes: Option<&str>) -> String {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_commerce"));
-    command
-        .args(["token", "--tenant", "demo"])
-        .env("COMMERCE_JWT_HS256_SECRET", SECRET);
-    if let Some(scopes) = scopes {
-        command.args(["--scopes", scopes]);
-    }
-    let output = command.output().expect("commerce token");
-    assert!(output.status.success());
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
+use common::{dev_token, start};
 
 /// A Connect JSON call over a plain HTTP/1.1 connection; returns (status, body).
 fn connect_json(
