@@ -306,40 +306,39 @@ async fn every_contract_case_holds_on_every_protocol() {
                 if outcome.code != case.expect.code {
                     wrong.push(format!("code {} (want {})", outcome.code, case.expect.code));
                 }
-                if let Some(reason) = &case.expect.reason {
-                    if outcome.reason().as_ref() != Some(reason) {
-                        wrong.push(format!("reason {:?} (want {reason})", outcome.reason()));
-                    }
+                if let Some(reason) = &case.expect.reason
+                    && outcome.reason().as_ref() != Some(reason)
+                {
+                    wrong.push(format!("reason {:?} (want {reason})", outcome.reason()));
                 }
-                if let Some(details) = &case.expect.details {
-                    let got: Vec<&str> = outcome
-                        .details
-                        .iter()
-                        .map(|(kind, _)| kind.as_str())
-                        .collect();
-                    if got != details.iter().map(String::as_str).collect::<Vec<_>>() {
-                        wrong.push(format!("details {got:?} (want {details:?})"));
-                    }
+                let got: Vec<&str> = outcome
+                    .details
+                    .iter()
+                    .map(|(kind, _)| kind.as_str())
+                    .collect();
+                if let Some(details) = &case.expect.details
+                    && got != details.iter().map(String::as_str).collect::<Vec<_>>()
+                {
+                    wrong.push(format!("details {got:?} (want {details:?})"));
                 }
-                if let Some(fields) = &case.expect.field_violations {
-                    if &outcome.field_violations() != fields {
-                        wrong.push(format!(
-                            "field violations {:?} (want {fields:?})",
-                            outcome.field_violations()
-                        ));
-                    }
+                if let Some(fields) = &case.expect.field_violations
+                    && &outcome.field_violations() != fields
+                {
+                    wrong.push(format!(
+                        "field violations {:?} (want {fields:?})",
+                        outcome.field_violations()
+                    ));
                 }
-                if let Some(expected) = &case.expect.response {
-                    if !outcome
+                if let Some(expected) = &case.expect.response
+                    && !outcome
                         .response
                         .as_ref()
                         .is_some_and(|actual| contains(actual, expected))
-                    {
-                        wrong.push(format!(
-                            "response {:?} (want ⊇ {expected})",
-                            outcome.response
-                        ));
-                    }
+                {
+                    wrong.push(format!(
+                        "response {:?} (want ⊇ {expected})",
+                        outcome.response
+                    ));
                 }
                 if !wrong.is_empty() {
                     failures.push(format!(
