@@ -69,7 +69,8 @@ impl ConnectConfig {
         }
     }
 
-    /// Largest message accepted or sent, compressed or not (default 4 MiB); larger → `resource_exhausted`.
+    /// Largest request message accepted, compressed or inflated (default 4 MiB); larger →
+    /// `resource_exhausted`. Responses are not limited (like connect-go's `ReadMaxBytes`).
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
         self

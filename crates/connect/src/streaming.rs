@@ -258,7 +258,7 @@ fn response_frames(
                     decoder.push(&data);
                     let mut failed = None;
                     loop {
-                        match decoder.next(config.max_message_bytes) {
+                        match decoder.next(usize::MAX) {
                             Ok(None) => break,
                             Err(_) => { failed = Some(too_large(config.max_message_bytes)); break; }
                             Ok(Some(message)) => match translate_response_message(&call, &config, &message.data) {
@@ -291,9 +291,6 @@ fn translate_response_message(
     data: &[u8],
 ) -> Result<Bytes, ConnectError> {
     let message = call.codec.from_protobuf(data, &call.method.output)?;
-    if message.len() > config.max_message_bytes {
-        return Err(too_large(config.max_message_bytes));
-    }
     if call.response_compression != Compression::Identity
         && message.len() >= config.compress_min_bytes
     {

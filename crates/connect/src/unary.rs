@@ -215,8 +215,9 @@ async fn exchange(
     }
     let mut decoder = envelope::Decoder::default();
     decoder.push(&data);
+    // Only what callers send is limited (as connect-go's ReadMaxBytes); the service's own reply is not.
     let frame = decoder
-        .next(config.max_message_bytes)
+        .next(usize::MAX)
         .map_err(|_| too_large(config.max_message_bytes))?
         .filter(|frame| frame.flags & envelope::FLAG_COMPRESSED == 0 && !decoder.has_partial())
         .ok_or_else(|| {

@@ -49,10 +49,15 @@ async fn connect_node_clients_interoperate_on_every_protocol() {
         Command::new(repo.join("tools/protoc"))
             .arg(format!("--plugin=protoc-gen-es={}", plugin.display()))
             .arg(format!("--es_out={}", generated.display()))
-            .arg("--es_opt=target=js")
+            .arg("--es_opt=target=js,import_extension=js")
             .arg("-I")
             .arg(test_proto_dir())
-            .arg("protocol/test/v1/echo.proto"),
+            .arg("-I")
+            .arg(repo.join("proto"))
+            .args([
+                "protocol/test/v1/echo.proto",
+                "commerce/api/v1/options.proto",
+            ]),
         "protoc-gen-es",
     )
     .await;
@@ -101,10 +106,15 @@ async fn python_grpcio_interoperates() {
             .arg("-I")
             .arg(test_proto_dir())
             .arg("-I")
+            .arg(repo.join("proto"))
+            .arg("-I")
             .arg(well_known.trim())
             .arg(format!("--python_out={}", generated.display()))
             .arg(format!("--grpc_python_out={}", generated.display()))
-            .arg("protocol/test/v1/echo.proto"),
+            .args([
+                "protocol/test/v1/echo.proto",
+                "commerce/api/v1/options.proto",
+            ]),
         "grpc_tools.protoc",
     )
     .await;
