@@ -62,6 +62,14 @@ async fn unary_calls_work_over_connect_grpc_and_grpc_web_with_reflection() {
         vec!["--protocol", "connect"],
         vec!["--protocol", "grpc", "--http2-prior-knowledge"],
         vec!["--protocol", "grpcweb"],
+        // Older tools use the v1alpha reflection service; it is served too.
+        vec![
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--reflect-protocol",
+            "grpc-v1alpha",
+        ],
     ] {
         let mut args = protocol_args.clone();
         args.extend(["--data", data, url.as_str()]);

@@ -250,12 +250,12 @@ async fn cors_preflight_allows_configured_origins_only() {
 async fn shutdown_lets_an_in_flight_call_finish() {
     let mut server = TestServer::start_with_grace(Duration::from_secs(5)).await;
     let mut client = grpc_client(&server).await;
-    let slow = tokio::spawn(async move { client.sleep(pb::SleepRequest { millis: 700 }).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let slow = tokio::spawn(async move { client.sleep(pb::SleepRequest { millis: 1000 }).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let serving = server.begin_shutdown();
     let answer = slow.await.unwrap().expect("in-flight call completes");
-    assert_eq!(answer.into_inner().slept_millis, 700);
+    assert_eq!(answer.into_inner().slept_millis, 1000);
     serving.await.unwrap().expect("clean exit");
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -318,5 +318,48 @@ async fn shutdown_gives_up_on_streams_after_the_grace_period() {
     assert!(
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
         "waited {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn deprecated_methods_answer_with_deprecation_headers_and_count_their_callers() {
+    let server = TestServer::start().await;
+    let request = Request::post(server.url("/protocol.test.v1.EchoService/EchoLegacy"))
+        .header("content-type", "application/json")
+        .header("commerce-tenant", "tenant-q")
+        .body(Full::new(Bytes::from(r#"{"text":"old"}"#)))
+        .unwrap();
+    let reply = send(request, false).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("deprecation"), Some("true"));
+    assert_eq!(reply.header("sunset"), Some("2027-06-30"));
+    let current = send(
+        Request::post(server.url("/protocol.test.v1.EchoService/Echo"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from("{}")))
+            .unwrap(),
+        false,
+    )
+    .await;
+    assert_eq!(
+        current.header("deprecation"),
+        None,
+        "only deprecated methods are marked"
+    );
+
+    let metrics = send(
+        Request::get(format!("http://{}/metrics", server.admin))
+            .body(Full::default())
+            .unwrap(),
+        false,
+    )
+    .await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("rpc_deprecated_calls_total{")
+                && line.contains("EchoService/EchoLegacy")
+                && line.ends_with(" 1")),
+        "{text}"
     );
 }

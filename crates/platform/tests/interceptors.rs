@@ -231,6 +231,45 @@ async fn scopes_come_from_the_contract() {
 }
 
 #[tokio::test]
+async fn rs256_tokens_verify_against_the_jwks() {
+    let api = start(RateLimitConfig::default()).await;
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("fixtures/rs256.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-rs256".into());
+    let claims = Claims {
+        sub: "svc".into(),
+        tenant: "tenant-c".into(),
+        scope: "checkout.orders.read".into(),
+        exp: now() + 60,
+    };
+    let signed = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let reply = call(
+        &api,
+        GET_ORDER,
+        json!({"orderId": "o-1"}),
+        &[bearer(&signed)],
+    )
+    .await;
+    assert_eq!(reply.status, 501, "{reply:?}");
+
+    // An RS256 token presented under the ES256 key's id does not verify.
+    header.kid = Some("test-es256".into());
+    let signed = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let reply = call(
+        &api,
+        GET_ORDER,
+        json!({"orderId": "o-1"}),
+        &[bearer(&signed)],
+    )
+    .await;
+    assert_eq!(
+        (reply.status, error_info(&reply).1.as_str()),
+        (401, "TOKEN_INVALID")
+    );
+}
+
+#[tokio::test]
 async fn es256_tokens_verify_against_the_jwks() {
     let api = start(RateLimitConfig::default()).await;
     let key = jsonwebtoken::EncodingKey::from_ec_pem(include_bytes!("fixtures/es256.pem")).unwrap();
@@ -470,9 +509,19 @@ async fn calls_beyond_the_concurrency_limit_are_shed_at_once() {
             false,
         )
     };
-    let slow = tokio::spawn(sleep(600));
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let shed = sleep(0).await;
+    let slow = tokio::spawn(sleep(1500));
+    // Probe until the slow call holds the only slot (it needs a moment to arrive), then expect
+    // refusal at once rather than queueing.
+    let mut shed = None;
+    for _ in 0..100 {
+        let probe = sleep(0).await;
+        if probe.status != 200 {
+            shed = Some(probe);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let shed = shed.expect("a call was shed while the slot was taken");
     assert_eq!(
         (shed.status, shed.json()["code"].as_str().unwrap()),
         (503, "unavailable")

@@ -53,6 +53,13 @@ impl EchoService for Echo {
         Ok(response)
     }
 
+    async fn echo_legacy(
+        &self,
+        request: Request<EchoRequest>,
+    ) -> Result<Response<EchoResponse>, Status> {
+        self.echo(request).await
+    }
+
     async fn fail(&self, request: Request<FailRequest>) -> Result<Response<FailResponse>, Status> {
         let message = request.into_inner();
         let mut details = ErrorDetails::with_error_info(

@@ -106,8 +106,7 @@ fn sigterm_stops_the_server_cleanly_and_calls_are_logged_as_json() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "exit status {exit:?}");
-    std::thread::sleep(Duration::from_millis(100)); // let the reader thread take the last lines
-    let stderr = server.stderr.lock().unwrap().clone();
+    let stderr = server.stderr_after_exit();
     assert!(stderr.contains("commerce: stopped"), "{stderr}");
     let rpc_line = stderr
         .lines()

@@ -2,7 +2,8 @@
 //! ([`stack`]) so the request path reads top to bottom:
 //!
 //! observe (RED metrics, logs) → request id + trace context → load shedding → deadline →
-//! authentication → authorization (+ tenant) → rate limit → validation → handler.
+//! authentication → authorization (+ tenant) → rate limit → deprecation marks → validation →
+//! handler.
 //!
 //! Idempotency (between validation and the handler) arrives with the storage issue.
 
@@ -11,6 +12,7 @@ mod authorize;
 mod check;
 mod context;
 mod deadline;
+mod deprecation;
 mod errors;
 mod load_shed;
 mod observe;
@@ -35,7 +37,7 @@ pub use authorize::TENANT_HEADER;
 pub use context::{Deadline, Principal, RequestId, Tenant, TraceContext};
 pub use errors::{retryable, status, status_with_metadata, validation_failed};
 pub use observe::Metrics;
-pub use policy::{MethodPolicy, Policies};
+pub use policy::{DeprecationPolicy, MethodPolicy, Policies};
 pub use rate_limit::RateLimitConfig;
 
 /// Settings of the interceptor stack.
@@ -100,7 +102,7 @@ pub fn stack(
         None => (None, None, None),
     };
     let service = ServiceBuilder::new()
-        .layer(observe::ObserveLayer::new(metrics))
+        .layer(observe::ObserveLayer::new(metrics.clone()))
         .layer(request_id::RequestIdLayer)
         .layer(load_shed::LoadShedLayer::new(config.max_in_flight))
         .layer(check::CheckLayer(policy::ResolvePolicy::new(
@@ -113,6 +115,7 @@ pub fn stack(
         .option_layer(authenticate)
         .option_layer(authorize)
         .option_layer(rate_limit)
+        .layer(deprecation::DeprecationLayer::new(metrics))
         .layer(validate::ValidateLayer::new(max_message_bytes))
         .service(routes);
     Ok(BoxCloneService::new(service))

@@ -35,6 +35,12 @@ struct MethodLabels {
     method: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallerLabels {
+    method: String,
+    caller: String,
+}
+
 /// The RPC metrics, exported by the admin port's `/metrics`.
 #[derive(Clone)]
 pub struct Metrics {
@@ -42,6 +48,7 @@ pub struct Metrics {
     calls: Family<CallLabels, Counter>,
     durations: Family<MethodLabels, Histogram>,
     in_flight: Gauge,
+    deprecated_calls: Family<CallerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -63,16 +70,33 @@ impl Default for Metrics {
             durations.clone(),
         );
         registry.register("rpc_in_flight", "RPCs in progress", in_flight.clone());
+        let deprecated_calls = Family::<CallerLabels, Counter>::default();
+        registry.register(
+            "rpc_deprecated_calls",
+            "Calls of deprecated RPCs by method and caller (tenant/subject), to see who must migrate",
+            deprecated_calls.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             calls,
             durations,
             in_flight,
+            deprecated_calls,
         }
     }
 }
 
 impl Metrics {
+    /// Counts one call of a deprecated method by `caller`.
+    pub fn count_deprecated_call(&self, method: &str, caller: &str) {
+        self.deprecated_calls
+            .get_or_create(&CallerLabels {
+                method: method.to_owned(),
+                caller: caller.to_owned(),
+            })
+            .inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

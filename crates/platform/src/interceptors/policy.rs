@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor, Value};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor, ReflectMessage as _, Value,
+};
 
 /// Services every server hosts that need neither token nor tenant.
 const INFRASTRUCTURE_SERVICES: &[&str] = &[
@@ -40,6 +42,19 @@ pub struct MethodPolicy {
     pub input: MessageDescriptor,
     /// Unary request (validation reads the whole message).
     pub unary_request: bool,
+    /// Set when the contract deprecates the method.
+    pub deprecation: Option<DeprecationPolicy>,
+}
+
+/// How a deprecated method is retired, from `(commerce.api.v1.rpc).deprecation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeprecationPolicy {
+    /// The method callers should move to.
+    pub replacement: String,
+    /// Earliest version that may remove the method.
+    pub removal_version: String,
+    /// Date after which the method may stop working (`YYYY-MM-DD`), if announced.
+    pub sunset_date: Option<String>,
 }
 
 /// Policies of every known method, by request path (`/pkg.Service/Method`).
@@ -117,6 +132,14 @@ fn method_policy(
         error_domain: error_domain.to_owned(),
         input: method.input(),
         unary_request: !method.is_client_streaming(),
+        deprecation: rpc
+            .and_then(|rpc| message(rpc, "deprecation"))
+            .map(|deprecation| DeprecationPolicy {
+                replacement: string(&deprecation, "replacement"),
+                removal_version: string(&deprecation, "removal_version"),
+                sunset_date: Some(string(&deprecation, "sunset_date"))
+                    .filter(|date| !date.is_empty()),
+            }),
     }
 }
 
@@ -139,9 +162,14 @@ fn field(message: &DynamicMessage, name: &str) -> Option<Value> {
         .map(|value| value.into_owned())
 }
 
+/// A sub-message field, only when it is actually set (unset fields read as defaults).
 fn message(message: &DynamicMessage, name: &str) -> Option<DynamicMessage> {
-    match field(message, name) {
-        Some(Value::Message(inner)) => Some(inner),
+    let field = message.descriptor().get_field_by_name(name)?;
+    if !message.has_field(&field) {
+        return None;
+    }
+    match message.get_field(&field).into_owned() {
+        Value::Message(inner) => Some(inner),
         _ => None,
     }
 }

@@ -19,6 +19,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// A running server; stops when dropped (or through `shutdown`).
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<Result<(), platform::ServerError>>>,
 }
@@ -36,6 +37,7 @@ impl TestServer {
             },
             shutdown_grace,
             max_message_bytes: MAX_MESSAGE_BYTES,
+            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             ..ServerConfig::default()
         };
         let bound = Server::new(config)
@@ -47,12 +49,14 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = bound.local_addr();
+        let admin = bound.admin_addr().expect("admin port");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(bound.serve(async {
             let _ = stopped.await;
         }));
         TestServer {
             addr,
+            admin,
             stop: Some(stop),
             task: Some(task),
         }

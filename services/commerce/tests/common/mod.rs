@@ -12,6 +12,17 @@ pub struct Running {
     pub child: Child,
     pub addr: String,
     pub stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Everything the process wrote to stderr, once it has exited and the pipe is closed.
+    pub fn stderr_after_exit(&mut self) -> String {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        self.stderr.lock().unwrap().clone()
+    }
 }
 
 impl Drop for Running {
@@ -40,7 +51,7 @@ pub fn start() -> Running {
     let stderr = Arc::new(Mutex::new(String::new()));
     let mut pipe = child.stderr.take().expect("stderr");
     let sink = stderr.clone();
-    std::thread::spawn(move || {
+    let stderr_reader = std::thread::spawn(move || {
         let mut buffer = [0u8; 4096];
         while let Ok(read) = pipe.read(&mut buffer) {
             if read == 0 {
@@ -71,6 +82,7 @@ pub fn start() -> Running {
         child,
         addr,
         stderr,
+        stderr_reader: Some(stderr_reader),
     }
 }
 
