@@ -403,3 +403,34 @@ async fn a_unary_content_type_on_a_streaming_method_is_unsupported() {
         Some("application/connect+proto, application/connect+json")
     );
 }
+
+#[tokio::test]
+async fn a_stream_past_its_connect_deadline_ends_with_deadline_exceeded() {
+    let server = TestServer::start().await;
+    let mut request = stream_request(
+        &server,
+        "Count",
+        "application/connect+json",
+        &[br#"{"upTo": 50, "intervalMillis": "100"}"#.to_vec()],
+    );
+    request
+        .headers_mut()
+        .insert("connect-timeout-ms", "350".parse().unwrap());
+    let started = Instant::now();
+    let reply = send(request, false).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    let frames = envelopes(&reply.body);
+    let (last_flags, last) = frames.last().expect("an end-stream message");
+    assert_eq!(*last_flags, 2);
+    let end: serde_json::Value = serde_json::from_slice(last).unwrap();
+    assert_eq!(end["error"]["code"], "deadline_exceeded", "{end}");
+    assert!(
+        (1..=4).contains(&(frames.len() - 1)),
+        "{} messages before the deadline",
+        frames.len() - 1
+    );
+}
