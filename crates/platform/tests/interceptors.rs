@@ -230,19 +230,23 @@ async fn scopes_come_from_the_contract() {
     );
 }
 
-#[tokio::test]
-async fn rs256_tokens_verify_against_the_jwks() {
+/// A token signed with `key` under `kid` verifies against the JWKS; the same token under another
+/// key's id does not.
+async fn check_jwks_signature(
+    algorithm: jsonwebtoken::Algorithm,
+    key: jsonwebtoken::EncodingKey,
+    kid: &str,
+    wrong_kid: &str,
+) {
     let api = start(RateLimitConfig::default()).await;
-    let key =
-        jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("fixtures/rs256.pem")).unwrap();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("test-rs256".into());
     let claims = Claims {
         sub: "svc".into(),
         tenant: "tenant-c".into(),
         scope: "checkout.orders.read".into(),
         exp: now() + 60,
     };
+    let mut header = jsonwebtoken::Header::new(algorithm);
+    header.kid = Some(kid.into());
     let signed = jsonwebtoken::encode(&header, &claims, &key).unwrap();
     let reply = call(
         &api,
@@ -251,10 +255,9 @@ async fn rs256_tokens_verify_against_the_jwks() {
         &[bearer(&signed)],
     )
     .await;
-    assert_eq!(reply.status, 501, "{reply:?}");
+    assert_eq!(reply.status, 501, "{algorithm:?}: {reply:?}");
 
-    // An RS256 token presented under the ES256 key's id does not verify.
-    header.kid = Some("test-es256".into());
+    header.kid = Some(wrong_kid.into());
     let signed = jsonwebtoken::encode(&header, &claims, &key).unwrap();
     let reply = call(
         &api,
@@ -265,45 +268,30 @@ async fn rs256_tokens_verify_against_the_jwks() {
     .await;
     assert_eq!(
         (reply.status, error_info(&reply).1.as_str()),
-        (401, "TOKEN_INVALID")
+        (401, "TOKEN_INVALID"),
+        "{algorithm:?}"
     );
 }
 
 #[tokio::test]
-async fn es256_tokens_verify_against_the_jwks() {
-    let api = start(RateLimitConfig::default()).await;
-    let key = jsonwebtoken::EncodingKey::from_ec_pem(include_bytes!("fixtures/es256.pem")).unwrap();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some("test-es256".into());
-    let claims = Claims {
-        sub: "bff".into(),
-        tenant: "tenant-b".into(),
-        scope: "checkout.orders.read".into(),
-        exp: now() + 60,
-    };
-    let signed = jsonwebtoken::encode(&header, &claims, &key).unwrap();
-    let reply = call(
-        &api,
-        GET_ORDER,
-        json!({"orderId": "o-1"}),
-        &[bearer(&signed)],
+async fn rs256_and_es256_tokens_verify_against_the_jwks() {
+    let rsa =
+        jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("fixtures/rs256.pem")).unwrap();
+    check_jwks_signature(
+        jsonwebtoken::Algorithm::RS256,
+        rsa,
+        "test-rs256",
+        "test-es256",
     )
     .await;
-    assert_eq!(reply.status, 501, "{reply:?}");
-
-    header.kid = Some("unknown-key".into());
-    let signed = jsonwebtoken::encode(&header, &claims, &key).unwrap();
-    let reply = call(
-        &api,
-        GET_ORDER,
-        json!({"orderId": "o-1"}),
-        &[bearer(&signed)],
+    let ec = jsonwebtoken::EncodingKey::from_ec_pem(include_bytes!("fixtures/es256.pem")).unwrap();
+    check_jwks_signature(
+        jsonwebtoken::Algorithm::ES256,
+        ec,
+        "test-es256",
+        "unknown-key",
     )
     .await;
-    assert_eq!(
-        (reply.status, error_info(&reply).1.as_str()),
-        (401, "TOKEN_INVALID")
-    );
 }
 
 #[tokio::test]

@@ -2,9 +2,7 @@
 //! capped by the method's `max_timeout_ms`, is enforced here and reported as DEADLINE_EXCEEDED —
 //! tonic's own timeout would report CANCELLED. Handlers find it as [`Deadline`].
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -13,92 +11,63 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::body::Body;
-use tower::{Layer, Service};
 
+use super::around::{Around, Next};
 use super::context::Deadline;
 use super::errors;
 use super::policy::{PLATFORM_ERROR_DOMAIN, Policies};
 
 /// Enforces per-call deadlines.
 #[derive(Debug, Clone)]
-pub struct DeadlineLayer {
+pub struct Deadlines {
     policies: Arc<Policies>,
     default_timeout: Option<Duration>,
 }
 
-impl DeadlineLayer {
+impl Deadlines {
     /// Deadlines from `grpc-timeout`, capped per method; `default_timeout` applies when the caller
     /// sets none.
     pub fn new(policies: Arc<Policies>, default_timeout: Option<Duration>) -> Self {
-        DeadlineLayer {
+        Deadlines {
             policies,
             default_timeout,
         }
     }
 }
 
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = DeadlineService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService {
-            layer: self.clone(),
-            inner,
-        }
-    }
-}
-
-/// The service produced by [`DeadlineLayer`].
-#[derive(Debug, Clone)]
-pub struct DeadlineService<S> {
-    layer: DeadlineLayer,
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for DeadlineService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+impl Around for Deadlines {
+    fn around(&self, mut request: Request<Body>, next: Next) -> BoxFuture<'static, Response<Body>> {
         let requested = request
             .headers_mut()
             .remove("grpc-timeout")
             .and_then(|value| parse_grpc_timeout(value.to_str().ok()?));
         let cap = self
-            .layer
             .policies
             .get(request.uri().path())
             .and_then(|policy| policy.max_timeout);
-        let timeout = match (requested.or(self.layer.default_timeout), cap) {
+        let timeout = match (requested.or(self.default_timeout), cap) {
             (Some(requested), Some(cap)) => Some(requested.min(cap)),
             (requested, cap) => requested.or(cap),
         };
         let Some(timeout) = timeout else {
-            return self.inner.call(request).boxed();
+            return next.run(request);
         };
         let deadline = Instant::now() + timeout;
         request
             .extensions_mut()
             .insert(Deadline(deadline.into_std()));
-        let call = self.inner.call(request);
+        let call = next.run(request);
         async move {
-            match tokio::time::timeout_at(deadline, call).await {
-                Ok(result) => result,
-                Err(_) => Ok(errors::response(errors::status(
-                    Code::DeadlineExceeded,
-                    "DEADLINE_EXCEEDED",
-                    PLATFORM_ERROR_DOMAIN,
-                    "the call's deadline passed",
-                ))),
-            }
+            tokio::time::timeout_at(deadline, call)
+                .await
+                .unwrap_or_else(|_| {
+                    errors::response(errors::status(
+                        Code::DeadlineExceeded,
+                        "DEADLINE_EXCEEDED",
+                        PLATFORM_ERROR_DOMAIN,
+                        "the call's deadline passed",
+                    ))
+                })
         }
         .boxed()
     }

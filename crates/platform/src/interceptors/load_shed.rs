@@ -2,7 +2,6 @@
 //! body ends, so streams count too); beyond that, calls are refused at once with UNAVAILABLE and
 //! a retry hint instead of queueing until their deadlines pass.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,57 +15,28 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tonic::body::Body;
-use tower::{Layer, Service};
 
+use super::around::{Around, Next};
 use super::errors;
 use super::policy::PLATFORM_ERROR_DOMAIN;
 
 /// Refuses calls beyond a concurrency limit.
 #[derive(Debug, Clone)]
-pub struct LoadShedLayer {
+pub struct LoadShed {
     permits: Arc<Semaphore>,
 }
 
-impl LoadShedLayer {
+impl LoadShed {
     /// At most `max_in_flight` concurrent calls.
     pub fn new(max_in_flight: usize) -> Self {
-        LoadShedLayer {
+        LoadShed {
             permits: Arc::new(Semaphore::new(max_in_flight)),
         }
     }
 }
 
-impl<S> Layer<S> for LoadShedLayer {
-    type Service = LoadShed<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        LoadShed {
-            permits: self.permits.clone(),
-            inner,
-        }
-    }
-}
-
-/// The service produced by [`LoadShedLayer`].
-#[derive(Debug, Clone)]
-pub struct LoadShed<S> {
-    permits: Arc<Semaphore>,
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for LoadShed<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+impl Around for LoadShed {
+    fn around(&self, request: Request<Body>, next: Next) -> BoxFuture<'static, Response<Body>> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             let status = errors::retryable(
                 Code::Unavailable,
@@ -75,17 +45,14 @@ where
                 "server is at its concurrency limit",
                 Duration::from_millis(250),
             );
-            return ready(Ok(errors::response(status))).boxed();
+            return ready(errors::response(status)).boxed();
         };
-        self.inner
-            .call(request)
-            .map(move |result| {
-                result.map(|response| {
-                    response.map(|body| {
-                        Body::new(PermitBody {
-                            body,
-                            _permit: permit,
-                        })
+        next.run(request)
+            .map(move |response| {
+                response.map(|body| {
+                    Body::new(PermitBody {
+                        body,
+                        _permit: permit,
                     })
                 })
             })

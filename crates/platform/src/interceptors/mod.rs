@@ -7,6 +7,7 @@
 //!
 //! Idempotency (between validation and the handler) arrives with the storage issue.
 
+mod around;
 mod authenticate;
 mod authorize;
 mod check;
@@ -31,6 +32,9 @@ use prost_reflect::DescriptorPool;
 use tonic::body::Body;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneService;
+
+use around::AroundLayer;
+use check::CheckLayer;
 
 pub use authenticate::{AuthConfig, AuthConfigError, Claims, mint_hs256};
 pub use authorize::TENANT_HEADER;
@@ -89,9 +93,9 @@ pub fn stack(
     );
     let auth = match &config.auth {
         Some(auth) => Some((
-            check::CheckLayer(authenticate::Authenticate::new(auth)?),
-            check::CheckLayer(authorize::Authorize::new(policies.clone(), known_methods)),
-            check::CheckLayer(rate_limit::RateLimit::new(config.rate_limit)),
+            CheckLayer(authenticate::Authenticate::new(auth)?),
+            CheckLayer(authorize::Authorize::new(policies.clone(), known_methods)),
+            CheckLayer(rate_limit::RateLimit::new(config.rate_limit)),
         )),
         None => None,
     };
@@ -102,21 +106,19 @@ pub fn stack(
         None => (None, None, None),
     };
     let service = ServiceBuilder::new()
-        .layer(observe::ObserveLayer::new(metrics.clone()))
+        .layer(AroundLayer(observe::Observe::new(metrics.clone())))
         .layer(request_id::RequestIdLayer)
-        .layer(load_shed::LoadShedLayer::new(config.max_in_flight))
-        .layer(check::CheckLayer(policy::ResolvePolicy::new(
-            policies.clone(),
-        )))
-        .layer(deadline::DeadlineLayer::new(
+        .layer(AroundLayer(load_shed::LoadShed::new(config.max_in_flight)))
+        .layer(CheckLayer(policy::ResolvePolicy::new(policies.clone())))
+        .layer(AroundLayer(deadline::Deadlines::new(
             policies,
             config.default_timeout,
-        ))
+        )))
         .option_layer(authenticate)
         .option_layer(authorize)
         .option_layer(rate_limit)
-        .layer(deprecation::DeprecationLayer::new(metrics))
-        .layer(validate::ValidateLayer::new(max_message_bytes))
+        .layer(AroundLayer(deprecation::Deprecations::new(metrics)))
+        .layer(AroundLayer(validate::Validate::new(max_message_bytes)))
         .service(routes);
     Ok(BoxCloneService::new(service))
 }

@@ -2,7 +2,6 @@
 //! Wraps the whole interceptor stack; a call ends when its response's trailers pass (or when the
 //! body is dropped early, which is recorded as `canceled`).
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,8 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::body::Body;
-use tower::{Layer, Service};
 
+use super::around::{Around, Next};
 use super::context::RequestId;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,50 +107,21 @@ impl Metrics {
 
 /// Records every call.
 #[derive(Clone)]
-pub struct ObserveLayer {
+pub struct Observe {
     metrics: Metrics,
 }
 
-impl ObserveLayer {
+impl Observe {
     /// Records into `metrics`.
     pub fn new(metrics: Metrics) -> Self {
-        ObserveLayer { metrics }
+        Observe { metrics }
     }
 }
 
-impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Observe {
-            metrics: self.metrics.clone(),
-            inner,
-        }
-    }
-}
-
-/// The service produced by [`ObserveLayer`].
-#[derive(Clone)]
-pub struct Observe<S> {
-    metrics: Metrics,
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for Observe<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+impl Around for Observe {
+    fn around(&self, request: Request<Body>, next: Next) -> BoxFuture<'static, Response<Body>> {
         self.metrics.in_flight.inc();
-        let call = CallRecord {
+        let mut call = CallRecord {
             metrics: self.metrics.clone(),
             method: request.uri().path().trim_start_matches('/').to_owned(),
             request_id: request
@@ -162,16 +132,12 @@ where
             started: Instant::now(),
             done: false,
         };
-        self.inner
-            .call(request)
-            .map(move |result| {
-                result.map(|response| {
-                    let mut call = call;
-                    if let Some(code) = grpc_code(response.headers()) {
-                        call.finish(code); // trailers-only: the call is over
-                    }
-                    response.map(|body| Body::new(ObservedBody { body, call }))
-                })
+        next.run(request)
+            .map(move |response| {
+                if let Some(code) = grpc_code(response.headers()) {
+                    call.finish(code); // trailers-only: the call is over
+                }
+                response.map(|body| Body::new(ObservedBody { body, call }))
             })
             .boxed()
     }

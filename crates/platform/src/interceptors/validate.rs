@@ -3,9 +3,7 @@
 //! INVALID_ARGUMENT with a `BadRequest` violation per field. (Streamed requests are not checked
 //! here.)
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
@@ -17,84 +15,49 @@ use prost_reflect::DynamicMessage;
 use tonic::Code;
 use tonic::body::Body;
 use tonic_types::FieldViolation;
-use tower::{Layer, Service};
 
+use super::around::{Around, Next};
 use super::errors;
 use super::policy::MethodPolicy;
 
 /// Validates unary requests of methods with a policy.
 #[derive(Clone)]
-pub struct ValidateLayer {
+pub struct Validate {
     validator: Arc<Validator>,
     max_message_bytes: usize,
 }
 
-impl ValidateLayer {
+impl Validate {
     /// Reads at most `max_message_bytes` of a request.
     pub fn new(max_message_bytes: usize) -> Self {
-        ValidateLayer {
+        Validate {
             validator: Arc::new(Validator::new()),
             max_message_bytes,
         }
     }
 }
 
-impl<S> Layer<S> for ValidateLayer {
-    type Service = ValidateService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ValidateService {
-            layer: self.clone(),
-            inner,
-        }
-    }
-}
-
-/// The service produced by [`ValidateLayer`].
-#[derive(Clone)]
-pub struct ValidateService<S> {
-    layer: ValidateLayer,
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for ValidateService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+impl Around for Validate {
+    fn around(&self, request: Request<Body>, next: Next) -> BoxFuture<'static, Response<Body>> {
         let policy = request
             .extensions()
             .get::<Arc<MethodPolicy>>()
             .cloned()
             .filter(|p| p.unary_request && !p.infrastructure);
         let Some(policy) = policy else {
-            return self.inner.call(request).boxed();
+            return next.run(request);
         };
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
+        let this = self.clone();
         async move {
             let (parts, body) = request.into_parts();
-            let Some(bytes) = read(body, layer.max_message_bytes).await else {
+            let Some(bytes) = read(body, this.max_message_bytes).await else {
                 // Unreadable or oversized: let tonic report it in its usual way.
-                return inner.call(Request::from_parts(parts, Body::empty())).await;
+                return next.run(Request::from_parts(parts, Body::empty())).await;
             };
-            if let Some(status) = check(&layer.validator, &policy, &bytes) {
-                return Ok(errors::response(status));
+            if let Some(status) = check(&this.validator, &policy, &bytes) {
+                return errors::response(status);
             }
-            inner
-                .call(Request::from_parts(parts, Body::new(Full::new(bytes))))
+            next.run(Request::from_parts(parts, Body::new(Full::new(bytes))))
                 .await
         }
         .boxed()
