@@ -7,11 +7,13 @@
 //! It knows nothing of commerce: services register themselves with their descriptor sets.
 
 mod admin;
+mod api_error;
 mod cors;
 pub mod interceptors;
 mod server;
 mod shutdown;
 
+pub use api_error::ApiError;
 pub use cors::CorsConfig;
 pub use server::{BoundServer, Server, ServerConfig, ServerError};
 pub use shutdown::termination_signal;

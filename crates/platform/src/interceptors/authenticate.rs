@@ -2,6 +2,7 @@
 //! keys from a JWKS document. A valid token becomes a [`Principal`]; a bad one is refused here
 //! with UNAUTHENTICATED. Whether a token is *required* is the authorization layer's call.
 
+use commerce_api::commerce::common::v1::ErrorReason;
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -147,7 +148,7 @@ impl Authenticate {
         let invalid = |message: &str| {
             errors::status(
                 Code::Unauthenticated,
-                "TOKEN_INVALID",
+                ErrorReason::TokenInvalid,
                 PLATFORM_ERROR_DOMAIN,
                 message,
             )
@@ -184,7 +185,7 @@ impl Authenticate {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature
                 | jsonwebtoken::errors::ErrorKind::ImmatureSignature => errors::status(
                     Code::Unauthenticated,
-                    "TOKEN_EXPIRED",
+                    ErrorReason::TokenExpired,
                     PLATFORM_ERROR_DOMAIN,
                     "token expired or not yet valid",
                 ),
@@ -222,7 +223,7 @@ impl Check for Authenticate {
             .ok_or_else(|| {
                 errors::status(
                     Code::Unauthenticated,
-                    "TOKEN_INVALID",
+                    ErrorReason::TokenInvalid,
                     PLATFORM_ERROR_DOMAIN,
                     "authorization must be `Bearer <token>`",
                 )

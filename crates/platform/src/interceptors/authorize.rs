@@ -2,6 +2,7 @@
 //! public or which scopes it needs. Decides the call's [`Tenant`]. Methods the contract gives no
 //! auth policy are refused (fail closed); health and reflection are open.
 
+use commerce_api::commerce::common::v1::ErrorReason;
 use std::sync::Arc;
 
 use http::Request;
@@ -43,7 +44,7 @@ impl Check for Authorize {
             if self.known_methods.contains(path) {
                 return Err(errors::status(
                     Code::PermissionDenied,
-                    "SCOPE_MISSING",
+                    ErrorReason::ScopeMissing,
                     PLATFORM_ERROR_DOMAIN,
                     format!("{path} declares no auth policy in its contract and is closed"),
                 ));
@@ -68,7 +69,7 @@ impl Check for Authorize {
                     .ok_or_else(|| {
                         errors::status(
                             Code::InvalidArgument,
-                            "TENANT_MISSING",
+                            ErrorReason::TenantMissing,
                             &domain,
                             format!(
                                 "public method {} needs the {TENANT_HEADER} header",
@@ -81,7 +82,7 @@ impl Check for Authorize {
             let principal = principal.ok_or_else(|| {
                 errors::status(
                     Code::Unauthenticated,
-                    "TOKEN_MISSING",
+                    ErrorReason::TokenMissing,
                     &domain,
                     format!("{} needs a bearer token", policy.name),
                 )
@@ -95,7 +96,7 @@ impl Check for Authorize {
             if !missing.is_empty() {
                 return Err(errors::status_with_metadata(
                     Code::PermissionDenied,
-                    "SCOPE_MISSING",
+                    ErrorReason::ScopeMissing,
                     &domain,
                     format!("{} needs scopes: {}", policy.name, missing.join(" ")),
                     [("missing_scopes".to_owned(), missing.join(" "))],

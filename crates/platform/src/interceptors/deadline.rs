@@ -2,6 +2,7 @@
 //! capped by the method's `max_timeout_ms`, is enforced here and reported as DEADLINE_EXCEEDED —
 //! tonic's own timeout would report CANCELLED. Handlers find it as [`Deadline`].
 
+use commerce_api::commerce::common::v1::ErrorReason;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +64,7 @@ impl Around for Deadlines {
                 .unwrap_or_else(|_| {
                     errors::response(errors::status(
                         Code::DeadlineExceeded,
-                        "DEADLINE_EXCEEDED",
+                        ErrorReason::DeadlineExceeded,
                         PLATFORM_ERROR_DOMAIN,
                         "the call's deadline passed",
                     ))

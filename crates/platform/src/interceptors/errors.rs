@@ -1,77 +1,72 @@
-//! The one error model: a gRPC status carrying `google.rpc.ErrorInfo` (stable reason from
-//! `commerce.common.v1.ErrorReason`, the service's domain, metadata) plus `BadRequest` or
-//! `RetryInfo` where they apply. Connect and gRPC-web callers receive the same details.
+//! Errors the interceptors raise, through the same mapping handlers use ([`crate::ApiError`]):
+//! reasons come from the contract's `commerce.common.v1.ErrorReason`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use commerce_api::commerce::common::v1::ErrorReason;
 use http::Response;
 use tonic::body::Body;
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
+use tonic_types::FieldViolation;
+
+use crate::ApiError;
 
 /// A status with an `ErrorInfo`.
-pub fn status(code: Code, reason: &str, domain: &str, message: impl Into<String>) -> Status {
-    status_with(
-        code,
-        message,
-        ErrorDetails::with_error_info(reason, domain, HashMap::new()),
-    )
+pub fn status(code: Code, reason: ErrorReason, domain: &str, message: impl Into<String>) -> Status {
+    ApiError::new(code, reason, message).into_status(domain)
 }
 
-/// A status with an `ErrorInfo` with metadata.
+/// A status with an `ErrorInfo` carrying metadata.
 pub fn status_with_metadata(
     code: Code,
-    reason: &str,
+    reason: ErrorReason,
     domain: &str,
     message: impl Into<String>,
     metadata: impl IntoIterator<Item = (String, String)>,
 ) -> Status {
-    status_with(
-        code,
-        message,
-        ErrorDetails::with_error_info(
-            reason,
-            domain,
-            metadata.into_iter().collect::<HashMap<_, _>>(),
-        ),
-    )
+    metadata
+        .into_iter()
+        .fold(
+            ApiError::new(code, reason, message),
+            |error, (key, value)| error.with_metadata(key, value),
+        )
+        .into_status(domain)
 }
 
-/// A status with an `ErrorInfo` and `RetryInfo` (rate limits, load shedding).
+/// A status with `ErrorInfo` and `RetryInfo` (rate limits, load shedding).
 pub fn retryable(
     code: Code,
-    reason: &str,
+    reason: ErrorReason,
     domain: &str,
     message: impl Into<String>,
     retry_after: Duration,
 ) -> Status {
-    let mut details = ErrorDetails::with_error_info(reason, domain, HashMap::new());
-    details.set_retry_info(Some(retry_after));
-    status_with(code, message, details)
+    ApiError::new(code, reason, message)
+        .with_retry_after(retry_after)
+        .into_status(domain)
 }
 
-/// INVALID_ARGUMENT with `ErrorInfo` VALIDATION_FAILED and one `BadRequest` violation per field.
+/// INVALID_ARGUMENT / VALIDATION_FAILED with one `BadRequest` violation per field.
 pub fn validation_failed(domain: &str, violations: Vec<FieldViolation>) -> Status {
     let summary = violations
         .iter()
         .map(|v| format!("{}: {}", v.field, v.description))
         .collect::<Vec<_>>()
         .join("; ");
-    let mut details = ErrorDetails::with_error_info("VALIDATION_FAILED", domain, HashMap::new());
-    details.set_bad_request(violations);
-    status_with(
-        Code::InvalidArgument,
-        format!("invalid request: {summary}"),
-        details,
-    )
+    violations
+        .into_iter()
+        .fold(
+            ApiError::new(
+                Code::InvalidArgument,
+                ErrorReason::ValidationFailed,
+                format!("invalid request: {summary}"),
+            ),
+            |error, violation| error.with_field_violation(violation.field, violation.description),
+        )
+        .into_status(domain)
 }
 
-fn status_with(code: Code, message: impl Into<String>, details: ErrorDetails) -> Status {
-    Status::with_error_details(code, message, details)
-}
-
-/// The gRPC (trailers-only) response for `status`; Connect and gRPC-web layers translate it.
+/// The gRPC (trailers-only) response for `status`; the Connect and gRPC-web layers translate it.
 pub fn response(status: Status) -> Response<Body> {
     status.into_http()
 }

@@ -2,6 +2,7 @@
 //! body ends, so streams count too); beyond that, calls are refused at once with UNAVAILABLE and
 //! a retry hint instead of queueing until their deadlines pass.
 
+use commerce_api::commerce::common::v1::ErrorReason;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -40,7 +41,7 @@ impl Around for LoadShed {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             let status = errors::retryable(
                 Code::Unavailable,
-                "OVERLOADED",
+                ErrorReason::Overloaded,
                 PLATFORM_ERROR_DOMAIN,
                 "server is at its concurrency limit",
                 Duration::from_millis(250),

@@ -39,7 +39,7 @@ use check::CheckLayer;
 pub use authenticate::{AuthConfig, AuthConfigError, Claims, mint_hs256};
 pub use authorize::TENANT_HEADER;
 pub use context::{Deadline, Principal, RequestId, Tenant, TraceContext};
-pub use errors::{retryable, status, status_with_metadata, validation_failed};
+
 pub use observe::Metrics;
 pub use policy::{DeprecationPolicy, MethodPolicy, Policies};
 pub use rate_limit::RateLimitConfig;

@@ -2,6 +2,7 @@
 //! storage issue will replace it, with this one as its fallback). A call costs its method's
 //! `rate_limit_tokens`; an empty bucket answers RESOURCE_EXHAUSTED with a retry delay.
 
+use commerce_api::commerce::common::v1::ErrorReason;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -91,7 +92,7 @@ impl Check for RateLimit {
             .map_err(|retry_after| {
                 errors::retryable(
                     Code::ResourceExhausted,
-                    "RATE_LIMITED",
+                    ErrorReason::RateLimited,
                     &policy.error_domain,
                     "tenant rate limit exceeded",
                     retry_after,

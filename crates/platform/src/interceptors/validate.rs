@@ -3,6 +3,7 @@
 //! INVALID_ARGUMENT with a `BadRequest` violation per field. (Streamed requests are not checked
 //! here.)
 
+use commerce_api::commerce::common::v1::ErrorReason;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -96,7 +97,7 @@ fn check(validator: &Validator, policy: &MethodPolicy, framed: &[u8]) -> Option<
         }
         Err(other) => Some(errors::status(
             Code::Internal,
-            "INTERNAL",
+            ErrorReason::Internal,
             &policy.error_domain,
             format!("validation rules of {} could not run: {other}", policy.name),
         )),
