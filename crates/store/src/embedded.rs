@@ -1,0 +1,419 @@
+//! The embedded engine: redb, one file, durable commits (fsync before a commit returns), crash-safe
+//! (copy-on-write B-trees: a torn write is never visible after reopening).
+//!
+//! All writes go through one writer thread. With group commit on, the writer takes every commit
+//! waiting in its queue (up to `max_batch`) into one transaction, so concurrent writers share one
+//! fsync; each commit is still checked on its own (version compare-and-set, idempotency key) and
+//! fails alone. Reads run on tokio's blocking pool against snapshots and never wait for writes.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+
+use async_trait::async_trait;
+use prost::Message as _;
+use redb::{
+    Database, ReadableDatabase as _, ReadableTable as _, TableDefinition, WriteTransaction,
+};
+use tokio::sync::oneshot;
+
+use crate::port::{
+    AggregateKey, Commit, IdempotencyRecord, IndexEntry, PendingEvent, Store, StoreError, Versioned,
+};
+use crate::records::{self, AggregateRecord, IdempotencyRow, IndexRecord, OutboxRecord};
+
+const AGGREGATES: TableDefinition<&str, &[u8]> = TableDefinition::new("aggregates");
+const INDEX: TableDefinition<&str, ()> = TableDefinition::new("index");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_SEQUENCE: &str = "outbox_next_sequence";
+
+/// Options of the embedded engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// Share one fsync among the commits waiting together (default on).
+    pub group_commit: bool,
+    /// Most commits in one group.
+    pub max_batch: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            group_commit: true,
+            max_batch: 256,
+        }
+    }
+}
+
+struct Job {
+    commit: Commit,
+    done: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// The embedded store. Clones share one database and writer; dropping the last clone stops the
+/// writer (after the commits already queued) and closes the file.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writer: Arc<Writer>,
+}
+
+/// The writer thread and the queue into it.
+struct Writer {
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Writer {
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue
+            .as_ref()
+            .and_then(|queue| queue.send(job).ok())
+            .ok_or_else(|| backend("store writer stopped"))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer's loop once it has drained it.
+        drop(
+            self.queue
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(),
+        );
+        if let Some(thread) = self
+            .thread
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn backend(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(path: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self, StoreError> {
+        let db = Arc::new(Database::create(path).map_err(backend)?);
+        // Create every table once so readers never meet a missing one.
+        let txn = db.begin_write().map_err(backend)?;
+        txn.open_table(AGGREGATES).map_err(backend)?;
+        txn.open_table(INDEX).map_err(backend)?;
+        txn.open_table(OUTBOX).map_err(backend)?;
+        txn.open_table(IDEMPOTENCY).map_err(backend)?;
+        txn.open_table(META).map_err(backend)?;
+        txn.commit().map_err(backend)?;
+
+        let (writer, jobs) = mpsc::channel::<Job>();
+        let batch = if options.group_commit {
+            options.max_batch.max(1)
+        } else {
+            1
+        };
+        let write_db = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(&write_db, &jobs, batch))
+            .map_err(backend)?;
+        let writer = Writer {
+            queue: Mutex::new(Some(writer)),
+            thread: Mutex::new(Some(thread)),
+        };
+        Ok(EmbeddedStore {
+            db,
+            writer: Arc::new(writer),
+        })
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || read(&db))
+            .await
+            .map_err(backend)?
+    }
+}
+
+/// The writer thread: one transaction per group of waiting commits, one fsync per group.
+fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, max_batch: usize) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = db.begin_write().map_err(backend).and_then(|txn| {
+            let results: Vec<Result<u64, StoreError>> =
+                batch.iter().map(|job| apply(&txn, &job.commit)).collect();
+            // A refused commit (conflict, key taken) wrote nothing; an engine failure may have
+            // written part of one, so then the whole group is abandoned (the transaction aborts on drop).
+            if let Some(Err(failure)) = results
+                .iter()
+                .find(|result| matches!(result, Err(StoreError::Backend(_))))
+            {
+                return Err(failure.clone());
+            }
+            txn.commit().map_err(backend)?;
+            Ok(results)
+        });
+        match outcome {
+            Ok(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    let _ = job.done.send(result);
+                }
+            }
+            // The transaction did not commit: nothing of the group happened; each may retry.
+            Err(error) => {
+                for job in batch {
+                    let _ = job.done.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Applies one commit inside the group's transaction, or changes nothing and says why. Every
+/// check happens before the first write, so a refused commit leaves no trace.
+fn apply(txn: &WriteTransaction, commit: &Commit) -> Result<u64, StoreError> {
+    let key = records::aggregate_key(&commit.key);
+    let mut aggregates = txn.open_table(AGGREGATES).map_err(backend)?;
+    let previous = match aggregates.get(key.as_str()).map_err(backend)? {
+        Some(bytes) => Some(AggregateRecord::decode(bytes.value()).map_err(backend)?),
+        None => None,
+    };
+    let found = previous.as_ref().map_or(0, |record| record.version);
+    if found != commit.expected_version {
+        return Err(StoreError::Conflict {
+            key: commit.key.to_string(),
+            expected: commit.expected_version,
+            found,
+        });
+    }
+    let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(backend)?;
+    if let Some(record) = &commit.idempotency {
+        let id = records::idempotency_key(&record.tenant, &record.method, &record.key);
+        if idempotency.get(id.as_str()).map_err(backend)?.is_some() {
+            return Err(StoreError::IdempotencyKeyTaken(record.key.clone()));
+        }
+        idempotency
+            .insert(
+                id.as_str(),
+                IdempotencyRow::new(record).encode_to_vec().as_slice(),
+            )
+            .map_err(backend)?;
+    }
+
+    let version = found + 1;
+    let record = AggregateRecord {
+        version,
+        data: commit.data.clone(),
+        index: commit.index.iter().map(IndexRecord::from).collect(),
+    };
+    aggregates
+        .insert(key.as_str(), record.encode_to_vec().as_slice())
+        .map_err(backend)?;
+
+    let mut index = txn.open_table(INDEX).map_err(backend)?;
+    for old in previous.iter().flat_map(|record| record.index.iter()) {
+        let entry = IndexEntry::from(old);
+        index
+            .remove(
+                records::index_key(&commit.key.tenant, &commit.key.kind, &entry, &commit.key.id)
+                    .as_str(),
+            )
+            .map_err(backend)?;
+    }
+    for entry in &commit.index {
+        index
+            .insert(
+                records::index_key(&commit.key.tenant, &commit.key.kind, entry, &commit.key.id)
+                    .as_str(),
+                (),
+            )
+            .map_err(backend)?;
+    }
+
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    let mut sequence = meta
+        .get(NEXT_SEQUENCE)
+        .map_err(backend)?
+        .map_or(1, |value| value.value());
+    let mut outbox = txn.open_table(OUTBOX).map_err(backend)?;
+    for event in &commit.events {
+        outbox
+            .insert(
+                sequence,
+                OutboxRecord::new(&commit.key, event)
+                    .encode_to_vec()
+                    .as_slice(),
+            )
+            .map_err(backend)?;
+        sequence += 1;
+    }
+    meta.insert(NEXT_SEQUENCE, sequence).map_err(backend)?;
+    Ok(version)
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn load(&self, key: &AggregateKey) -> Result<Option<Versioned>, StoreError> {
+        let key = records::aggregate_key(key);
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(AGGREGATES).map_err(backend)?;
+            let Some(bytes) = table.get(key.as_str()).map_err(backend)? else {
+                return Ok(None);
+            };
+            let record = AggregateRecord::decode(bytes.value()).map_err(backend)?;
+            Ok(Some(Versioned {
+                version: record.version,
+                data: record.data,
+            }))
+        })
+        .await
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
+        let (done, result) = oneshot::channel();
+        self.writer.send(Job { commit, done })?;
+        result.await.map_err(|_| backend("store writer stopped"))?
+    }
+
+    async fn find(
+        &self,
+        tenant: &str,
+        kind: &str,
+        index: &IndexEntry,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let prefix = records::index_prefix(tenant, kind, index);
+        let start = match after_id {
+            Some(after) => format!("{prefix}{after}\u{0}"),
+            None => prefix.clone(),
+        };
+        let (tenant, kind) = (tenant.to_owned(), kind.to_owned());
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let index = txn.open_table(INDEX).map_err(backend)?;
+            let aggregates = txn.open_table(AGGREGATES).map_err(backend)?;
+            let mut found = Vec::new();
+            for entry in index.range(start.as_str()..).map_err(backend)? {
+                let (key, _) = entry.map_err(backend)?;
+                let Some(id) = key.value().strip_prefix(prefix.as_str()).map(str::to_owned) else {
+                    break;
+                };
+                let aggregate_key = records::aggregate_key(&AggregateKey::new(
+                    tenant.clone(),
+                    kind.clone(),
+                    id.clone(),
+                ));
+                if let Some(bytes) = aggregates.get(aggregate_key.as_str()).map_err(backend)? {
+                    let record = AggregateRecord::decode(bytes.value()).map_err(backend)?;
+                    found.push((
+                        id,
+                        Versioned {
+                            version: record.version,
+                            data: record.data,
+                        },
+                    ));
+                }
+                if found.len() == limit {
+                    break;
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn pending_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<PendingEvent>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let outbox = txn.open_table(OUTBOX).map_err(backend)?;
+            let mut events = Vec::new();
+            for entry in outbox
+                .range(after.saturating_add(1)..)
+                .map_err(backend)?
+                .take(limit)
+            {
+                let (sequence, bytes) = entry.map_err(backend)?;
+                let record = OutboxRecord::decode(bytes.value()).map_err(backend)?;
+                events.push(PendingEvent {
+                    sequence: sequence.value(),
+                    aggregate: AggregateKey::new(record.tenant, record.kind, record.id),
+                    event: crate::port::OutboxEvent {
+                        event_id: record.event_id,
+                        event_type: record.event_type,
+                        envelope: record.envelope,
+                    },
+                });
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn mark_delivered(&self, sequences: &[u64]) -> Result<(), StoreError> {
+        let sequences = sequences.to_vec();
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut outbox = txn.open_table(OUTBOX).map_err(backend)?;
+                for sequence in sequences {
+                    outbox.remove(sequence).map_err(backend)?;
+                }
+            }
+            txn.commit().map_err(backend)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn idempotency_record(
+        &self,
+        tenant: &str,
+        method: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let id = records::idempotency_key(tenant, method, key);
+        let (tenant, method, key) = (tenant.to_owned(), method.to_owned(), key.to_owned());
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(IDEMPOTENCY).map_err(backend)?;
+            let Some(bytes) = table.get(id.as_str()).map_err(backend)? else {
+                return Ok(None);
+            };
+            let row = IdempotencyRow::decode(bytes.value()).map_err(backend)?;
+            Ok(Some(IdempotencyRecord {
+                tenant,
+                method,
+                key,
+                request_digest: row.request_digest,
+                response: row.response,
+                expires_at: row.expires_at,
+            }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,19 @@
+//! Persistence for the services: the ports they write against, and the adapters behind them.
+//!
+//! A service changes an aggregate with one [`Commit`]: the aggregate's new state (compare-and-set
+//! on its `version`), its secondary-index entries, the outbox events the change emits, and the
+//! idempotency record of the request that caused it — all or nothing. Events then leave through
+//! the outbox ([`Store::pending_events`]), so a change and its events can never disagree.
+//!
+//! Adapters: [`EmbeddedStore`] (redb, the default when no MongoDB is configured). The MongoDB
+//! adapter is still to come (issue #5).
+
+mod embedded;
+mod port;
+mod records;
+
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use port::{
+    AggregateKey, Commit, IdempotencyRecord, IndexEntry, OutboxEvent, PendingEvent, Store,
+    StoreError, Versioned,
+};

@@ -1,0 +1,165 @@
+//! The persistence port: what services need from storage, independent of the engine.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// One aggregate instance, always scoped by tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AggregateKey {
+    /// Tenant owning the aggregate.
+    pub tenant: String,
+    /// Aggregate type, e.g. `order`, `member`.
+    pub kind: String,
+    /// Id, unique within tenant and kind.
+    pub id: String,
+}
+
+impl AggregateKey {
+    /// A key.
+    pub fn new(tenant: impl Into<String>, kind: impl Into<String>, id: impl Into<String>) -> Self {
+        AggregateKey {
+            tenant: tenant.into(),
+            kind: kind.into(),
+            id: id.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for AggregateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.tenant, self.kind, self.id)
+    }
+}
+
+/// A stored aggregate state and its version (1 after creation, +1 per commit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// Version of this state.
+    pub version: u64,
+    /// The encoded aggregate (the service's own protobuf).
+    pub data: Bytes,
+}
+
+/// A secondary key the aggregate can be found by (e.g. `customer_id` = `c-42`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Index name.
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// An event emitted by a commit, kept in the outbox until delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Unique event id (consumers deduplicate by it).
+    pub event_id: String,
+    /// Fully-qualified protobuf name of the event.
+    pub event_type: String,
+    /// The encoded `commerce.common.v1.EventEnvelope`.
+    pub envelope: Bytes,
+}
+
+/// An outbox event waiting for delivery, in commit order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEvent {
+    /// Position in the outbox; strictly increasing in commit order.
+    pub sequence: u64,
+    /// Aggregate that emitted it.
+    pub aggregate: AggregateKey,
+    /// The event.
+    pub event: OutboxEvent,
+}
+
+/// The stored outcome of an idempotent request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// Tenant of the request.
+    pub tenant: String,
+    /// Fully-qualified method.
+    pub method: String,
+    /// The caller's `Idempotency-Key`.
+    pub key: String,
+    /// Digest of the request, to tell a retry from a reuse of the key.
+    pub request_digest: Bytes,
+    /// The encoded response (success or error) to replay.
+    pub response: Bytes,
+    /// Unix seconds after which the record may be dropped.
+    pub expires_at: u64,
+}
+
+/// One atomic change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// The aggregate changed.
+    pub key: AggregateKey,
+    /// Version the change was computed from; 0 creates the aggregate (it must not exist).
+    pub expected_version: u64,
+    /// The new state.
+    pub data: Bytes,
+    /// The aggregate's secondary keys after the change (they replace the previous ones).
+    pub index: Vec<IndexEntry>,
+    /// Events the change emits.
+    pub events: Vec<OutboxEvent>,
+    /// The idempotency record of the request that made the change, if keyed.
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// Why a storage call failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The aggregate is not at the expected version: someone else changed it first.
+    #[error("version conflict on {key}: expected {expected}, found {found}")]
+    Conflict {
+        /// The aggregate.
+        key: String,
+        /// Version the caller expected.
+        expected: u64,
+        /// Version stored (0 when it does not exist).
+        found: u64,
+    },
+    /// An idempotency record with this key exists already.
+    #[error("idempotency key {0} is already recorded")]
+    IdempotencyKeyTaken(String),
+    /// The engine failed; the commit did not happen and may be retried.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+/// The persistence port services use.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The aggregate's current state, if it exists.
+    async fn load(&self, key: &AggregateKey) -> Result<Option<Versioned>, StoreError>;
+
+    /// Applies `commit` atomically; returns the new version.
+    async fn commit(&self, commit: Commit) -> Result<u64, StoreError>;
+
+    /// Aggregates of `kind` whose index `name` has `value`, by id, after `after_id`, at most `limit`.
+    async fn find(
+        &self,
+        tenant: &str,
+        kind: &str,
+        index: &IndexEntry,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError>;
+
+    /// Undelivered outbox events with a sequence above `after`, oldest first, at most `limit`.
+    async fn pending_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<PendingEvent>, StoreError>;
+
+    /// Removes delivered events from the outbox.
+    async fn mark_delivered(&self, sequences: &[u64]) -> Result<(), StoreError>;
+
+    /// The idempotency record of (`tenant`, `method`, `key`), if any.
+    async fn idempotency_record(
+        &self,
+        tenant: &str,
+        method: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+}
