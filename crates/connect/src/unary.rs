@@ -76,11 +76,7 @@ pub(crate) async fn serve_post(
     ) {
         Ok(call) => call,
         Err(error) => {
-            return error_response(
-                codec,
-                call_compression(&parts.headers),
-                Failure::from(error),
-            );
+            return error_response(call_compression(&parts.headers), Failure::from(error));
         }
     };
     let response_compression = call.response_compression;
@@ -110,7 +106,7 @@ pub(crate) async fn serve_get(
     ) {
         Ok(query) => query,
         Err(error) => {
-            return error_response(Codec::Json, Compression::Identity, Failure::from(error));
+            return error_response(Compression::Identity, Failure::from(error));
         }
     };
     let call = match unary_call(
@@ -121,7 +117,7 @@ pub(crate) async fn serve_get(
     ) {
         Ok(call) => call,
         Err(error) => {
-            return error_response(query.codec, Compression::Identity, Failure::from(error));
+            return error_response(Compression::Identity, Failure::from(error));
         }
     };
     let started = Instant::now();
@@ -256,15 +252,8 @@ fn finish(
 ) -> Response<BoxBody> {
     let reply = match outcome {
         Ok(reply) => reply,
-        Err(failure) => return error_response(codec, compression, failure),
+        Err(failure) => return error_response(compression, failure),
     };
-    if reply.message.len() > config.max_message_bytes {
-        return error_response(
-            codec,
-            compression,
-            too_large(config.max_message_bytes).into(),
-        );
-    }
     let compression = if reply.message.len() >= config.compress_min_bytes {
         compression
     } else {
@@ -284,7 +273,7 @@ fn finish(
     response
 }
 
-fn error_response(_codec: Codec, compression: Compression, failure: Failure) -> Response<BoxBody> {
+fn error_response(compression: Compression, failure: Failure) -> Response<BoxBody> {
     let body = failure.error.to_json().to_string();
     let compression = if body.len() >= 1024 {
         compression
@@ -460,7 +449,6 @@ mod tests {
     #[test]
     fn errors_carry_the_connect_http_status_and_json() {
         let response = error_response(
-            Codec::Proto,
             Compression::Identity,
             ConnectError::new(Code::ResourceExhausted, "slow down").into(),
         );
