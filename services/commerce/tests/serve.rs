@@ -115,4 +115,9 @@ fn sigterm_stops_the_server_cleanly_and_calls_are_logged_as_json() {
     let log: serde_json::Value = serde_json::from_str(rpc_line).expect("JSON log line");
     assert_eq!(log["fields"]["method"], "grpc.health.v1.Health/Check");
     assert_eq!(log["fields"]["code"], "ok");
+    assert_eq!(
+        log["fields"]["request_id"].as_str().map(str::len),
+        Some(36),
+        "the generated request id is logged"
+    );
 }

@@ -1,7 +1,7 @@
 //! The interceptor stack of DESIGN.md, one small tower layer per concern, assembled in one place
 //! ([`stack`]) so the request path reads top to bottom:
 //!
-//! observe (RED metrics, logs) → request id + trace context → load shedding → deadline →
+//! request id + trace context → observe (RED metrics, logs) → load shedding → deadline →
 //! authentication → authorization (+ tenant) → rate limit → deprecation marks → validation →
 //! handler.
 //!
@@ -106,8 +106,9 @@ pub fn stack(
         None => (None, None, None),
     };
     let service = ServiceBuilder::new()
-        .layer(AroundLayer(observe::Observe::new(metrics.clone())))
+        // The id comes first so the metrics/log wrapper below can report it.
         .layer(request_id::RequestIdLayer)
+        .layer(AroundLayer(observe::Observe::new(metrics.clone())))
         .layer(AroundLayer(load_shed::LoadShed::new(config.max_in_flight)))
         .layer(CheckLayer(policy::ResolvePolicy::new(policies.clone())))
         .layer(AroundLayer(deadline::Deadlines::new(
