@@ -1,0 +1,19 @@
+//! Whether the fast path is running on its local fallbacks because Redis failed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Shared flag: set when a Redis call failed and a fallback answered, cleared by the next success.
+#[derive(Debug, Clone, Default)]
+pub struct Degraded(Arc<AtomicBool>);
+
+impl Degraded {
+    /// True while the last Redis call failed.
+    pub fn is_degraded(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record<T, E>(&self, result: &Result<T, E>) {
+        self.0.store(result.is_err(), Ordering::Relaxed);
+    }
+}
