@@ -9,6 +9,8 @@ mod cache;
 mod degraded;
 mod gcra;
 mod lock;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use cache::Cache;
 pub use degraded::Degraded;

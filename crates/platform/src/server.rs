@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub interceptors: InterceptorConfig,
     /// Address of the admin port (`/metrics`, `/healthz`); `None` serves no admin port.
     pub admin_addr: Option<SocketAddr>,
+    /// Redis for the fast path (`redis://host:port/db`); `None` keeps everything in process.
+    pub redis_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +54,7 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             interceptors: InterceptorConfig::default(),
             admin_addr: None,
+            redis_url: None,
         }
     }
 }
@@ -68,6 +71,9 @@ pub enum ServerError {
     /// Binding or accepting failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// Redis is configured but could not be reached at start-up.
+    #[error("redis: {0}")]
+    Redis(String),
     /// The authentication settings are unusable.
     #[error("authentication: {0}")]
     Auth(#[from] crate::interceptors::AuthConfigError),
@@ -139,12 +145,22 @@ impl Server {
             connect::ConnectConfig::new(&pool).max_message_bytes(self.config.max_message_bytes),
         );
         let metrics = Metrics::default();
+        let degraded = fastpath::Degraded::default();
+        let redis = match &self.config.redis_url {
+            Some(url) => Some(
+                fastpath::connect(url)
+                    .await
+                    .map_err(|err| ServerError::Redis(err.to_string()))?,
+            ),
+            None => None,
+        };
         let grpc = interceptors::stack(
             self.routes.routes(),
             &pool,
             &self.config.interceptors,
             metrics.clone(),
             self.config.max_message_bytes,
+            (redis, degraded.clone()),
         )?;
         let stack = ServiceBuilder::new()
             .layer(tower::util::option_layer(self.config.cors.layer()))
@@ -163,6 +179,7 @@ impl Server {
             local_addr,
             admin,
             metrics,
+            degraded,
             stack,
             health,
             service_names: self.service_names,
@@ -198,6 +215,7 @@ pub struct BoundServer {
     local_addr: SocketAddr,
     admin: Option<TcpListener>,
     metrics: Metrics,
+    degraded: fastpath::Degraded,
     stack: Stack,
     health: HealthReporter,
     service_names: Vec<&'static str>,
@@ -225,13 +243,15 @@ impl BoundServer {
             listener,
             admin,
             metrics,
+            degraded,
             stack,
             health,
             service_names,
             config,
             ..
         } = self;
-        let admin_task = admin.map(|listener| tokio::spawn(admin::serve(listener, metrics)));
+        let admin_task =
+            admin.map(|listener| tokio::spawn(admin::serve(listener, metrics, degraded)));
         let builder = auto::Builder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
         // Owning the connection tasks lets shutdown end the ones that outlive the grace period.

@@ -36,6 +36,10 @@ struct Api {
 }
 
 async fn start(rate_limit: RateLimitConfig) -> Api {
+    start_with_redis(rate_limit, None).await
+}
+
+async fn start_with_redis(rate_limit: RateLimitConfig, redis_url: Option<String>) -> Api {
     let config = ServerConfig {
         listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -48,6 +52,7 @@ async fn start(rate_limit: RateLimitConfig) -> Api {
             rate_limit,
             ..InterceptorConfig::default()
         },
+        redis_url,
         ..ServerConfig::default()
     };
     let bound = Server::new(config)
@@ -519,5 +524,56 @@ async fn calls_beyond_the_concurrency_limit_are_shed_at_once() {
         sleep(0).await.status,
         200,
         "capacity is back once the slow call ended"
+    );
+}
+
+#[tokio::test]
+async fn replicas_sharing_redis_share_each_tenants_limit_and_degrade_to_local_limits() {
+    let mut redis = fastpath::testing::RedisServer::start();
+    let limit = RateLimitConfig {
+        tokens_per_second: 0.5,
+        burst: 3.0,
+    };
+    let replica_a = start_with_redis(limit, Some(redis.url())).await;
+    let replica_b = start_with_redis(limit, Some(redis.url())).await;
+    let auth = [bearer(&token("checkout.orders.read", now() + 60))];
+    // The tenant's burst of 3 is spent across both replicas.
+    for replica in [&replica_a, &replica_b, &replica_a] {
+        assert_eq!(
+            call(replica, GET_ORDER, json!({"orderId": "o-1"}), &auth)
+                .await
+                .status,
+            501
+        );
+    }
+    let limited = call(&replica_b, GET_ORDER, json!({"orderId": "o-1"}), &auth).await;
+    assert_eq!(
+        (limited.status, error_info(&limited).1.as_str()),
+        (429, "RATE_LIMITED")
+    );
+
+    let healthz = |api: &Api| {
+        send(
+            Request::get(format!("http://{}/healthz", api.admin))
+                .body(Full::default())
+                .unwrap(),
+            false,
+        )
+    };
+    assert_eq!(&healthz(&replica_a).await.body[..], b"ok\n");
+
+    // Redis dies: each replica limits on its own (a fresh local bucket), and says it is degraded.
+    redis.kill();
+    assert_eq!(
+        call(&replica_a, GET_ORDER, json!({"orderId": "o-1"}), &auth)
+            .await
+            .status,
+        501
+    );
+    let health = healthz(&replica_a).await;
+    assert_eq!(health.status, 200, "still live");
+    assert!(
+        String::from_utf8_lossy(&health.body).starts_with("degraded"),
+        "{health:?}"
     );
 }

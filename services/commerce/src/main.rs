@@ -120,8 +120,38 @@ struct ServeConfig {
     /// Per-tenant rate limit: burst size.
     #[arg(long, env = "COMMERCE_RATE_LIMIT_BURST", default_value_t = 400.0)]
     rate_limit_burst: f64,
+    /// Redis for the fast path (shared rate limits); unset keeps everything in process.
+    #[arg(long, env = "COMMERCE_REDIS_URL")]
+    redis_url: Option<RedisUrl>,
     #[command(flatten)]
     auth: AuthArgs,
+}
+
+/// A Redis URL whose password never reaches the printed configuration.
+#[derive(Clone)]
+struct RedisUrl(String);
+
+impl std::str::FromStr for RedisUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(RedisUrl(url.to_owned()))
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // redis://user:password@host:port/db → redis://<credentials>@host:port/db
+        match self.0.split_once('@') {
+            Some((scheme_and_credentials, host)) => {
+                let scheme = scheme_and_credentials
+                    .split("://")
+                    .next()
+                    .unwrap_or("redis");
+                write!(f, "{scheme}://<credentials>@{host}")
+            }
+            None => write!(f, "{}", self.0),
+        }
+    }
 }
 
 /// Arguments of `token`.
@@ -177,6 +207,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         },
         shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
         max_message_bytes: config.max_message_bytes,
+        redis_url: config.redis_url.as_ref().map(|url| url.0.clone()),
         interceptors: InterceptorConfig {
             auth: Some(config.auth.config()?),
             rate_limit: RateLimitConfig {

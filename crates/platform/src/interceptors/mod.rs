@@ -50,7 +50,7 @@ pub struct InterceptorConfig {
     /// Token verification; `None` runs open (no authentication, authorization or rate limit) —
     /// for protocol tests only, never for a deployed service.
     pub auth: Option<AuthConfig>,
-    /// Per-tenant rate limit.
+    /// Per-tenant rate limit (GCRA; in Redis when the server has a Redis URL).
     pub rate_limit: RateLimitConfig,
     /// Calls allowed in flight before shedding load.
     pub max_in_flight: usize,
@@ -79,6 +79,7 @@ pub fn stack(
     config: &InterceptorConfig,
     metrics: Metrics,
     max_message_bytes: usize,
+    fast_path: (Option<fastpath::Redis>, fastpath::Degraded),
 ) -> Result<GrpcService, AuthConfigError> {
     let policies = Arc::new(Policies::from_pool(pool));
     let known_methods: Arc<HashSet<String>> = Arc::new(
@@ -91,17 +92,19 @@ pub fn stack(
             })
             .collect(),
     );
-    let auth = match &config.auth {
-        Some(auth) => Some((
-            CheckLayer(authenticate::Authenticate::new(auth)?),
-            CheckLayer(authorize::Authorize::new(policies.clone(), known_methods)),
-            CheckLayer(rate_limit::RateLimit::new(config.rate_limit)),
-        )),
-        None => None,
-    };
-    let (authenticate, authorize, rate_limit) = match auth {
-        Some((authenticate, authorize, rate_limit)) => {
-            (Some(authenticate), Some(authorize), Some(rate_limit))
+    // Without authentication there is no tenant, so no rate limit either (open mode, tests only).
+    let (authenticate, authorize, rate_limit) = match &config.auth {
+        Some(auth) => {
+            let (redis, degraded) = fast_path;
+            let limiter = fastpath::RateLimiter::new(config.rate_limit.limit(), redis, degraded);
+            (
+                Some(CheckLayer(authenticate::Authenticate::new(auth)?)),
+                Some(CheckLayer(authorize::Authorize::new(
+                    policies.clone(),
+                    known_methods,
+                ))),
+                Some(AroundLayer(rate_limit::RateLimit::new(Arc::new(limiter)))),
+            )
         }
         None => (None, None, None),
     };
