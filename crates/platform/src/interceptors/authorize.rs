@@ -12,7 +12,7 @@ use tonic::{Code, Status};
 use super::check::Check;
 use super::context::{Principal, Tenant};
 use super::errors;
-use super::policy::{PLATFORM_ERROR_DOMAIN, Policies};
+use super::policy::{MethodPolicy, PLATFORM_ERROR_DOMAIN};
 
 /// Header naming the tenant of calls to public methods.
 pub const TENANT_HEADER: &str = "commerce-tenant";
@@ -20,27 +20,21 @@ pub const TENANT_HEADER: &str = "commerce-tenant";
 /// The authorization check.
 #[derive(Debug, Clone)]
 pub struct Authorize {
-    policies: Arc<Policies>,
     known_methods: Arc<std::collections::HashSet<String>>,
 }
 
 impl Authorize {
-    /// Authorizes against `policies`; `known_methods` are every served path (policy or not).
-    pub fn new(
-        policies: Arc<Policies>,
-        known_methods: Arc<std::collections::HashSet<String>>,
-    ) -> Self {
-        Authorize {
-            policies,
-            known_methods,
-        }
+    /// Authorizes against the policy `ResolvePolicy` put in the request; `known_methods` are every
+    /// served path (with a policy or not), to tell a closed method from an unknown one.
+    pub fn new(known_methods: Arc<std::collections::HashSet<String>>) -> Self {
+        Authorize { known_methods }
     }
 }
 
 impl Check for Authorize {
     fn check(&self, request: &mut Request<Body>) -> Result<(), Status> {
         let path = request.uri().path();
-        let Some(policy) = self.policies.get(path).cloned() else {
+        let Some(policy) = request.extensions().get::<Arc<MethodPolicy>>().cloned() else {
             if self.known_methods.contains(path) {
                 return Err(errors::status(
                     Code::PermissionDenied,
@@ -52,7 +46,6 @@ impl Check for Authorize {
             return Ok(()); // unknown method: the router answers UNIMPLEMENTED
         };
         let domain = policy.error_domain.clone();
-        request.extensions_mut().insert(policy.clone());
         if policy.infrastructure {
             return Ok(());
         }

@@ -1,5 +1,5 @@
 //! Deadlines: the caller's `grpc-timeout` (Connect's `Connect-Timeout-Ms` arrives translated),
-//! capped by the method's `max_timeout_ms`, is enforced here and reported as DEADLINE_EXCEEDED —
+//! capped by the method's `max_timeout_ms` (from the policy `ResolvePolicy` put in the request), is enforced here and reported as DEADLINE_EXCEEDED —
 //! tonic's own timeout would report CANCELLED. Handlers find it as [`Deadline`].
 
 use commerce_api::commerce::common::v1::ErrorReason;
@@ -16,23 +16,19 @@ use tonic::body::Body;
 use super::around::{Around, Next};
 use super::context::Deadline;
 use super::errors;
-use super::policy::{PLATFORM_ERROR_DOMAIN, Policies};
+use super::policy::{MethodPolicy, PLATFORM_ERROR_DOMAIN};
 
 /// Enforces per-call deadlines.
 #[derive(Debug, Clone)]
 pub struct Deadlines {
-    policies: Arc<Policies>,
     default_timeout: Option<Duration>,
 }
 
 impl Deadlines {
     /// Deadlines from `grpc-timeout`, capped per method; `default_timeout` applies when the caller
     /// sets none.
-    pub fn new(policies: Arc<Policies>, default_timeout: Option<Duration>) -> Self {
-        Deadlines {
-            policies,
-            default_timeout,
-        }
+    pub fn new(default_timeout: Option<Duration>) -> Self {
+        Deadlines { default_timeout }
     }
 }
 
@@ -42,9 +38,10 @@ impl Around for Deadlines {
             .headers_mut()
             .remove("grpc-timeout")
             .and_then(|value| parse_grpc_timeout(value.to_str().ok()?));
-        let cap = self
-            .policies
-            .get(request.uri().path())
+        // The policy was resolved once, earlier in the stack.
+        let cap = request
+            .extensions()
+            .get::<Arc<MethodPolicy>>()
             .and_then(|policy| policy.max_timeout);
         let timeout = match (requested.or(self.default_timeout), cap) {
             (Some(requested), Some(cap)) => Some(requested.min(cap)),

@@ -99,10 +99,7 @@ pub fn stack(
             let limiter = fastpath::RateLimiter::new(config.rate_limit.limit(), redis, degraded);
             (
                 Some(CheckLayer(authenticate::Authenticate::new(auth)?)),
-                Some(CheckLayer(authorize::Authorize::new(
-                    policies.clone(),
-                    known_methods,
-                ))),
+                Some(CheckLayer(authorize::Authorize::new(known_methods))),
                 Some(AroundLayer(rate_limit::RateLimit::new(Arc::new(limiter)))),
             )
         }
@@ -113,9 +110,8 @@ pub fn stack(
         .layer(request_id::RequestIdLayer)
         .layer(AroundLayer(observe::Observe::new(metrics.clone())))
         .layer(AroundLayer(load_shed::LoadShed::new(config.max_in_flight)))
-        .layer(CheckLayer(policy::ResolvePolicy::new(policies.clone())))
+        .layer(CheckLayer(policy::ResolvePolicy::new(policies)))
         .layer(AroundLayer(deadline::Deadlines::new(
-            policies,
             config.default_timeout,
         )))
         .option_layer(authenticate)
