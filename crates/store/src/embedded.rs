@@ -17,7 +17,8 @@ use redb::{
 use tokio::sync::oneshot;
 
 use crate::port::{
-    AggregateKey, Commit, IdempotencyRecord, IndexEntry, PendingEvent, Store, StoreError, Versioned,
+    AggregateKey, Commit, IdempotencyRecord, IndexEntry, PendingEvent, Store, StoreError,
+    Versioned, unix_now,
 };
 use crate::records::{self, AggregateRecord, IdempotencyRow, IndexRecord, OutboxRecord};
 
@@ -204,18 +205,8 @@ fn apply(txn: &WriteTransaction, commit: &Commit) -> Result<u64, StoreError> {
             found,
         });
     }
-    let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(backend)?;
     if let Some(record) = &commit.idempotency {
-        let id = records::idempotency_key(&record.tenant, &record.method, &record.key);
-        if idempotency.get(id.as_str()).map_err(backend)?.is_some() {
-            return Err(StoreError::IdempotencyKeyTaken(record.key.clone()));
-        }
-        idempotency
-            .insert(
-                id.as_str(),
-                IdempotencyRow::new(record).encode_to_vec().as_slice(),
-            )
-            .map_err(backend)?;
+        insert_idempotency(txn, record)?;
     }
 
     let version = found + 1;
@@ -267,6 +258,60 @@ fn apply(txn: &WriteTransaction, commit: &Commit) -> Result<u64, StoreError> {
     }
     meta.insert(NEXT_SEQUENCE, sequence).map_err(backend)?;
     Ok(version)
+}
+
+/// Inserts an idempotency record unless a live one holds the key (an expired one is replaced).
+fn insert_idempotency(
+    txn: &WriteTransaction,
+    record: &IdempotencyRecord,
+) -> Result<(), StoreError> {
+    let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(backend)?;
+    let id = records::idempotency_key(&record.tenant, &record.method, &record.key);
+    if let Some(existing) = idempotency.get(id.as_str()).map_err(backend)? {
+        let existing = IdempotencyRow::decode(existing.value()).map_err(backend)?;
+        if existing.expires_at > unix_now() {
+            return Err(StoreError::IdempotencyKeyTaken(record.key.clone()));
+        }
+    }
+    idempotency
+        .insert(
+            id.as_str(),
+            IdempotencyRow::new(record).encode_to_vec().as_slice(),
+        )
+        .map_err(backend)?;
+    Ok(())
+}
+
+impl EmbeddedStore {
+    /// Runs `write` in a transaction of its own, outside the commit queue (operator and outbox
+    /// bookkeeping that no aggregate commit depends on).
+    async fn write<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(backend)?;
+            let value = write(&txn)?;
+            txn.commit().map_err(backend)?;
+            Ok(value)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    /// Verifies the file's checksums and structure (redb's integrity check); `Ok(true)` when it
+    /// is intact, `Ok(false)` when it was repaired. Needs the only handle on the file.
+    pub fn check(path: impl AsRef<Path>) -> Result<bool, StoreError> {
+        let mut db = Database::open(path).map_err(backend)?;
+        db.check_integrity().map_err(backend)
+    }
+
+    /// Compacts the file, returning freed pages to the file system. Needs the only handle on it.
+    pub fn compact(path: impl AsRef<Path>) -> Result<bool, StoreError> {
+        let mut db = Database::open(path).map_err(backend)?;
+        db.compact().map_err(backend)
+    }
 }
 
 #[async_trait]
@@ -342,20 +387,12 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn pending_events(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<PendingEvent>, StoreError> {
+    async fn pending_events(&self, limit: usize) -> Result<Vec<PendingEvent>, StoreError> {
         self.read(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let outbox = txn.open_table(OUTBOX).map_err(backend)?;
             let mut events = Vec::new();
-            for entry in outbox
-                .range(after.saturating_add(1)..)
-                .map_err(backend)?
-                .take(limit)
-            {
+            for entry in outbox.iter().map_err(backend)?.take(limit) {
                 let (sequence, bytes) = entry.map_err(backend)?;
                 let record = OutboxRecord::decode(bytes.value()).map_err(backend)?;
                 events.push(PendingEvent {
@@ -373,21 +410,35 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn mark_delivered(&self, sequences: &[u64]) -> Result<(), StoreError> {
-        let sequences = sequences.to_vec();
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(backend)?;
-            {
-                let mut outbox = txn.open_table(OUTBOX).map_err(backend)?;
-                for sequence in sequences {
-                    outbox.remove(sequence).map_err(backend)?;
-                }
+    async fn mark_delivered(&self, events: &[PendingEvent]) -> Result<(), StoreError> {
+        let sequences: Vec<u64> = events.iter().map(|event| event.sequence).collect();
+        self.write(move |txn| {
+            let mut outbox = txn.open_table(OUTBOX).map_err(backend)?;
+            for sequence in sequences {
+                outbox.remove(sequence).map_err(backend)?;
             }
-            txn.commit().map_err(backend)
+            Ok(())
         })
         .await
-        .map_err(backend)?
+    }
+
+    async fn save_idempotency_record(&self, record: IdempotencyRecord) -> Result<(), StoreError> {
+        self.write(move |txn| insert_idempotency(txn, &record))
+            .await
+    }
+
+    async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, StoreError> {
+        self.write(move |txn| {
+            let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(backend)?;
+            let removed = idempotency
+                .extract_if(|_, row| {
+                    IdempotencyRow::decode(row).is_ok_and(|row| row.expires_at <= now)
+                })
+                .map_err(backend)?
+                .count();
+            Ok(removed as u64)
+        })
+        .await
     }
 
     async fn idempotency_record(
@@ -405,6 +456,9 @@ impl Store for EmbeddedStore {
                 return Ok(None);
             };
             let row = IdempotencyRow::decode(bytes.value()).map_err(backend)?;
+            if row.expires_at <= unix_now() {
+                return Ok(None);
+            }
             Ok(Some(IdempotencyRecord {
                 tenant,
                 method,

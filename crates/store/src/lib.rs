@@ -15,5 +15,5 @@ mod records;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use port::{
     AggregateKey, Commit, IdempotencyRecord, IndexEntry, OutboxEvent, PendingEvent, Store,
-    StoreError, Versioned,
+    StoreError, Versioned, unix_now,
 };

@@ -60,10 +60,11 @@ pub struct OutboxEvent {
     pub envelope: Bytes,
 }
 
-/// An outbox event waiting for delivery, in commit order.
+/// An outbox event waiting for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingEvent {
-    /// Position in the outbox; strictly increasing in commit order.
+    /// Position in the outbox, increasing in commit order for each aggregate (engines may also
+    /// order across aggregates, but relays must not rely on it).
     pub sequence: u64,
     /// Aggregate that emitted it.
     pub aggregate: AggregateKey,
@@ -84,8 +85,22 @@ pub struct IdempotencyRecord {
     pub request_digest: Bytes,
     /// The encoded response (success or error) to replay.
     pub response: Bytes,
-    /// Unix seconds after which the record may be dropped.
+    /// Unix seconds after which the record is treated as absent and may be purged.
     pub expires_at: u64,
+}
+
+impl IdempotencyRecord {
+    /// Whether the record has expired at unix second `now`.
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires_at <= now
+    }
+}
+
+/// Unix seconds now, the clock idempotency retention is measured by.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// One atomic change.
@@ -145,21 +160,24 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(String, Versioned)>, StoreError>;
 
-    /// Undelivered outbox events with a sequence above `after`, oldest first, at most `limit`.
-    async fn pending_events(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<PendingEvent>, StoreError>;
+    /// Undelivered outbox events, at most `limit`; each aggregate's events in commit order.
+    async fn pending_events(&self, limit: usize) -> Result<Vec<PendingEvent>, StoreError>;
 
-    /// Removes delivered events from the outbox.
-    async fn mark_delivered(&self, sequences: &[u64]) -> Result<(), StoreError>;
+    /// Removes delivered events from the outbox (events already removed are ignored).
+    async fn mark_delivered(&self, events: &[PendingEvent]) -> Result<(), StoreError>;
 
-    /// The idempotency record of (`tenant`, `method`, `key`), if any.
+    /// The live (unexpired) idempotency record of (`tenant`, `method`, `key`), if any.
     async fn idempotency_record(
         &self,
         tenant: &str,
         method: &str,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// Stores an idempotency record on its own, for a request that changed no aggregate (an
+    /// error response, say). [`StoreError::IdempotencyKeyTaken`] when a live one exists.
+    async fn save_idempotency_record(&self, record: IdempotencyRecord) -> Result<(), StoreError>;
+
+    /// Drops idempotency records expired at unix second `now`; returns how many.
+    async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, StoreError>;
 }

@@ -37,7 +37,7 @@ async fn acknowledged_commits_survive_sigkill_and_none_is_half_applied() {
 
     let store = EmbeddedStore::open(&path, EmbeddedOptions::default()).expect("reopen after crash");
     let mut events_per_aggregate: HashMap<String, u64> = HashMap::new();
-    for event in store.pending_events(0, usize::MAX).await.unwrap() {
+    for event in store.pending_events(usize::MAX).await.unwrap() {
         *events_per_aggregate
             .entry(event.aggregate.id.clone())
             .or_default() += 1;

@@ -1,0 +1,446 @@
+//! The port's promises, checked the same way against every adapter: compare-and-set versions,
+//! all-or-nothing commits of aggregate + index + outbox + idempotency record, ordered outbox,
+//! idempotency retention, concurrency. Each adapter's test file instantiates [`port_suite!`].
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use store::{
+    AggregateKey, Commit, IdempotencyRecord, IndexEntry, OutboxEvent, Store, StoreError, unix_now,
+};
+
+/// One `#[tokio::test]` per promise; `$open` is an async fn giving a fresh, empty store and a
+/// guard that keeps it alive.
+#[macro_export]
+macro_rules! port_suite {
+    ($open:path) => {
+        $crate::port_suite!(@tests $open;
+            versions_are_compare_and_set,
+            racing_writers_on_one_aggregate_exactly_one_wins_and_the_loser_leaves_nothing,
+            a_taken_idempotency_key_refuses_the_whole_commit,
+            expired_idempotency_records_are_absent_and_can_be_replaced_and_purged,
+            a_standalone_idempotency_record_is_saved_once,
+            secondary_indexes_follow_the_aggregate_and_page_by_id,
+            the_outbox_keeps_each_aggregates_order_until_delivered,
+            concurrent_read_modify_write_loses_nothing,
+        );
+    };
+    (@tests $open:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let (store, _guard) = $open().await;
+                suite::$name(store).await;
+            }
+        )*
+    };
+}
+
+fn order(id: &str) -> AggregateKey {
+    AggregateKey::new("tenant-a", "order", id)
+}
+
+fn commit(key: AggregateKey, expected_version: u64, data: &str) -> Commit {
+    Commit {
+        key,
+        expected_version,
+        data: Bytes::from(data.to_owned()),
+        index: Vec::new(),
+        events: Vec::new(),
+        idempotency: None,
+    }
+}
+
+fn event(id: &str) -> OutboxEvent {
+    OutboxEvent {
+        event_id: id.into(),
+        event_type: "commerce.checkout.v1.OrderPlaced".into(),
+        envelope: Bytes::from(id.to_owned()),
+    }
+}
+
+fn customer(value: &str) -> IndexEntry {
+    IndexEntry {
+        name: "customer_id".into(),
+        value: value.into(),
+    }
+}
+
+pub async fn versions_are_compare_and_set(store: Arc<dyn Store>) {
+    assert_eq!(store.commit(commit(order("o1"), 0, "placed")).await, Ok(1));
+    assert_eq!(
+        store.commit(commit(order("o1"), 1, "accepted")).await,
+        Ok(2)
+    );
+    let stale = store.commit(commit(order("o1"), 1, "lost update")).await;
+    assert_eq!(
+        stale,
+        Err(StoreError::Conflict {
+            key: "tenant-a/order/o1".into(),
+            expected: 1,
+            found: 2
+        })
+    );
+    let again = store.commit(commit(order("o1"), 0, "created twice")).await;
+    assert!(matches!(again, Err(StoreError::Conflict { found: 2, .. })));
+    let stored = store.load(&order("o1")).await.unwrap().unwrap();
+    assert_eq!((stored.version, &stored.data[..]), (2, &b"accepted"[..]));
+    assert_eq!(store.load(&order("missing")).await.unwrap(), None);
+    // Tenants never see each other's aggregates.
+    assert_eq!(
+        store
+            .load(&AggregateKey::new("tenant-b", "order", "o1"))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn racing_writers_on_one_aggregate_exactly_one_wins_and_the_loser_leaves_nothing(
+    store: Arc<dyn Store>,
+) {
+    store.commit(commit(order("o1"), 0, "v1")).await.unwrap();
+    let racer = |name: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut change = commit(order("o1"), 1, name);
+            change.events = vec![event(name)];
+            change.idempotency = Some(IdempotencyRecord {
+                tenant: "tenant-a".into(),
+                method: "commerce.checkout.v1.OrderService/CancelOrder".into(),
+                key: name.into(),
+                request_digest: Bytes::from_static(b"digest"),
+                response: Bytes::from_static(b"response"),
+                expires_at: unix_now() + 3600,
+            });
+            store.commit(change).await
+        })
+    };
+    let (a, b) = (racer("writer-a"), racer("writer-b"));
+    let results = [a.await.unwrap(), b.await.unwrap()];
+    let winners: Vec<usize> = (0..2).filter(|i| results[*i] == Ok(2)).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let (winner, loser) = if winners[0] == 0 {
+        ("writer-a", "writer-b")
+    } else {
+        ("writer-b", "writer-a")
+    };
+    assert!(matches!(
+        results[1 - winners[0]],
+        Err(StoreError::Conflict { found: 2, .. })
+    ));
+
+    assert_eq!(
+        &store.load(&order("o1")).await.unwrap().unwrap().data[..],
+        winner.as_bytes()
+    );
+    let events: Vec<String> = store
+        .pending_events(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.event.event_id)
+        .collect();
+    assert_eq!(events, [winner]);
+    let method = "commerce.checkout.v1.OrderService/CancelOrder";
+    assert!(
+        store
+            .idempotency_record("tenant-a", method, winner)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .idempotency_record("tenant-a", method, loser)
+            .await
+            .unwrap()
+            .is_none(),
+        "the loser's record was not written"
+    );
+}
+
+pub async fn a_taken_idempotency_key_refuses_the_whole_commit(store: Arc<dyn Store>) {
+    let record = IdempotencyRecord {
+        tenant: "tenant-a".into(),
+        method: "commerce.checkout.v1.OrderService/PlaceOrder".into(),
+        key: "key-1".into(),
+        request_digest: Bytes::from_static(b"d1"),
+        response: Bytes::from_static(b"order o1"),
+        expires_at: unix_now() + 86_400,
+    };
+    let mut first = commit(order("o1"), 0, "placed");
+    first.idempotency = Some(record.clone());
+    first.events = vec![event("placed-o1")];
+    store.commit(first).await.unwrap();
+
+    let mut second = commit(order("o2"), 0, "placed again");
+    second.idempotency = Some(IdempotencyRecord {
+        response: Bytes::from_static(b"order o2"),
+        ..record.clone()
+    });
+    second.events = vec![event("placed-o2")];
+    assert_eq!(
+        store.commit(second).await,
+        Err(StoreError::IdempotencyKeyTaken("key-1".into()))
+    );
+    assert_eq!(
+        store.load(&order("o2")).await.unwrap(),
+        None,
+        "no aggregate from a refused commit"
+    );
+    assert_eq!(
+        store.pending_events(10).await.unwrap().len(),
+        1,
+        "no event from a refused commit"
+    );
+    assert_eq!(
+        store
+            .idempotency_record("tenant-a", &record.method, "key-1")
+            .await
+            .unwrap(),
+        Some(record)
+    );
+}
+
+pub async fn secondary_indexes_follow_the_aggregate_and_page_by_id(store: Arc<dyn Store>) {
+    for id in ["o3", "o1", "o2"] {
+        let mut change = commit(order(id), 0, id);
+        change.index = vec![customer("c-42")];
+        store.commit(change).await.unwrap();
+    }
+    let page = |after: Option<&'static str>| {
+        let store = store.clone();
+        async move {
+            store
+                .find("tenant-a", "order", &customer("c-42"), after, 2)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(None).await, ["o1", "o2"]);
+    assert_eq!(page(Some("o2")).await, ["o3"]);
+
+    // Moving o1 to another customer removes it from the old index value.
+    let mut moved = commit(order("o1"), 1, "o1 moved");
+    moved.index = vec![customer("c-7")];
+    store.commit(moved).await.unwrap();
+    assert_eq!(page(None).await, ["o2", "o3"]);
+    let other = store
+        .find("tenant-a", "order", &customer("c-7"), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        other
+            .iter()
+            .map(|(id, v)| (id.as_str(), v.version))
+            .collect::<Vec<_>>(),
+        [("o1", 2)]
+    );
+    assert!(
+        store
+            .find("tenant-b", "order", &customer("c-42"), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn the_outbox_keeps_each_aggregates_order_until_delivered(store: Arc<dyn Store>) {
+    let mut first = commit(order("o1"), 0, "placed");
+    first.events = vec![event("e1"), event("e2")];
+    store.commit(first).await.unwrap();
+    let mut other = commit(order("o2"), 0, "placed");
+    other.events = vec![event("x1")];
+    store.commit(other).await.unwrap();
+    let mut second = commit(order("o1"), 1, "paid");
+    second.events = vec![event("e3")];
+    store.commit(second).await.unwrap();
+
+    let pending = store.pending_events(10).await.unwrap();
+    let of = |aggregate: &str| -> Vec<String> {
+        pending
+            .iter()
+            .filter(|p| p.aggregate.id == aggregate)
+            .map(|p| p.event.event_id.clone())
+            .collect()
+    };
+    assert_eq!(of("o1"), ["e1", "e2", "e3"]);
+    assert_eq!(of("o2"), ["x1"]);
+    assert_eq!(pending.len(), 4);
+    let o1: Vec<_> = pending
+        .iter()
+        .filter(|p| p.aggregate == order("o1"))
+        .collect();
+    assert!(
+        o1.windows(2)
+            .all(|pair| pair[0].sequence < pair[1].sequence)
+    );
+
+    let delivered: Vec<_> = pending
+        .iter()
+        .filter(|p| ["e1", "e2", "x1"].contains(&p.event.event_id.as_str()))
+        .cloned()
+        .collect();
+    store.mark_delivered(&delivered).await.unwrap();
+    // Marking twice (a relay retrying after a lost reply) is harmless.
+    store.mark_delivered(&delivered).await.unwrap();
+    let rest: Vec<String> = store
+        .pending_events(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.event.event_id)
+        .collect();
+    assert_eq!(rest, ["e3"]);
+    // A limit smaller than the backlog still starts at each aggregate's oldest event.
+    let mut third = commit(order("o1"), 2, "ready");
+    third.events = vec![event("e4")];
+    store.commit(third).await.unwrap();
+    let first_only = store.pending_events(1).await.unwrap();
+    assert_eq!(first_only.len(), 1);
+    assert_eq!(first_only[0].event.event_id, "e3");
+}
+
+pub async fn expired_idempotency_records_are_absent_and_can_be_replaced_and_purged(
+    store: Arc<dyn Store>,
+) {
+    let method = "commerce.checkout.v1.OrderService/PlaceOrder";
+    let record = |key: &str, expires_at: u64, response: &'static [u8]| IdempotencyRecord {
+        tenant: "tenant-a".into(),
+        method: method.into(),
+        key: key.into(),
+        request_digest: Bytes::from_static(b"digest"),
+        response: Bytes::from_static(response),
+        expires_at,
+    };
+    let now = unix_now();
+    let mut old = commit(order("o1"), 0, "placed long ago");
+    old.idempotency = Some(record("old", now - 10, b"first"));
+    store.commit(old).await.unwrap();
+    store
+        .save_idempotency_record(record("live", now + 3600, b"kept"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .idempotency_record("tenant-a", method, "old")
+            .await
+            .unwrap(),
+        None,
+        "an expired record is absent"
+    );
+    // The expired key may be used again.
+    let mut again = commit(order("o2"), 0, "placed again");
+    again.idempotency = Some(record("old", now + 3600, b"second"));
+    store.commit(again).await.unwrap();
+    let replaced = store
+        .idempotency_record("tenant-a", method, "old")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&replaced.response[..], b"second");
+
+    store
+        .save_idempotency_record(record("stale", now - 1, b"stale"))
+        .await
+        .unwrap();
+    assert_eq!(store.purge_expired_idempotency(now).await.unwrap(), 1);
+    assert!(
+        store
+            .idempotency_record("tenant-a", method, "live")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .idempotency_record("tenant-a", method, "old")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+pub async fn a_standalone_idempotency_record_is_saved_once(store: Arc<dyn Store>) {
+    let record = IdempotencyRecord {
+        tenant: "tenant-a".into(),
+        method: "commerce.checkout.v1.OrderService/PlaceOrder".into(),
+        key: "declined".into(),
+        request_digest: Bytes::from_static(b"d"),
+        response: Bytes::from_static(b"error: card declined"),
+        expires_at: unix_now() + 60,
+    };
+    store.save_idempotency_record(record.clone()).await.unwrap();
+    let second = IdempotencyRecord {
+        response: Bytes::from_static(b"other"),
+        ..record.clone()
+    };
+    assert_eq!(
+        store.save_idempotency_record(second).await,
+        Err(StoreError::IdempotencyKeyTaken("declined".into()))
+    );
+    // A commit with the same key is refused too, whichever way the record was written.
+    let mut change = commit(order("o9"), 0, "placed");
+    change.idempotency = Some(record.clone());
+    assert_eq!(
+        store.commit(change).await,
+        Err(StoreError::IdempotencyKeyTaken("declined".into()))
+    );
+    assert_eq!(store.load(&order("o9")).await.unwrap(), None);
+    // Keys are scoped by tenant and method.
+    let other_tenant = IdempotencyRecord {
+        tenant: "tenant-b".into(),
+        ..record.clone()
+    };
+    store.save_idempotency_record(other_tenant).await.unwrap();
+    assert_eq!(
+        store
+            .idempotency_record("tenant-a", &record.method, "declined")
+            .await
+            .unwrap(),
+        Some(record)
+    );
+}
+
+pub async fn concurrent_read_modify_write_loses_nothing(store: Arc<dyn Store>) {
+    store
+        .commit(commit(order("counter"), 0, "0"))
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for writer in 0..16 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                // Read-modify-write with retries on conflict: no update may be lost.
+                loop {
+                    let current = store.load(&order("counter")).await.unwrap().unwrap();
+                    let next: u64 = std::str::from_utf8(&current.data)
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap()
+                        + 1;
+                    let mut change = commit(order("counter"), current.version, &next.to_string());
+                    change.events = vec![event(&format!("w{writer}-{next}"))];
+                    match store.commit(change).await {
+                        Ok(_) => break,
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let stored = store.load(&order("counter")).await.unwrap().unwrap();
+    assert_eq!((stored.version, &stored.data[..]), (161, &b"160"[..]));
+    assert_eq!(store.pending_events(1000).await.unwrap().len(), 160);
+}
