@@ -13,7 +13,8 @@ impl Degraded {
         self.0.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn record<T, E>(&self, result: &Result<T, E>) {
+    /// Notes the outcome of a Redis call (used by every part that talks to Redis).
+    pub fn record<T, E>(&self, result: &Result<T, E>) {
         self.0.store(result.is_err(), Ordering::Relaxed);
     }
 }

@@ -106,7 +106,20 @@ fn backend(error: impl std::fmt::Display) -> StoreError {
 impl EmbeddedStore {
     /// Opens (or creates) the store file at `path`.
     pub fn open(path: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self, StoreError> {
-        let db = Arc::new(Database::create(path).map_err(backend)?);
+        Self::start(Database::create(path).map_err(backend)?, options)
+    }
+
+    /// A store in memory: same engine and semantics, nothing durable — for tests and for servers
+    /// that were given no store of their own.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(backend)?;
+        Self::start(db, EmbeddedOptions::default())
+    }
+
+    fn start(db: Database, options: EmbeddedOptions) -> Result<Self, StoreError> {
+        let db = Arc::new(db);
         // Create every table once so readers never meet a missing one.
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(AGGREGATES).map_err(backend)?;

@@ -5,14 +5,19 @@
 //! idempotency record of the request that caused it — all or nothing. Events then leave through
 //! the outbox ([`Store::pending_events`]), so a change and its events can never disagree.
 //!
-//! Adapters: [`EmbeddedStore`] (redb, the default when no MongoDB is configured). The MongoDB
-//! adapter is still to come (issue #5).
+//! Adapters: [`EmbeddedStore`] (redb, the default when no MongoDB is configured) and
+//! [`MongoStore`] (MongoDB; commits with an idempotency record need a replica set or sharded
+//! cluster).
 
 mod embedded;
+mod mongo;
 mod port;
 mod records;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use mongo::{MongoOptions, MongoStore};
 pub use port::{
     AggregateKey, Commit, IdempotencyRecord, IndexEntry, OutboxEvent, PendingEvent, Store,
     StoreError, Versioned, unix_now,

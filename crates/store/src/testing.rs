@@ -1,0 +1,114 @@
+//! Test support: a SecantusDB server (MongoDB wire protocol; by default a single-node replica set,
+//! so transactions work) as a child process on a free loopback port. Enabled with the `testing`
+//! feature.
+//!
+//! The server runs under a small watchdog shell that holds the read end of a pipe from this
+//! process and kills the server when the pipe closes: when the [`MongoServer`] is dropped (even on
+//! a failed test), and also when the test process ends without running destructors (a server
+//! kept in a `static`, a SIGKILL). No server outlives its tests, and its data directory goes
+//! with it.
+
+use std::ffi::OsString;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How the server binary is installed (what `scripts/test` runs).
+const INSTALL: &str = "python3 -m venv .venv && .venv/bin/pip install -r requirements-test.txt \
+    (scripts/test does this), or point SECANTUSD at a secantusd-py";
+
+/// `sh -c` script: `$1` the server binary, `$2` the port, the rest extra server flags.
+const WATCHDOG: &str = r#"
+program=$1; port=$2; shift 2
+dir=$(mktemp -d) || exit 1
+TMPDIR=$dir "$program" --host 127.0.0.1 --port "$port" --storage-path :memory: \
+    --log-level WARNING "$@" </dev/null >/dev/null &
+server=$!
+# A background job's stdin is /dev/null unless redirected explicitly: hand it our pipe as fd 3.
+exec 3<&0
+{ read -r _; kill -9 "$server"; } <&3 2>/dev/null &
+watcher=$!
+exec 3<&-
+wait "$server" 2>/dev/null
+status=$?
+kill "$watcher" 2>/dev/null
+rm -rf "$dir"
+exit "$status"
+"#;
+
+/// A SecantusDB server; stopped when dropped.
+pub struct MongoServer {
+    watchdog: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl MongoServer {
+    /// Starts one (a single-node replica set) on a free port.
+    pub fn start() -> MongoServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts one that presents itself as a standalone server (no replica set, so no
+    /// transactions), like a bare `mongod`.
+    pub fn start_standalone() -> MongoServer {
+        Self::start_with(&["--standalone"])
+    }
+
+    fn start_with(flags: &[&str]) -> MongoServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let program = std::env::var_os("SECANTUSD").unwrap_or_else(|| {
+            OsString::from(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/secantusd-py"),
+            )
+        });
+        let watchdog = Command::new("sh")
+            .args(["-c", WATCHDOG, "secantusd-watchdog"])
+            .arg(&program)
+            .arg(port.to_string())
+            .args(flags)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("sh to start SecantusDB");
+        // From here on, dropping `server` (also by a panic below) stops the process.
+        let mut server = MongoServer { watchdog, port };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = server.watchdog.try_wait() {
+                panic!(
+                    "SecantusDB ({}) exited with {status} before accepting connections; install it with: {INSTALL}",
+                    Path::new(&program).display()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "SecantusDB ({}) did not accept connections on port {port} within 30 s; install it with: {INSTALL}",
+                Path::new(&program).display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// Its connection string (a direct connection: the one node is the whole deployment).
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    /// Stops it now.
+    pub fn kill(&mut self) {
+        // End of input tells the watchdog to kill the server; it exits once the server is gone.
+        drop(self.watchdog.stdin.take());
+        let _ = self.watchdog.wait();
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
