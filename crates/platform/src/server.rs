@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -74,6 +75,9 @@ pub enum ServerError {
     /// Redis is configured but could not be reached at start-up.
     #[error("redis: {0}")]
     Redis(String),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(String),
     /// The authentication settings are unusable.
     #[error("authentication: {0}")]
     Auth(#[from] crate::interceptors::AuthConfigError),
@@ -82,6 +86,8 @@ pub enum ServerError {
 /// Collects services before binding.
 pub struct Server {
     config: ServerConfig,
+    store: Option<Arc<dyn store::Store>>,
+    degraded: fastpath::Degraded,
     routes: RoutesBuilder,
     descriptor_sets: Vec<&'static [u8]>,
     service_names: Vec<&'static str>,
@@ -92,6 +98,8 @@ impl Server {
     pub fn new(config: ServerConfig) -> Self {
         Server {
             config,
+            store: None,
+            degraded: fastpath::Degraded::default(),
             routes: Routes::builder(),
             descriptor_sets: Vec::new(),
             service_names: Vec::new(),
@@ -115,6 +123,21 @@ impl Server {
         if !self.descriptor_sets.contains(&descriptor_set) {
             self.descriptor_sets.push(descriptor_set);
         }
+        self
+    }
+
+    /// The store idempotent outcomes are recorded in — the services' own, so a handler's commit
+    /// and its idempotency record are one atomic write. Without one, records live in memory
+    /// (tests and stateless demos only: a restart forgets them).
+    pub fn store(mut self, store: Arc<dyn store::Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Shares the fast-path health flag with other Redis users of the process (the event bus),
+    /// so `/healthz` reports degraded when any of them fails.
+    pub fn fast_path_health(mut self, degraded: fastpath::Degraded) -> Self {
+        self.degraded = degraded;
         self
     }
 
@@ -145,7 +168,7 @@ impl Server {
             connect::ConnectConfig::new(&pool).max_message_bytes(self.config.max_message_bytes),
         );
         let metrics = Metrics::default();
-        let degraded = fastpath::Degraded::default();
+        let degraded = self.degraded.clone();
         let redis = match &self.config.redis_url {
             Some(url) => Some(
                 fastpath::connect(url)
@@ -154,13 +177,25 @@ impl Server {
             ),
             None => None,
         };
+        let store = match self.store.take() {
+            Some(store) => store,
+            None => Arc::new(
+                store::EmbeddedStore::in_memory()
+                    .map_err(|error| ServerError::Store(error.to_string()))?,
+            ),
+        };
+        let purge = tokio::spawn(purge_expired_idempotency(store.clone()));
         let grpc = interceptors::stack(
             self.routes.routes(),
             &pool,
             &self.config.interceptors,
             metrics.clone(),
             self.config.max_message_bytes,
-            (redis, degraded.clone()),
+            interceptors::StackState {
+                redis,
+                degraded: degraded.clone(),
+                store,
+            },
         )?;
         let stack = ServiceBuilder::new()
             .layer(tower::util::option_layer(self.config.cors.layer()))
@@ -184,7 +219,19 @@ impl Server {
             health,
             service_names: self.service_names,
             config: self.config,
+            purge,
         })
+    }
+}
+
+/// Drops expired idempotency records every few minutes (MongoDB's TTL index does it too).
+async fn purge_expired_idempotency(store: Arc<dyn store::Store>) {
+    let mut every = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        every.tick().await;
+        if let Err(error) = store.purge_expired_idempotency(store::unix_now()).await {
+            tracing::warn!(%error, "purging expired idempotency records failed");
+        }
     }
 }
 
@@ -220,6 +267,7 @@ pub struct BoundServer {
     health: HealthReporter,
     service_names: Vec<&'static str>,
     config: ServerConfig,
+    purge: tokio::task::JoinHandle<()>,
 }
 
 impl BoundServer {
@@ -248,6 +296,7 @@ impl BoundServer {
             health,
             service_names,
             config,
+            purge,
             ..
         } = self;
         let admin_task =
@@ -294,6 +343,7 @@ impl BoundServer {
         if let Some(admin_task) = admin_task {
             admin_task.abort();
         }
+        purge.abort();
         Ok(())
     }
 }

@@ -3,6 +3,8 @@
 //! client and bidi streams.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt as _};
@@ -22,14 +24,26 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 use pb::echo_service_server::{EchoService, EchoServiceServer};
 use pb::*;
 
-/// The test service.
+/// The test service. Clones share the count of `Charge` executions.
 #[derive(Debug, Default, Clone)]
-pub struct Echo;
+pub struct Echo {
+    charges: Arc<AtomicU64>,
+}
 
 impl Echo {
     /// The service ready to register on a server.
     pub fn server() -> EchoServiceServer<Echo> {
-        EchoServiceServer::new(Echo)
+        EchoServiceServer::new(Echo::default())
+    }
+
+    /// This instance ready to register (keep a clone to read [`Echo::charges`]).
+    pub fn into_server(self) -> EchoServiceServer<Echo> {
+        EchoServiceServer::new(self)
+    }
+
+    /// How many times `Charge` has executed.
+    pub fn charges(&self) -> u64 {
+        self.charges.load(Ordering::SeqCst)
     }
 }
 
@@ -129,6 +143,28 @@ impl EchoService for Echo {
             count += 1;
         }
         Ok(Response::new(SumResponse { total, count }))
+    }
+
+    async fn charge(
+        &self,
+        request: Request<ChargeRequest>,
+    ) -> Result<Response<ChargeResponse>, Status> {
+        let message = request.into_inner();
+        let executions = self.charges.fetch_add(1, Ordering::SeqCst) + 1;
+        if message.delay_millis > 0 {
+            tokio::time::sleep(Duration::from_millis(message.delay_millis as u64)).await;
+        }
+        if message.fail_code != 0 {
+            return Err(Status::new(
+                Code::from_i32(message.fail_code),
+                format!("charge failed (execution {executions})"),
+            ));
+        }
+        Ok(Response::new(ChargeResponse {
+            charge_id: uuid::Uuid::now_v7().to_string(),
+            amount: message.amount,
+            executions,
+        }))
     }
 
     type ChatStream = BoxStream<ChatResponse>;

@@ -3,9 +3,7 @@
 //!
 //! request id + trace context → observe (RED metrics, logs) → load shedding → deadline →
 //! authentication → authorization (+ tenant) → rate limit → deprecation marks → validation →
-//! handler.
-//!
-//! Idempotency (between validation and the handler) arrives with the storage issue.
+//! idempotency → handler.
 
 mod around;
 mod authenticate;
@@ -15,6 +13,7 @@ mod context;
 mod deadline;
 mod deprecation;
 mod errors;
+mod idempotency;
 mod load_shed;
 mod observe;
 mod policy;
@@ -40,6 +39,9 @@ pub use authenticate::{AuthConfig, AuthConfigError, Claims, mint_hs256};
 pub use authorize::TENANT_HEADER;
 pub use context::{Deadline, Principal, RequestId, Tenant, TraceContext};
 
+pub use idempotency::{
+    IDEMPOTENCY_KEY_HEADER, IdempotencyConfig, IdempotencyContext, REPLAYED_HEADER, RecordedOutcome,
+};
 pub use observe::Metrics;
 pub use policy::{DeprecationPolicy, MethodPolicy, Policies};
 pub use rate_limit::RateLimitConfig;
@@ -56,6 +58,8 @@ pub struct InterceptorConfig {
     pub max_in_flight: usize,
     /// Deadline for calls that set none; `None` for no default.
     pub default_timeout: Option<Duration>,
+    /// Retention and in-flight lock of idempotency keys.
+    pub idempotency: IdempotencyConfig,
 }
 
 impl Default for InterceptorConfig {
@@ -65,12 +69,24 @@ impl Default for InterceptorConfig {
             rate_limit: RateLimitConfig::default(),
             max_in_flight: 1024,
             default_timeout: None,
+            idempotency: IdempotencyConfig::default(),
         }
     }
 }
 
 /// A type-erased gRPC service: what the protocol layers sit on.
 pub type GrpcService = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
+
+/// What the stack keeps state in: the fast path (Redis or in process) and the store that holds
+/// idempotency records.
+pub struct StackState {
+    /// Redis, when configured.
+    pub redis: Option<fastpath::Redis>,
+    /// Reports fast-path failures to health.
+    pub degraded: fastpath::Degraded,
+    /// Where idempotent outcomes are recorded.
+    pub store: Arc<dyn store::Store>,
+}
 
 /// Wraps `routes` in the interceptor stack, in DESIGN.md's order.
 pub fn stack(
@@ -79,8 +95,19 @@ pub fn stack(
     config: &InterceptorConfig,
     metrics: Metrics,
     max_message_bytes: usize,
-    fast_path: (Option<fastpath::Redis>, fastpath::Degraded),
+    state: StackState,
 ) -> Result<GrpcService, AuthConfigError> {
+    let StackState {
+        redis,
+        degraded,
+        store,
+    } = state;
+    let idempotency = idempotency::Idempotency::new(
+        store,
+        fastpath::Locks::new(redis.clone(), degraded.clone()),
+        config.idempotency,
+        max_message_bytes,
+    );
     let policies = Arc::new(Policies::from_pool(pool));
     let known_methods: Arc<HashSet<String>> = Arc::new(
         pool.services()
@@ -95,7 +122,6 @@ pub fn stack(
     // Without authentication there is no tenant, so no rate limit either (open mode, tests only).
     let (authenticate, authorize, rate_limit) = match &config.auth {
         Some(auth) => {
-            let (redis, degraded) = fast_path;
             let limiter = fastpath::RateLimiter::new(config.rate_limit.limit(), redis, degraded);
             (
                 Some(CheckLayer(authenticate::Authenticate::new(auth)?)),
@@ -119,6 +145,7 @@ pub fn stack(
         .option_layer(rate_limit)
         .layer(AroundLayer(deprecation::Deprecations::new(metrics)))
         .layer(AroundLayer(validate::Validate::new(max_message_bytes)))
+        .layer(AroundLayer(idempotency))
         .service(routes);
     Ok(BoxCloneService::new(service))
 }

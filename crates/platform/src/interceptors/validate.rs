@@ -65,7 +65,8 @@ impl Around for Validate {
     }
 }
 
-async fn read(mut body: Body, max_bytes: usize) -> Option<Bytes> {
+/// The whole body of a unary request, or `None` when unreadable or over `max_bytes` (+ framing).
+pub(super) async fn read(mut body: Body, max_bytes: usize) -> Option<Bytes> {
     let mut buffer = BytesMut::new();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame.ok()?.into_data() {
