@@ -1,0 +1,105 @@
+//! The bus port: streams of messages read by consumer groups (Redis Streams' model). Each group
+//! gets every message; within a group each message goes to one consumer and stays *pending* until
+//! acknowledged, so a consumer that dies leaves its messages to be claimed by another. Failed
+//! messages go to the stream's dead-letter stream, from which an operator replays them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// One event on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusMessage {
+    /// The event id (consumers deduplicate by it).
+    pub event_id: String,
+    /// Fully-qualified event type.
+    pub event_type: String,
+    /// Tenant of the event.
+    pub tenant: String,
+    /// The encoded `EventEnvelope`.
+    pub envelope: Bytes,
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Entry id in the stream (ack with it).
+    pub id: String,
+    /// The message.
+    pub message: BusMessage,
+    /// How many times the group has handed this entry out, this time included.
+    pub deliveries: u64,
+}
+
+/// A message that failed for good, kept for inspection and replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Entry id in the dead-letter stream.
+    pub id: String,
+    /// The message.
+    pub message: BusMessage,
+    /// The consumer group that gave up.
+    pub group: String,
+    /// Why it gave up (the last error).
+    pub error: String,
+}
+
+/// A bus call failed (e.g. Redis unreachable); nothing was changed and it may be retried.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("event bus unavailable: {0}")]
+pub struct BusError(pub String);
+
+/// The dead-letter stream of `stream`.
+pub fn dead_letter_stream(stream: &str) -> String {
+    format!("{stream}:dead")
+}
+
+/// The bus the relay publishes to and consumers read from.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Appends `message` to `stream`.
+    async fn publish(&self, stream: &str, message: &BusMessage) -> Result<(), BusError>;
+
+    /// Creates `group` on `stream` (reading from the stream's beginning) unless it exists.
+    async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError>;
+
+    /// Up to `count` messages never yet handed to `group`, now pending for `consumer`.
+    async fn read(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError>;
+
+    /// Up to `count` of `group`'s messages left unacknowledged for at least `min_idle` (their
+    /// consumer died or hangs), now pending for `consumer`.
+    async fn claim_stale(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError>;
+
+    /// Acknowledges a handled message.
+    async fn ack(&self, stream: &str, group: &str, id: &str) -> Result<(), BusError>;
+
+    /// Moves a message `group` gave up on to the dead-letter stream and acknowledges it.
+    async fn dead_letter(
+        &self,
+        stream: &str,
+        group: &str,
+        delivery: &Delivery,
+        error: &str,
+    ) -> Result<(), BusError>;
+
+    /// The oldest `limit` dead letters of `stream`.
+    async fn dead_letters(&self, stream: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError>;
+
+    /// Publishes dead letter `id` to `stream` again and removes it from the dead-letter stream;
+    /// `false` when there is no such dead letter.
+    async fn replay_dead_letter(&self, stream: &str, id: &str) -> Result<bool, BusError>;
+}

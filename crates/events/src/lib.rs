@@ -1,0 +1,24 @@
+//! The event backbone of DESIGN.md "Events": outbox → relay → bus → consumers.
+//!
+//! - [`envelope`]: contract events wrapped in `commerce.common.v1.EventEnvelope`, and the outbox
+//!   entry a service puts into its commit.
+//! - [`Relay`]: publishes outbox events to the bus in order per aggregate, marks them delivered.
+//! - [`Bus`]: Redis Streams consumer groups ([`RedisBus`]), or in process ([`MemoryBus`]).
+//! - [`Consumer`]: runs an [`EventHandler`] with dedup by event id, retries with backoff and
+//!   jitter, claiming of stuck messages, dead letters (listed and replayed through the [`Bus`]).
+//!
+//! Delivery is at least once; consumers are idempotent by event id.
+
+mod bus;
+mod consumer;
+pub mod envelope;
+mod memory;
+mod redis_bus;
+mod relay;
+
+pub use bus::{Bus, BusError, BusMessage, DeadLetter, Delivery, dead_letter_stream};
+pub use consumer::{Consumer, ConsumerConfig, EventHandler, HandlerError, Processed};
+pub use envelope::{EventSource, stream_of};
+pub use memory::MemoryBus;
+pub use redis_bus::RedisBus;
+pub use relay::{Relay, RelayConfig, RelayError};
