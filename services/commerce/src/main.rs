@@ -1,19 +1,23 @@
 //! `commerce serve`: checkout, subscriptions and loyalty on one port over gRPC, gRPC-web and
 //! Connect, behind the platform's interceptor stack. Needs no Redis or MongoDB. Services whose
 //! issues have not landed yet answer every RPC with UNIMPLEMENTED — the contract is served, no
-//! data is faked. `commerce token` mints a development token.
+//! data is faked. `commerce token` mints a development token; `commerce store`, `commerce
+//! dead-letters` and `commerce idempotency` are the operator commands.
 
+mod ops;
+mod storage;
 mod unbuilt;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use platform::interceptors::{
-    AuthConfig, Claims, InterceptorConfig, Policies, RateLimitConfig, mint_hs256,
+    AuthConfig, Claims, IdempotencyConfig, InterceptorConfig, Policies, RateLimitConfig, mint_hs256,
 };
 use platform::{CorsConfig, Server, ServerConfig};
 
@@ -34,6 +38,15 @@ enum Command {
     Serve(ServeConfig),
     /// Print an HS256 development token (signed with the same secret `serve` uses).
     Token(TokenArgs),
+    /// Check or compact the embedded store (stop `serve` first: it holds the file).
+    #[command(subcommand)]
+    Store(ops::StoreCommand),
+    /// List or replay events that consumers gave up on (Redis Streams bus).
+    #[command(subcommand)]
+    DeadLetters(ops::DeadLetterCommand),
+    /// Look up the recorded outcome of an idempotency key.
+    #[command(subcommand)]
+    Idempotency(ops::IdempotencyCommand),
 }
 
 /// Token verification settings shared by `serve` and `token`.
@@ -120,16 +133,26 @@ struct ServeConfig {
     /// Per-tenant rate limit: burst size.
     #[arg(long, env = "COMMERCE_RATE_LIMIT_BURST", default_value_t = 400.0)]
     rate_limit_burst: f64,
-    /// Redis for the fast path (shared rate limits); unset keeps everything in process.
+    /// Redis for the fast path (shared rate limits, idempotency locks, event bus); unset keeps
+    /// everything in process.
     #[arg(long, env = "COMMERCE_REDIS_URL")]
     redis_url: Option<RedisUrl>,
+    /// How long idempotency keys are remembered, in hours.
+    #[arg(
+        long,
+        env = "COMMERCE_IDEMPOTENCY_RETENTION_HOURS",
+        default_value_t = 24
+    )]
+    idempotency_retention_hours: u64,
+    #[command(flatten)]
+    store: storage::StoreArgs,
     #[command(flatten)]
     auth: AuthArgs,
 }
 
 /// A Redis URL whose password never reaches the printed configuration.
 #[derive(Clone)]
-struct RedisUrl(String);
+pub struct RedisUrl(pub String);
 
 impl std::str::FromStr for RedisUrl {
     type Err = std::convert::Infallible;
@@ -181,6 +204,9 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", token(&args)?);
             Ok(())
         }
+        Command::Store(command) => ops::store(command),
+        Command::DeadLetters(command) => ops::dead_letters(command).await,
+        Command::Idempotency(command) => ops::idempotency(command).await,
     }
 }
 
@@ -216,11 +242,46 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             },
             max_in_flight: config.max_in_flight,
             default_timeout: None,
+            idempotency: IdempotencyConfig {
+                retention: Duration::from_secs(config.idempotency_retention_hours * 3600),
+                ..IdempotencyConfig::default()
+            },
         },
     };
-    let bound = unbuilt::register(Server::new(server_config)).bind().await?;
-    print_banner(bound.local_addr(), bound.admin_addr());
+    let store = config.store.open().await?;
+    let degraded = fastpath::Degraded::default();
+    let redis = match &config.redis_url {
+        Some(url) => Some(
+            fastpath::connect(&url.0)
+                .await
+                .context("connecting to Redis")?,
+        ),
+        None => None,
+    };
+    let bus: Arc<dyn events::Bus> = match &redis {
+        Some(redis) => Arc::new(events::RedisBus::new(redis.clone(), degraded.clone())),
+        None => Arc::new(events::MemoryBus::new()),
+    };
+    let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(
+        events::Relay::new(
+            store.clone(),
+            bus,
+            fastpath::Locks::new(redis, degraded.clone()),
+            events::RelayConfig::default(),
+        )
+        .run(async {
+            let _ = relay_stopped.await;
+        }),
+    );
+    let server = Server::new(server_config)
+        .store(store)
+        .fast_path_health(degraded);
+    let bound = unbuilt::register(server).bind().await?;
+    print_banner(bound.local_addr(), bound.admin_addr(), &config.store);
     bound.serve(platform::termination_signal()).await?;
+    let _ = stop_relay.send(());
+    let _ = relay.await;
     eprintln!("commerce: stopped");
     Ok(())
 }
@@ -264,7 +325,7 @@ fn all_contract_scopes() -> anyhow::Result<Vec<String>> {
     Ok(scopes)
 }
 
-fn print_banner(addr: SocketAddr, admin: Option<SocketAddr>) {
+fn print_banner(addr: SocketAddr, admin: Option<SocketAddr>, store: &storage::StoreArgs) {
     let url = format!("http://{addr}");
     println!("commerce: listening on {url}");
     println!(
@@ -273,6 +334,7 @@ fn print_banner(addr: SocketAddr, admin: Option<SocketAddr>) {
     if let Some(admin) = admin {
         println!("  admin:     http://{admin}/metrics (Prometheus), http://{admin}/healthz");
     }
+    println!("  state:     {}", store.describe());
     println!(
         "  services:  checkout, subscriptions, loyalty (RPCs answer `unimplemented` until their issues land)"
     );

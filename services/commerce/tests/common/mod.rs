@@ -10,6 +10,8 @@ pub const SECRET: &str = "serve-test-secret";
 
 pub struct Running {
     pub child: Child,
+    /// The embedded store's directory (removed when dropped).
+    pub data_dir: tempfile::TempDir,
     pub addr: String,
     pub stderr: Arc<Mutex<String>>,
     stderr_reader: Option<std::thread::JoinHandle<()>>,
@@ -33,14 +35,17 @@ impl Drop for Running {
 }
 
 pub fn start() -> Running {
+    start_in(tempfile::tempdir().expect("data dir"), &[])
+}
+
+/// Starts `commerce serve` with its store in `data_dir` and `extra` arguments.
+pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_commerce"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .args(extra)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(["--shutdown-grace-seconds", "2"])
         .env("COMMERCE_JWT_HS256_SECRET", SECRET)
         .stdout(Stdio::piped())
@@ -80,6 +85,7 @@ pub fn start() -> Running {
     };
     Running {
         child,
+        data_dir,
         addr,
         stderr,
         stderr_reader: Some(stderr_reader),
