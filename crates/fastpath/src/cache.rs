@@ -1,9 +1,15 @@
-//! Read-through cache with a TTL. On a miss, one caller per key (in this process) loads the value
-//! while the others wait for it — no stampede on the store when a hot key expires. Values live in
-//! Redis when configured (shared by replicas), in process otherwise; a failing Redis is bypassed:
-//! every read goes to the loader, which is the source of truth anyway.
+//! Read-through / write-through cache with a TTL. On a miss, one caller per key (in this process)
+//! loads the value while the others wait for it — no stampede on the store when a hot key expires.
+//! After a write to the store, [`Cache::write_through`] puts the new value (or
+//! [`Cache::invalidate`] drops the old one). Values live in Redis when configured (shared by
+//! replicas), in process otherwise.
+//!
+//! A failing Redis is bypassed: every read goes to the loader, which is the source of truth anyway.
+//! A write-through or invalidation that fails leaves the key marked *stale*: until Redis has
+//! deleted it, reads of that key skip the cache, so a Redis that comes back (or was only
+//! unreachable) never serves a value older than the last write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,12 +18,21 @@ use bytes::Bytes;
 
 use crate::{Degraded, Redis};
 
+/// Whether a put replaces a cached value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    Always,
+    IfAbsent,
+}
+
 /// The cache.
 #[derive(Clone)]
 pub struct Cache {
     redis: Option<Redis>,
     local: Arc<Mutex<HashMap<String, (Bytes, Instant)>>>,
     loading: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Keys whose Redis copy may be older than the store (a write-through or invalidation failed).
+    stale: Arc<Mutex<HashSet<String>>>,
     degraded: Degraded,
 }
 
@@ -28,6 +43,7 @@ impl Cache {
             redis,
             local: Arc::default(),
             loading: Arc::default(),
+            stale: Arc::default(),
             degraded,
         }
     }
@@ -59,12 +75,20 @@ impl Cache {
             return Ok(value);
         }
         let value = load().await?;
-        self.put(key, &value, ttl).await;
+        // Only if absent: a write-through that landed while we loaded holds the newer value.
+        self.put(key, &value, ttl, Fill::IfAbsent).await;
         self.loading
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(key);
         Ok(value)
+    }
+
+    /// Caches `value` as the new value of `key`, after the write that produced it committed.
+    pub async fn write_through(&self, key: &str, value: &Bytes, ttl: Duration) {
+        if !self.put(key, value, ttl, Fill::Always).await {
+            self.mark_stale(key);
+        }
     }
 
     /// Drops `key` (after a write changed the value).
@@ -73,19 +97,64 @@ impl Cache {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(key);
-        if let Some(redis) = &self.redis {
-            let mut connection = redis.clone();
-            let result: Result<i64, _> = redis::cmd("DEL")
-                .arg(format!("cache:{key}"))
-                .query_async(&mut connection)
-                .await;
-            self.degraded.record(&result);
+        if self.redis.is_some() && !self.delete(&[key.to_owned()]).await {
+            self.mark_stale(key);
         }
+    }
+
+    fn mark_stale(&self, key: &str) {
+        self.stale
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(key.to_owned());
+    }
+
+    /// Deletes `keys` from Redis; whether it worked.
+    async fn delete(&self, keys: &[String]) -> bool {
+        let Some(redis) = &self.redis else {
+            return true;
+        };
+        let mut connection = redis.clone();
+        let mut command = redis::cmd("DEL");
+        for key in keys {
+            command.arg(format!("cache:{key}"));
+        }
+        let result: Result<i64, _> = command.query_async(&mut connection).await;
+        self.degraded.record(&result);
+        result.is_ok()
+    }
+
+    /// Clears stale keys from Redis once it answers again; `false` while `key` is still stale.
+    async fn settle_stale(&self, key: &str) -> bool {
+        let stale: Vec<String> = {
+            let stale = self
+                .stale
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if stale.is_empty() {
+                return true;
+            }
+            stale.iter().cloned().collect()
+        };
+        if self.delete(&stale).await {
+            let mut still = self
+                .stale
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for key in &stale {
+                still.remove(key);
+            }
+            return true;
+        }
+        !stale.iter().any(|stale_key| stale_key == key)
     }
 
     async fn get(&self, key: &str) -> Option<Bytes> {
         match &self.redis {
             Some(redis) => {
+                if !self.settle_stale(key).await {
+                    return None;
+                }
                 let mut connection = redis.clone();
                 let result: Result<Option<Vec<u8>>, _> = redis::cmd("GET")
                     .arg(format!("cache:{key}"))
@@ -107,25 +176,37 @@ impl Cache {
         }
     }
 
-    async fn put(&self, key: &str, value: &Bytes, ttl: Duration) {
+    /// Stores `value`; whether it worked.
+    async fn put(&self, key: &str, value: &Bytes, ttl: Duration, fill: Fill) -> bool {
         match &self.redis {
             Some(redis) => {
                 let mut connection = redis.clone();
-                let result: Result<(), _> = redis::cmd("SET")
+                let mut command = redis::cmd("SET");
+                command
                     .arg(format!("cache:{key}"))
                     .arg(value.as_ref())
                     .arg("PX")
-                    .arg(ttl.as_millis().max(1) as u64)
+                    .arg(ttl.as_millis().max(1) as u64);
+                if fill == Fill::IfAbsent {
+                    command.arg("NX");
+                }
+                let result: Result<redis::Value, _> = command
                     .query_async(&mut connection)
                     .await;
                 self.degraded.record(&result);
+                result.is_ok()
             }
             None => {
                 let mut local = self
                     .local
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                local.insert(key.to_owned(), (value.clone(), Instant::now() + ttl));
+                let now = Instant::now();
+                let live = local.get(key).is_some_and(|(_, expires)| *expires > now);
+                if fill == Fill::Always || !live {
+                    local.insert(key.to_owned(), (value.clone(), now + ttl));
+                }
+                true
             }
         }
     }
