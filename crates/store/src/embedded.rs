@@ -3,8 +3,8 @@
 //!
 //! All writes go through one writer thread. With group commit on, the writer takes every commit
 //! waiting in its queue (up to `max_batch`) into one transaction, so concurrent writers share one
-//! fsync; each commit is still checked on its own (version compare-and-set, idempotency key) and
-//! fails alone. Reads run on tokio's blocking pool against snapshots and never wait for writes.
+//! fsync; each job (one `commit`, or the commits of one `commit_all`) is still checked on its own
+//! (version compare-and-set, idempotency key) and fails alone. Reads run on tokio's blocking pool against snapshots and never wait for writes.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::port::{
     AggregateKey, Commit, IdempotencyRecord, IndexEntry, PendingEvent, Store, StoreError,
-    Versioned, unix_now,
+    Versioned, check_batch, unix_now,
 };
 use crate::records::{self, AggregateRecord, IdempotencyRow, IndexRecord, OutboxRecord};
 
@@ -47,9 +47,10 @@ impl Default for EmbeddedOptions {
     }
 }
 
+/// The commits of one `commit` or `commit_all` call, applied together or not at all.
 struct Job {
-    commit: Commit,
-    done: oneshot::Sender<Result<u64, StoreError>>,
+    commits: Vec<Commit>,
+    done: oneshot::Sender<Result<Vec<u64>, StoreError>>,
 }
 
 /// The embedded store. Clones share one database and writer; dropping the last clone stops the
@@ -172,9 +173,9 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, max_batch: usize) {
             }
         }
         let outcome = db.begin_write().map_err(backend).and_then(|txn| {
-            let results: Vec<Result<u64, StoreError>> =
-                batch.iter().map(|job| apply(&txn, &job.commit)).collect();
-            // A refused commit (conflict, key taken) wrote nothing; an engine failure may have
+            let results: Vec<Result<Vec<u64>, StoreError>> =
+                batch.iter().map(|job| apply(&txn, &job.commits)).collect();
+            // A refused job (conflict, key taken) wrote nothing; an engine failure may have
             // written part of one, so then the whole group is abandoned (the transaction aborts on drop).
             if let Some(Err(failure)) = results
                 .iter()
@@ -201,11 +202,38 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, max_batch: usize) {
     }
 }
 
-/// Applies one commit inside the group's transaction, or changes nothing and says why. Every
-/// check happens before the first write, so a refused commit leaves no trace.
-fn apply(txn: &WriteTransaction, commit: &Commit) -> Result<u64, StoreError> {
+/// Applies one job's commits inside the group's transaction, or changes nothing and says why.
+/// Every check of every commit happens before the first write, so a refused job leaves no trace
+/// while the other jobs of its group still commit. (`check_batch` has already made sure that no
+/// aggregate appears twice, so each check sees the state the job's write replaces.)
+fn apply(txn: &WriteTransaction, commits: &[Commit]) -> Result<Vec<u64>, StoreError> {
+    let mut previous = Vec::with_capacity(commits.len());
+    let mut keys = std::collections::HashSet::new();
+    for commit in commits {
+        previous.push(check_version(txn, commit)?);
+        if let Some(record) = &commit.idempotency {
+            let id = records::idempotency_key(&record.tenant, &record.method, &record.key);
+            // A key used twice in one job is taken by its first use.
+            if !keys.insert(id) {
+                return Err(StoreError::IdempotencyKeyTaken(record.key.clone()));
+            }
+            check_idempotency(txn, record)?;
+        }
+    }
+    commits
+        .iter()
+        .zip(previous)
+        .map(|(commit, previous)| write(txn, commit, previous))
+        .collect()
+}
+
+/// The stored record of the commit's aggregate, if it is at the version the commit expects.
+fn check_version(
+    txn: &WriteTransaction,
+    commit: &Commit,
+) -> Result<Option<AggregateRecord>, StoreError> {
+    let aggregates = txn.open_table(AGGREGATES).map_err(backend)?;
     let key = records::aggregate_key(&commit.key);
-    let mut aggregates = txn.open_table(AGGREGATES).map_err(backend)?;
     let previous = match aggregates.get(key.as_str()).map_err(backend)? {
         Some(bytes) => Some(AggregateRecord::decode(bytes.value()).map_err(backend)?),
         None => None,
@@ -218,16 +246,27 @@ fn apply(txn: &WriteTransaction, commit: &Commit) -> Result<u64, StoreError> {
             found,
         });
     }
-    if let Some(record) = &commit.idempotency {
-        insert_idempotency(txn, record)?;
-    }
+    Ok(previous)
+}
 
-    let version = found + 1;
+/// Writes a checked commit: state, index, events, idempotency record. Fails only when the engine
+/// does.
+fn write(
+    txn: &WriteTransaction,
+    commit: &Commit,
+    previous: Option<AggregateRecord>,
+) -> Result<u64, StoreError> {
+    if let Some(record) = &commit.idempotency {
+        put_idempotency(txn, record)?;
+    }
+    let key = records::aggregate_key(&commit.key);
+    let version = previous.as_ref().map_or(0, |record| record.version) + 1;
     let record = AggregateRecord {
         version,
         data: commit.data.clone(),
         index: commit.index.iter().map(IndexRecord::from).collect(),
     };
+    let mut aggregates = txn.open_table(AGGREGATES).map_err(backend)?;
     aggregates
         .insert(key.as_str(), record.encode_to_vec().as_slice())
         .map_err(backend)?;
@@ -273,12 +312,9 @@ fn apply(txn: &WriteTransaction, commit: &Commit) -> Result<u64, StoreError> {
     Ok(version)
 }
 
-/// Inserts an idempotency record unless a live one holds the key (an expired one is replaced).
-fn insert_idempotency(
-    txn: &WriteTransaction,
-    record: &IdempotencyRecord,
-) -> Result<(), StoreError> {
-    let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(backend)?;
+/// Refuses the record when a live one holds its key (an expired one may be replaced).
+fn check_idempotency(txn: &WriteTransaction, record: &IdempotencyRecord) -> Result<(), StoreError> {
+    let idempotency = txn.open_table(IDEMPOTENCY).map_err(backend)?;
     let id = records::idempotency_key(&record.tenant, &record.method, &record.key);
     if let Some(existing) = idempotency.get(id.as_str()).map_err(backend)? {
         let existing = IdempotencyRow::decode(existing.value()).map_err(backend)?;
@@ -286,6 +322,13 @@ fn insert_idempotency(
             return Err(StoreError::IdempotencyKeyTaken(record.key.clone()));
         }
     }
+    Ok(())
+}
+
+/// Writes a checked idempotency record.
+fn put_idempotency(txn: &WriteTransaction, record: &IdempotencyRecord) -> Result<(), StoreError> {
+    let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(backend)?;
+    let id = records::idempotency_key(&record.tenant, &record.method, &record.key);
     idempotency
         .insert(
             id.as_str(),
@@ -347,8 +390,20 @@ impl Store for EmbeddedStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
+        let versions = self.commit_all(vec![commit]).await?;
+        versions
+            .first()
+            .copied()
+            .ok_or_else(|| backend("store writer returned no version"))
+    }
+
+    async fn commit_all(&self, commits: Vec<Commit>) -> Result<Vec<u64>, StoreError> {
+        check_batch(&commits)?;
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
         let (done, result) = oneshot::channel();
-        self.writer.send(Job { commit, done })?;
+        self.writer.send(Job { commits, done })?;
         result.await.map_err(|_| backend("store writer stopped"))?
     }
 
@@ -436,8 +491,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn save_idempotency_record(&self, record: IdempotencyRecord) -> Result<(), StoreError> {
-        self.write(move |txn| insert_idempotency(txn, &record))
-            .await
+        self.write(move |txn| {
+            check_idempotency(txn, &record)?;
+            put_idempotency(txn, &record)
+        })
+        .await
     }
 
     async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, StoreError> {

@@ -4,10 +4,12 @@
 //! on its `version`), its secondary-index entries, the outbox events the change emits, and the
 //! idempotency record of the request that caused it — all or nothing. Events then leave through
 //! the outbox ([`Store::pending_events`]), so a change and its events can never disagree.
+//! A change that spans several aggregates of one tenant (a ledger entry and the accounts it moves)
+//! is one [`Store::commit_all`]: every commit or none.
 //!
 //! Adapters: [`EmbeddedStore`] (redb, the default when no MongoDB is configured) and
-//! [`MongoStore`] (MongoDB; commits with an idempotency record need a replica set or sharded
-//! cluster).
+//! [`MongoStore`] (MongoDB; commits with an idempotency record and `commit_all` of several
+//! commits need a replica set or sharded cluster).
 
 mod embedded;
 mod mongo;

@@ -9,10 +9,11 @@
 //! - `idempotency`: one document per (tenant, method, key), with `expires_at` (unix seconds) and
 //!   the same instant as a date in `expires`, which a TTL index purges.
 //!
-//! A commit that carries an idempotency record changes two documents, so it runs in a
-//! multi-document transaction, and those need a replica set or a sharded cluster: on a standalone
-//! server such commits fail with [`StoreError::Backend`] (everything else works there). Commits
-//! without one never use a transaction.
+//! A commit that carries an idempotency record changes two documents, and `commit_all` with more
+//! than one commit changes several, so they run in a multi-document transaction, and those need a
+//! replica set or a sharded cluster: on a standalone server such commits fail with
+//! [`StoreError::Backend`] (everything else works there). A single commit without a record never
+//! uses a transaction.
 //!
 //! Undelivered events live inside their aggregate's document, which MongoDB caps at 16 MiB, so the
 //! relay has to keep up; a stuck relay shows as a growing number of `pending` aggregates.
@@ -36,7 +37,7 @@ use mongodb::{Client, ClientSession, Collection, IndexModel};
 
 use crate::port::{
     AggregateKey, Commit, IdempotencyRecord, IndexEntry, OutboxEvent, PendingEvent, Store,
-    StoreError, Versioned, unix_now,
+    StoreError, Versioned, check_batch, unix_now,
 };
 use crate::records;
 
@@ -59,9 +60,9 @@ const EVENTS_PER_COMMIT: u64 = 1 << 24;
 /// transactions, a primary stepping down) before giving up with [`StoreError::Backend`].
 const RETRY_FOR: Duration = Duration::from_secs(10);
 
-const REPLICA_SET_REQUIRED: &str = "a commit with an idempotency record needs a multi-document \
-    transaction, which MongoDB offers only on a replica set or sharded cluster; this server is \
-    standalone";
+const REPLICA_SET_REQUIRED: &str = "a commit with an idempotency record, or several commits at \
+    once, need a multi-document transaction, which MongoDB offers only on a replica set or sharded \
+    cluster; this server is standalone";
 
 /// Options of the MongoDB engine. Other client settings (pool size, timeouts, TLS, credentials,
 /// `wtimeoutMS`) come from the connection string.
@@ -89,8 +90,8 @@ impl Default for MongoOptions {
 }
 
 /// The MongoDB store. A commit is one single-document write, except a commit with an idempotency
-/// record: that one is a multi-document transaction and needs a replica set or sharded cluster
-/// (on a standalone server it fails with [`StoreError::Backend`]). Clones share one client (and
+/// record or several commits at once: those are a multi-document transaction and need a replica
+/// set or sharded cluster (on a standalone server they fail with [`StoreError::Backend`]). Clones share one client (and
 /// its connection pool).
 #[derive(Clone)]
 pub struct MongoStore {
@@ -111,6 +112,14 @@ enum Failure {
     Driver(mongodb::error::Error),
     /// The request cannot be stored (a number out of range).
     Invalid(String),
+}
+
+/// How a `commit_all` is written.
+enum Plan<'a> {
+    /// One single-document statement.
+    Single(&'a Commit),
+    /// A multi-document transaction in this session.
+    Transaction(Box<ClientSession>),
 }
 
 impl From<mongodb::error::Error> for Failure {
@@ -427,25 +436,29 @@ impl MongoStore {
         }
     }
 
-    /// One attempt at a commit with its idempotency record, in a transaction. Any failure leaves
-    /// the transaction aborted, so the session can start the next attempt.
+    /// One attempt at the commits with their idempotency records, in a transaction. Any failure
+    /// leaves the transaction aborted, so the session can start the next attempt.
     async fn write_in_transaction(
         &self,
         session: &mut ClientSession,
-        commit: &Commit,
-        record: &IdempotencyRecord,
-    ) -> Result<u64, Failure> {
+        commits: &[Commit],
+    ) -> Result<Vec<u64>, Failure> {
         session.start_transaction().await?;
-        // The aggregate first, so that a stale version wins over a taken key, as in the
-        // embedded engine.
+        // Each aggregate before its record, so that a stale version wins over a taken key, as in
+        // the embedded engine.
         let written = async {
-            let version = self.write_aggregate(commit, Some(&mut *session)).await?;
-            self.write_idempotency(record, Some(&mut *session)).await?;
-            Ok::<_, Failure>(version)
+            let mut versions = Vec::with_capacity(commits.len());
+            for commit in commits {
+                versions.push(self.write_aggregate(commit, Some(&mut *session)).await?);
+                if let Some(record) = &commit.idempotency {
+                    self.write_idempotency(record, Some(&mut *session)).await?;
+                }
+            }
+            Ok::<_, Failure>(versions)
         }
         .await;
-        let version = match written {
-            Ok(version) => version,
+        let versions = match written {
+            Ok(versions) => versions,
             Err(failure) => {
                 // Errors here change nothing: the server may have aborted it already.
                 let _ = session.abort_transaction().await;
@@ -457,7 +470,7 @@ impl MongoStore {
         let started = Instant::now();
         loop {
             match session.commit_transaction().await {
-                Ok(()) => return Ok(version),
+                Ok(()) => return Ok(versions),
                 Err(error)
                     if error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
                         && !error.contains_label(TRANSIENT_TRANSACTION_ERROR)
@@ -467,16 +480,26 @@ impl MongoStore {
         }
     }
 
-    /// The conflict to report for a refused compare-and-set: the version stored now.
-    async fn conflict(&self, commit: &Commit) -> StoreError {
-        match self.load(&commit.key).await {
-            Ok(found) => StoreError::Conflict {
-                key: commit.key.to_string(),
-                expected: commit.expected_version,
-                found: found.map_or(0, |stored| stored.version),
-            },
-            Err(error) => error,
+    /// The conflict to report for a refused compare-and-set: the first of the commits whose
+    /// aggregate is not at the expected version now, with the version stored. Versions only grow,
+    /// so the commit that was refused still is; an earlier one found first is as true a conflict.
+    async fn conflict(&self, commits: &[Commit]) -> StoreError {
+        for commit in commits {
+            match self.load(&commit.key).await {
+                Ok(found) => {
+                    let found = found.map_or(0, |stored| stored.version);
+                    if found != commit.expected_version {
+                        return StoreError::Conflict {
+                            key: commit.key.to_string(),
+                            expected: commit.expected_version,
+                            found,
+                        };
+                    }
+                }
+                Err(error) => return error,
+            }
         }
+        StoreError::Backend("version conflict on an aggregate that has not moved".into())
     }
 }
 
@@ -507,24 +530,38 @@ impl Store for MongoStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
-        let mut session = match &commit.idempotency {
-            Some(_) if !self.transactions => {
+        let versions = self.commit_all(vec![commit]).await?;
+        versions
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Backend("commit returned no version".into()))
+    }
+
+    async fn commit_all(&self, commits: Vec<Commit>) -> Result<Vec<u64>, StoreError> {
+        check_batch(&commits)?;
+        // One commit without a record is one document: no transaction needed.
+        let mut plan = match commits.as_slice() {
+            [] => return Ok(Vec::new()),
+            [commit] if commit.idempotency.is_none() => Plan::Single(commit),
+            _ if !self.transactions => {
                 return Err(StoreError::Backend(REPLICA_SET_REQUIRED.into()));
             }
-            Some(_) => Some(self.client.start_session().await.map_err(backend)?),
-            None => None,
+            _ => Plan::Transaction(Box::new(
+                self.client.start_session().await.map_err(backend)?,
+            )),
         };
         let started = Instant::now();
         let mut attempt = 0;
         loop {
-            let outcome = match (&commit.idempotency, session.as_mut()) {
-                (Some(record), Some(session)) => {
-                    self.write_in_transaction(session, &commit, record).await
-                }
-                _ => self.write_aggregate(&commit, None).await,
+            let outcome = match &mut plan {
+                Plan::Single(commit) => self
+                    .write_aggregate(commit, None)
+                    .await
+                    .map(|version| vec![version]),
+                Plan::Transaction(session) => self.write_in_transaction(session, &commits).await,
             };
             match outcome {
-                Ok(version) => return Ok(version),
+                Ok(versions) => return Ok(versions),
                 // A racing writer held the document: try again; the retry sees its commit and
                 // reports the conflict, or succeeds if it was abandoned.
                 Err(Failure::Driver(error))
@@ -533,7 +570,7 @@ impl Store for MongoStore {
                     attempt += 1;
                     back_off(attempt).await;
                 }
-                Err(Failure::VersionMoved) => return Err(self.conflict(&commit).await),
+                Err(Failure::VersionMoved) => return Err(self.conflict(&commits).await),
                 Err(failure) => return Err(failure.into()),
             }
         }

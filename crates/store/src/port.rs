@@ -150,6 +150,19 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `commit` atomically; returns the new version.
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError>;
 
+    /// Applies every commit atomically — all or nothing — each with its own version
+    /// compare-and-set, index, events and idempotency record; returns the new versions in order.
+    /// When any commit is refused, none happens and that commit's error is returned. An empty
+    /// list changes nothing.
+    ///
+    /// All commits must be for one tenant and each aggregate may appear once, otherwise the call
+    /// fails with [`StoreError::Backend`] before touching anything. A transaction never spans
+    /// tenants: the tenant leads every key, so it is the natural shard key, and a transaction
+    /// inside one tenant stays on one shard instead of becoming a distributed one; it also keeps
+    /// one tenant's writes from ever waiting on another's. On MongoDB more than one commit needs
+    /// a multi-document transaction (a replica set or sharded cluster).
+    async fn commit_all(&self, commits: Vec<Commit>) -> Result<Vec<u64>, StoreError>;
+
     /// Aggregates of `kind` whose index `name` has `value`, by id, after `after_id`, at most `limit`.
     async fn find(
         &self,
@@ -180,4 +193,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops idempotency records expired at unix second `now`; returns how many.
     async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, StoreError>;
+}
+
+/// The checks [`Store::commit_all`] makes before anything is written, the same on every engine:
+/// one tenant, each aggregate at most once (a second change of the same aggregate would be checked
+/// against a version the first is about to replace).
+pub(crate) fn check_batch(commits: &[Commit]) -> Result<(), StoreError> {
+    let Some(first) = commits.first() else {
+        return Ok(());
+    };
+    if let Some(other) = commits.iter().find(|c| c.key.tenant != first.key.tenant) {
+        return Err(StoreError::Backend(format!(
+            "commit_all takes the commits of one tenant (a transaction never spans tenants), \
+             got {} and {}",
+            first.key.tenant, other.key.tenant
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = commits.iter().find(|c| !seen.insert(&c.key)) {
+        return Err(StoreError::Backend(format!(
+            "commit_all changes each aggregate at most once, got {} twice",
+            twice.key
+        )));
+    }
+    Ok(())
 }

@@ -63,3 +63,49 @@ async fn data_survives_reopening_and_the_file_checks_and_compacts() {
         b"durable"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_commit_all_leaves_nothing_while_the_rest_of_its_group_commits() {
+    let store = EmbeddedStore::in_memory().unwrap();
+    store.commit(created("stale", "v1")).await.unwrap();
+    let with_event = |id: &str| {
+        let mut commit = created(id, id);
+        commit.events = vec![store::OutboxEvent {
+            event_id: id.into(),
+            event_type: "test.Created".into(),
+            envelope: Bytes::from(id.to_owned()),
+        }];
+        commit
+    };
+    // Submitted together, so the writer takes many jobs into one group transaction.
+    let jobs: Vec<_> = (0..64)
+        .map(|job| {
+            let store = store.clone();
+            let first = with_event(&format!("a-{job}"));
+            let second = if job % 2 == 0 {
+                Commit {
+                    expected_version: 7,
+                    ..created("stale", "lost")
+                }
+            } else {
+                with_event(&format!("b-{job}"))
+            };
+            tokio::spawn(async move { store.commit_all(vec![first, second]).await })
+        })
+        .collect();
+    for (job, outcome) in jobs.into_iter().enumerate() {
+        let outcome = outcome.await.unwrap();
+        let a = store
+            .load(&AggregateKey::new("tenant-a", "order", format!("a-{job}")))
+            .await
+            .unwrap();
+        if job % 2 == 0 {
+            assert!(matches!(outcome, Err(store::StoreError::Conflict { .. })));
+            assert_eq!(a, None, "job {job} left its first commit behind");
+        } else {
+            assert_eq!(outcome, Ok(vec![1, 1]));
+            assert!(a.is_some());
+        }
+    }
+    assert_eq!(store.pending_events(1000).await.unwrap().len(), 64);
+}

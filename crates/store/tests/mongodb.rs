@@ -279,7 +279,7 @@ async fn acknowledged_by_the_primary_alone_works_the_same() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standalone_server_refuses_idempotent_commits_and_runs_the_rest() {
+async fn a_standalone_server_refuses_idempotent_and_multi_commits_and_runs_the_rest() {
     if std::env::var_os("MONGODB_URI").is_some() {
         // The server is not ours to restart as a standalone one.
         return;
@@ -305,7 +305,19 @@ async fn a_standalone_server_refuses_idempotent_commits_and_runs_the_rest() {
         Ok(None)
     );
 
-    assert_eq!(store.commit(created("o1", &["e1"])).await, Ok(1));
+    // Several commits at once need a transaction too; one alone is an ordinary commit.
+    let refused = store
+        .commit_all(vec![created("o1", &["e1"]), created("o2", &[])])
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Backend(message)) if message.contains("replica set")),
+        "{refused:?}"
+    );
+    assert_eq!(store.load(&order("o2")).await, Ok(None));
+    assert_eq!(
+        store.commit_all(vec![created("o1", &["e1"])]).await,
+        Ok(vec![1])
+    );
     store
         .save_idempotency_record(keyed("k2"))
         .await

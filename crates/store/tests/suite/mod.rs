@@ -1,6 +1,6 @@
 //! The port's promises, checked the same way against every adapter: compare-and-set versions,
-//! all-or-nothing commits of aggregate + index + outbox + idempotency record, ordered outbox,
-//! idempotency retention, concurrency. Each adapter's test file instantiates [`port_suite!`].
+//! all-or-nothing commits of aggregate + index + outbox + idempotency record (also across several
+//! aggregates with `commit_all`), ordered outbox, idempotency retention, concurrency. Each adapter's test file instantiates [`port_suite!`].
 
 #![allow(dead_code)]
 
@@ -25,6 +25,9 @@ macro_rules! port_suite {
             secondary_indexes_follow_the_aggregate_and_page_by_id,
             the_outbox_keeps_each_aggregates_order_until_delivered,
             concurrent_read_modify_write_loses_nothing,
+            commit_all_applies_every_commit_or_none,
+            racing_commit_alls_over_overlapping_aggregates_lose_no_update,
+            commit_all_refuses_commits_of_several_tenants,
         );
     };
     (@tests $open:path; $($name:ident),* $(,)?) => {
@@ -443,4 +446,219 @@ pub async fn concurrent_read_modify_write_loses_nothing(store: Arc<dyn Store>) {
     let stored = store.load(&order("counter")).await.unwrap().unwrap();
     assert_eq!((stored.version, &stored.data[..]), (161, &b"160"[..]));
     assert_eq!(store.pending_events(1000).await.unwrap().len(), 160);
+}
+
+fn keyed_record(key: &str) -> IdempotencyRecord {
+    IdempotencyRecord {
+        tenant: "tenant-a".into(),
+        method: "commerce.loyalty.v1.LoyaltyService/RedeemReward".into(),
+        key: key.into(),
+        request_digest: Bytes::from_static(b"digest"),
+        response: Bytes::from_static(b"response"),
+        expires_at: unix_now() + 3600,
+    }
+}
+
+/// Nothing of a refused `commit_all` is visible: no state, index entry, event or record.
+async fn assert_untouched(store: &Arc<dyn Store>, ids: &[&str], events: usize, keys: &[&str]) {
+    for id in ids {
+        assert_eq!(store.load(&order(id)).await.unwrap(), None, "{id} written");
+    }
+    let indexed = store
+        .find("tenant-a", "order", &customer("c-1"), None, 10)
+        .await
+        .unwrap();
+    assert!(indexed.is_empty(), "index written: {indexed:?}");
+    assert_eq!(store.pending_events(100).await.unwrap().len(), events);
+    let method = keyed_record("").method;
+    for key in keys {
+        assert_eq!(
+            store
+                .idempotency_record("tenant-a", &method, key)
+                .await
+                .unwrap(),
+            None,
+            "record {key} written"
+        );
+    }
+}
+
+pub async fn commit_all_applies_every_commit_or_none(store: Arc<dyn Store>) {
+    assert_eq!(store.commit_all(Vec::new()).await, Ok(Vec::new()));
+    let mut existing = commit(order("o2"), 0, "o2 v1");
+    existing.events = vec![event("o2-created")];
+    store.commit(existing).await.unwrap();
+    store
+        .save_idempotency_record(keyed_record("taken"))
+        .await
+        .unwrap();
+
+    let batch = |o2_expected: u64, o3_key: &str| {
+        let mut first = commit(order("o1"), 0, "o1 v1");
+        first.index = vec![customer("c-1")];
+        first.events = vec![event("o1-created")];
+        first.idempotency = Some(keyed_record("k-1"));
+        let mut second = commit(order("o2"), o2_expected, "o2 v2");
+        second.index = vec![customer("c-1")];
+        second.events = vec![event("o2-changed")];
+        let mut third = commit(order("o3"), 0, "o3 v1");
+        third.events = vec![event("o3-created")];
+        third.idempotency = Some(keyed_record(o3_key));
+        vec![first, second, third]
+    };
+
+    // The middle commit is stale: none of the three happens.
+    assert_eq!(
+        store.commit_all(batch(7, "k-3")).await,
+        Err(StoreError::Conflict {
+            key: "tenant-a/order/o2".into(),
+            expected: 7,
+            found: 1
+        })
+    );
+    assert_untouched(&store, &["o1", "o3"], 1, &["k-1", "k-3"]).await;
+    assert_eq!(
+        &store.load(&order("o2")).await.unwrap().unwrap().data[..],
+        b"o2 v1"
+    );
+
+    // The last commit's key is taken: the first two, already checked, do not happen either.
+    assert_eq!(
+        store.commit_all(batch(1, "taken")).await,
+        Err(StoreError::IdempotencyKeyTaken("taken".into()))
+    );
+    assert_untouched(&store, &["o1", "o3"], 1, &["k-1"]).await;
+
+    // One key twice in one batch: taken by its first use.
+    let mut twice = batch(1, "k-1");
+    twice[2].idempotency = Some(keyed_record("k-1"));
+    assert_eq!(
+        store.commit_all(twice).await,
+        Err(StoreError::IdempotencyKeyTaken("k-1".into()))
+    );
+    assert_untouched(&store, &["o1", "o3"], 1, &["k-1"]).await;
+
+    // One aggregate twice in one batch is refused before anything is checked.
+    let duplicate = vec![commit(order("o1"), 0, "a"), commit(order("o1"), 1, "b")];
+    assert!(matches!(
+        store.commit_all(duplicate).await,
+        Err(StoreError::Backend(message)) if message.contains("twice")
+    ));
+    assert_untouched(&store, &["o1"], 1, &[]).await;
+
+    // All valid: all three happen, with their index entries, events and records.
+    assert_eq!(store.commit_all(batch(1, "k-3")).await, Ok(vec![1, 2, 1]));
+    let indexed: Vec<String> = store
+        .find("tenant-a", "order", &customer("c-1"), None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(indexed, ["o1", "o2"]);
+    let mut events: Vec<String> = store
+        .pending_events(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|pending| pending.event.event_id)
+        .collect();
+    events.sort();
+    assert_eq!(
+        events,
+        ["o1-created", "o2-changed", "o2-created", "o3-created"]
+    );
+    let method = keyed_record("").method;
+    for key in ["k-1", "k-3"] {
+        assert!(
+            store
+                .idempotency_record("tenant-a", &method, key)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+}
+
+pub async fn racing_commit_alls_over_overlapping_aggregates_lose_no_update(store: Arc<dyn Store>) {
+    const COUNTERS: usize = 3;
+    const START: i64 = 1000;
+    let counter = |i: usize| order(&format!("counter-{i}"));
+    for i in 0..COUNTERS {
+        store
+            .commit(commit(counter(i), 0, &START.to_string()))
+            .await
+            .unwrap();
+    }
+    let value = |data: &[u8]| -> i64 { std::str::from_utf8(data).unwrap().parse().unwrap() };
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..20 {
+                // Every pair of counters is moved by several tasks at once.
+                let from = (task + round) % COUNTERS;
+                let to = (from + 1 + round % 2) % COUNTERS;
+                let amount = (task * 7 + round) as i64 % 13 + 1;
+                loop {
+                    let source = store.load(&counter(from)).await.unwrap().unwrap();
+                    let target = store.load(&counter(to)).await.unwrap().unwrap();
+                    let mut debit = commit(
+                        counter(from),
+                        source.version,
+                        &(value(&source.data) - amount).to_string(),
+                    );
+                    debit.events = vec![event(&format!("t{task}-r{round}-debit"))];
+                    let mut credit = commit(
+                        counter(to),
+                        target.version,
+                        &(value(&target.data) + amount).to_string(),
+                    );
+                    credit.events = vec![event(&format!("t{task}-r{round}-credit"))];
+                    match store.commit_all(vec![debit, credit]).await {
+                        Ok(versions) => {
+                            assert_eq!(versions, [source.version + 1, target.version + 1]);
+                            break;
+                        }
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut total = 0;
+    let mut versions = 0;
+    for i in 0..COUNTERS {
+        let stored = store.load(&counter(i)).await.unwrap().unwrap();
+        total += value(&stored.data);
+        versions += stored.version;
+    }
+    assert_eq!(total, START * COUNTERS as i64, "money was created or lost");
+    // Each of the 160 transfers changed exactly two counters, once.
+    assert_eq!(versions, COUNTERS as u64 + 2 * 160);
+    assert_eq!(store.pending_events(1000).await.unwrap().len(), 2 * 160);
+}
+
+pub async fn commit_all_refuses_commits_of_several_tenants(store: Arc<dyn Store>) {
+    let mut theirs = commit(AggregateKey::new("tenant-b", "order", "o1"), 0, "b");
+    theirs.events = vec![event("b-created")];
+    let refused = store
+        .commit_all(vec![commit(order("o1"), 0, "a"), theirs])
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Backend(message)) if message.contains("one tenant")),
+        "{refused:?}"
+    );
+    assert_untouched(&store, &["o1"], 0, &[]).await;
+    assert_eq!(
+        store
+            .load(&AggregateKey::new("tenant-b", "order", "o1"))
+            .await
+            .unwrap(),
+        None
+    );
 }

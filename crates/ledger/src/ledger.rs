@@ -1,0 +1,659 @@
+//! The ledger on the store port: every entry is one `commit_all` of the entry (created, so its id
+//! is unique), each account it changes and the tenant's chain head (compare-and-set, so entries
+//! are numbered and chained in one order), plus the hold's state when it creates or resolves one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+use store::{Commit, IndexEntry, Store, StoreError, Versioned};
+
+use crate::error::LedgerError;
+use crate::model::{
+    self, Account, Balances, Entry, EntryKind, Hold, HoldStatus, NewEntry, Posting,
+};
+use crate::records::{
+    self, ACCOUNT, AccountRecord, ENTRY, EntryRecord, HEAD, HEAD_ID, HOLD, HeadRecord, HoldRecord,
+    SEQUENCE_BLOCK,
+};
+
+/// How often a write is recomputed after losing a race before it gives up with the conflict.
+/// Every entry of a tenant moves its chain head, so writers of one tenant take turns.
+const MAX_ATTEMPTS: u32 = 100;
+
+/// Page size of index walks.
+const PAGE: usize = 256;
+
+/// A double-entry ledger over a [`Store`]. Cheap to clone; every call names its tenant.
+#[derive(Clone)]
+pub struct Ledger {
+    pub(crate) store: Arc<dyn Store>,
+}
+
+/// An entry about to be written, before its place in the chain is known.
+struct Draft {
+    id: String,
+    kind: EntryKind,
+    postings: Vec<Posting>,
+    metadata: std::collections::BTreeMap<String, String>,
+    occurred_at: i64,
+}
+
+impl Draft {
+    fn new(entry: NewEntry, kind: EntryKind) -> Self {
+        Draft {
+            id: entry.id,
+            kind,
+            postings: entry.postings,
+            metadata: entry.metadata,
+            occurred_at: entry.occurred_at,
+        }
+    }
+
+    /// Whether `entry` is this request written before (its id matched).
+    fn matches(&self, entry: &Entry) -> bool {
+        self.kind == entry.kind
+            && self.postings == entry.postings
+            && self.metadata == entry.metadata
+            && self.occurred_at == entry.occurred_at
+    }
+}
+
+/// The hold an entry resolves: what it reserved, read from its (hash-chained) entry.
+struct Resolving {
+    hold_id: String,
+    postings: Vec<Posting>,
+    expires_at: i64,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Corrupt(what.to_string())
+}
+
+fn decode<M: prost::Message + Default>(stored: &Versioned, what: &str) -> Result<M, LedgerError> {
+    M::decode(stored.data.as_ref()).map_err(|error| corrupt(format!("{what}: {error}")))
+}
+
+/// Jittered pauses that grow with the attempt, so racing writers spread out.
+async fn back_off(attempt: u32) {
+    let ceiling = 200u64 << attempt.min(7);
+    tokio::time::sleep(Duration::from_micros(fastrand::u64(0..ceiling))).await;
+}
+
+impl Ledger {
+    /// A ledger keeping its records in `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Ledger { store }
+    }
+
+    /// Opens an account with its unit and floor (see [`Account::floor`]; a floor is at most 0,
+    /// as a new account starts at 0). Idempotent: opening it again with the same unit and floor
+    /// returns it, with others is [`LedgerError::AccountConflict`]. Postings name only opened
+    /// accounts, so a typo in a member's account name cannot create an unconstrained one.
+    pub async fn open_account(
+        &self,
+        tenant: &str,
+        name: &str,
+        unit: &str,
+        floor: Option<i64>,
+    ) -> Result<Account, LedgerError> {
+        model::check_name("account", name)?;
+        model::check_name("unit", unit)?;
+        if floor.is_some_and(|floor| floor > 0) {
+            return Err(LedgerError::Invalid(format!(
+                "floor of {name} must be at most 0"
+            )));
+        }
+        loop {
+            if let Some((_, account)) = self.load_account(tenant, name).await? {
+                return if account.unit == unit && account.floor == floor {
+                    Ok(account)
+                } else {
+                    Err(LedgerError::AccountConflict {
+                        account: name.to_owned(),
+                    })
+                };
+            }
+            let account = Account {
+                name: name.to_owned(),
+                unit: unit.to_owned(),
+                floor,
+                balances: Balances::default(),
+            };
+            let created = self
+                .store
+                .commit(Commit {
+                    key: records::key(tenant, ACCOUNT, name),
+                    expected_version: 0,
+                    data: Bytes::from(AccountRecord::from_account(&account).encode_to_vec()),
+                    index: vec![records::account_list()],
+                    events: Vec::new(),
+                    idempotency: None,
+                })
+                .await;
+            match created {
+                Ok(_) => return Ok(account),
+                // Opened concurrently: compare with that one.
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Writes a posted entry: its postings must balance per unit, name opened accounts in their
+    /// units, and leave every debited account at or above its floor.
+    pub async fn post(&self, tenant: &str, entry: NewEntry) -> Result<Entry, LedgerError> {
+        model::check_name("entry id", &entry.id)?;
+        model::check_postings(&entry.postings)?;
+        self.append(tenant, Draft::new(entry, EntryKind::Posted), None)
+            .await
+    }
+
+    /// Writes a hold: its debits are reserved (available balance drops, floors apply) and its
+    /// credits promised, until [`Ledger::post_hold`], [`Ledger::void_hold`] or expiry at
+    /// `expires_at` (unix ms, after `entry.occurred_at`).
+    pub async fn hold(
+        &self,
+        tenant: &str,
+        entry: NewEntry,
+        expires_at: i64,
+    ) -> Result<Entry, LedgerError> {
+        model::check_name("entry id", &entry.id)?;
+        model::check_postings(&entry.postings)?;
+        if expires_at <= entry.occurred_at {
+            return Err(LedgerError::Invalid(format!(
+                "hold {} expires at {expires_at}, not after it occurs at {}",
+                entry.id, entry.occurred_at
+            )));
+        }
+        self.append(
+            tenant,
+            Draft::new(entry, EntryKind::Hold { expires_at }),
+            None,
+        )
+        .await
+    }
+
+    /// Posts a pending hold with entry `entry`: with no postings, everything it reserved;
+    /// otherwise those postings — balanced, on the hold's accounts, in the held direction and at
+    /// most the held amounts — and the rest is released. Fails with
+    /// [`LedgerError::HoldExpired`] from the hold's `expires_at` on (by `entry.occurred_at`).
+    pub async fn post_hold(
+        &self,
+        tenant: &str,
+        hold_id: &str,
+        mut entry: NewEntry,
+    ) -> Result<Entry, LedgerError> {
+        model::check_name("entry id", &entry.id)?;
+        let resolving = self.resolving(tenant, hold_id).await?;
+        if entry.postings.is_empty() {
+            entry.postings = resolving.postings.clone();
+        } else {
+            model::check_postings(&entry.postings)?;
+            model::check_within_hold(hold_id, &resolving.postings, &entry.postings)?;
+        }
+        let kind = EntryKind::HoldPosted {
+            hold_id: hold_id.to_owned(),
+        };
+        self.append(tenant, Draft::new(entry, kind), Some(resolving))
+            .await
+    }
+
+    /// Voids a pending hold with entry `entry` (which has no postings): everything it reserved
+    /// is released.
+    pub async fn void_hold(
+        &self,
+        tenant: &str,
+        hold_id: &str,
+        entry: NewEntry,
+    ) -> Result<Entry, LedgerError> {
+        model::check_name("entry id", &entry.id)?;
+        if !entry.postings.is_empty() {
+            return Err(LedgerError::Invalid(format!(
+                "voiding hold {hold_id} takes no postings"
+            )));
+        }
+        let resolving = self.resolving(tenant, hold_id).await?;
+        let kind = EntryKind::HoldVoided {
+            hold_id: hold_id.to_owned(),
+        };
+        self.append(tenant, Draft::new(entry, kind), Some(resolving))
+            .await
+    }
+
+    /// Releases every pending hold whose `expires_at` is at or before `now` (unix ms) and
+    /// returns the entries written. Each release is entry `<hold id>.expired`, occurring at the
+    /// hold's `expires_at`, so sweepers running at once (or again after a crash) write it once.
+    /// Cost: one page read per 256 pending holds, expired or not.
+    pub async fn expire_holds(&self, tenant: &str, now: i64) -> Result<Vec<Entry>, LedgerError> {
+        let mut expired = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .find(tenant, HOLD, &records::open_hold(), after.as_deref(), PAGE)
+                .await?;
+            let Some((last, _)) = page.last() else {
+                return Ok(expired);
+            };
+            after = Some(last.clone());
+            for (hold_id, stored) in page {
+                let state: HoldRecord = decode(&stored, "hold")?;
+                if state.expires_at > now {
+                    continue;
+                }
+                let entry = NewEntry::new(format!("{hold_id}.expired"), state.expires_at);
+                let resolving = self.resolving(tenant, &hold_id).await?;
+                let kind = EntryKind::HoldExpired {
+                    hold_id: hold_id.clone(),
+                };
+                match self
+                    .append(tenant, Draft::new(entry, kind), Some(resolving))
+                    .await
+                {
+                    Ok(entry) => expired.push(entry),
+                    // Posted or voided since the page was read.
+                    Err(LedgerError::HoldNotPending { .. }) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+    }
+
+    /// An account with its balances.
+    pub async fn account(&self, tenant: &str, name: &str) -> Result<Option<Account>, LedgerError> {
+        Ok(self
+            .load_account(tenant, name)
+            .await?
+            .map(|(_, account)| account))
+    }
+
+    /// Accounts by name, after `after`, at most `limit`.
+    pub async fn accounts(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Account>, LedgerError> {
+        let page = self
+            .store
+            .find(tenant, ACCOUNT, &records::account_list(), after, limit)
+            .await?;
+        page.iter()
+            .map(|(_, stored)| Ok(decode::<AccountRecord>(stored, "account")?.to_account()))
+            .collect()
+    }
+
+    /// An entry by id.
+    pub async fn entry(&self, tenant: &str, id: &str) -> Result<Option<Entry>, LedgerError> {
+        let Some(stored) = self.store.load(&records::key(tenant, ENTRY, id)).await? else {
+            return Ok(None);
+        };
+        let record: EntryRecord = decode(&stored, "entry")?;
+        record.to_entry().map(Some).map_err(corrupt)
+    }
+
+    /// A hold's state by its entry id.
+    pub async fn hold_state(&self, tenant: &str, id: &str) -> Result<Option<Hold>, LedgerError> {
+        Ok(self.load_hold(tenant, id).await?.map(|(_, hold)| hold))
+    }
+
+    /// Entries in chain order after sequence `after`, at most `limit`.
+    pub async fn entries(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, LedgerError> {
+        let (_, head) = self.load_head(tenant).await?;
+        let mut entries = Vec::new();
+        let mut block = after.saturating_add(1) / SEQUENCE_BLOCK;
+        while entries.len() < limit && block <= head.last_sequence / SEQUENCE_BLOCK {
+            for (_, record) in self.entry_block(tenant, block).await? {
+                let record = record.map_err(corrupt)?;
+                if record.sequence > after
+                    && record.sequence <= head.last_sequence
+                    && entries.len() < limit
+                {
+                    entries.push(record.to_entry().map_err(corrupt)?);
+                }
+            }
+            block += 1;
+        }
+        Ok(entries)
+    }
+
+    /// Entries that changed `account` (posted or pending), by entry id, after `after_id`, at
+    /// most `limit` — in time order when entry ids are time-ordered.
+    pub async fn account_entries(
+        &self,
+        tenant: &str,
+        account: &str,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, LedgerError> {
+        let page = self
+            .store
+            .find(
+                tenant,
+                ENTRY,
+                &records::account_history(account),
+                after_id,
+                limit,
+            )
+            .await?;
+        page.iter()
+            .map(|(_, stored)| {
+                decode::<EntryRecord>(stored, "entry")?
+                    .to_entry()
+                    .map_err(corrupt)
+            })
+            .collect()
+    }
+
+    /// The tenant's chain head and its version (0 and an empty head before the first entry).
+    pub(crate) async fn load_head(&self, tenant: &str) -> Result<(u64, HeadRecord), LedgerError> {
+        match self
+            .store
+            .load(&records::key(tenant, HEAD, HEAD_ID))
+            .await?
+        {
+            Some(stored) => Ok((stored.version, decode(&stored, "chain head")?)),
+            None => Ok((0, HeadRecord::default())),
+        }
+    }
+
+    /// The entries of one sequence block, sorted by sequence; an entry that does not decode is
+    /// kept as the reason, under its aggregate id (sorted first).
+    pub(crate) async fn entry_block(
+        &self,
+        tenant: &str,
+        block: u64,
+    ) -> Result<Vec<(String, Result<EntryRecord, String>)>, LedgerError> {
+        let index = records::seq_block(block);
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .find(tenant, ENTRY, &index, after.as_deref(), PAGE)
+                .await?;
+            let full = page.len() == PAGE;
+            after = page.last().map(|(id, _)| id.clone());
+            for (id, stored) in page {
+                let record = EntryRecord::decode(stored.data.as_ref())
+                    .map_err(|error| format!("does not decode: {error}"));
+                found.push((id, record));
+            }
+            if !full {
+                break;
+            }
+        }
+        found.sort_by_key(|(_, record)| record.as_ref().map_or(0, |record| record.sequence));
+        Ok(found)
+    }
+
+    async fn load_account(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<(u64, Account)>, LedgerError> {
+        let Some(stored) = self
+            .store
+            .load(&records::key(tenant, ACCOUNT, name))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let record: AccountRecord = decode(&stored, "account")?;
+        Ok(Some((stored.version, record.to_account())))
+    }
+
+    async fn load_hold(&self, tenant: &str, id: &str) -> Result<Option<(u64, Hold)>, LedgerError> {
+        let Some(stored) = self.store.load(&records::key(tenant, HOLD, id)).await? else {
+            return Ok(None);
+        };
+        let record: HoldRecord = decode(&stored, "hold")?;
+        Ok(Some((stored.version, record.to_hold(id).map_err(corrupt)?)))
+    }
+
+    /// What a hold reserved, from its entry.
+    async fn resolving(&self, tenant: &str, hold_id: &str) -> Result<Resolving, LedgerError> {
+        let unknown = || LedgerError::UnknownHold {
+            hold: hold_id.to_owned(),
+        };
+        let entry = self.entry(tenant, hold_id).await?.ok_or_else(unknown)?;
+        match entry.kind {
+            EntryKind::Hold { expires_at } => Ok(Resolving {
+                hold_id: hold_id.to_owned(),
+                postings: entry.postings,
+                expires_at,
+            }),
+            _ => Err(unknown()),
+        }
+    }
+
+    /// Writes the draft, recomputing it when a concurrent writer moved the head, an account or
+    /// the hold first.
+    async fn append(
+        &self,
+        tenant: &str,
+        draft: Draft,
+        resolving: Option<Resolving>,
+    ) -> Result<Entry, LedgerError> {
+        let mut last_conflict = None;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                back_off(attempt).await;
+            }
+            match self.try_append(tenant, &draft, resolving.as_ref()).await {
+                Err(LedgerError::Store(conflict @ StoreError::Conflict { .. })) => {
+                    last_conflict = Some(conflict);
+                }
+                outcome => return outcome,
+            }
+        }
+        Err(LedgerError::Store(last_conflict.unwrap_or_else(|| {
+            StoreError::Backend("ledger write gave up".into())
+        })))
+    }
+
+    /// One attempt: read, check, compute, and commit everything at once.
+    async fn try_append(
+        &self,
+        tenant: &str,
+        draft: &Draft,
+        resolving: Option<&Resolving>,
+    ) -> Result<Entry, LedgerError> {
+        // Idempotency by id first: a repeat must return the original even though the hold it
+        // resolved, say, is no longer pending.
+        if let Some(existing) = self.entry(tenant, &draft.id).await? {
+            return if draft.matches(&existing) {
+                Ok(existing)
+            } else {
+                Err(LedgerError::EntryConflict {
+                    id: draft.id.clone(),
+                })
+            };
+        }
+        let mut commits = Vec::new();
+        if let Some(hold) = self.hold_change(tenant, draft, resolving).await? {
+            commits.push(hold);
+        }
+
+        let held = resolving.map_or(&[][..], |hold| &hold.postings);
+        let changes = model::effects(&draft.kind, &draft.postings, held)
+            .ok_or_else(|| LedgerError::Invalid(format!("entry {} overflows", draft.id)))?;
+        for (name, change) in &changes {
+            commits.push(self.account_change(tenant, name, change, draft).await?);
+        }
+
+        let (head_version, head) = self.load_head(tenant).await?;
+        let mut entry = Entry {
+            tenant: tenant.to_owned(),
+            id: draft.id.clone(),
+            sequence: head.last_sequence + 1,
+            kind: draft.kind.clone(),
+            postings: draft.postings.clone(),
+            metadata: draft.metadata.clone(),
+            occurred_at: draft.occurred_at,
+            prev_hash: head.tip().map_err(corrupt)?,
+            hash: model::GENESIS,
+        };
+        let mut record = EntryRecord::from_entry(&entry);
+        entry.hash = records::entry_hash(&record);
+        record.hash = entry.hash.to_vec();
+        let head = HeadRecord {
+            last_sequence: entry.sequence,
+            last_hash: entry.hash.to_vec(),
+        };
+        commits.insert(
+            0,
+            change(
+                records::key(tenant, ENTRY, &entry.id),
+                0,
+                record.encode_to_vec(),
+                records::entry_index(entry.sequence, changes.keys().map(String::as_str)),
+            ),
+        );
+        commits.push(change(
+            records::key(tenant, HEAD, HEAD_ID),
+            head_version,
+            head.encode_to_vec(),
+            Vec::new(),
+        ));
+        self.store.commit_all(commits).await?;
+        Ok(entry)
+    }
+
+    /// The hold state the draft creates (a hold) or resolves (compare-and-set from pending).
+    async fn hold_change(
+        &self,
+        tenant: &str,
+        draft: &Draft,
+        resolving: Option<&Resolving>,
+    ) -> Result<Option<Commit>, LedgerError> {
+        if let EntryKind::Hold { expires_at } = draft.kind {
+            let hold = Hold {
+                id: draft.id.clone(),
+                status: HoldStatus::Pending,
+                expires_at,
+                resolved_by: None,
+            };
+            let data = HoldRecord::from_hold(&hold).encode_to_vec();
+            let key = records::key(tenant, HOLD, &draft.id);
+            return Ok(Some(change(key, 0, data, vec![records::open_hold()])));
+        }
+        let Some(resolving) = resolving else {
+            return Ok(None);
+        };
+        let hold_id = resolving.hold_id.as_str();
+        let (version, mut hold) =
+            self.load_hold(tenant, hold_id)
+                .await?
+                .ok_or_else(|| LedgerError::UnknownHold {
+                    hold: hold_id.to_owned(),
+                })?;
+        let posting = matches!(draft.kind, EntryKind::HoldPosted { .. });
+        match hold.status {
+            HoldStatus::Pending => {}
+            HoldStatus::Expired if posting => {
+                return Err(LedgerError::HoldExpired {
+                    hold: hold_id.to_owned(),
+                });
+            }
+            status => {
+                return Err(LedgerError::HoldNotPending {
+                    hold: hold_id.to_owned(),
+                    status,
+                });
+            }
+        }
+        // A pending hold past its expiry can still be voided or expired, not posted.
+        let lapsed = draft.occurred_at >= resolving.expires_at;
+        hold.status = match draft.kind {
+            EntryKind::HoldPosted { .. } if lapsed => {
+                return Err(LedgerError::HoldExpired {
+                    hold: hold_id.to_owned(),
+                });
+            }
+            EntryKind::HoldPosted { .. } => HoldStatus::Posted,
+            EntryKind::HoldVoided { .. } => HoldStatus::Voided,
+            EntryKind::HoldExpired { .. } if lapsed => HoldStatus::Expired,
+            _ => {
+                return Err(LedgerError::Invalid(format!(
+                    "entry {} cannot resolve hold {hold_id}",
+                    draft.id
+                )));
+            }
+        };
+        hold.resolved_by = Some(draft.id.clone());
+        let data = HoldRecord::from_hold(&hold).encode_to_vec();
+        let key = records::key(tenant, HOLD, hold_id);
+        Ok(Some(change(key, version, data, Vec::new())))
+    }
+
+    /// The account after the draft's change: opened, in the postings' unit, within its floor.
+    async fn account_change(
+        &self,
+        tenant: &str,
+        name: &str,
+        change_by: &Balances,
+        draft: &Draft,
+    ) -> Result<Commit, LedgerError> {
+        let (version, mut account) =
+            self.load_account(tenant, name)
+                .await?
+                .ok_or_else(|| LedgerError::UnknownAccount {
+                    account: name.to_owned(),
+                })?;
+        if let Some(posting) = draft
+            .postings
+            .iter()
+            .find(|posting| posting.account == name && posting.unit != account.unit)
+        {
+            return Err(LedgerError::UnitMismatch {
+                account: name.to_owned(),
+                expected: account.unit,
+                found: posting.unit.clone(),
+            });
+        }
+        let before = account.balances;
+        let after = before
+            .plus(change_by)
+            .ok_or_else(|| LedgerError::Invalid(format!("balance of {name} would overflow")))?;
+        // Only a change that lowers the available balance is held to the floor, so releasing a
+        // hold or crediting is always possible.
+        if let Some(floor) = account.floor
+            && after.available() < before.available()
+            && after.available() < floor
+        {
+            return Err(LedgerError::InsufficientFunds {
+                account: name.to_owned(),
+                available: before.available().saturating_sub(floor).max(0),
+                required: before.available().saturating_sub(after.available()),
+            });
+        }
+        account.balances = after;
+        let data = AccountRecord::from_account(&account).encode_to_vec();
+        let key = records::key(tenant, ACCOUNT, name);
+        Ok(change(key, version, data, vec![records::account_list()]))
+    }
+}
+
+fn change(
+    key: store::AggregateKey,
+    expected_version: u64,
+    data: Vec<u8>,
+    index: Vec<IndexEntry>,
+) -> Commit {
+    Commit {
+        key,
+        expected_version,
+        data: Bytes::from(data),
+        index,
+        events: Vec::new(),
+        idempotency: None,
+    }
+}
