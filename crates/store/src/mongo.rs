@@ -1,7 +1,7 @@
 //! The MongoDB engine (the official `mongodb` driver on tokio). The layout makes an ordinary commit
 //! a single-document write, MongoDB's one atomic unit that needs no transaction:
 //!
-//! - `aggregates`: one document per aggregate — `_id` `"{tenant}\u{1f}{kind}\u{1f}{id}"`, `tenant`,
+//! - `aggregates`: one document per aggregate — `_id` `"{tenant}\u{1f}{kind}\u{1f}{id}"`, `tenant_id`,
 //!   `kind`, `id`, `version`, `data`, its secondary keys (`index`, `[{n, v}]`) and its undelivered
 //!   events (`outbox`, `[{seq, event_id, event_type, envelope}]`, with `pending: true` while it is
 //!   non-empty). A commit is one `insert_one` (create) or one `update_one` compare-and-set on
@@ -18,7 +18,7 @@
 //! Undelivered events live inside their aggregate's document, which MongoDB caps at 16 MiB, so the
 //! relay has to keep up; a stuck relay shows as a growing number of `pending` aggregates.
 //!
-//! Indexes, created at start-up: `tenant_kind_index_id` (`{tenant, kind, index.n, index.v, id}`)
+//! Indexes, created at start-up: `tenant_kind_index_id` (`{tenant_id, kind, index.n, index.v, id}`)
 //! serves [`Store::find`]; `pending` (partial on `pending: true`) serves the relay; `expires` (TTL)
 //! on `idempotency`. The relay's index cannot lead with the tenant (it reads across tenants), nor
 //! can the TTL index (MongoDB requires TTL indexes to have one field).
@@ -252,7 +252,7 @@ impl MongoStore {
         aggregates
             .create_indexes([
                 IndexModel::builder()
-                    .keys(doc! { "tenant": 1, "kind": 1, "index.n": 1, "index.v": 1, "id": 1 })
+                    .keys(doc! { "tenant_id": 1, "kind": 1, "index.n": 1, "index.v": 1, "id": 1 })
                     .options(IndexOptions::builder().name(FIND_INDEX.to_owned()).build())
                     .build(),
                 IndexModel::builder()
@@ -352,7 +352,7 @@ impl MongoStore {
         if commit.expected_version == 0 {
             let mut document = doc! {
                 "_id": &id,
-                "tenant": &commit.key.tenant,
+                "tenant_id": &commit.key.tenant,
                 "kind": &commit.key.kind,
                 "id": &commit.key.id,
                 "version": 1_i64,
@@ -411,7 +411,7 @@ impl MongoStore {
         let expires_at = i64::try_from(record.expires_at).unwrap_or(i64::MAX);
         let document = doc! {
             "_id": &id,
-            "tenant": &record.tenant,
+            "tenant_id": &record.tenant,
             "method": &record.method,
             "key": &record.key,
             "request_digest": binary(&record.request_digest),
@@ -589,7 +589,7 @@ impl Store for MongoStore {
             return Ok(Vec::new());
         }
         let mut filter = doc! {
-            "tenant": tenant,
+            "tenant_id": tenant,
             "kind": kind,
             "index": { "$elemMatch": { "n": &index.name, "v": &index.value } },
         };
@@ -625,14 +625,14 @@ impl Store for MongoStore {
             .aggregates
             .find(doc! { "pending": true })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .projection(doc! { "tenant": 1, "kind": 1, "id": 1, "outbox": 1 })
+            .projection(doc! { "tenant_id": 1, "kind": 1, "id": 1, "outbox": 1 })
             .await
             .map_err(backend)?;
         let mut events = Vec::new();
         while events.len() < limit && cursor.advance().await.map_err(backend)? {
             let mut document = cursor.deserialize_current().map_err(backend)?;
             let aggregate = AggregateKey::new(
-                get_string(&document, "tenant")?,
+                get_string(&document, "tenant_id")?,
                 get_string(&document, "kind")?,
                 get_string(&document, "id")?,
             );

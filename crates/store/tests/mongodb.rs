@@ -161,7 +161,7 @@ async fn connect_creates_the_indexes_with_the_tenant_first_and_is_repeatable() {
             ("pending".to_owned(), doc! { "pending": 1 }),
             (
                 "tenant_kind_index_id".to_owned(),
-                doc! { "tenant": 1, "kind": 1, "index.n": 1, "index.v": 1, "id": 1 }
+                doc! { "tenant_id": 1, "kind": 1, "index.n": 1, "index.v": 1, "id": 1 }
             ),
         ]
     );
