@@ -50,9 +50,24 @@ pub struct DeadLetter {
 #[error("event bus unavailable: {0}")]
 pub struct BusError(pub String);
 
-/// The dead-letter stream of `stream`.
+/// The dead-letter stream of `stream`, in the same Redis Cluster hash slot: moving a message
+/// between the two is one MULTI/EXEC, which a cluster allows only within one slot. A stream named
+/// with a hash tag (as [`crate::stream_of`] names them) keeps it; any other name (without braces)
+/// becomes the tag, which hashes exactly as the untagged name does.
 pub fn dead_letter_stream(stream: &str) -> String {
-    format!("{stream}:dead")
+    if has_hash_tag(stream) {
+        format!("{stream}:dead")
+    } else {
+        format!("{{{stream}}}:dead")
+    }
+}
+
+/// Whether Redis Cluster hashes `key` by a tag — the text between its first `{` and the next
+/// `}`, when not empty — rather than by the whole key.
+fn has_hash_tag(key: &str) -> bool {
+    key.split_once('{')
+        .and_then(|(_, after)| after.find('}'))
+        .is_some_and(|tag_length| tag_length > 0)
 }
 
 /// The bus the relay publishes to and consumers read from.
@@ -102,4 +117,19 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes dead letter `id` to `stream` again and removes it from the dead-letter stream;
     /// `false` when there is no such dead letter.
     async fn replay_dead_letter(&self, stream: &str, id: &str) -> Result<bool, BusError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_share_the_hash_tag_of_their_stream() {
+        assert_eq!(
+            dead_letter_stream("events:{commerce.checkout.v1}"),
+            "events:{commerce.checkout.v1}:dead"
+        );
+        // Untagged: the whole name becomes the tag, which hashes like the untagged name.
+        assert_eq!(dead_letter_stream("orders"), "{orders}:dead");
+    }
 }

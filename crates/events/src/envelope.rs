@@ -96,11 +96,18 @@ pub fn payload<M: ReflectMessage + Default>(envelope: &EventEnvelope) -> Result<
 }
 
 /// The bus stream an event type travels on: one per contract package (e.g. every
-/// `commerce.checkout.v1` event on `events:commerce.checkout.v1`), so one aggregate's events
+/// `commerce.checkout.v1` event on `events:{commerce.checkout.v1}`), so one aggregate's events
 /// share a stream and keep their order.
 pub fn stream_of(event_type: &str) -> String {
     let package = event_type
         .rsplit_once('.')
         .map_or(event_type, |(package, _)| package);
-    format!("events:{package}")
+    stream_of_package(package)
+}
+
+/// The bus stream of a contract package (`commerce.checkout.v1`). The package is a Redis Cluster
+/// hash tag, so the stream and its dead-letter stream (`…:dead`) live in one hash slot, which a
+/// cluster requires of the MULTI/EXEC that moves messages between them.
+pub fn stream_of_package(package: &str) -> String {
+    format!("events:{{{package}}}")
 }

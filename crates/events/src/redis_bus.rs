@@ -1,5 +1,5 @@
 //! The bus on Redis Streams: `XADD` (capped with `MAXLEN ~`), consumer groups (`XREADGROUP`),
-//! `XACK`, `XAUTOCLAIM` for messages of dead consumers, and a `<stream>:dead` stream for dead
+//! `XACK`, `XAUTOCLAIM` for messages of dead consumers, and a dead-letter stream (`events:{pkg}:dead`, in the stream's cluster slot) for dead
 //! letters. Reads never block on the shared connection (a blocking `XREADGROUP` would stall every
 //! other fast-path call multiplexed on it); consumers poll instead.
 

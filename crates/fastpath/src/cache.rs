@@ -190,9 +190,7 @@ impl Cache {
                 if fill == Fill::IfAbsent {
                     command.arg("NX");
                 }
-                let result: Result<redis::Value, _> = command
-                    .query_async(&mut connection)
-                    .await;
+                let result: Result<redis::Value, _> = command.query_async(&mut connection).await;
                 self.degraded.record(&result);
                 result.is_ok()
             }

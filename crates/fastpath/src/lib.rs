@@ -2,10 +2,10 @@
 //! check-and-update is atomic across service replicas), locks with expiry, and a read-through
 //! cache with stampede protection. Every piece works without Redis, and keeps working — locally —
 //! when a configured Redis fails; [`Degraded`] tells health checks when that is happening.
-//!
-//! Still to come (issue #5): Redis Cluster selection, Streams for the event bus.
+//! Redis is one server or a Redis Cluster, chosen by the URL given to [`connect`].
 
 mod cache;
+mod connection;
 mod degraded;
 mod gcra;
 mod lock;
@@ -13,19 +13,7 @@ mod lock;
 pub mod testing;
 
 pub use cache::Cache;
+pub use connection::{Redis, connect};
 pub use degraded::Degraded;
 pub use gcra::{Decision, GcraLimit, RateLimiter};
 pub use lock::{LockGuard, Locks};
-
-/// A Redis connection shared by the fast-path parts; reconnects by itself.
-pub type Redis = redis::aio::ConnectionManager;
-
-/// Connects to Redis at `url` (`redis://host:port/db`).
-pub async fn connect(url: &str) -> Result<Redis, redis::RedisError> {
-    let client = redis::Client::open(url)?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
-        .set_response_timeout(Some(std::time::Duration::from_millis(500)))
-        .set_number_of_retries(1);
-    client.get_connection_manager_with_config(config).await
-}

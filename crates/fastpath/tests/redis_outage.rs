@@ -106,11 +106,17 @@ async fn killing_redis_mid_run_loses_no_write_and_reads_fall_back_to_the_store()
     writing.store(false, Ordering::SeqCst);
     let reads = reader.await.unwrap();
     assert!(reads > 50, "the reader kept going ({reads} reads)");
-    assert!(saw_degraded.load(Ordering::SeqCst), "the outage was noticed");
+    assert!(
+        saw_degraded.load(Ordering::SeqCst),
+        "the outage was noticed"
+    );
 
     // Every write is in the store, and the cache agrees once Redis is back.
     let stored = store.load(&balance()).await.unwrap().unwrap();
-    assert_eq!((stored.version, &stored.data[..]), (WRITES + 1, WRITES.to_string().as_bytes()));
+    assert_eq!(
+        (stored.version, &stored.data[..]),
+        (WRITES + 1, WRITES.to_string().as_bytes())
+    );
     let mut recovered = false;
     for _ in 0..50 {
         let before = loads.load(Ordering::SeqCst);

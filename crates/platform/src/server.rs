@@ -42,7 +42,8 @@ pub struct ServerConfig {
     pub interceptors: InterceptorConfig,
     /// Address of the admin port (`/metrics`, `/healthz`); `None` serves no admin port.
     pub admin_addr: Option<SocketAddr>,
-    /// Redis for the fast path (`redis://host:port/db`); `None` keeps everything in process.
+    /// Redis for the fast path (`redis://host:port/db`, or `redis+cluster://host:port,…` for a
+    /// Redis Cluster); `None` keeps everything in process.
     pub redis_url: Option<String>,
 }
 

@@ -26,7 +26,7 @@ const DEV_SECRET: &str = "commerce-dev-secret-not-for-production";
 
 /// Commerce API platform.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)] // a repeated flag: the last one wins
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -251,11 +251,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let store = config.store.open().await?;
     let degraded = fastpath::Degraded::default();
     let redis = match &config.redis_url {
-        Some(url) => Some(
-            fastpath::connect(&url.0)
+        Some(url) => {
+            let redis = fastpath::connect(&url.0)
                 .await
-                .context("connecting to Redis")?,
-        ),
+                .context("connecting to Redis")?;
+            warn_if_unreachable(&redis, &degraded).await;
+            Some(redis)
+        }
         None => None,
     };
     let bus: Arc<dyn events::Bus> = match &redis {
@@ -284,6 +286,18 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let _ = relay.await;
     eprintln!("commerce: stopped");
     Ok(())
+}
+
+/// Starting with Redis down is allowed (the fast path degrades), but worth saying out loud.
+async fn warn_if_unreachable(redis: &fastpath::Redis, degraded: &fastpath::Degraded) {
+    let mut connection = redis.clone();
+    let ping: Result<String, _> = redis::cmd("PING").query_async(&mut connection).await;
+    degraded.record(&ping);
+    if let Err(error) = ping {
+        eprintln!(
+            "commerce: WARNING Redis unreachable ({error}); serving degraded on in-process fallbacks until it answers"
+        );
+    }
 }
 
 fn token(args: &TokenArgs) -> anyhow::Result<String> {

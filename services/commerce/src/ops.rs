@@ -44,7 +44,8 @@ pub enum DeadLetterCommand {
 /// Which bus and stream.
 #[derive(Args, Debug)]
 pub struct BusArgs {
-    /// Stream: an event package (`commerce.checkout.v1`) or a stream name (`events:…`).
+    /// Stream: an event package (`commerce.checkout.v1`, on stream `events:{commerce.checkout.v1}`)
+    /// or a stream name (`events:…`).
     #[arg(long)]
     stream: String,
     /// Redis holding the bus. Without Redis the bus lives inside the serving process and its dead
@@ -58,7 +59,7 @@ impl BusArgs {
         if self.stream.starts_with("events:") {
             self.stream.clone()
         } else {
-            format!("events:{}", self.stream)
+            events::envelope::stream_of_package(&self.stream)
         }
     }
 

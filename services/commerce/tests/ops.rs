@@ -5,8 +5,16 @@ mod common;
 
 use std::process::{Command, Output};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
-use events::{Bus as _, BusMessage, Delivery};
+use commerce_api::commerce::checkout::v1::OrderPaid;
+use commerce_api::commerce::common::v1::EventEnvelope;
+use events::{
+    Bus as _, BusMessage, Consumer, ConsumerConfig, EventHandler, EventSource, HandlerError,
+    Processed,
+};
 use store::{EmbeddedOptions, EmbeddedStore, IdempotencyRecord, Store as _, unix_now};
 
 fn commerce(args: &[&str]) -> Output {
@@ -93,31 +101,72 @@ fn idempotency_show_prints_the_recorded_outcome() {
     assert!(!unknown.status.success());
 }
 
+/// Rejects every event while `accept` is off (a poison event, as far as this consumer knows);
+/// records what it handled.
+#[derive(Default)]
+struct Poisoned {
+    accept: AtomicBool,
+    handled: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Poisoned {
+    async fn handle(&self, event: &EventEnvelope, _: &Processed) -> Result<(), HandlerError> {
+        if !self.accept.load(Ordering::SeqCst) {
+            return Err(HandlerError::Reject("points service down".into()));
+        }
+        self.handled.lock().unwrap().push(event.event_id.clone());
+        Ok(())
+    }
+}
+
 #[test]
-fn dead_letters_are_listed_and_replayed_through_redis() {
+fn poison_events_land_in_dead_letters_and_the_command_replays_them() {
     let redis = fastpath::testing::RedisServer::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let stream = "events:commerce.checkout.v1";
-    let bus = runtime.block_on(async {
+    let stream = &events::stream_of("commerce.checkout.v1.OrderPaid");
+    let handler = Arc::new(Poisoned::default());
+    let (bus, consumer, event_ids) = runtime.block_on(async {
         let connection = fastpath::connect(&redis.url()).await.unwrap();
-        let bus = events::RedisBus::new(connection, fastpath::Degraded::default());
-        bus.ensure_group(stream, "loyalty-accrual").await.unwrap();
-        for id in ["e-1", "e-2"] {
+        let bus = Arc::new(events::RedisBus::new(
+            connection,
+            fastpath::Degraded::default(),
+        ));
+        let store: Arc<dyn store::Store> = Arc::new(EmbeddedStore::in_memory().unwrap());
+        let consumer = Consumer::new(
+            bus.clone(),
+            store,
+            handler.clone(),
+            ConsumerConfig::new(stream.as_str(), "loyalty-accrual", "c1"),
+        );
+        consumer.poll_once().await.unwrap(); // creates the group
+        let mut event_ids = Vec::new();
+        for order in ["o-1", "o-2"] {
+            let source = EventSource {
+                aggregate: store::AggregateKey::new("demo", "order", order),
+                version: 1,
+                occurred_at: std::time::SystemTime::now(),
+                traceparent: None,
+                tracestate: None,
+            };
+            let event = events::envelope::outbox_event(
+                &source,
+                &OrderPaid {
+                    order_id: order.into(),
+                    ..OrderPaid::default()
+                },
+            );
+            event_ids.push(event.event_id.clone());
             let message = BusMessage {
-                event_id: id.into(),
-                event_type: "commerce.checkout.v1.OrderPaid".into(),
+                event_id: event.event_id,
+                event_type: event.event_type,
                 tenant: "demo".into(),
-                envelope: Bytes::from_static(b"envelope"),
+                envelope: event.envelope,
             };
             bus.publish(stream, &message).await.unwrap();
         }
-        for delivery in bus.read(stream, "loyalty-accrual", "c1", 10).await.unwrap() {
-            let delivery: Delivery = delivery;
-            bus.dead_letter(stream, "loyalty-accrual", &delivery, "points service down")
-                .await
-                .unwrap();
-        }
-        bus
+        assert_eq!(consumer.poll_once().await.unwrap(), 2);
+        (bus, consumer, event_ids)
     });
     let url = redis.url();
     let list = commerce(&[
@@ -131,11 +180,13 @@ fn dead_letters_are_listed_and_replayed_through_redis() {
     assert!(list.status.success(), "{list:?}");
     let text = stdout(&list);
     assert!(
-        text.starts_with("2 dead letter(s) on events:commerce.checkout.v1"),
+        text.starts_with("2 dead letter(s) on events:{commerce.checkout.v1}\n"),
         "{text}"
     );
     assert!(
-        text.contains("event e-1") && text.contains("error: points service down"),
+        text.contains(&format!("event {}", event_ids[0]))
+            && text.contains("group loyalty-accrual")
+            && text.contains("error: points service down"),
         "{text}"
     );
     let first_id = text
@@ -180,15 +231,13 @@ fn dead_letters_are_listed_and_replayed_through_redis() {
     ]);
     assert!(all.status.success(), "{all:?}");
 
+    // Fixed: the replayed events are handled, once each.
+    handler.accept.store(true, Ordering::SeqCst);
     runtime.block_on(async {
         assert!(bus.dead_letters(stream, 10).await.unwrap().is_empty());
-        let replayed = bus.read(stream, "loyalty-accrual", "c1", 10).await.unwrap();
-        let ids: Vec<&str> = replayed
-            .iter()
-            .map(|d| d.message.event_id.as_str())
-            .collect();
-        assert_eq!(ids, ["e-1", "e-2"]);
+        while consumer.poll_once().await.unwrap() > 0 {}
     });
+    assert_eq!(*handler.handled.lock().unwrap(), event_ids);
 
     let without_redis = commerce(&["dead-letters", "list", "--stream", stream]);
     assert!(!without_redis.status.success());

@@ -121,3 +121,47 @@ fn sigterm_stops_the_server_cleanly_and_calls_are_logged_as_json() {
         "the generated request id is logged"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn starts_with_redis_down_serves_on_fallbacks_and_reports_degraded_health() {
+    let (closed, admin) = (free_port(), free_port());
+    let redis_url = format!("redis://127.0.0.1:{closed}/");
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let mut server = common::start_in(
+        tempfile::tempdir().unwrap(),
+        &["--redis-url", &redis_url, "--admin-listen", &admin_addr],
+    );
+    // The rate limiter falls back to its local bucket: the call reaches the (unbuilt) handler.
+    let token = dev_token(None);
+    let (status, _) = connect_json(
+        &server.addr,
+        "/commerce.checkout.v1.OrderService/GetOrder",
+        r#"{"orderId":"o-1"}"#,
+        Some(&token),
+    );
+    assert_eq!(status, 501);
+    let mut health = TcpStream::connect(&admin_addr).unwrap();
+    write!(
+        health,
+        "GET /healthz HTTP/1.1\r\nHost: {admin_addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    health.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("degraded"), "{response}");
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    assert!(
+        server.stderr_after_exit().contains("Redis unreachable"),
+        "the operator is told"
+    );
+}

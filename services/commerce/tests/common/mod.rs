@@ -44,9 +44,9 @@ pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir.path())
-        .args(extra)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(["--shutdown-grace-seconds", "2"])
+        .args(extra) // last, so they override the defaults above
         .env("COMMERCE_JWT_HS256_SECRET", SECRET)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

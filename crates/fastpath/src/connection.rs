@@ -1,0 +1,161 @@
+//! The Redis connection the fast path (and the event bus) share: one node or a Redis Cluster,
+//! chosen by the URL. Both kinds multiplex every caller over shared sockets, reconnect by
+//! themselves, and answer `redis::aio::ConnectionLike`, so callers write commands, scripts and
+//! pipelines once and never ask which kind they hold.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
+
+/// The URL scheme that selects Redis Cluster (see [`connect`]).
+pub(crate) const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// How long to wait for a node to accept a connection, and for any reply: the fast path has
+/// local fallbacks, so a slow Redis should fail fast and let them answer.
+const CONNECTION_TIMEOUT: Duration = Duration::from_millis(500);
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A Redis connection shared by the fast-path parts; cheap to clone, reconnects by itself.
+#[derive(Clone)]
+pub enum Redis {
+    /// One Redis server.
+    Single(ConnectionManager),
+    /// A Redis Cluster: each command goes to the node owning its key's slot.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Redis::Single(_) => "Redis::Single",
+            Redis::Cluster(_) => "Redis::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Redis {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Redis::Single(connection) => connection.req_packed_command(cmd),
+            Redis::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Redis::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Redis::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Redis::Single(connection) => connection.get_db(),
+            Redis::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// Connects to Redis at `url`:
+///
+/// - `redis://[user:password@]host:port[/db]` — one server;
+/// - `redis+cluster://[user:password@]host1:port1[,host2:port2…]` — a Redis Cluster, reached
+///   through any of the listed seed nodes (one is enough; the rest of the cluster is discovered
+///   from it). Credentials, when given, apply to every node. A cluster has only database 0.
+///
+/// One server is connected lazily: one that is unreachable at start is an outage like any later
+/// one (calls fail, the fallbacks answer, health says degraded) until it is reachable. A cluster
+/// needs its seed nodes at start to learn the slot map.
+///
+/// In a cluster, a command touching several keys (a script, or a `MULTI`/`EXEC` pipeline) works
+/// only when its keys share a hash slot, e.g. through a `{hash tag}`.
+pub async fn connect(url: &str) -> Result<Redis, RedisError> {
+    match url.strip_prefix(CLUSTER_SCHEME) {
+        Some(nodes) => connect_cluster(nodes).await.map(Redis::Cluster),
+        None => connect_single(url).await.map(Redis::Single),
+    }
+}
+
+async fn connect_single(url: &str) -> Result<ConnectionManager, RedisError> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(1);
+    // Lazy: a Redis that is down when the process starts is the same outage as one that goes
+    // down later — the fast path degrades and recovers — rather than a crash loop.
+    ConnectionManager::new_lazy_with_config(client, config)
+}
+
+/// `nodes` is the part of a cluster URL after the scheme.
+async fn connect_cluster(nodes: &str) -> Result<ClusterConnection, RedisError> {
+    let seeds = cluster_seeds(nodes)?;
+    ClusterClient::builder(seeds)
+        .connection_timeout(CONNECTION_TIMEOUT)
+        // Also bounds a whole request, retries included (the client's default).
+        .response_timeout(RESPONSE_TIMEOUT)
+        // Two retries: enough to follow a MOVED/ASK redirect after a reshard or failover and
+        // then survive one reconnect, few enough that a failing cluster degrades quickly.
+        .retries(2)
+        // The default waits (over a second) would never fit in the response timeout.
+        .min_retry_wait(10)
+        .max_retry_wait(100)
+        .build()?
+        .get_async_connection()
+        .await
+}
+
+/// `[user:password@]host1:port1,host2:port2` → one `redis://` URL per seed node.
+fn cluster_seeds(nodes: &str) -> Result<Vec<String>, RedisError> {
+    // The last `@` ends the credentials: host lists never contain one, passwords might.
+    let (credentials, hosts) = match nodes.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), nodes),
+    };
+    let hosts: Vec<&str> = hosts
+        .trim_end_matches('/')
+        .split(',')
+        .map(str::trim)
+        .collect();
+    if hosts.iter().any(|host| host.is_empty()) {
+        return Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "a redis+cluster:// URL needs host:port seed nodes separated by commas",
+        )));
+    }
+    let seeds = hosts
+        .iter()
+        .map(|host| format!("redis://{credentials}{host}"))
+        .collect();
+    Ok(seeds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_name_every_seed_with_the_shared_credentials() {
+        assert_eq!(
+            cluster_seeds("10.0.0.1:7000,10.0.0.2:7001/").unwrap(),
+            ["redis://10.0.0.1:7000", "redis://10.0.0.2:7001"]
+        );
+        assert_eq!(
+            cluster_seeds("app:secret@redis-a:6379, redis-b:6379").unwrap(),
+            [
+                "redis://app:secret@redis-a:6379",
+                "redis://app:secret@redis-b:6379"
+            ]
+        );
+        assert!(cluster_seeds("").is_err());
+        assert!(cluster_seeds("a:1,,b:2").is_err());
+    }
+}
