@@ -89,6 +89,7 @@ pub struct Server {
     config: ServerConfig,
     store: Option<Arc<dyn store::Store>>,
     degraded: fastpath::Degraded,
+    redis: Option<fastpath::Redis>,
     routes: RoutesBuilder,
     descriptor_sets: Vec<&'static [u8]>,
     service_names: Vec<&'static str>,
@@ -101,6 +102,7 @@ impl Server {
             config,
             store: None,
             degraded: fastpath::Degraded::default(),
+            redis: None,
             routes: Routes::builder(),
             descriptor_sets: Vec::new(),
             service_names: Vec::new(),
@@ -135,9 +137,15 @@ impl Server {
         self
     }
 
-    /// Shares the fast-path health flag with other Redis users of the process (the event bus),
-    /// so `/healthz` reports degraded when any of them fails.
-    pub fn fast_path_health(mut self, degraded: fastpath::Degraded) -> Self {
+    /// Uses a Redis connection (and health flag) the process already has — shared with its other
+    /// Redis users, such as the event bus — instead of connecting to `redis_url`; `/healthz` then
+    /// reports degraded when any of them fails.
+    pub fn fast_path(
+        mut self,
+        redis: Option<fastpath::Redis>,
+        degraded: fastpath::Degraded,
+    ) -> Self {
+        self.redis = redis;
         self.degraded = degraded;
         self
     }
@@ -170,13 +178,14 @@ impl Server {
         );
         let metrics = Metrics::default();
         let degraded = self.degraded.clone();
-        let redis = match &self.config.redis_url {
-            Some(url) => Some(
+        let redis = match (self.redis.take(), &self.config.redis_url) {
+            (Some(redis), _) => Some(redis),
+            (None, Some(url)) => Some(
                 fastpath::connect(url)
                     .await
                     .map_err(|err| ServerError::Redis(err.to_string()))?,
             ),
-            None => None,
+            (None, None) => None,
         };
         let store = match self.store.take() {
             Some(store) => store,

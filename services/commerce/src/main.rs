@@ -233,7 +233,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         },
         shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
         max_message_bytes: config.max_message_bytes,
-        redis_url: config.redis_url.as_ref().map(|url| url.0.clone()),
+        // The connection made below is handed to the server (`fast_path`), not made twice.
+        redis_url: None,
         interceptors: InterceptorConfig {
             auth: Some(config.auth.config()?),
             rate_limit: RateLimitConfig {
@@ -269,7 +270,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         events::Relay::new(
             store.clone(),
             bus,
-            fastpath::Locks::new(redis, degraded.clone()),
+            fastpath::Locks::new(redis.clone(), degraded.clone()),
             events::RelayConfig::default(),
         )
         .run(async {
@@ -278,7 +279,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     );
     let server = Server::new(server_config)
         .store(store)
-        .fast_path_health(degraded);
+        .fast_path(redis, degraded);
     let bound = unbuilt::register(server).bind().await?;
     print_banner(bound.local_addr(), bound.admin_addr(), &config.store);
     bound.serve(platform::termination_signal()).await?;
