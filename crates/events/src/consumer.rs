@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -133,6 +134,9 @@ pub struct Consumer<H> {
     store: Arc<dyn Store>,
     handler: H,
     config: ConsumerConfig,
+    /// The group is known to exist. Cleared by any bus failure: a Redis that restarted empty has
+    /// lost it, and the next round creates it again.
+    group_ready: AtomicBool,
 }
 
 impl<H: EventHandler> Consumer<H> {
@@ -148,14 +152,26 @@ impl<H: EventHandler> Consumer<H> {
             store,
             handler,
             config,
+            group_ready: AtomicBool::new(false),
         }
     }
 
     /// One round: claims stale messages, reads new ones, handles them in order. Returns how many
     /// were settled (handled, skipped as duplicates or dead-lettered).
     pub async fn poll_once(&self) -> Result<usize, BusError> {
+        let result = self.poll().await;
+        if result.is_err() {
+            self.group_ready.store(false, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn poll(&self) -> Result<usize, BusError> {
         let config = &self.config;
-        self.bus.ensure_group(&config.stream, &config.group).await?;
+        if !self.group_ready.load(Ordering::Relaxed) {
+            self.bus.ensure_group(&config.stream, &config.group).await?;
+            self.group_ready.store(true, Ordering::Relaxed);
+        }
         let mut deliveries = self
             .bus
             .claim_stale(

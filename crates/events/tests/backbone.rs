@@ -435,7 +435,10 @@ async fn events_wait_in_the_outbox_while_redis_is_down_and_flow_when_it_returns(
     }
     assert_eq!(delivered, 2);
     assert!(!degraded.is_degraded());
-    // A fresh Redis lost the group; the consumer recreates it and reads from the beginning.
+    // A fresh Redis lost the group: the consumer's next round fails (NOGROUP), the one after
+    // recreates the group and reads from the beginning.
+    let lost = consumer.poll_once().await.unwrap_err();
+    assert!(lost.0.contains("NOGROUP"), "{lost}");
     drain(&consumer).await;
     assert_eq!(rig.applied(), [first, second]);
 }
