@@ -67,6 +67,53 @@ struct Resolving {
     expires_at: i64,
 }
 
+/// One ledger write, for [`Ledger::write_with`]: the same operations as the methods of the same
+/// names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// [`Ledger::post`].
+    Post(NewEntry),
+    /// [`Ledger::hold`], expiring at `expires_at` (unix ms).
+    Hold {
+        /// The hold entry.
+        entry: NewEntry,
+        /// When it expires.
+        expires_at: i64,
+    },
+    /// [`Ledger::post_hold`].
+    PostHold {
+        /// The hold.
+        hold_id: String,
+        /// The posting entry.
+        entry: NewEntry,
+    },
+    /// [`Ledger::void_hold`].
+    VoidHold {
+        /// The hold.
+        hold_id: String,
+        /// The voiding entry (no postings).
+        entry: NewEntry,
+    },
+    /// Releases one pending hold whose expiry is at or before `now` (unix ms), as
+    /// [`Ledger::expire_holds`] does for all: entry `<hold id>.expired` at the hold's expiry.
+    ExpireHold {
+        /// The hold.
+        hold_id: String,
+        /// The time it is expired at; before the hold's expiry is [`LedgerError::Invalid`].
+        now: i64,
+    },
+}
+
+/// The outcome of [`Ledger::write_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The entry.
+    pub entry: Entry,
+    /// False when an entry with this id and content already existed: nothing was written, not
+    /// even the other changes.
+    pub new: bool,
+}
+
 fn corrupt(what: impl std::fmt::Display) -> LedgerError {
     LedgerError::Corrupt(what.to_string())
 }
@@ -144,10 +191,7 @@ impl Ledger {
     /// Writes a posted entry: its postings must balance per unit, name opened accounts in their
     /// units, and leave every debited account at or above its floor.
     pub async fn post(&self, tenant: &str, entry: NewEntry) -> Result<Entry, LedgerError> {
-        model::check_name("entry id", &entry.id)?;
-        model::check_postings(&entry.postings)?;
-        self.append(tenant, Draft::new(entry, EntryKind::Posted), None)
-            .await
+        self.write(tenant, Write::Post(entry)).await
     }
 
     /// Writes a hold: its debits are reserved (available balance drops, floors apply) and its
@@ -159,20 +203,7 @@ impl Ledger {
         entry: NewEntry,
         expires_at: i64,
     ) -> Result<Entry, LedgerError> {
-        model::check_name("entry id", &entry.id)?;
-        model::check_postings(&entry.postings)?;
-        if expires_at <= entry.occurred_at {
-            return Err(LedgerError::Invalid(format!(
-                "hold {} expires at {expires_at}, not after it occurs at {}",
-                entry.id, entry.occurred_at
-            )));
-        }
-        self.append(
-            tenant,
-            Draft::new(entry, EntryKind::Hold { expires_at }),
-            None,
-        )
-        .await
+        self.write(tenant, Write::Hold { entry, expires_at }).await
     }
 
     /// Posts a pending hold with entry `entry`: with no postings, everything it reserved;
@@ -183,21 +214,10 @@ impl Ledger {
         &self,
         tenant: &str,
         hold_id: &str,
-        mut entry: NewEntry,
+        entry: NewEntry,
     ) -> Result<Entry, LedgerError> {
-        model::check_name("entry id", &entry.id)?;
-        let resolving = self.resolving(tenant, hold_id).await?;
-        if entry.postings.is_empty() {
-            entry.postings = resolving.postings.clone();
-        } else {
-            model::check_postings(&entry.postings)?;
-            model::check_within_hold(hold_id, &resolving.postings, &entry.postings)?;
-        }
-        let kind = EntryKind::HoldPosted {
-            hold_id: hold_id.to_owned(),
-        };
-        self.append(tenant, Draft::new(entry, kind), Some(resolving))
-            .await
+        let hold_id = hold_id.to_owned();
+        self.write(tenant, Write::PostHold { hold_id, entry }).await
     }
 
     /// Voids a pending hold with entry `entry` (which has no postings): everything it reserved
@@ -208,18 +228,92 @@ impl Ledger {
         hold_id: &str,
         entry: NewEntry,
     ) -> Result<Entry, LedgerError> {
-        model::check_name("entry id", &entry.id)?;
-        if !entry.postings.is_empty() {
-            return Err(LedgerError::Invalid(format!(
-                "voiding hold {hold_id} takes no postings"
-            )));
-        }
-        let resolving = self.resolving(tenant, hold_id).await?;
-        let kind = EntryKind::HoldVoided {
-            hold_id: hold_id.to_owned(),
-        };
-        self.append(tenant, Draft::new(entry, kind), Some(resolving))
+        let hold_id = hold_id.to_owned();
+        self.write(tenant, Write::VoidHold { hold_id, entry }).await
+    }
+
+    /// Makes `write` together with `with` — other aggregates of the same tenant, say a service's
+    /// own record of what the entry means, with its outbox events — in one atomic commit, in
+    /// **one attempt**: when anything moved since it was read (the chain head, an account, the
+    /// hold, or one of `with`), it fails with [`StoreError::Conflict`] and the caller re-reads,
+    /// recomputes `with` and calls again. A repeat of an existing entry (same id and content)
+    /// returns it with `new: false` and writes nothing.
+    pub async fn write_with(
+        &self,
+        tenant: &str,
+        write: Write,
+        with: Vec<Commit>,
+    ) -> Result<Written, LedgerError> {
+        let (draft, resolving) = self.prepare(tenant, write).await?;
+        self.try_append(tenant, &draft, resolving.as_ref(), with)
             .await
+    }
+
+    /// Checks a write and turns it into a draft, with the hold it resolves.
+    async fn prepare(
+        &self,
+        tenant: &str,
+        write: Write,
+    ) -> Result<(Draft, Option<Resolving>), LedgerError> {
+        match write {
+            Write::Post(entry) => {
+                model::check_name("entry id", &entry.id)?;
+                model::check_postings(&entry.postings)?;
+                Ok((Draft::new(entry, EntryKind::Posted), None))
+            }
+            Write::Hold { entry, expires_at } => {
+                model::check_name("entry id", &entry.id)?;
+                model::check_postings(&entry.postings)?;
+                if expires_at <= entry.occurred_at {
+                    return Err(LedgerError::Invalid(format!(
+                        "hold {} expires at {expires_at}, not after it occurs at {}",
+                        entry.id, entry.occurred_at
+                    )));
+                }
+                Ok((Draft::new(entry, EntryKind::Hold { expires_at }), None))
+            }
+            Write::PostHold { hold_id, mut entry } => {
+                model::check_name("entry id", &entry.id)?;
+                let resolving = self.resolving(tenant, &hold_id).await?;
+                if entry.postings.is_empty() {
+                    entry.postings = resolving.postings.clone();
+                } else {
+                    model::check_postings(&entry.postings)?;
+                    model::check_within_hold(&hold_id, &resolving.postings, &entry.postings)?;
+                }
+                let kind = EntryKind::HoldPosted { hold_id };
+                Ok((Draft::new(entry, kind), Some(resolving)))
+            }
+            Write::VoidHold { hold_id, entry } => {
+                model::check_name("entry id", &entry.id)?;
+                if !entry.postings.is_empty() {
+                    return Err(LedgerError::Invalid(format!(
+                        "voiding hold {hold_id} takes no postings"
+                    )));
+                }
+                let resolving = self.resolving(tenant, &hold_id).await?;
+                let kind = EntryKind::HoldVoided { hold_id };
+                Ok((Draft::new(entry, kind), Some(resolving)))
+            }
+            Write::ExpireHold { hold_id, now } => {
+                let resolving = self.resolving(tenant, &hold_id).await?;
+                if resolving.expires_at > now {
+                    return Err(LedgerError::Invalid(format!(
+                        "hold {hold_id} expires at {}, after {now}",
+                        resolving.expires_at
+                    )));
+                }
+                let entry = NewEntry::new(format!("{hold_id}.expired"), resolving.expires_at);
+                let kind = EntryKind::HoldExpired { hold_id };
+                Ok((Draft::new(entry, kind), Some(resolving)))
+            }
+        }
+    }
+
+    /// Prepares and appends `write`, retrying races.
+    async fn write(&self, tenant: &str, write: Write) -> Result<Entry, LedgerError> {
+        let (draft, resolving) = self.prepare(tenant, write).await?;
+        self.append(tenant, draft, resolving).await
     }
 
     /// Releases every pending hold whose `expires_at` is at or before `now` (unix ms) and
@@ -243,15 +337,11 @@ impl Ledger {
                 if state.expires_at > now {
                     continue;
                 }
-                let entry = NewEntry::new(format!("{hold_id}.expired"), state.expires_at);
-                let resolving = self.resolving(tenant, &hold_id).await?;
-                let kind = EntryKind::HoldExpired {
+                let write = Write::ExpireHold {
                     hold_id: hold_id.clone(),
+                    now,
                 };
-                match self
-                    .append(tenant, Draft::new(entry, kind), Some(resolving))
-                    .await
-                {
+                match self.write(tenant, write).await {
                     Ok(entry) => expired.push(entry),
                     // Posted or voided since the page was read.
                     Err(LedgerError::HoldNotPending { .. }) => {}
@@ -447,11 +537,14 @@ impl Ledger {
             if attempt > 0 {
                 back_off(attempt).await;
             }
-            match self.try_append(tenant, &draft, resolving.as_ref()).await {
+            match self
+                .try_append(tenant, &draft, resolving.as_ref(), Vec::new())
+                .await
+            {
                 Err(LedgerError::Store(conflict @ StoreError::Conflict { .. })) => {
                     last_conflict = Some(conflict);
                 }
-                outcome => return outcome,
+                outcome => return outcome.map(|written| written.entry),
             }
         }
         Err(LedgerError::Store(last_conflict.unwrap_or_else(|| {
@@ -459,18 +552,22 @@ impl Ledger {
         })))
     }
 
-    /// One attempt: read, check, compute, and commit everything at once.
+    /// One attempt: read, check, compute, and commit everything (and `with`) at once.
     async fn try_append(
         &self,
         tenant: &str,
         draft: &Draft,
         resolving: Option<&Resolving>,
-    ) -> Result<Entry, LedgerError> {
+        with: Vec<Commit>,
+    ) -> Result<Written, LedgerError> {
         // Idempotency by id first: a repeat must return the original even though the hold it
         // resolved, say, is no longer pending.
         if let Some(existing) = self.entry(tenant, &draft.id).await? {
             return if draft.matches(&existing) {
-                Ok(existing)
+                Ok(Written {
+                    entry: existing,
+                    new: false,
+                })
             } else {
                 Err(LedgerError::EntryConflict {
                     id: draft.id.clone(),
@@ -523,8 +620,9 @@ impl Ledger {
             head.encode_to_vec(),
             Vec::new(),
         ));
+        commits.extend(with);
         self.store.commit_all(commits).await?;
-        Ok(entry)
+        Ok(Written { entry, new: true })
     }
 
     /// The hold state the draft creates (a hold) or resolves (compare-and-set from pending).

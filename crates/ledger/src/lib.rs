@@ -27,6 +27,6 @@ mod reconcile;
 pub mod records;
 
 pub use error::LedgerError;
-pub use ledger::Ledger;
+pub use ledger::{Ledger, Write, Written};
 pub use model::{Account, Balances, Entry, EntryKind, Hash, Hold, HoldStatus, NewEntry, Posting};
 pub use reconcile::{Problem, ReconcileReport};

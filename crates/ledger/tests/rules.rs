@@ -3,7 +3,7 @@
 mod common;
 
 use common::{ISSUER, TENANT, balances, embedded, funded, posted, tamper};
-use ledger::{EntryKind, HoldStatus, LedgerError, NewEntry, Problem};
+use ledger::{EntryKind, HoldStatus, LedgerError, NewEntry, Problem, Write};
 
 const ALICE: &str = "member:alice:points";
 const BOB: &str = "member:bob:points";
@@ -368,4 +368,94 @@ async fn reconcile_names_an_edited_entry_and_a_re_hashed_one_by_the_broken_link(
         }),
         "{report:?}"
     );
+}
+
+/// A service's own aggregate, written with an entry by `write_with`.
+fn note(version: u64, text: &str) -> store::Commit {
+    store::Commit {
+        key: store::AggregateKey::new(TENANT, "note", "n-1"),
+        expected_version: version,
+        data: bytes::Bytes::from(text.to_owned()),
+        index: Vec::new(),
+        events: Vec::new(),
+        idempotency: None,
+    }
+}
+
+#[tokio::test]
+async fn write_with_commits_the_entry_and_the_other_changes_together_or_not_at_all() {
+    let (ledger, store) = embedded();
+    funded(&ledger, &[ALICE, BOB], 100).await;
+    let key = store::AggregateKey::new(TENANT, "note", "n-1");
+    let gift = |id: &str| Write::Post(NewEntry::new(id, 5).transfer(ALICE, BOB, "points", 30));
+
+    let written = ledger
+        .write_with(TENANT, gift("g-1"), vec![note(0, "first")])
+        .await
+        .unwrap();
+    assert!(written.new);
+    assert_eq!(store.load(&key).await.unwrap().unwrap().data, "first");
+    assert_eq!(posted(&ledger, ALICE).await, 70);
+
+    // A stale version of the other aggregate: a conflict, and the entry is not written either.
+    let stale = ledger
+        .write_with(TENANT, gift("g-2"), vec![note(0, "second")])
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(LedgerError::Store(store::StoreError::Conflict { .. }))
+        ),
+        "{stale:?}"
+    );
+    assert_eq!(ledger.entry(TENANT, "g-2").await.unwrap(), None);
+    assert_eq!(posted(&ledger, ALICE).await, 70);
+
+    // A repeat of the first entry writes nothing, not even the other changes.
+    let repeat = ledger
+        .write_with(TENANT, gift("g-1"), vec![note(1, "repeat")])
+        .await
+        .unwrap();
+    assert!(!repeat.new);
+    assert_eq!(repeat.entry, written.entry);
+    assert_eq!(store.load(&key).await.unwrap().unwrap().data, "first");
+    assert!(ledger.reconcile(TENANT).await.unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn expiring_one_hold_needs_its_expiry_to_have_passed() {
+    let (ledger, _store) = embedded();
+    funded(&ledger, &[ALICE, BOB], 100).await;
+    ledger
+        .hold(
+            TENANT,
+            NewEntry::new("h-1", 10).transfer(ALICE, BOB, "points", 40),
+            50,
+        )
+        .await
+        .unwrap();
+    let early = Write::ExpireHold {
+        hold_id: "h-1".into(),
+        now: 49,
+    };
+    assert!(matches!(
+        ledger.write_with(TENANT, early, Vec::new()).await,
+        Err(LedgerError::Invalid(_))
+    ));
+    let due = Write::ExpireHold {
+        hold_id: "h-1".into(),
+        now: 50,
+    };
+    let written = ledger.write_with(TENANT, due, Vec::new()).await.unwrap();
+    assert_eq!(written.entry.id, "h-1.expired");
+    assert_eq!(
+        ledger
+            .hold_state(TENANT, "h-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        HoldStatus::Expired
+    );
+    assert_eq!(balances(&ledger, ALICE).await.available(), 100);
 }
