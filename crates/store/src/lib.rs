@@ -13,6 +13,7 @@
 
 mod embedded;
 mod mongo;
+mod pages;
 mod port;
 mod records;
 #[cfg(feature = "testing")]
@@ -20,6 +21,7 @@ pub mod testing;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use mongo::{MongoOptions, MongoStore};
+pub use pages::Pages;
 pub use port::{
     AggregateKey, Commit, IdempotencyRecord, IndexEntry, OutboxEvent, PendingEvent, Store,
     StoreError, Versioned, unix_now,
