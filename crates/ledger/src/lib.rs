@@ -25,6 +25,8 @@ mod ledger;
 pub mod model;
 mod reconcile;
 pub mod records;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::LedgerError;
 pub use ledger::{Ledger, Write, Written};

@@ -76,31 +76,5 @@ pub async fn balances(ledger: &Ledger, account: &str) -> ledger::Balances {
 /// version compare-and-set, the index kept. Adds 1 to its first posting (or a metadata pair if
 /// it has none); with `rehash`, also recomputes its own hash to cover the edit.
 pub async fn tamper(store: &Arc<dyn Store>, id: &str, rehash: bool) {
-    use ledger::records::{self, EntryRecord};
-    use prost::Message as _;
-
-    let key = records::key(TENANT, records::ENTRY, id);
-    let stored = store.load(&key).await.expect("load").expect("stored entry");
-    let mut record = EntryRecord::decode(stored.data.as_ref()).expect("decode");
-    match record.postings.first_mut() {
-        Some(posting) => posting.amount += 1,
-        None => {
-            record.metadata.insert("edited".into(), "yes".into());
-        }
-    }
-    if rehash {
-        record.hash = records::entry_hash(&record).to_vec();
-    }
-    let accounts: Vec<String> = record.postings.iter().map(|p| p.account.clone()).collect();
-    store
-        .commit(store::Commit {
-            key,
-            expected_version: stored.version,
-            data: bytes::Bytes::from(record.encode_to_vec()),
-            index: records::entry_index(record.sequence, accounts.iter().map(String::as_str)),
-            events: Vec::new(),
-            idempotency: None,
-        })
-        .await
-        .expect("tamper");
+    ledger::testing::tamper(store.as_ref(), TENANT, id, rehash).await;
 }
