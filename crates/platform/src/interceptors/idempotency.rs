@@ -354,13 +354,7 @@ impl Idempotency {
                 }
             }
         }
-        let mut body = http_body_util::Full::new(data)
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        if let Some(trailers) = trailers {
-            body = with_trailers(body, trailers);
-        }
-        Response::from_parts(parts, Body::new(body))
+        Response::from_parts(parts, Body::new(framed(data, trailers)))
     }
 }
 
@@ -436,10 +430,7 @@ fn replay(stored: StoredResponse) -> Response<Body> {
     let mut response = if stored.grpc_status == 0 {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        let body = Full::new(stored.body)
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        let mut response = Response::new(Body::new(with_trailers(body, trailers)));
+        let mut response = Response::new(Body::new(framed(stored.body, Some(trailers))));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
@@ -466,9 +457,18 @@ fn replay(stored: StoredResponse) -> Response<Body> {
 
 type UnsyncBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
 
-fn with_trailers(body: UnsyncBody, trailers: HeaderMap) -> UnsyncBody {
-    body.with_trailers(async move { Some(Ok(trailers)) })
-        .boxed_unsync()
+/// A body of `data` then `trailers`, of unknown length: a body that announced its exact length
+/// would let the gRPC-web edge's HTTP/1.1 response end after the data, cutting off the trailers
+/// frame it appends to the body.
+fn framed(data: Bytes, trailers: Option<HeaderMap>) -> UnsyncBody {
+    let frames = [
+        Some(http_body::Frame::data(data)),
+        trailers.map(http_body::Frame::trailers),
+    ];
+    http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames.into_iter().flatten().map(Ok),
+    ))
+    .boxed_unsync()
 }
 
 /// A held lock, released when the call ends — or, if the call is dropped (deadline, caller gone),
