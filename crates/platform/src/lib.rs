@@ -8,6 +8,7 @@
 
 mod admin;
 mod api_error;
+pub mod clock;
 mod cors;
 pub mod interceptors;
 mod server;
