@@ -2,8 +2,9 @@
 //! Connect, behind the platform's interceptor stack. Needs no Redis or MongoDB. Services whose
 //! issues have not landed yet answer every RPC with UNIMPLEMENTED — the contract is served, no
 //! data is faked. `commerce token` mints a development token; `commerce store`, `commerce
-//! dead-letters` and `commerce idempotency` are the operator commands.
+//! dead-letters`, `commerce idempotency` and `commerce loyalty` are the operator commands.
 
+mod clock;
 mod ops;
 mod storage;
 mod unbuilt;
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use platform::clock::Clocks;
 use platform::interceptors::{
     AuthConfig, Claims, IdempotencyConfig, InterceptorConfig, Policies, RateLimitConfig, mint_hs256,
 };
@@ -47,6 +49,9 @@ enum Command {
     /// Look up the recorded outcome of an idempotency key.
     #[command(subcommand)]
     Idempotency(ops::IdempotencyCommand),
+    /// Loyalty operator tools (reconcile a tenant's points ledger).
+    #[command(subcommand)]
+    Loyalty(ops::LoyaltyCommand),
 }
 
 /// Token verification settings shared by `serve` and `token`.
@@ -144,6 +149,9 @@ struct ServeConfig {
         default_value_t = 24
     )]
     idempotency_retention_hours: u64,
+    /// Seconds between loyalty sweeps (activation, expiry, hold expiry, tiers).
+    #[arg(long, env = "COMMERCE_LOYALTY_SWEEP_SECONDS", default_value_t = 60)]
+    loyalty_sweep_seconds: u64,
     #[command(flatten)]
     store: storage::StoreArgs,
     #[command(flatten)]
@@ -207,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Store(command) => ops::store(command),
         Command::DeadLetters(command) => ops::dead_letters(command).await,
         Command::Idempotency(command) => ops::idempotency(command).await,
+        Command::Loyalty(command) => ops::loyalty(command).await,
     }
 }
 
@@ -269,7 +278,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let relay = tokio::spawn(
         events::Relay::new(
             store.clone(),
-            bus,
+            bus.clone(),
             fastpath::Locks::new(redis.clone(), degraded.clone()),
             events::RelayConfig::default(),
         )
@@ -277,16 +286,83 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             let _ = relay_stopped.await;
         }),
     );
+    let clocks = Clocks::new(store.clone());
+    let loyalty = Arc::new(loyalty::Loyalty::new(
+        store.clone(),
+        clocks.clone(),
+        fastpath::Cache::new(redis.clone(), degraded.clone()),
+    ));
+    let clocks = clocks.with_jobs(Arc::new(loyalty::LoyaltyJobs(loyalty.clone())));
+    let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+    let stopped = |mut signal: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = signal.wait_for(|stop| *stop).await;
+    };
+    let consumer = tokio::spawn(
+        events::Consumer::new(
+            bus.clone(),
+            store.clone(),
+            loyalty::CheckoutEvents::new(loyalty.clone()),
+            events::ConsumerConfig::new(
+                events::envelope::stream_of_package(loyalty::consumer::CHECKOUT_PACKAGE),
+                loyalty::consumer::GROUP,
+                format!("commerce-{}", std::process::id()),
+            ),
+        )
+        .run(stopped(background_stopped.clone())),
+    );
+    let sweeper = tokio::spawn(sweep_loyalty(
+        loyalty.clone(),
+        Duration::from_secs(config.loyalty_sweep_seconds.max(1)),
+        stopped(background_stopped),
+    ));
     let server = Server::new(server_config)
         .store(store)
         .fast_path(redis, degraded);
+    let server = loyalty_services(server, loyalty::LoyaltyApi::new(loyalty));
+    let server = clock::register_clock(server, clocks);
     let bound = unbuilt::register(server).bind().await?;
     print_banner(bound.local_addr(), bound.admin_addr(), &config.store);
     bound.serve(platform::termination_signal()).await?;
     let _ = stop_relay.send(());
+    let _ = stop_background.send(true);
     let _ = relay.await;
+    let _ = consumer.await;
+    let _ = sweeper.await;
     eprintln!("commerce: stopped");
     Ok(())
+}
+
+/// Adds the four loyalty services.
+fn loyalty_services(server: Server, api: loyalty::LoyaltyApi) -> Server {
+    use commerce_api::FILE_DESCRIPTOR_SET;
+    use commerce_api::commerce::loyalty::v1::{
+        member_service_server::MemberServiceServer, points_service_server::PointsServiceServer,
+        program_service_server::ProgramServiceServer, reward_service_server::RewardServiceServer,
+    };
+    server
+        .add_service(MemberServiceServer::new(api.clone()), FILE_DESCRIPTOR_SET)
+        .add_service(PointsServiceServer::new(api.clone()), FILE_DESCRIPTOR_SET)
+        .add_service(RewardServiceServer::new(api.clone()), FILE_DESCRIPTOR_SET)
+        .add_service(ProgramServiceServer::new(api), FILE_DESCRIPTOR_SET)
+}
+
+/// Runs the loyalty sweep (activation, expiry, hold expiry, tiers) for every tenant every
+/// `every`, so points move on time without an operator calling `RunDueJobs`.
+async fn sweep_loyalty(
+    engine: Arc<loyalty::Loyalty>,
+    every: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(error) = engine.run_due_everywhere().await {
+            tracing::warn!(%error, "loyalty sweep failed; retrying next round");
+        }
+    }
 }
 
 /// Starting with Redis down is allowed (the fast path degrades), but worth saying out loud.
@@ -351,7 +427,7 @@ fn print_banner(addr: SocketAddr, admin: Option<SocketAddr>, store: &storage::St
     }
     println!("  state:     {}", store.describe());
     println!(
-        "  services:  checkout, subscriptions, loyalty (RPCs answer `unimplemented` until their issues land)"
+        "  services:  loyalty (members, points, rewards, program); checkout and subscriptions answer `unimplemented` until their issues land"
     );
     println!(
         "  auth:      JWT bearer; dev token: TOKEN=$(cargo run -q -p commerce -- token --tenant demo)"

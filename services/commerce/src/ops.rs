@@ -95,6 +95,46 @@ pub enum IdempotencyCommand {
     },
 }
 
+/// `commerce loyalty …`
+#[derive(Subcommand, Debug)]
+pub enum LoyaltyCommand {
+    /// Prove a tenant's points ledger: hash chain, balanced entries, cached balances, and every
+    /// member's lots against their accounts. Exits 1 and lists each problem when not clean.
+    Reconcile {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+pub async fn loyalty(command: LoyaltyCommand) -> anyhow::Result<()> {
+    let LoyaltyCommand::Reconcile { tenant, store } = command;
+    let store = store.open().await?;
+    let engine = loyalty::Loyalty::new(
+        store.clone(),
+        platform::clock::Clocks::new(store),
+        fastpath::Cache::new(None, fastpath::Degraded::default()),
+    );
+    let report = engine.reconcile(&tenant).await?;
+    println!(
+        "tenant {tenant}: {} entries, {} accounts checked",
+        report.entries_checked, report.accounts_checked
+    );
+    if report.clean {
+        println!("clean");
+        return Ok(());
+    }
+    for problem in &report.discrepancies {
+        println!(
+            "{} entry={:?} account={:?} expected={:?} actual={:?}",
+            problem.problem, problem.entry_id, problem.account_id, problem.expected, problem.actual
+        );
+    }
+    bail!("{} problem(s) found", report.discrepancies.len())
+}
+
 pub fn store(command: StoreCommand) -> anyhow::Result<()> {
     match command {
         StoreCommand::Check(args) => {

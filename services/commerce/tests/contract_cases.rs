@@ -1,9 +1,12 @@
 //! The contract-tests runner: every case in `contract-tests/cases/*.json`, against the live
 //! `commerce` binary, over Connect JSON, Connect binary, gRPC and gRPC-web — and every protocol
-//! must give the case's expected outcome. The case format is described in contract-tests/README.md.
+//! must give the case's expected outcome. A file's `setup` calls run first, once, and capture
+//! values from their responses for the file's cases to use as `${name}`. The case format is
+//! described in contract-tests/README.md.
 
 mod common;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use base64::Engine as _;
@@ -18,14 +21,19 @@ use serde::Deserialize;
 use serde_json::Value;
 
 const PROTOCOLS: [&str; 4] = ["connect-json", "connect-proto", "grpc", "grpc-web"];
+/// Protocol of setup calls.
+const SETUP_PROTOCOL: &str = "connect-json";
 
 #[derive(Deserialize)]
 struct CaseFile {
+    #[serde(default)]
+    setup: Vec<Step>,
     cases: Vec<Case>,
 }
 
-#[derive(Deserialize)]
-struct Case {
+/// One call to the server: what setup steps and cases share.
+#[derive(Deserialize, Clone)]
+struct Call {
     name: String,
     method: String,
     #[serde(default)]
@@ -33,14 +41,35 @@ struct Case {
     #[serde(default)]
     headers: serde_json::Map<String, Value>,
     request: Value,
+}
+
+/// A setup call: must succeed; `capture` names values of its response (`var` → JSON path).
+#[derive(Deserialize)]
+struct Step {
+    #[serde(flatten)]
+    call: Call,
+    #[serde(default)]
+    capture: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    #[serde(flatten)]
+    call: Call,
     #[serde(default)]
     protocols: Option<Vec<String>>,
     expect: Expect,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 struct Auth {
     scopes: Vec<String>,
+    #[serde(default = "default_tenant")]
+    tenant: String,
+}
+
+fn default_tenant() -> String {
+    "demo".into()
 }
 
 #[derive(Deserialize)]
@@ -139,20 +168,21 @@ fn grpc_details(metadata: &http::HeaderMap) -> (String, Vec<(String, Vec<u8>)>) 
     (code, details)
 }
 
-async fn call(
+/// Makes `call` over `protocol`.
+async fn send(
     addr: &str,
     protocol: &str,
-    case: &Case,
+    call: &Call,
     method: &MethodDescriptor,
     token: Option<&str>,
 ) -> Outcome {
-    let input = DynamicMessage::deserialize(method.input(), case.request.clone())
+    let input = DynamicMessage::deserialize(method.input(), call.request.clone())
         .expect("case request is valid JSON for the method");
     let binary = input.encode_to_vec();
     let (content_type, body, http2) = match protocol {
         "connect-json" => (
             "application/json",
-            case.request.to_string().into_bytes(),
+            call.request.to_string().into_bytes(),
             false,
         ),
         "connect-proto" => ("application/proto", binary, true),
@@ -160,7 +190,7 @@ async fn call(
         "grpc-web" => ("application/grpc-web+proto", frame(0, &binary), false),
         other => panic!("unknown protocol {other}"),
     };
-    let mut request = Request::post(format!("http://{addr}/{}", case.method))
+    let mut request = Request::post(format!("http://{addr}/{}", call.method))
         .header("content-type", content_type);
     if protocol == "grpc" {
         request = request.header("te", "trailers");
@@ -168,7 +198,7 @@ async fn call(
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    for (name, value) in &case.headers {
+    for (name, value) in &call.headers {
         request = request.header(
             name.as_str(),
             value.as_str().expect("header values are strings"),
@@ -259,16 +289,175 @@ async fn call(
     }
 }
 
-/// True when every field of `expected` is in `actual` with the same value.
+/// True when every field of `expected` is in `actual` with the same value. Arrays match element
+/// by element (same length); a field absent from `actual` matches its proto3 default, because
+/// proto3 JSON leaves defaults out.
 fn contains(actual: &Value, expected: &Value) -> bool {
     match (actual, expected) {
-        (Value::Object(actual), Value::Object(expected)) => expected.iter().all(|(key, value)| {
-            actual
-                .get(key)
-                .is_some_and(|actual| contains(actual, value))
-        }),
+        (Value::Object(actual), Value::Object(expected)) => {
+            expected.iter().all(|(key, value)| match actual.get(key) {
+                Some(actual) => contains(actual, value),
+                None => is_default(value),
+            })
+        }
+        (Value::Array(actual), Value::Array(expected)) => {
+            actual.len() == expected.len()
+                && actual.iter().zip(expected).all(|(a, e)| contains(a, e))
+        }
         _ => actual == expected,
     }
+}
+
+fn is_default(value: &Value) -> bool {
+    match value {
+        Value::Bool(flag) => !flag,
+        Value::Number(number) => number.as_f64() == Some(0.0),
+        Value::String(text) => text.is_empty() || text == "0",
+        Value::Array(items) => items.is_empty(),
+        Value::Object(fields) => fields.is_empty(),
+        Value::Null => true,
+    }
+}
+
+/// `value` with every `${name}` in its strings replaced by that variable's value.
+fn substitute(value: &Value, vars: &HashMap<String, String>) -> Value {
+    match value {
+        Value::String(text) => {
+            let mut out = String::new();
+            let mut rest = text.as_str();
+            while let Some(start) = rest.find("${") {
+                let end = start
+                    + rest[start..]
+                        .find('}')
+                        .unwrap_or_else(|| panic!("unclosed ${{ in {text:?}"));
+                let name = &rest[start + 2..end];
+                let value = vars
+                    .get(name)
+                    .unwrap_or_else(|| panic!("unknown variable ${{{name}}} in {text:?}"));
+                out.push_str(&rest[..start]);
+                out.push_str(value);
+                rest = &rest[end + 1..];
+            }
+            out.push_str(rest);
+            Value::String(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|v| substitute(v, vars)).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(key, v)| (key.clone(), substitute(v, vars)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+impl Call {
+    /// This call with the variables substituted into its request and headers.
+    fn with_vars(&self, vars: &HashMap<String, String>) -> Call {
+        let Value::Object(headers) = substitute(&Value::Object(self.headers.clone()), vars) else {
+            unreachable!("an object stays an object")
+        };
+        Call {
+            request: substitute(&self.request, vars),
+            headers,
+            ..self.clone()
+        }
+    }
+}
+
+/// The value at a dotted path (`member.memberId`, `rewards.0.rewardId`) of a JSON response.
+fn at_path<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(value, |value, part| match value {
+        Value::Array(items) => items.get(part.parse::<usize>().ok()?),
+        _ => value.get(part),
+    })
+}
+
+impl Auth {
+    /// A token for this tenant and these scopes, signed with the server's secret.
+    fn token(&self) -> String {
+        common::tenant_token(&self.tenant, Some(&self.scopes.join(" ")))
+    }
+}
+
+/// Runs a file's setup steps over Connect JSON; returns the variables they captured.
+async fn run_setup(
+    addr: &str,
+    pool: &prost_reflect::DescriptorPool,
+    file: &Path,
+    steps: &[Step],
+) -> HashMap<String, String> {
+    let mut vars = HashMap::new();
+    for step in steps {
+        let call = step.call.with_vars(&vars);
+        let token = call.auth.as_ref().map(Auth::token);
+        let method = method(pool, &call.method);
+        let outcome = send(addr, SETUP_PROTOCOL, &call, &method, token.as_deref()).await;
+        let label = format!("{} setup step {}", file.display(), call.name);
+        assert_eq!(
+            outcome.code,
+            "ok",
+            "{label} failed (reason {:?})",
+            outcome.reason()
+        );
+        let response = outcome.response.unwrap_or_default();
+        for (var, path) in &step.capture {
+            let value = at_path(&response, path)
+                .unwrap_or_else(|| panic!("{label}: no {path} in {response}"));
+            let value = match value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            vars.insert(var.clone(), value);
+        }
+    }
+    vars
+}
+
+/// What is wrong with `outcome` for `expect` (empty when it is right).
+fn check(outcome: &Outcome, expect: &Expect, vars: &HashMap<String, String>) -> Vec<String> {
+    let mut wrong = Vec::new();
+    if outcome.code != expect.code {
+        wrong.push(format!("code {} (want {})", outcome.code, expect.code));
+    }
+    if let Some(reason) = &expect.reason
+        && outcome.reason().as_ref() != Some(reason)
+    {
+        wrong.push(format!("reason {:?} (want {reason})", outcome.reason()));
+    }
+    let got: Vec<&str> = outcome
+        .details
+        .iter()
+        .map(|(kind, _)| kind.as_str())
+        .collect();
+    if let Some(details) = &expect.details
+        && got != details.iter().map(String::as_str).collect::<Vec<_>>()
+    {
+        wrong.push(format!("details {got:?} (want {details:?})"));
+    }
+    if let Some(fields) = &expect.field_violations
+        && &outcome.field_violations() != fields
+    {
+        wrong.push(format!(
+            "field violations {:?} (want {fields:?})",
+            outcome.field_violations()
+        ));
+    }
+    if let Some(expected) = &expect.response {
+        let expected = substitute(expected, vars);
+        if !outcome
+            .response
+            .as_ref()
+            .is_some_and(|actual| contains(actual, &expected))
+        {
+            wrong.push(format!(
+                "response {:?} (want ⊇ {expected})",
+                outcome.response
+            ));
+        }
+    }
+    wrong
 }
 
 #[tokio::test]
@@ -289,61 +478,24 @@ async fn every_contract_case_holds_on_every_protocol() {
     {
         let cases: CaseFile = serde_json::from_str(&std::fs::read_to_string(file).unwrap())
             .unwrap_or_else(|err| panic!("{}: {err}", file.display()));
+        let mut vars = run_setup(&server.addr, &pool, file, &cases.setup).await;
         for case in &cases.cases {
-            let method = method(&pool, &case.method);
-            let token = case
-                .auth
-                .as_ref()
-                .map(|auth| common::dev_token(Some(&auth.scopes.join(" "))));
+            let method = method(&pool, &case.call.method);
+            let token = case.call.auth.as_ref().map(Auth::token);
             let protocols: Vec<&str> = match &case.protocols {
                 Some(list) => list.iter().map(String::as_str).collect(),
                 None => PROTOCOLS.to_vec(),
             };
             for protocol in protocols {
                 checked += 1;
-                let outcome = call(&server.addr, protocol, case, &method, token.as_deref()).await;
-                let mut wrong = Vec::new();
-                if outcome.code != case.expect.code {
-                    wrong.push(format!("code {} (want {})", outcome.code, case.expect.code));
-                }
-                if let Some(reason) = &case.expect.reason
-                    && outcome.reason().as_ref() != Some(reason)
-                {
-                    wrong.push(format!("reason {:?} (want {reason})", outcome.reason()));
-                }
-                let got: Vec<&str> = outcome
-                    .details
-                    .iter()
-                    .map(|(kind, _)| kind.as_str())
-                    .collect();
-                if let Some(details) = &case.expect.details
-                    && got != details.iter().map(String::as_str).collect::<Vec<_>>()
-                {
-                    wrong.push(format!("details {got:?} (want {details:?})"));
-                }
-                if let Some(fields) = &case.expect.field_violations
-                    && &outcome.field_violations() != fields
-                {
-                    wrong.push(format!(
-                        "field violations {:?} (want {fields:?})",
-                        outcome.field_violations()
-                    ));
-                }
-                if let Some(expected) = &case.expect.response
-                    && !outcome
-                        .response
-                        .as_ref()
-                        .is_some_and(|actual| contains(actual, expected))
-                {
-                    wrong.push(format!(
-                        "response {:?} (want ⊇ {expected})",
-                        outcome.response
-                    ));
-                }
+                vars.insert("protocol".into(), protocol.into());
+                let call = case.call.with_vars(&vars);
+                let outcome = send(&server.addr, protocol, &call, &method, token.as_deref()).await;
+                let wrong = check(&outcome, &case.expect, &vars);
                 if !wrong.is_empty() {
                     failures.push(format!(
                         "{} over {protocol}: {}",
-                        case.name,
+                        case.call.name,
                         wrong.join("; ")
                     ));
                 }

@@ -11,33 +11,6 @@ mod common;
 
 use common::{dev_token, start};
 
-/// A Connect JSON call over a plain HTTP/1.1 connection; returns (status, body).
-fn connect_json(
-    addr: &str,
-    path: &str,
-    body: &str,
-    token: Option<&str>,
-) -> (u16, serde_json::Value) {
-    let auth = token
-        .map(|token| format!("Authorization: Bearer {token}\r\n"))
-        .unwrap_or_default();
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let status = response[9..12].parse().expect("status");
-    let json = response.split("\r\n\r\n").nth(1).expect("body");
-    (
-        status,
-        serde_json::from_str(json).unwrap_or_else(|err| panic!("{err}: {response}")),
-    )
-}
-
 #[test]
 fn serves_every_area_behind_auth_and_answers_unimplemented_until_built() {
     let server = start();
@@ -47,8 +20,13 @@ fn serves_every_area_behind_auth_and_answers_unimplemented_until_built() {
         "commerce.loyalty.v1.MemberService",
     ] {
         let request = format!(r#"{{"service":"{service}"}}"#);
-        let (status, body) =
-            connect_json(&server.addr, "/grpc.health.v1.Health/Check", &request, None);
+        let (status, body) = common::connect_json(
+            &server.addr,
+            "/grpc.health.v1.Health/Check",
+            &request,
+            None,
+            &[],
+        );
         assert_eq!(
             (status, body),
             (200, serde_json::json!({"status": "SERVING"})),
@@ -56,27 +34,47 @@ fn serves_every_area_behind_auth_and_answers_unimplemented_until_built() {
         );
     }
     let path = "/commerce.loyalty.v1.MemberService/GetBalance";
-    let (status, body) = connect_json(&server.addr, path, r#"{"memberId":"m1"}"#, None);
+    let (status, body) =
+        common::connect_json(&server.addr, path, r#"{"memberId":"m1"}"#, None, &[]);
     assert_eq!(
         (status, body["code"].as_str()),
         (401, Some("unauthenticated")),
         "no token"
     );
 
-    let (status, body) = connect_json(
+    let (status, body) = common::connect_json(
         &server.addr,
         path,
         r#"{"memberId":"m1"}"#,
         Some(&dev_token(None)),
+        &[],
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("not_found")),
+        "authorized call reaches the loyalty service, which knows no member m1"
+    );
+    let (status, body) = common::connect_json(
+        &server.addr,
+        "/commerce.checkout.v1.OrderService/GetOrder",
+        r#"{"orderId":"o-1"}"#,
+        Some(&dev_token(None)),
+        &[],
     );
     assert_eq!(
         (status, body["code"].as_str()),
         (501, Some("unimplemented")),
-        "authorized call reaches the stub"
+        "a service not built yet answers unimplemented"
     );
 
     let narrow = dev_token(Some("checkout.orders.read"));
-    let (status, body) = connect_json(&server.addr, path, r#"{"memberId":"m1"}"#, Some(&narrow));
+    let (status, body) = common::connect_json(
+        &server.addr,
+        path,
+        r#"{"memberId":"m1"}"#,
+        Some(&narrow),
+        &[],
+    );
     assert_eq!(
         (status, body["code"].as_str()),
         (403, Some("permission_denied")),
@@ -87,7 +85,13 @@ fn serves_every_area_behind_auth_and_answers_unimplemented_until_built() {
 #[test]
 fn sigterm_stops_the_server_cleanly_and_calls_are_logged_as_json() {
     let mut server = start();
-    let (status, _) = connect_json(&server.addr, "/grpc.health.v1.Health/Check", "{}", None);
+    let (status, _) = common::connect_json(
+        &server.addr,
+        "/grpc.health.v1.Health/Check",
+        "{}",
+        None,
+        &[],
+    );
     assert_eq!(status, 200);
     let killed = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
@@ -141,11 +145,12 @@ fn starts_with_redis_down_serves_on_fallbacks_and_reports_degraded_health() {
     );
     // The rate limiter falls back to its local bucket: the call reaches the (unbuilt) handler.
     let token = dev_token(None);
-    let (status, _) = connect_json(
+    let (status, _) = common::connect_json(
         &server.addr,
         "/commerce.checkout.v1.OrderService/GetOrder",
         r#"{"orderId":"o-1"}"#,
         Some(&token),
+        &[],
     );
     assert_eq!(status, 501);
     let mut health = TcpStream::connect(&admin_addr).unwrap();

@@ -1,25 +1,68 @@
-//! The loyalty service's domain rules, as pure functions over the program
-//! (`commerce.loyalty.v1.LoyaltyProgram`) and plain values.
+//! The loyalty service: members, a double-entry points ledger, earning rules, rewards and
+//! redemptions, refunds, expiry and tiers.
 //!
-//! What it is: how many points an order earns ([`earning`]), how many a refund takes back
-//! ([`earning::reversal_for_refund`]), when points activate and expire ([`expiry`]), which lots
-//! a redemption, reversal or expiry run touches ([`lots`]), and which tier a member holds
-//! ([`tiers`]).
+//! - The **rules** are pure functions over the program (`commerce.loyalty.v1.LoyaltyProgram`)
+//!   and plain values: how many points an order earns ([`earning`]), how many a refund takes
+//!   back ([`earning::reversal_for_refund`]), when points activate and expire ([`expiry`]), which
+//!   lots a redemption, reversal or expiry touches ([`lots`]), which tier a member holds
+//!   ([`tiers`]). Nothing there reads a clock or does I/O.
+//! - The **engine** ([`Loyalty`]) applies them: every change to a member's points is one atomic
+//!   commit of the ledger entry ([`ledger`] crate), the member record with its lots
+//!   ([`records`]), the points history and the outbox events; time is the tenant clock's.
+//! - The **handlers** ([`LoyaltyApi`]) serve the four gRPC services; the **consumer**
+//!   ([`CheckoutEvents`]) turns checkout's paid and refunded orders into accruals and reversals.
 //!
-//! What it is not: storage, the points ledger, gRPC handlers or anything async. Those call these
-//! functions and record the results; nothing here reads a clock — `now` is always an argument.
-//!
-//! Times are unix seconds (UTC) throughout; points are `i64`; arithmetic is integer-only with
-//! `i128` intermediates so no product can overflow before it is divided.
+//! Times in the rules are unix seconds (UTC); the ledger and the clock use unix ms. Points are
+//! `i64`; arithmetic is integer-only.
 
+/// Runs the block (an async body that may `return` early and use `?`) until it does not lose a
+/// race, re-reading everything each round; gives up with `LoyaltyError::Contended`.
+macro_rules! retrying {
+    ($body:block) => {{
+        let mut round = 0u32;
+        loop {
+            let outcome: Result<_, $crate::error::LoyaltyError> = async $body.await;
+            match outcome {
+                Err(error) if error.is_conflict() => {
+                    round += 1;
+                    if round >= $crate::engine::MAX_ATTEMPTS {
+                        break Err($crate::error::LoyaltyError::Contended(error.to_string()));
+                    }
+                    $crate::engine::back_off(round).await;
+                }
+                outcome => break outcome,
+            }
+        }
+    }};
+}
+
+pub mod api;
+pub mod consumer;
 pub mod earning;
+mod engine;
+pub mod error;
 pub mod expiry;
+mod jobs;
 pub mod lots;
+pub mod members;
+mod page_token;
+pub mod points;
+mod program;
+mod reconcile;
+pub mod records;
+pub mod rewards;
 pub mod tiers;
+mod wallet;
 
+pub use api::LoyaltyApi;
+pub use consumer::CheckoutEvents;
 pub use earning::{Earning, EarningError, EligibleLine, earn_points, reversal_for_refund};
+pub use engine::Loyalty;
+pub use error::LoyaltyError;
 pub use expiry::{activates_at, expires_at, notice_at};
+pub use jobs::{DueReport, LoyaltyJobs};
 pub use lots::{Allocation, Lot, RedemptionError, ReversalPlan, UpcomingExpiry};
+pub use program::default_program;
 pub use tiers::{CurrentTier, TierEvaluation};
 
 /// Seconds in a day; "days" in the program are always whole UTC days of this length.

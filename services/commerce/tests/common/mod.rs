@@ -1,7 +1,8 @@
 //! Starting the `commerce` binary for tests, and minting tokens it accepts.
 #![allow(dead_code)]
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,11 +93,21 @@ pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
     }
 }
 
-/// A token from `commerce token`, signed with the server's secret.
+/// A token for tenant `demo` from `commerce token`, signed with the server's secret.
 pub fn dev_token(scopes: Option<&str>) -> String {
+    tenant_token("demo", scopes)
+}
+
+/// A token for `tenant` with every contract scope.
+pub fn token_for(tenant: &str) -> String {
+    tenant_token(tenant, None)
+}
+
+/// A token for `tenant` with `scopes` (default: every contract scope).
+pub fn tenant_token(tenant: &str, scopes: Option<&str>) -> String {
     let mut command = Command::new(env!("CARGO_BIN_EXE_commerce"));
     command
-        .args(["token", "--tenant", "demo"])
+        .args(["token", "--tenant", tenant])
         .env("COMMERCE_JWT_HS256_SECRET", SECRET);
     if let Some(scopes) = scopes {
         command.args(["--scopes", scopes]);
@@ -107,4 +118,36 @@ pub fn dev_token(scopes: Option<&str>) -> String {
         .expect("utf-8")
         .trim()
         .to_owned()
+}
+
+/// A Connect JSON call over a plain HTTP/1.1 connection, with a bearer `token` and extra
+/// `headers`; returns the HTTP status and the JSON body.
+pub fn connect_json(
+    addr: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut extra: String = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    for (name, value) in headers {
+        extra.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response[9..12].parse().expect("status");
+    let json = response.split("\r\n\r\n").nth(1).expect("body");
+    (
+        status,
+        serde_json::from_str(json).unwrap_or_else(|err| panic!("{err}: {response}")),
+    )
 }

@@ -1,0 +1,502 @@
+//! The gRPC handlers of MemberService, PointsService, RewardService and ProgramService: each
+//! reads the tenant the platform put on the request, calls the engine, and maps its error once.
+
+use std::sync::Arc;
+
+use commerce_api::commerce::loyalty::v1::{
+    self as v1, get_member_request::Lookup, member_service_server::MemberService,
+    points_service_server::PointsService, program_service_server::ProgramService,
+    reward_service_server::RewardService,
+};
+use platform::ApiError;
+use platform::interceptors::{IdempotencyContext, Tenant};
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Loyalty, timestamp_ms};
+use crate::error::{ERROR_DOMAIN, LoyaltyError};
+use crate::members::{Enrolment, page_size};
+use crate::points::{PaidLine, PaidOrder, Refund, RefundAmount};
+use crate::rewards::Resolution;
+
+/// The four loyalty services over one engine.
+#[derive(Clone)]
+pub struct LoyaltyApi {
+    engine: Arc<Loyalty>,
+}
+
+impl LoyaltyApi {
+    /// Handlers over `engine`.
+    pub fn new(engine: Arc<Loyalty>) -> Self {
+        LoyaltyApi { engine }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn fail(error: LoyaltyError) -> Status {
+    ApiError::from(error).into_status(ERROR_DOMAIN)
+}
+
+/// The caller's tenant (set by the platform's authorization layer).
+fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
+    request
+        .extensions()
+        .get::<Tenant>()
+        .map(|tenant| tenant.0.clone())
+        .ok_or_else(|| Status::internal("no tenant on the request"))
+}
+
+/// A stable id from the request's idempotency key, so a retried create finds what it made.
+fn key_id<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<IdempotencyContext>()
+        .map_or_else(
+            || uuid::Uuid::now_v7().simple().to_string(),
+            IdempotencyContext::derived_id,
+        )
+}
+
+fn ok<T>(message: T) -> Reply<T> {
+    Ok(Response::new(message))
+}
+
+/// Unix seconds of an optional timestamp.
+fn seconds_of(time: Option<prost_types::Timestamp>) -> Option<i64> {
+    time.map(|time| time.seconds)
+}
+
+fn mask(mask: Option<prost_types::FieldMask>) -> Vec<String> {
+    mask.map(|mask| mask.paths).unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl MemberService for LoyaltyApi {
+    async fn enroll_member(
+        &self,
+        request: Request<v1::EnrollMemberRequest>,
+    ) -> Reply<v1::EnrollMemberResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let enrolment = Enrolment {
+            customer_id: body.customer_id,
+            display_name: body.display_name,
+            email: body.email,
+            registered: body.registered,
+        };
+        let (member, created) = self
+            .engine
+            .enroll(&tenant, &enrolment)
+            .await
+            .map_err(fail)?;
+        ok(v1::EnrollMemberResponse {
+            member: Some(member),
+            created,
+        })
+    }
+
+    async fn register_member(
+        &self,
+        request: Request<v1::RegisterMemberRequest>,
+    ) -> Reply<v1::RegisterMemberResponse> {
+        let tenant = tenant(&request)?;
+        let member = self
+            .engine
+            .register(&tenant, &request.get_ref().member_id)
+            .await
+            .map_err(fail)?;
+        ok(v1::RegisterMemberResponse {
+            member: Some(member),
+        })
+    }
+
+    async fn get_member(
+        &self,
+        request: Request<v1::GetMemberRequest>,
+    ) -> Reply<v1::GetMemberResponse> {
+        let tenant = tenant(&request)?;
+        let member = match request.into_inner().lookup {
+            Some(Lookup::MemberId(id)) => self.engine.member(&tenant, &id).await,
+            Some(Lookup::CustomerId(id)) => self.engine.member_by_customer(&tenant, &id).await,
+            None => Err(LoyaltyError::invalid(
+                "lookup",
+                "name a member_id or a customer_id",
+            )),
+        }
+        .map_err(fail)?;
+        ok(v1::GetMemberResponse {
+            member: Some(member),
+        })
+    }
+
+    async fn get_balance(
+        &self,
+        request: Request<v1::GetBalanceRequest>,
+    ) -> Reply<v1::GetBalanceResponse> {
+        let tenant = tenant(&request)?;
+        let balance = self
+            .engine
+            .balance(&tenant, &request.get_ref().member_id)
+            .await
+            .map_err(fail)?;
+        ok(v1::GetBalanceResponse {
+            balance: Some(balance),
+        })
+    }
+
+    async fn list_points_entries(
+        &self,
+        request: Request<v1::ListPointsEntriesRequest>,
+    ) -> Reply<v1::ListPointsEntriesResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let (entries, next_page_token) = self
+            .engine
+            .points_entries(
+                &tenant,
+                &body.member_id,
+                page_size(body.page_size),
+                &body.page_token,
+            )
+            .await
+            .map_err(fail)?;
+        ok(v1::ListPointsEntriesResponse {
+            entries,
+            next_page_token,
+        })
+    }
+
+    async fn list_expiring_points(
+        &self,
+        request: Request<v1::ListExpiringPointsRequest>,
+    ) -> Reply<v1::ListExpiringPointsResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let (expiring_points, next_page_token) = self
+            .engine
+            .expiring_points(
+                &tenant,
+                &body.member_id,
+                seconds_of(body.before_time),
+                page_size(body.page_size),
+                &body.page_token,
+            )
+            .await
+            .map_err(fail)?;
+        ok(v1::ListExpiringPointsResponse {
+            expiring_points,
+            next_page_token,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl PointsService for LoyaltyApi {
+    async fn accrue_points(
+        &self,
+        request: Request<v1::AccruePointsRequest>,
+    ) -> Reply<v1::AccruePointsResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let total = body.eligible_amount.unwrap_or_default();
+        let mut lines = Vec::new();
+        for (index, line) in body.lines.into_iter().enumerate() {
+            let amount = line.amount.unwrap_or_default();
+            if amount.currency_code != total.currency_code {
+                return Err(fail(LoyaltyError::invalid(
+                    &format!("lines[{index}].amount.currency_code"),
+                    "differs from eligible_amount's",
+                )));
+            }
+            lines.push(PaidLine {
+                sku: line.sku,
+                category: line.category,
+                amount_minor: amount.amount_minor,
+            });
+        }
+        let order = PaidOrder {
+            member_id: body.member_id,
+            order_id: body.order_id,
+            currency_code: total.currency_code,
+            lines,
+            eligible_minor: total.amount_minor,
+        };
+        let (entry, accrued_now) = self
+            .engine
+            .accrue(&tenant, &order, None)
+            .await
+            .map_err(fail)?;
+        ok(v1::AccruePointsResponse {
+            entry: Some(entry),
+            accrued_now,
+        })
+    }
+
+    async fn reverse_accrual(
+        &self,
+        request: Request<v1::ReverseAccrualRequest>,
+    ) -> Reply<v1::ReverseAccrualResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let amount = body.refunded_amount.unwrap_or_default();
+        let refund = Refund {
+            member_id: body.member_id,
+            order_id: body.order_id,
+            refund_id: body.refund_id,
+            currency_code: amount.currency_code,
+            amount: RefundAmount::ThisRefund(amount.amount_minor),
+        };
+        let entry = self
+            .engine
+            .reverse_accrual(&tenant, &refund, None)
+            .await
+            .map_err(fail)?;
+        ok(v1::ReverseAccrualResponse { entry: Some(entry) })
+    }
+
+    async fn adjust_points(
+        &self,
+        request: Request<v1::AdjustPointsRequest>,
+    ) -> Reply<v1::AdjustPointsResponse> {
+        let tenant = tenant(&request)?;
+        let key = key_id(&request);
+        let body = request.into_inner();
+        let entry = self
+            .engine
+            .adjust(&tenant, &body.member_id, body.points, &body.reason, &key)
+            .await
+            .map_err(fail)?;
+        ok(v1::AdjustPointsResponse { entry: Some(entry) })
+    }
+}
+
+#[tonic::async_trait]
+impl RewardService for LoyaltyApi {
+    async fn create_reward(
+        &self,
+        request: Request<v1::CreateRewardRequest>,
+    ) -> Reply<v1::CreateRewardResponse> {
+        let tenant = tenant(&request)?;
+        let key = key_id(&request);
+        let reward = request.into_inner().reward.unwrap_or_default();
+        let reward = self
+            .engine
+            .create_reward(&tenant, &reward, &key)
+            .await
+            .map_err(fail)?;
+        ok(v1::CreateRewardResponse {
+            reward: Some(reward),
+        })
+    }
+
+    async fn update_reward(
+        &self,
+        request: Request<v1::UpdateRewardRequest>,
+    ) -> Reply<v1::UpdateRewardResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let reward = self
+            .engine
+            .update_reward(
+                &tenant,
+                &body.reward.unwrap_or_default(),
+                &mask(body.update_mask),
+            )
+            .await
+            .map_err(fail)?;
+        ok(v1::UpdateRewardResponse {
+            reward: Some(reward),
+        })
+    }
+
+    async fn get_reward(
+        &self,
+        request: Request<v1::GetRewardRequest>,
+    ) -> Reply<v1::GetRewardResponse> {
+        let tenant = tenant(&request)?;
+        let reward = self
+            .engine
+            .reward(&tenant, &request.get_ref().reward_id)
+            .await
+            .map_err(fail)?;
+        ok(v1::GetRewardResponse {
+            reward: Some(reward),
+        })
+    }
+
+    async fn list_rewards(
+        &self,
+        request: Request<v1::ListRewardsRequest>,
+    ) -> Reply<v1::ListRewardsResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let member = Some(body.redeemable_by_member_id.as_str()).filter(|id| !id.is_empty());
+        let (rewards, next_page_token) = self
+            .engine
+            .rewards(&tenant, member, page_size(body.page_size), &body.page_token)
+            .await
+            .map_err(fail)?;
+        ok(v1::ListRewardsResponse {
+            rewards,
+            next_page_token,
+        })
+    }
+
+    async fn redeem_reward(
+        &self,
+        request: Request<v1::RedeemRewardRequest>,
+    ) -> Reply<v1::RedeemRewardResponse> {
+        let tenant = tenant(&request)?;
+        let key = key_id(&request);
+        let body = request.into_inner();
+        let redemption = self
+            .engine
+            .redeem(
+                &tenant,
+                &body.member_id,
+                &body.reward_id,
+                &body.order_id,
+                &key,
+            )
+            .await
+            .map_err(fail)?;
+        ok(v1::RedeemRewardResponse {
+            redemption: Some(redemption),
+        })
+    }
+
+    async fn commit_redemption(
+        &self,
+        request: Request<v1::CommitRedemptionRequest>,
+    ) -> Reply<v1::CommitRedemptionResponse> {
+        let tenant = tenant(&request)?;
+        let redemption = self
+            .engine
+            .resolve(
+                &tenant,
+                &request.get_ref().redemption_id,
+                Resolution::Commit,
+                "",
+            )
+            .await
+            .map_err(fail)?;
+        ok(v1::CommitRedemptionResponse {
+            redemption: Some(redemption),
+        })
+    }
+
+    async fn void_redemption(
+        &self,
+        request: Request<v1::VoidRedemptionRequest>,
+    ) -> Reply<v1::VoidRedemptionResponse> {
+        let tenant = tenant(&request)?;
+        let redemption = self
+            .engine
+            .resolve(
+                &tenant,
+                &request.get_ref().redemption_id,
+                Resolution::Void,
+                "",
+            )
+            .await
+            .map_err(fail)?;
+        ok(v1::VoidRedemptionResponse {
+            redemption: Some(redemption),
+        })
+    }
+
+    async fn reverse_redemption(
+        &self,
+        request: Request<v1::ReverseRedemptionRequest>,
+    ) -> Reply<v1::ReverseRedemptionResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let redemption = self
+            .engine
+            .resolve(
+                &tenant,
+                &body.redemption_id,
+                Resolution::Reverse,
+                &body.reason,
+            )
+            .await
+            .map_err(fail)?;
+        ok(v1::ReverseRedemptionResponse {
+            redemption: Some(redemption),
+        })
+    }
+
+    async fn get_redemption(
+        &self,
+        request: Request<v1::GetRedemptionRequest>,
+    ) -> Reply<v1::GetRedemptionResponse> {
+        let tenant = tenant(&request)?;
+        let redemption = self
+            .engine
+            .redemption(&tenant, &request.get_ref().redemption_id)
+            .await
+            .map_err(fail)?;
+        ok(v1::GetRedemptionResponse {
+            redemption: Some(redemption),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ProgramService for LoyaltyApi {
+    async fn get_program(
+        &self,
+        request: Request<v1::GetProgramRequest>,
+    ) -> Reply<v1::GetProgramResponse> {
+        let tenant = tenant(&request)?;
+        let (_, program) = self.engine.program(&tenant).await.map_err(fail)?;
+        ok(v1::GetProgramResponse {
+            program: Some(program),
+        })
+    }
+
+    async fn update_program(
+        &self,
+        request: Request<v1::UpdateProgramRequest>,
+    ) -> Reply<v1::UpdateProgramResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let program = self
+            .engine
+            .update_program(
+                &tenant,
+                &body.program.unwrap_or_default(),
+                &mask(body.update_mask),
+                body.expected_version,
+            )
+            .await
+            .map_err(fail)?;
+        ok(v1::UpdateProgramResponse {
+            program: Some(program),
+        })
+    }
+
+    async fn run_due_jobs(
+        &self,
+        request: Request<v1::RunDueJobsRequest>,
+    ) -> Reply<v1::RunDueJobsResponse> {
+        let tenant = tenant(&request)?;
+        let now_ms = self.engine.now_ms(&tenant).await.map_err(fail)?;
+        let report = self.engine.run_due(&tenant, now_ms).await.map_err(fail)?;
+        ok(v1::RunDueJobsResponse {
+            as_of_time: Some(timestamp_ms(now_ms)),
+            activated_lots: report.activated_lots,
+            expired_lots: report.expired_lots,
+            expired_holds: report.expired_holds,
+            tier_changes: report.tier_changes,
+        })
+    }
+
+    async fn reconcile_ledger(
+        &self,
+        request: Request<v1::ReconcileLedgerRequest>,
+    ) -> Reply<v1::ReconcileLedgerResponse> {
+        let tenant = tenant(&request)?;
+        ok(self.engine.reconcile(&tenant).await.map_err(fail)?)
+    }
+}

@@ -1,0 +1,363 @@
+//! The loyalty engine: the store, the points ledger, the tenant clock and the balance cache, and
+//! the one way a member's points change — [`Loyalty::commit_member`], which writes the ledger
+//! entry, the member record (lots), the points entries, other aggregates and the outbox events
+//! in one atomic commit. Every operation reads, decides with the pure rules, and commits; a
+//! concurrent writer makes the commit fail and the operation start over (`retrying!`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use commerce_api::commerce::loyalty::v1::{Balance, Member, PointsEntry};
+use fastpath::Cache;
+use ledger::{Ledger, LedgerError, Write, Written};
+use platform::clock::Clocks;
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, ReflectMessage};
+use store::{Commit, IdempotencyRecord, IndexEntry, OutboxEvent, Store, Versioned};
+
+use crate::error::LoyaltyError;
+use crate::records::{self, MemberRecord};
+
+/// Attempts of one operation before it reports contention.
+pub(crate) const MAX_ATTEMPTS: u32 = 64;
+
+/// How long a cached balance lives without being written through again.
+const BALANCE_TTL: Duration = Duration::from_secs(3600);
+
+/// The loyalty service's state and rules. Cheap to share (`Arc`).
+pub struct Loyalty {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) ledger: Ledger,
+    pub(crate) clocks: Clocks,
+    pub(crate) balances: Cache,
+}
+
+/// A member as read, with the version its next commit must match.
+#[derive(Debug, Clone)]
+pub(crate) struct MemberState {
+    pub version: u64,
+    pub record: MemberRecord,
+}
+
+impl MemberState {
+    pub fn member(&self) -> &Member {
+        self.record
+            .member
+            .as_ref()
+            .expect("a stored member record has its member")
+    }
+
+    pub fn id(&self) -> &str {
+        &self.member().member_id
+    }
+}
+
+/// What one commit changes besides the member record.
+#[derive(Default)]
+pub(crate) struct Change {
+    /// The ledger entry, if points move.
+    pub write: Option<Write>,
+    /// Points entries to add to the member's history (their `entry_hash` is read from the
+    /// ledger when listed).
+    pub entries: Vec<PointsEntry>,
+    /// Events the member emits.
+    pub events: Vec<DynamicMessage>,
+    /// Other aggregates changed at the same time.
+    pub also: Vec<Commit>,
+    /// The processed-event record, when an event consumer makes the change.
+    pub processed: Option<IdempotencyRecord>,
+}
+
+impl Change {
+    /// Adds an event.
+    pub fn emit(&mut self, event: &impl ReflectMessage) {
+        self.events.push(event.transcode_to_dynamic());
+    }
+}
+
+/// Sleeps a jittered pause that grows with `round`, so racing writers spread out.
+pub(crate) async fn back_off(round: u32) {
+    let ceiling = 200u64 << round.min(7);
+    tokio::time::sleep(Duration::from_micros(fastrand::u64(0..ceiling))).await;
+}
+
+/// Decodes a stored record.
+pub(crate) fn decode<M: prost::Message + Default>(
+    stored: &Versioned,
+    what: &str,
+) -> Result<M, LoyaltyError> {
+    M::decode(stored.data.as_ref())
+        .map_err(|error| LoyaltyError::Corrupt(format!("{what}: {error}")))
+}
+
+/// A commit of `data` at `expected_version` with `index`.
+pub(crate) fn commit(
+    key: store::AggregateKey,
+    expected_version: u64,
+    data: &impl prost::Message,
+    index: Vec<IndexEntry>,
+) -> Commit {
+    Commit {
+        key,
+        expected_version,
+        data: Bytes::from(data.encode_to_vec()),
+        index,
+        events: Vec::new(),
+        idempotency: None,
+    }
+}
+
+/// Unix seconds of a tenant-clock time in ms (floor).
+pub(crate) fn seconds(ms: i64) -> i64 {
+    ms.div_euclid(1000)
+}
+
+/// A protobuf timestamp of unix seconds.
+pub(crate) fn timestamp(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
+}
+
+/// A protobuf timestamp of unix ms.
+pub(crate) fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+impl Loyalty {
+    /// The engine over `store` (records and ledger), `clocks` (the tenant clock every decision
+    /// reads) and `balances` (the balance cache: Redis when configured).
+    pub fn new(store: Arc<dyn Store>, clocks: Clocks, balances: Cache) -> Self {
+        Loyalty {
+            ledger: Ledger::new(store.clone()),
+            store,
+            clocks,
+            balances,
+        }
+    }
+
+    /// The ledger (for operators and tests).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The tenant's clock now, in unix ms.
+    pub async fn now_ms(&self, tenant: &str) -> Result<i64, LoyaltyError> {
+        Ok(self.clocks.now(tenant).await?.now_ms)
+    }
+
+    /// A member by id.
+    pub(crate) async fn load_member(
+        &self,
+        tenant: &str,
+        member_id: &str,
+    ) -> Result<MemberState, LoyaltyError> {
+        let stored = self
+            .store
+            .load(&records::key(tenant, records::MEMBER, member_id))
+            .await?
+            .ok_or_else(|| LoyaltyError::NotFound {
+                resource: "member",
+                id: member_id.to_owned(),
+            })?;
+        Ok(MemberState {
+            version: stored.version,
+            record: decode(&stored, "member")?,
+        })
+    }
+
+    /// Commits `record` as the member's next state with `change`, atomically; see the module
+    /// docs. Returns the ledger write's outcome, if there was one.
+    pub(crate) async fn commit_member(
+        &self,
+        tenant: &str,
+        state: &MemberState,
+        mut record: MemberRecord,
+        change: Change,
+        now_ms: i64,
+    ) -> Result<Option<Written>, LoyaltyError> {
+        let member_id = state.id().to_owned();
+        let version = state.version + 1;
+        record.changed_at_ms = now_ms;
+        if let Some(member) = record.member.as_mut() {
+            member.version = version as i64;
+        }
+        let mut entry_commits = Vec::new();
+        for mut entry in change.entries {
+            entry.member_id.clone_from(&member_id);
+            entry.create_time = Some(timestamp_ms(now_ms));
+            let id = records::points_entry_id(&member_id, record.entry_count);
+            record.entry_count += 1;
+            entry_commits.push(commit(
+                records::key(tenant, records::POINTS_ENTRY, &id),
+                0,
+                &entry,
+                vec![records::entries_of(&member_id)],
+            ));
+        }
+        let key = records::key(tenant, records::MEMBER, &member_id);
+        let source = events::EventSource {
+            aggregate: key.clone(),
+            version,
+            occurred_at: std::time::UNIX_EPOCH + Duration::from_millis(now_ms.max(0) as u64),
+            traceparent: None,
+            tracestate: None,
+        };
+        let mut member_commit = commit(key, state.version, &record, vec![records::all_members()]);
+        member_commit.events = change
+            .events
+            .iter()
+            .map(|event| events::envelope::outbox_event(&source, event))
+            .collect::<Vec<OutboxEvent>>();
+        member_commit.idempotency = change.processed;
+        let mut commits = vec![member_commit];
+        commits.extend(entry_commits);
+        commits.extend(change.also);
+        let written = match change.write {
+            Some(write) => Some(
+                self.write_ledger(tenant, &member_id, write, commits)
+                    .await?,
+            ),
+            None => {
+                self.store.commit_all(commits).await?;
+                None
+            }
+        };
+        self.refresh_balance(tenant, &member_id).await;
+        Ok(written)
+    }
+
+    /// The ledger write with the other commits, opening the member's accounts if an earlier
+    /// enrolment stopped before it did.
+    async fn write_ledger(
+        &self,
+        tenant: &str,
+        member_id: &str,
+        write: Write,
+        commits: Vec<Commit>,
+    ) -> Result<Written, LoyaltyError> {
+        match self
+            .ledger
+            .write_with(tenant, write.clone(), commits.clone())
+            .await
+        {
+            Err(LedgerError::UnknownAccount { .. }) => {
+                self.open_accounts(tenant, member_id).await?;
+                Ok(self.ledger.write_with(tenant, write, commits).await?)
+            }
+            outcome => Ok(outcome?),
+        }
+    }
+
+    /// `entry` with its ledger entry's hash and time filled in (when it has a ledger entry).
+    pub(crate) async fn with_hash(
+        &self,
+        tenant: &str,
+        mut entry: PointsEntry,
+    ) -> Result<PointsEntry, LoyaltyError> {
+        if entry.entry_id.is_empty() {
+            return Ok(entry);
+        }
+        if let Some(recorded) = self.ledger.entry(tenant, &entry.entry_id).await? {
+            entry.entry_hash = crate::members::hex(&recorded.hash);
+            entry.create_time = Some(timestamp_ms(recorded.occurred_at));
+        }
+        Ok(entry)
+    }
+
+    /// Opens the program's accounts and the member's (idempotent). The pending account may
+    /// never go negative (floor 0); the active one may, within the program's
+    /// `max_negative_points`, which the service enforces (a ledger floor is fixed when an
+    /// account opens, the program's limit is not).
+    pub(crate) async fn open_accounts(
+        &self,
+        tenant: &str,
+        member_id: &str,
+    ) -> Result<(), LoyaltyError> {
+        for name in [records::ISSUED, records::REDEEMED, records::BREAKAGE] {
+            self.ledger
+                .open_account(tenant, name, records::POINTS, None)
+                .await?;
+        }
+        self.ledger
+            .open_account(
+                tenant,
+                &records::pending_account(member_id),
+                records::POINTS,
+                Some(0),
+            )
+            .await?;
+        self.ledger
+            .open_account(
+                tenant,
+                &records::active_account(member_id),
+                records::POINTS,
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn balance_key(tenant: &str, member_id: &str) -> String {
+        format!("loyalty:balance:{{{tenant}}}:{member_id}")
+    }
+
+    /// The member's balance: from the cache (Redis) when there, else from the store — the
+    /// ledger's accounts and the member record — and cached.
+    pub async fn balance(&self, tenant: &str, member_id: &str) -> Result<Balance, LoyaltyError> {
+        let key = Self::balance_key(tenant, member_id);
+        let bytes = self
+            .balances
+            .get_or_load(&key, BALANCE_TTL, || async {
+                let balance = self.balance_from_store(tenant, member_id).await?;
+                Ok::<_, LoyaltyError>(Bytes::from(balance.encode_to_vec()))
+            })
+            .await?;
+        Balance::decode(bytes.as_ref()).map_err(|error| LoyaltyError::Corrupt(error.to_string()))
+    }
+
+    /// The balance read from the store alone.
+    pub async fn balance_from_store(
+        &self,
+        tenant: &str,
+        member_id: &str,
+    ) -> Result<Balance, LoyaltyError> {
+        let state = self.load_member(tenant, member_id).await?;
+        let account = async |name: String| -> Result<ledger::Balances, LoyaltyError> {
+            Ok(self
+                .ledger
+                .account(tenant, &name)
+                .await?
+                .map(|account| account.balances)
+                .unwrap_or_default())
+        };
+        let active = account(records::active_account(member_id)).await?;
+        let pending = account(records::pending_account(member_id)).await?;
+        Ok(Balance {
+            member_id: member_id.to_owned(),
+            available_points: active.available(),
+            active_points: active.posted,
+            held_points: active.pending_debits,
+            pending_points: pending.posted,
+            lifetime_points: state.record.lifetime_points,
+            tier_id: state.member().tier_id.clone(),
+            as_of_time: Some(timestamp_ms(state.record.changed_at_ms)),
+        })
+    }
+
+    /// Writes the member's new balance through to the cache after a commit. A failure only
+    /// costs a cache miss (the cache marks the key stale).
+    async fn refresh_balance(&self, tenant: &str, member_id: &str) {
+        let key = Self::balance_key(tenant, member_id);
+        match self.balance_from_store(tenant, member_id).await {
+            Ok(balance) => {
+                self.balances
+                    .write_through(&key, &Bytes::from(balance.encode_to_vec()), BALANCE_TTL)
+                    .await
+            }
+            Err(_) => self.balances.invalidate(&key).await,
+        }
+    }
+}
