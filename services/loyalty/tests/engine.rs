@@ -459,3 +459,47 @@ async fn each_change_emits_its_event_in_the_same_commit() {
         ],
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balances_from_redis_equal_the_store_and_survive_redis_going_away() {
+    let mut redis = fastpath::testing::RedisServer::start();
+    let degraded = fastpath::Degraded::default();
+    let connection = fastpath::connect(&redis.url()).await.unwrap();
+    let cache = fastpath::Cache::new(Some(connection.clone()), degraded.clone());
+    let store: Arc<dyn store::Store> = Arc::new(store::EmbeddedStore::in_memory().unwrap());
+    let world = World::with(store, cache).await;
+    world.program(|program| simple_program(program, 1, 0)).await;
+    let member = world.member("c-1", true).await;
+    let same = async |why: &str| {
+        let served = world.balance(&member).await;
+        let stored = world
+            .engine
+            .balance_from_store(TENANT, &member)
+            .await
+            .unwrap();
+        assert_eq!(served, stored, "{why}");
+        served
+    };
+    world.accrue(&member, "o-1", 4_200).await;
+    // The write-through put it in Redis: the cached copy is the balance, byte for byte.
+    let key = format!("cache:loyalty:balance:{{{TENANT}}}:{member}");
+    let mut redis_connection = connection.clone();
+    let cached: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis_connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        <commerce_api::commerce::loyalty::v1::Balance as prost::Message>::decode(cached.as_slice())
+            .unwrap(),
+        same("after accrual").await
+    );
+    world.advance_days(1).await;
+    assert_eq!(same("after activation").await.active_points, 42);
+
+    redis.kill();
+    world.accrue(&member, "o-2", 1_000).await;
+    world.advance_days(1).await;
+    let balance = same("with Redis gone").await;
+    assert_eq!((balance.active_points, balance.lifetime_points), (52, 52));
+}
