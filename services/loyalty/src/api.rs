@@ -220,6 +220,7 @@ impl PointsService for LoyaltyApi {
             currency_code: total.currency_code,
             lines,
             eligible_minor: total.amount_minor,
+            paid_at: None,
         };
         let (entry, accrued_now) = self
             .engine

@@ -88,6 +88,7 @@ impl EventHandler for CheckoutEvents {
                         })
                         .collect(),
                     eligible_minor: eligible.amount_minor,
+                    paid_at: paid.paid_time.map(|time| time.seconds),
                 };
                 settled(self.engine.accrue(tenant, &order, record).await.map(drop))
             }

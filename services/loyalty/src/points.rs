@@ -40,6 +40,10 @@ pub struct PaidOrder {
     pub lines: Vec<PaidLine>,
     /// Eligible amount, minor units.
     pub eligible_minor: i64,
+    /// When it was paid (unix seconds), if known: campaigns, the lock period and tier windows
+    /// count from then, so an event that waited on the bus earns what it earned when paid.
+    /// Later than the tenant clock's now counts as now.
+    pub paid_at: Option<i64>,
 }
 
 impl PaidOrder {
@@ -141,11 +145,12 @@ impl Loyalty {
                 })
                 .collect();
             let tier = Some(state.member().tier_id.as_str()).filter(|tier| !tier.is_empty());
-            let earned = earning::earn_points(&program, &order.currency_code, &eligible, now, tier)
+            let paid_at = order.paid_at.map_or(now, |paid_at| paid_at.min(now));
+            let earned = earning::earn_points(&program, &order.currency_code, &eligible, paid_at, tier)
                 .map_err(|error| LoyaltyError::invalid("lines", error.to_string()))?;
             let points = earned.total;
             let entry_id = format!("accrual:{}", order.order_id);
-            let activates_at = expiry::activates_at(program.pending_days, now);
+            let activates_at = expiry::activates_at(program.pending_days, paid_at);
             let at_once = activates_at <= now;
             let mut record = state.record.clone();
             let mut change = Change::default();
@@ -178,7 +183,7 @@ impl Loyalty {
                     program
                         .expiry
                         .as_ref()
-                        .and_then(|policy| expiry::expires_at(policy, now))
+                        .and_then(|policy| expiry::expires_at(policy, activates_at))
                 } else {
                     None
                 };
@@ -205,7 +210,7 @@ impl Loyalty {
                 });
             }
             let qualifying = QualifyingRecord {
-                at: now,
+                at: paid_at,
                 points,
                 spend_minor: earned.eligible_spend_minor,
             };

@@ -27,6 +27,7 @@ async fn an_order_accrues_once_and_a_changed_repeat_is_a_conflict() {
         currency_code: "USD".into(),
         lines: Vec::new(),
         eligible_minor: 9_999,
+        paid_at: None,
     };
     assert!(matches!(
         world.engine.accrue(TENANT, &changed, None).await,
@@ -502,4 +503,26 @@ async fn balances_from_redis_equal_the_store_and_survive_redis_going_away() {
     world.advance_days(1).await;
     let balance = same("with Redis gone").await;
     assert_eq!((balance.active_points, balance.lifetime_points), (52, 52));
+}
+
+#[tokio::test]
+async fn a_late_order_paid_event_earns_and_locks_from_when_the_order_was_paid() {
+    let world = World::new().await;
+    world.program(|program| simple_program(program, 3, 0)).await;
+    let member = world.member("c-1", true).await;
+    let paid_ms = world.now_ms().await;
+    world.advance_days(2).await; // the event sat on the bus for two days
+    let order = PaidOrder {
+        member_id: member.clone(),
+        order_id: "o-1".into(),
+        currency_code: "USD".into(),
+        lines: Vec::new(),
+        eligible_minor: 1_000,
+        paid_at: Some(paid_ms / 1000),
+    };
+    world.engine.accrue(TENANT, &order, None).await.unwrap();
+    assert_eq!(world.balance(&member).await.pending_points, 10);
+    world.advance_days(1).await; // three days after payment, not after delivery
+    let balance = world.balance(&member).await;
+    assert_eq!((balance.pending_points, balance.active_points), (0, 10));
 }

@@ -95,6 +95,7 @@ async fn run(pending_days: i32, expiry_days: i32, max_negative: i64, ops: Vec<Op
                     currency_code: "USD".into(),
                     lines: Vec::new(),
                     eligible_minor: cents,
+                    paid_at: None,
                 };
                 orders.push((member, order_id));
                 world.engine.accrue(TENANT, &order, None).await.map(drop)

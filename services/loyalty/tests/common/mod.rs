@@ -101,6 +101,7 @@ impl World {
             currency_code: "USD".into(),
             lines: Vec::new(),
             eligible_minor: cents,
+            paid_at: None,
         };
         let (entry, _) = self.engine.accrue(TENANT, &order, None).await.unwrap();
         entry.active_delta + entry.pending_delta
