@@ -146,8 +146,9 @@ impl Loyalty {
                 .collect();
             let tier = Some(state.member().tier_id.as_str()).filter(|tier| !tier.is_empty());
             let paid_at = order.paid_at.map_or(now, |paid_at| paid_at.min(now));
-            let earned = earning::earn_points(&program, &order.currency_code, &eligible, paid_at, tier)
-                .map_err(|error| LoyaltyError::invalid("lines", error.to_string()))?;
+            let earned =
+                earning::earn_points(&program, &order.currency_code, &eligible, paid_at, tier)
+                    .map_err(|error| LoyaltyError::invalid("lines", error.to_string()))?;
             let points = earned.total;
             let entry_id = format!("accrual:{}", order.order_id);
             let activates_at = expiry::activates_at(program.pending_days, paid_at);
