@@ -2,7 +2,9 @@
 //! and Connect on one port (HTTP/1.1 and cleartext HTTP/2) with health, reflection, CORS and
 //! graceful shutdown; the interceptor stack (request id, load shedding, deadlines, JWT auth,
 //! contract-driven authorization, tenant, rate limit, validation, RED metrics, logs); the admin
-//! port. The outbound client stack is still to come (issue #4).
+//! port; the outbound call policy for dependencies ([`outbound`]: timeouts, retries with jitter
+//! for idempotent callees, circuit breaker); the tenant clock ([`clock`]); page tokens
+//! ([`page_token`]).
 //!
 //! It knows nothing of commerce: services register themselves with their descriptor sets.
 
@@ -11,6 +13,8 @@ mod api_error;
 pub mod clock;
 mod cors;
 pub mod interceptors;
+pub mod outbound;
+pub mod page_token;
 mod server;
 mod shutdown;
 

@@ -88,6 +88,12 @@ pub enum LoyaltyError {
     Corrupt(String),
 }
 
+impl From<platform::page_token::InvalidPageToken> for LoyaltyError {
+    fn from(_: platform::page_token::InvalidPageToken) -> Self {
+        LoyaltyError::InvalidPageToken
+    }
+}
+
 impl LoyaltyError {
     /// Invalid `field`.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {

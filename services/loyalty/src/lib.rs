@@ -45,7 +45,6 @@ pub mod expiry;
 mod jobs;
 pub mod lots;
 pub mod members;
-mod page_token;
 pub mod points;
 mod program;
 mod reconcile;

@@ -7,9 +7,9 @@ use commerce_api::commerce::loyalty::v1::{
 use crate::engine::{Change, Loyalty, commit, decode, seconds, timestamp, timestamp_ms};
 use crate::error::LoyaltyError;
 use crate::lots;
-use crate::page_token;
 use crate::records::{self, MemberRecord};
 use crate::wallet;
+use platform::page_token;
 
 /// What `EnrollMember` asks for.
 #[derive(Debug, Clone, Default)]

@@ -249,7 +249,7 @@ impl Loyalty {
             None => None,
         };
         let scope = format!("rewards:{}", redeemable_by.unwrap_or_default());
-        let start = crate::page_token::decode(&scope, page_token)?;
+        let start = platform::page_token::decode(&scope, page_token)?;
         let mut pages = store::Pages::new(
             self.store.as_ref(),
             tenant,
@@ -272,7 +272,7 @@ impl Loyalty {
                 if keep {
                     rewards.push(reward);
                     if rewards.len() == page_size {
-                        return Ok((rewards, crate::page_token::encode(&scope, &id)));
+                        return Ok((rewards, platform::page_token::encode(&scope, &id)));
                     }
                 }
             }

@@ -1,8 +1,27 @@
-//! Opaque page tokens: the position to continue after, bound to the list it came from, so a
+//! Opaque page tokens (AIP-158): the position to continue after, bound to the list it came from, so a
 //! token from another list (or made up) is refused with `INVALID_PAGE_TOKEN` instead of quietly
 //! starting somewhere else.
 
-use crate::error::LoyaltyError;
+use commerce_api::commerce::common::v1::ErrorReason;
+use tonic::Code;
+
+use crate::ApiError;
+
+/// A page token the list did not give out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the page token was not issued by this list")]
+pub struct InvalidPageToken;
+
+impl From<InvalidPageToken> for ApiError {
+    fn from(error: InvalidPageToken) -> Self {
+        ApiError::new(
+            Code::InvalidArgument,
+            ErrorReason::InvalidPageToken,
+            error.to_string(),
+        )
+        .with_field_violation("page_token", "was not issued by this list")
+    }
+}
 
 /// The token continuing list `scope` after `position`.
 pub fn encode(scope: &str, position: &str) -> String {
@@ -13,7 +32,7 @@ pub fn encode(scope: &str, position: &str) -> String {
 }
 
 /// The position a token of list `scope` continues after; `None` for the first page.
-pub fn decode(scope: &str, token: &str) -> Result<Option<String>, LoyaltyError> {
+pub fn decode(scope: &str, token: &str) -> Result<Option<String>, InvalidPageToken> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -30,7 +49,7 @@ pub fn decode(scope: &str, token: &str) -> Result<Option<String>, LoyaltyError> 
         Some((from, position)) if from == scope && !position.is_empty() => {
             Ok(Some(position.to_owned()))
         }
-        _ => Err(LoyaltyError::InvalidPageToken),
+        _ => Err(InvalidPageToken),
     }
 }
 
@@ -51,10 +70,7 @@ mod tests {
             "not-a-token".into(),
             "abc".into(),
         ] {
-            assert_eq!(
-                decode("entries:m-1", &foreign),
-                Err(LoyaltyError::InvalidPageToken)
-            );
+            assert_eq!(decode("entries:m-1", &foreign), Err(InvalidPageToken));
         }
     }
 }

@@ -1,0 +1,500 @@
+//! The outbound call policy: how a service calls a dependency (the PSP, another service).
+//!
+//! Every call through an [`Outbound`] gets
+//!
+//! - a **per-attempt timeout** that never outlives the caller's own deadline ([`Outbound::call_until`]);
+//! - **retries** with exponential backoff and full jitter — only when the callee is idempotent
+//!   ([`Idempotent::Yes`]) *and* the failure is transient ([`Classify::retryable`], or a timeout).
+//!   Retrying a non-idempotent call could charge a card twice, so its timeout is reported as
+//!   [`OutboundError::Timeout`] (outcome unknown) for the caller to resolve, e.g. by asking the
+//!   PSP for the payment by reference;
+//! - a **circuit breaker**, shared by every clone: after `failure_threshold` consecutive unhealthy
+//!   outcomes (timeouts, errors whose [`Classify::counts_against_breaker`] is true) it opens and
+//!   calls fail fast with [`OutboundError::CircuitOpen`] without reaching the dependency; after
+//!   `open_for` it half-opens and lets one trial call through: success closes it, failure re-opens
+//!   it. A business answer (a hard decline) is a healthy dependency saying no: it never opens the
+//!   breaker, and it resets the count of consecutive failures.
+//!
+//! Retries and breaker state changes are logged as `tracing` events (target `outbound`) carrying
+//! the dependency name, the attempt number and the state. There are no Prometheus metrics yet:
+//! the RPC [`Metrics`](crate::interceptors::Metrics) registry is built privately for inbound RPCs
+//! and has no hook to register more.
+//!
+//! Time is `tokio::time`, so tests can pause and advance it.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use platform::outbound::{Classify, Idempotent, Outbound, OutboundError, OutboundPolicy};
+//!
+//! enum PspError { Unavailable, Declined }
+//!
+//! impl Classify for PspError {
+//!     fn retryable(&self) -> bool { matches!(self, PspError::Unavailable) }
+//! }
+//!
+//! # async fn example() -> Result<(), OutboundError<PspError>> {
+//! let psp = Outbound::new(OutboundPolicy { timeout: Duration::from_secs(3), ..OutboundPolicy::new("psp") });
+//! let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+//! // Idempotent because every attempt carries the same idempotency key.
+//! let authorization = psp
+//!     .call_until(deadline, Idempotent::Yes, |attempt| async move {
+//!         let _ = attempt; // send the authorization here
+//!         Ok::<_, PspError>("auth_123")
+//!     })
+//!     .await?;
+//! # let _ = authorization; Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How a dependency is called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundPolicy {
+    /// The dependency's name, for logs (`psp`, `loyalty`).
+    pub name: String,
+    /// Time allowed to each attempt.
+    pub timeout: Duration,
+    /// Attempts per call, the first included (0 behaves as 1). Only idempotent calls get more
+    /// than one.
+    pub max_attempts: u32,
+    /// Ceiling of the first retry's delay; doubles per retry.
+    pub backoff_base: Duration,
+    /// Largest ceiling of a retry's delay.
+    pub backoff_max: Duration,
+    /// When to stop calling an unhealthy dependency.
+    pub breaker: BreakerConfig,
+}
+
+impl OutboundPolicy {
+    /// Defaults for the dependency `name`: 2 s per attempt, 3 attempts, backoff 50 ms doubling to
+    /// at most 1 s, and the default [`BreakerConfig`].
+    pub fn new(name: impl Into<String>) -> Self {
+        OutboundPolicy {
+            name: name.into(),
+            timeout: Duration::from_secs(2),
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            breaker: BreakerConfig::default(),
+        }
+    }
+
+    /// The largest delay before the retry that follows attempt `attempt` (1-based):
+    /// `min(backoff_max, backoff_base · 2^(attempt-1))`. The actual delay is uniformly random in
+    /// `[0, ceiling]` ("full jitter"), so callers that failed together do not retry together.
+    pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
+        self.backoff_base
+            .saturating_mul(1 << attempt.saturating_sub(1).min(30))
+            .min(self.backoff_max)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = u64::try_from(self.backoff_ceiling(attempt).as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(fastrand::u64(0..=ceiling))
+    }
+}
+
+/// When the circuit breaker opens and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive unhealthy outcomes that open the breaker (0 behaves as 1).
+    pub failure_threshold: u32,
+    /// How long it stays open before letting one trial call through.
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    /// Opens after 5 consecutive failures, for 10 s.
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether the callee makes a repeated request harmless (an idempotency key, a read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotent {
+    /// Repeating the request cannot repeat its effect: transient failures are retried.
+    Yes,
+    /// It might: one attempt only.
+    No,
+}
+
+/// What a caller knows about its dependency's errors.
+pub trait Classify {
+    /// A transient failure that a repeat of an idempotent request may get past (PSP
+    /// `Unavailable`: yes; a hard decline: no).
+    fn retryable(&self) -> bool;
+
+    /// The error says the dependency is unhealthy, so it counts toward opening the breaker.
+    /// Defaults to [`retryable`](Classify::retryable); a business answer must say false.
+    fn counts_against_breaker(&self) -> bool {
+        self.retryable()
+    }
+}
+
+/// gRPC dependencies: `UNAVAILABLE`, `DEADLINE_EXCEEDED` and `ABORTED` (a concurrent duplicate)
+/// are worth a retry; `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`, `UNKNOWN` and `DATA_LOSS`
+/// count against the breaker. Everything else is the dependency answering.
+impl Classify for tonic::Status {
+    fn retryable(&self) -> bool {
+        use tonic::Code::*;
+        matches!(self.code(), Unavailable | DeadlineExceeded | Aborted)
+    }
+
+    fn counts_against_breaker(&self) -> bool {
+        use tonic::Code::*;
+        matches!(
+            self.code(),
+            Unavailable | DeadlineExceeded | Internal | Unknown | DataLoss
+        )
+    }
+}
+
+/// Why an outbound call did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError<E> {
+    /// The last attempt's error (not retried: not retryable, not idempotent, out of attempts, or
+    /// no time left before the deadline).
+    #[error("the dependency returned an error")]
+    Failed(E),
+    /// The last attempt was abandoned by its timeout or by the caller's deadline: its outcome is
+    /// unknown. A non-idempotent caller must resolve it (look the operation up) before acting.
+    #[error("the dependency did not answer in time; the outcome is unknown")]
+    Timeout,
+    /// The breaker is open: nothing was sent. Try again after `retry_after`.
+    #[error("the dependency's circuit breaker is open; retry after {retry_after:?}")]
+    CircuitOpen {
+        /// When the breaker will let a trial call through (at the earliest).
+        retry_after: Duration,
+    },
+    /// The caller's deadline had passed before the first attempt: nothing was sent.
+    #[error("the caller's deadline passed before the dependency was called")]
+    DeadlineExceeded,
+}
+
+impl<E> OutboundError<E> {
+    /// True when the dependency may have acted on a request whose answer was lost.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, OutboundError::Timeout)
+    }
+}
+
+/// The breaker's state, as a caller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail fast.
+    Open,
+    /// `open_for` has passed: the next call is the trial (or the trial is in flight).
+    HalfOpen,
+}
+
+impl BreakerState {
+    fn name(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Calls one dependency under an [`OutboundPolicy`]. Cheap to clone; clones share the breaker.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    policy: OutboundPolicy,
+    breaker: Mutex<Breaker>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Breaker {
+    Closed { consecutive_failures: u32 },
+    Open { until: Instant },
+    HalfOpen { trial_in_flight: bool },
+}
+
+/// Whether an attempt's outcome says the dependency is healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Healthy,
+    Unhealthy,
+}
+
+impl Outbound {
+    /// A client of the dependency described by `policy`, its breaker closed.
+    pub fn new(policy: OutboundPolicy) -> Self {
+        Outbound {
+            inner: Arc::new(Inner {
+                policy,
+                breaker: Mutex::new(Breaker::Closed {
+                    consecutive_failures: 0,
+                }),
+            }),
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &OutboundPolicy {
+        &self.inner.policy
+    }
+
+    /// The breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        match *self.inner.lock() {
+            Breaker::Closed { .. } => BreakerState::Closed,
+            Breaker::Open { until } if Instant::now() < until => BreakerState::Open,
+            Breaker::Open { .. } | Breaker::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Calls `attempt(n)` (n = 1, 2, ...) under the policy, with no deadline beyond the
+    /// per-attempt timeouts.
+    pub async fn call<T, E, F, Fut>(
+        &self,
+        idempotent: Idempotent,
+        attempt: F,
+    ) -> Result<T, OutboundError<E>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Classify,
+    {
+        self.run(None, idempotent, attempt).await
+    }
+
+    /// Like [`call`](Outbound::call), finished by `deadline` (a `tokio` or `std` instant, e.g.
+    /// the inbound call's [`Deadline`](crate::interceptors::Deadline)): each attempt is cut at
+    /// the deadline, and no retry starts whose backoff would reach it.
+    pub async fn call_until<T, E, F, Fut>(
+        &self,
+        deadline: impl Into<Instant>,
+        idempotent: Idempotent,
+        attempt: F,
+    ) -> Result<T, OutboundError<E>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Classify,
+    {
+        self.run(Some(deadline.into()), idempotent, attempt).await
+    }
+
+    async fn run<T, E, F, Fut>(
+        &self,
+        deadline: Option<Instant>,
+        idempotent: Idempotent,
+        mut attempt: F,
+    ) -> Result<T, OutboundError<E>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Classify,
+    {
+        let policy = &self.inner.policy;
+        let mut number = 0;
+        loop {
+            number += 1;
+            let now = Instant::now();
+            if deadline.is_some_and(|deadline| deadline <= now) {
+                return Err(OutboundError::DeadlineExceeded);
+            }
+            let permit = self.inner.admit(number)?;
+            // The attempt ends at its own timeout or the caller's deadline, whichever is first.
+            let timeout_at = now + policy.timeout;
+            let cut_by_deadline = deadline.filter(|deadline| *deadline < timeout_at);
+            let end = cut_by_deadline.unwrap_or(timeout_at);
+            let last = match tokio::time::timeout_at(end, attempt(number)).await {
+                Ok(Ok(value)) => {
+                    permit.settle(Health::Healthy);
+                    return Ok(value);
+                }
+                Ok(Err(error)) => {
+                    permit.settle(if error.counts_against_breaker() {
+                        Health::Unhealthy
+                    } else {
+                        Health::Healthy
+                    });
+                    if idempotent == Idempotent::No || !error.retryable() {
+                        return Err(OutboundError::Failed(error));
+                    }
+                    OutboundError::Failed(error)
+                }
+                // The caller ran out of time, not the dependency: no verdict on its health.
+                Err(_) if cut_by_deadline.is_some() => return Err(OutboundError::Timeout),
+                Err(_) => {
+                    permit.settle(Health::Unhealthy);
+                    if idempotent == Idempotent::No {
+                        return Err(OutboundError::Timeout);
+                    }
+                    OutboundError::Timeout
+                }
+            };
+            if number >= policy.max_attempts {
+                return Err(last);
+            }
+            let delay = policy.backoff(number);
+            if deadline.is_some_and(|deadline| Instant::now() + delay >= deadline) {
+                return Err(last);
+            }
+            tracing::warn!(
+                target: "outbound",
+                dependency = %policy.name,
+                attempt = number,
+                delay_ms = delay.as_secs_f64() * 1000.0,
+                reason = match last { OutboundError::Timeout => "timeout", _ => "retryable error" },
+                "retrying outbound call"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        // No code panics while holding the lock; a poisoned state is still a valid state.
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lets attempt `number` through, or says how long the breaker stays open.
+    fn admit<E>(&self, number: u32) -> Result<Permit<'_>, OutboundError<E>> {
+        let mut breaker = self.lock();
+        let trial = match *breaker {
+            Breaker::Closed { .. } => false,
+            Breaker::Open { until } => {
+                let now = Instant::now();
+                if now < until {
+                    return Err(OutboundError::CircuitOpen {
+                        retry_after: until - now,
+                    });
+                }
+                true
+            }
+            // The trial settles within one attempt timeout.
+            Breaker::HalfOpen {
+                trial_in_flight: true,
+            } => {
+                return Err(OutboundError::CircuitOpen {
+                    retry_after: self.policy.timeout,
+                });
+            }
+            Breaker::HalfOpen {
+                trial_in_flight: false,
+            } => true,
+        };
+        if trial {
+            let was_open = matches!(*breaker, Breaker::Open { .. });
+            *breaker = Breaker::HalfOpen {
+                trial_in_flight: true,
+            };
+            drop(breaker);
+            if was_open {
+                self.log_change(BreakerState::HalfOpen, number, 0);
+            }
+        }
+        Ok(Permit {
+            inner: self,
+            trial,
+            number,
+            settled: false,
+        })
+    }
+
+    fn log_change(&self, state: BreakerState, attempt: u32, consecutive_failures: u32) {
+        let dependency = &self.policy.name;
+        let opened = state == BreakerState::Open;
+        let state = state.name();
+        if opened {
+            tracing::warn!(target: "outbound", %dependency, attempt, state, consecutive_failures, "circuit breaker state changed");
+        } else {
+            tracing::info!(target: "outbound", %dependency, attempt, state, "circuit breaker state changed");
+        }
+    }
+}
+
+/// One admitted attempt; its outcome updates the breaker. Dropped unsettled (the caller gave up,
+/// or its deadline cut the attempt), a trial frees the half-open slot for the next caller.
+struct Permit<'a> {
+    inner: &'a Inner,
+    trial: bool,
+    number: u32,
+    settled: bool,
+}
+
+impl Permit<'_> {
+    fn settle(mut self, health: Health) {
+        self.settled = true;
+        let inner = self.inner;
+        let mut breaker = inner.lock();
+        let threshold = inner.policy.breaker.failure_threshold.max(1);
+        let open = Breaker::Open {
+            until: Instant::now() + inner.policy.breaker.open_for,
+        };
+        let change = match (*breaker, health) {
+            (Breaker::Closed { .. }, Health::Healthy) => {
+                *breaker = Breaker::Closed {
+                    consecutive_failures: 0,
+                };
+                None
+            }
+            (
+                Breaker::Closed {
+                    consecutive_failures,
+                },
+                Health::Unhealthy,
+            ) => {
+                let failures = consecutive_failures.saturating_add(1);
+                if failures >= threshold {
+                    *breaker = open;
+                    Some((BreakerState::Open, failures))
+                } else {
+                    *breaker = Breaker::Closed {
+                        consecutive_failures: failures,
+                    };
+                    None
+                }
+            }
+            (Breaker::HalfOpen { .. }, Health::Healthy) if self.trial => {
+                *breaker = Breaker::Closed {
+                    consecutive_failures: 0,
+                };
+                Some((BreakerState::Closed, 0))
+            }
+            (Breaker::HalfOpen { .. }, Health::Unhealthy) if self.trial => {
+                *breaker = open;
+                Some((BreakerState::Open, 1))
+            }
+            // Outcomes of calls admitted before the breaker opened are stale: ignored.
+            _ => None,
+        };
+        drop(breaker);
+        if let Some((state, failures)) = change {
+            inner.log_change(state, self.number, failures);
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.trial && !self.settled {
+            let mut breaker = self.inner.lock();
+            if let Breaker::HalfOpen { .. } = *breaker {
+                *breaker = Breaker::HalfOpen {
+                    trial_in_flight: false,
+                };
+            }
+        }
+    }
+}
