@@ -1,6 +1,6 @@
 //! The Redis fast path and its in-process stand-ins: a GCRA rate limiter (one Lua script, so the
 //! check-and-update is atomic across service replicas), locks with expiry, and a read-through
-//! cache with stampede protection. Every piece works without Redis, and keeps working — locally —
+//! cache with stampede protection, and versioned records with a time to live ([`TtlRecords`]). Every piece works without Redis, and keeps working — locally —
 //! when a configured Redis fails; [`Degraded`] tells health checks when that is happening.
 //! Redis is one server or a Redis Cluster, chosen by the URL given to [`connect`].
 
@@ -9,6 +9,7 @@ mod connection;
 mod degraded;
 mod gcra;
 mod lock;
+mod records;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -17,3 +18,4 @@ pub use connection::{Redis, connect};
 pub use degraded::Degraded;
 pub use gcra::{Decision, GcraLimit, RateLimiter};
 pub use lock::{LockGuard, Locks};
+pub use records::{RecordError, TtlRecords};

@@ -205,3 +205,28 @@ async fn a_dead_redis_is_bypassed_by_the_cache_and_reads_still_work() {
     assert_eq!(&value[..], b"from the store");
     assert!(degraded.is_degraded());
 }
+
+#[tokio::test]
+async fn ttl_records_compare_and_set_and_expire() {
+    let server = RedisServer::start();
+    let records = fastpath::TtlRecords::new(fastpath::connect(&server.url()).await.unwrap());
+    let ttl = std::time::Duration::from_millis(300);
+    assert!(records.load("cart:1").await.unwrap().is_none());
+    let first = bytes::Bytes::from_static(b"one");
+    assert_eq!(records.save("cart:1", 0, &first, ttl).await.unwrap(), 1);
+    // A writer that read version 0 loses to the one that wrote version 1.
+    assert!(matches!(
+        records.save("cart:1", 0, &first, ttl).await,
+        Err(fastpath::RecordError::Conflict { found: 1, .. })
+    ));
+    let second = bytes::Bytes::from_static(b"two");
+    assert_eq!(records.save("cart:1", 1, &second, ttl).await.unwrap(), 2);
+    assert_eq!(records.load("cart:1").await.unwrap(), Some((2, second)));
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(records.load("cart:1").await.unwrap().is_none(), "expired");
+    assert_eq!(
+        records.save("cart:1", 0, &first, ttl).await.unwrap(),
+        1,
+        "recreated"
+    );
+}
