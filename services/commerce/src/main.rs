@@ -315,10 +315,17 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Duration::from_secs(config.loyalty_sweep_seconds.max(1)),
         stopped(background_stopped),
     ));
+    let store_for_checkout = store.clone();
     let server = Server::new(server_config)
         .store(store)
         .fast_path(redis, degraded);
     let server = loyalty_services(server, loyalty::LoyaltyApi::new(loyalty));
+    let server = server.add_service(
+        commerce_api::commerce::checkout::v1::menu_service_server::MenuServiceServer::new(
+            checkout::MenuApi::new(checkout::Catalog::new(store_for_checkout, clocks.clone())),
+        ),
+        commerce_api::FILE_DESCRIPTOR_SET,
+    );
     let server = clock::register_clock(server, clocks);
     let bound = unbuilt::register(server).bind().await?;
     print_banner(bound.local_addr(), bound.admin_addr(), &config.store);

@@ -1,0 +1,225 @@
+//! The gRPC handlers of checkout's services built so far (MenuService): each reads the tenant
+//! the platform put on the request, calls the catalog, and maps its error once.
+
+use commerce_api::commerce::checkout::v1::{self as v1, menu_service_server::MenuService};
+use platform::ApiError;
+use platform::interceptors::{IdempotencyContext, Tenant};
+use tonic::{Request, Response, Status};
+
+use crate::catalog::Catalog;
+use crate::error::{CheckoutError, ERROR_DOMAIN};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn fail(error: CheckoutError) -> Status {
+    ApiError::from(error).into_status(ERROR_DOMAIN)
+}
+
+fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
+    request
+        .extensions()
+        .get::<Tenant>()
+        .map(|tenant| tenant.0.clone())
+        .ok_or_else(|| Status::internal("no tenant on the request"))
+}
+
+/// A stable id from the request's idempotency key, so a retried create finds what it made.
+fn key_id<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<IdempotencyContext>()
+        .map_or_else(
+            || uuid::Uuid::now_v7().simple().to_string(),
+            IdempotencyContext::derived_id,
+        )
+}
+
+/// Page size from the request: 0 means 50, above 500 means 500.
+fn page_size(requested: i32) -> usize {
+    match requested {
+        ..=0 => 50,
+        size => (size as usize).min(500),
+    }
+}
+
+fn mask(mask: Option<prost_types::FieldMask>) -> Vec<String> {
+    mask.map(|mask| mask.paths).unwrap_or_default()
+}
+
+/// MenuService over the catalog.
+#[derive(Clone)]
+pub struct MenuApi {
+    catalog: Catalog,
+}
+
+impl MenuApi {
+    /// Handlers over `catalog`.
+    pub fn new(catalog: Catalog) -> Self {
+        MenuApi { catalog }
+    }
+}
+
+#[tonic::async_trait]
+impl MenuService for MenuApi {
+    async fn create_location(
+        &self,
+        request: Request<v1::CreateLocationRequest>,
+    ) -> Reply<v1::CreateLocationResponse> {
+        let tenant = tenant(&request)?;
+        let key = key_id(&request);
+        let location = request.into_inner().location.unwrap_or_default();
+        let location = self
+            .catalog
+            .create_location(&tenant, &location, &key)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::CreateLocationResponse {
+            location: Some(location),
+        }))
+    }
+
+    async fn update_location(
+        &self,
+        request: Request<v1::UpdateLocationRequest>,
+    ) -> Reply<v1::UpdateLocationResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let location = self
+            .catalog
+            .update_location(
+                &tenant,
+                &body.location.unwrap_or_default(),
+                &mask(body.update_mask),
+                body.expected_version,
+            )
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::UpdateLocationResponse {
+            location: Some(location),
+        }))
+    }
+
+    async fn get_location(
+        &self,
+        request: Request<v1::GetLocationRequest>,
+    ) -> Reply<v1::GetLocationResponse> {
+        let tenant = tenant(&request)?;
+        let location = self
+            .catalog
+            .location(&tenant, &request.get_ref().location_id)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::GetLocationResponse {
+            location: Some(location),
+        }))
+    }
+
+    async fn list_locations(
+        &self,
+        request: Request<v1::ListLocationsRequest>,
+    ) -> Reply<v1::ListLocationsResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let (locations, next_page_token) = self
+            .catalog
+            .locations(&tenant, page_size(body.page_size), &body.page_token)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::ListLocationsResponse {
+            locations,
+            next_page_token,
+        }))
+    }
+
+    async fn create_menu_item(
+        &self,
+        request: Request<v1::CreateMenuItemRequest>,
+    ) -> Reply<v1::CreateMenuItemResponse> {
+        let tenant = tenant(&request)?;
+        let key = key_id(&request);
+        let item = request.into_inner().item.unwrap_or_default();
+        let item = self
+            .catalog
+            .create_item(&tenant, &item, &key)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::CreateMenuItemResponse {
+            item: Some(item),
+        }))
+    }
+
+    async fn update_menu_item(
+        &self,
+        request: Request<v1::UpdateMenuItemRequest>,
+    ) -> Reply<v1::UpdateMenuItemResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let item = self
+            .catalog
+            .update_item(
+                &tenant,
+                &body.item.unwrap_or_default(),
+                &mask(body.update_mask),
+                body.expected_version,
+            )
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::UpdateMenuItemResponse {
+            item: Some(item),
+        }))
+    }
+
+    async fn set_item_availability(
+        &self,
+        request: Request<v1::SetItemAvailabilityRequest>,
+    ) -> Reply<v1::SetItemAvailabilityResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let item = self
+            .catalog
+            .set_availability(&tenant, &body.item_id, &body.location_id, body.available)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::SetItemAvailabilityResponse {
+            item: Some(item),
+        }))
+    }
+
+    async fn get_menu_item(
+        &self,
+        request: Request<v1::GetMenuItemRequest>,
+    ) -> Reply<v1::GetMenuItemResponse> {
+        let tenant = tenant(&request)?;
+        let item = self
+            .catalog
+            .item(&tenant, &request.get_ref().item_id)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::GetMenuItemResponse { item: Some(item) }))
+    }
+
+    async fn list_menu_items(
+        &self,
+        request: Request<v1::ListMenuItemsRequest>,
+    ) -> Reply<v1::ListMenuItemsResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let location = Some(body.location_id.as_str()).filter(|id| !id.is_empty());
+        let category = Some(body.category.as_str()).filter(|category| !category.is_empty());
+        let (items, next_page_token) = self
+            .catalog
+            .items(
+                &tenant,
+                location,
+                category,
+                page_size(body.page_size),
+                &body.page_token,
+            )
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::ListMenuItemsResponse {
+            items,
+            next_page_token,
+        }))
+    }
+}

@@ -1,0 +1,116 @@
+//! Checkout's domain errors and their one mapping to API errors.
+
+use commerce_api::commerce::common::v1::ErrorReason;
+use platform::ApiError;
+use store::StoreError;
+use tonic::Code;
+
+/// Error domain of the checkout services (their `error_domain` option).
+pub const ERROR_DOMAIN: &str = "checkout.commerce.dev";
+
+/// Why a checkout operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckoutError {
+    /// No such resource in the tenant.
+    #[error("{resource} {id} not found")]
+    NotFound {
+        /// `location`, `menu item`, ...
+        resource: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// A unique key is taken.
+    #[error("{resource} {id} already exists")]
+    AlreadyExists {
+        /// What is unique (`sku`).
+        resource: &'static str,
+        /// The taken value.
+        id: String,
+    },
+    /// A request that breaks a rule the contract's field constraints cannot state.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field concerned.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// `expected_version` did not match.
+    #[error("{resource} is at version {actual}, not {expected}")]
+    VersionMismatch {
+        /// What was compared.
+        resource: &'static str,
+        /// Version the caller expected.
+        expected: i64,
+        /// Version it is at.
+        actual: i64,
+    },
+    /// A page token this list did not give out.
+    #[error(transparent)]
+    PageToken(#[from] platform::page_token::InvalidPageToken),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stored data does not decode.
+    #[error("stored checkout data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+impl CheckoutError {
+    /// Invalid `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        CheckoutError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether re-reading and trying again may succeed (a concurrent writer won).
+    pub(crate) fn is_conflict(&self) -> bool {
+        matches!(self, CheckoutError::Store(StoreError::Conflict { .. }))
+    }
+}
+
+impl From<CheckoutError> for ApiError {
+    fn from(error: CheckoutError) -> Self {
+        let message = error.to_string();
+        match error {
+            CheckoutError::NotFound { resource, id } => {
+                ApiError::new(Code::NotFound, ErrorReason::ResourceNotFound, message)
+                    .with_metadata("resource", resource)
+                    .with_metadata("id", id)
+            }
+            CheckoutError::AlreadyExists { resource, id } => ApiError::new(
+                Code::AlreadyExists,
+                ErrorReason::ResourceAlreadyExists,
+                message,
+            )
+            .with_metadata("resource", resource)
+            .with_metadata("id", id),
+            CheckoutError::Invalid { field, message } => ApiError::new(
+                Code::InvalidArgument,
+                ErrorReason::ValidationFailed,
+                format!("{field}: {message}"),
+            )
+            .with_field_violation(field, message),
+            CheckoutError::VersionMismatch { .. } => {
+                ApiError::new(Code::Aborted, ErrorReason::ConcurrentModification, message)
+            }
+            CheckoutError::PageToken(invalid) => invalid.into(),
+            CheckoutError::Store(StoreError::Conflict { .. }) => ApiError::new(
+                Code::Aborted,
+                ErrorReason::ConcurrentModification,
+                "the resource changed concurrently; re-read and retry",
+            ),
+            CheckoutError::Store(StoreError::Backend(detail)) => {
+                tracing::warn!(%detail, "checkout: store unavailable");
+                ApiError::new(
+                    Code::Unavailable,
+                    ErrorReason::DependencyUnavailable,
+                    "the store is unavailable; retry later",
+                )
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
