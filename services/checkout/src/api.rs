@@ -1,13 +1,17 @@
-//! The gRPC handlers of checkout's services built so far (MenuService): each reads the tenant
+//! The gRPC handlers of checkout's services built so far (MenuService, CartService): each reads the tenant
 //! the platform put on the request, calls the catalog, and maps its error once.
 
-use commerce_api::commerce::checkout::v1::{self as v1, menu_service_server::MenuService};
+use commerce_api::commerce::checkout::v1::{
+    self as v1, Cart, cart_service_server::CartService, menu_service_server::MenuService,
+};
 use platform::ApiError;
 use platform::interceptors::{IdempotencyContext, Tenant};
 use tonic::{Request, Response, Status};
 
+use crate::carts::{Carts, LineChoice};
 use crate::catalog::Catalog;
 use crate::error::{CheckoutError, ERROR_DOMAIN};
+use crate::quotes::Quotes;
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -221,5 +225,193 @@ impl MenuService for MenuApi {
             items,
             next_page_token,
         }))
+    }
+}
+
+/// CartService over the cart engine and, for QuoteCart, the quoting engine.
+#[derive(Clone)]
+pub struct CartApi {
+    carts: Carts,
+    quotes: Quotes,
+}
+
+impl CartApi {
+    /// Handlers over `carts` and `quotes`.
+    pub fn new(carts: Carts, quotes: Quotes) -> Self {
+        CartApi { carts, quotes }
+    }
+}
+
+fn cart_reply<T>(cart: Result<Cart, CheckoutError>, wrap: impl FnOnce(Cart) -> T) -> Reply<T> {
+    cart.map(|cart| Response::new(wrap(cart))).map_err(fail)
+}
+
+#[tonic::async_trait]
+impl CartService for CartApi {
+    async fn create_cart(
+        &self,
+        request: Request<v1::CreateCartRequest>,
+    ) -> Reply<v1::CreateCartResponse> {
+        let tenant = tenant(&request)?;
+        let key = key_id(&request);
+        let body = request.into_inner();
+        let cart = self
+            .carts
+            .create(
+                &tenant,
+                &body.location_id,
+                &body.customer_id,
+                body.fulfillment,
+                &key,
+            )
+            .await;
+        cart_reply(cart, |cart| v1::CreateCartResponse { cart: Some(cart) })
+    }
+
+    async fn get_cart(&self, request: Request<v1::GetCartRequest>) -> Reply<v1::GetCartResponse> {
+        let tenant = tenant(&request)?;
+        let cart = self.carts.get(&tenant, &request.get_ref().cart_id).await;
+        cart_reply(cart, |cart| v1::GetCartResponse { cart: Some(cart) })
+    }
+
+    async fn add_cart_line(
+        &self,
+        request: Request<v1::AddCartLineRequest>,
+    ) -> Reply<v1::AddCartLineResponse> {
+        let tenant = tenant(&request)?;
+        let key = key_id(&request);
+        let body = request.into_inner();
+        let (cart, line_id) = self
+            .carts
+            .add_line(
+                &tenant,
+                &body.cart_id,
+                &body.item_id,
+                &LineChoice {
+                    quantity: body.quantity,
+                    modifiers: body.modifiers,
+                    special_instructions: body.special_instructions,
+                },
+                &key,
+            )
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::AddCartLineResponse {
+            cart: Some(cart),
+            line_id,
+        }))
+    }
+
+    async fn update_cart_line(
+        &self,
+        request: Request<v1::UpdateCartLineRequest>,
+    ) -> Reply<v1::UpdateCartLineResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let cart = self
+            .carts
+            .update_line(
+                &tenant,
+                &body.cart_id,
+                &body.line_id,
+                &LineChoice {
+                    quantity: body.quantity,
+                    modifiers: body.modifiers,
+                    special_instructions: body.special_instructions,
+                },
+            )
+            .await;
+        cart_reply(cart, |cart| v1::UpdateCartLineResponse { cart: Some(cart) })
+    }
+
+    async fn remove_cart_line(
+        &self,
+        request: Request<v1::RemoveCartLineRequest>,
+    ) -> Reply<v1::RemoveCartLineResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let cart = self
+            .carts
+            .remove_line(&tenant, &body.cart_id, &body.line_id)
+            .await;
+        cart_reply(cart, |cart| v1::RemoveCartLineResponse { cart: Some(cart) })
+    }
+
+    async fn apply_promotion_code(
+        &self,
+        request: Request<v1::ApplyPromotionCodeRequest>,
+    ) -> Reply<v1::ApplyPromotionCodeResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let cart = self
+            .carts
+            .apply_promotion(&tenant, &body.cart_id, &body.code)
+            .await;
+        cart_reply(cart, |cart| v1::ApplyPromotionCodeResponse {
+            cart: Some(cart),
+        })
+    }
+
+    async fn remove_promotion_code(
+        &self,
+        request: Request<v1::RemovePromotionCodeRequest>,
+    ) -> Reply<v1::RemovePromotionCodeResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let cart = self
+            .carts
+            .remove_promotion(&tenant, &body.cart_id, &body.code)
+            .await;
+        cart_reply(cart, |cart| v1::RemovePromotionCodeResponse {
+            cart: Some(cart),
+        })
+    }
+
+    async fn set_loyalty_reward(
+        &self,
+        request: Request<v1::SetLoyaltyRewardRequest>,
+    ) -> Reply<v1::SetLoyaltyRewardResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let cart = self
+            .carts
+            .set_loyalty_reward(&tenant, &body.cart_id, &body.member_id, body.reward)
+            .await;
+        cart_reply(cart, |cart| v1::SetLoyaltyRewardResponse {
+            cart: Some(cart),
+        })
+    }
+
+    async fn set_fulfillment(
+        &self,
+        request: Request<v1::SetFulfillmentRequest>,
+    ) -> Reply<v1::SetFulfillmentResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let cart = self
+            .carts
+            .set_fulfillment(&tenant, &body.cart_id, body.fulfillment.unwrap_or_default())
+            .await;
+        cart_reply(cart, |cart| v1::SetFulfillmentResponse { cart: Some(cart) })
+    }
+
+    async fn quote_cart(
+        &self,
+        request: Request<v1::QuoteCartRequest>,
+    ) -> Reply<v1::QuoteCartResponse> {
+        let tenant = tenant(&request)?;
+        let quote = self
+            .quotes
+            .quote(&tenant, &request.get_ref().cart_id)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::QuoteCartResponse { quote: Some(quote) }))
+    }
+
+    async fn set_tip(&self, request: Request<v1::SetTipRequest>) -> Reply<v1::SetTipResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let cart = self.carts.set_tip(&tenant, &body.cart_id, body.tip).await;
+        cart_reply(cart, |cart| v1::SetTipResponse { cart: Some(cart) })
     }
 }

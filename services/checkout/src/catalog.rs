@@ -750,3 +750,126 @@ fn check_location(location: &Location) -> Result<(), CheckoutError> {
     }
     Ok(())
 }
+
+/// A line's modifier choices, checked against the item's groups: the options as they will be
+/// made (groups not mentioned get their default options) and their price for one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// The resolved choices, each with its quantity (≥ 1).
+    pub modifiers: Vec<commerce_api::commerce::checkout::v1::SelectedModifier>,
+    /// Price of the chosen options for one item, minor units.
+    pub unit_price_minor: i64,
+}
+
+/// Checks `chosen` against `item`'s modifier groups: known groups and options, options still
+/// available, repeats only where allowed, and every group's min/max counting quantities.
+pub fn select(
+    item: &MenuItem,
+    chosen: &[commerce_api::commerce::checkout::v1::SelectedModifier],
+) -> Result<Selection, CheckoutError> {
+    use commerce_api::commerce::checkout::v1::SelectedModifier;
+    let invalid = |message: String| CheckoutError::ModifierInvalid { message };
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for choice in chosen {
+        let group = item
+            .modifier_groups
+            .iter()
+            .find(|group| group.group_id == choice.group_id)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{} has no modifier group {}",
+                    item.item_id, choice.group_id
+                ))
+            })?;
+        let option = group
+            .options
+            .iter()
+            .find(|option| option.option_id == choice.option_id)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "group {} has no option {}",
+                    group.group_id, choice.option_id
+                ))
+            })?;
+        if !option.available {
+            return Err(CheckoutError::Precondition {
+                reason: commerce_api::commerce::common::v1::ErrorReason::ItemUnavailable,
+                message: format!(
+                    "option {} of {} is sold out",
+                    option.option_id, group.group_id
+                ),
+            });
+        }
+        if choice.quantity > 1 && !group.allow_repeats {
+            return Err(invalid(format!(
+                "group {} does not allow an option more than once",
+                group.group_id
+            )));
+        }
+        if seen.contains(&(choice.group_id.as_str(), choice.option_id.as_str())) {
+            return Err(invalid(format!(
+                "option {} of {} is chosen twice; use quantity",
+                choice.option_id, group.group_id
+            )));
+        }
+        seen.push((choice.group_id.as_str(), choice.option_id.as_str()));
+    }
+    let mut modifiers = Vec::new();
+    let mut unit_price_minor: i64 = 0;
+    for group in &item.modifier_groups {
+        let mentioned: Vec<&SelectedModifier> = chosen
+            .iter()
+            .filter(|choice| choice.group_id == group.group_id)
+            .collect();
+        let picks: Vec<SelectedModifier> = if mentioned.is_empty() {
+            group
+                .options
+                .iter()
+                .filter(|option| option.default_selected && option.available)
+                .map(|option| SelectedModifier {
+                    group_id: group.group_id.clone(),
+                    option_id: option.option_id.clone(),
+                    quantity: 1,
+                })
+                .collect()
+        } else {
+            mentioned
+                .into_iter()
+                .map(|choice| SelectedModifier {
+                    quantity: choice.quantity.max(1),
+                    ..choice.clone()
+                })
+                .collect()
+        };
+        let count: i32 = picks.iter().map(|pick| pick.quantity).sum();
+        if count < group.min_selections {
+            return Err(invalid(format!(
+                "group {} needs at least {} selection(s), got {count}",
+                group.group_id, group.min_selections
+            )));
+        }
+        if group.max_selections > 0 && count > group.max_selections {
+            return Err(invalid(format!(
+                "group {} allows at most {} selection(s), got {count}",
+                group.group_id, group.max_selections
+            )));
+        }
+        for pick in &picks {
+            let price = group
+                .options
+                .iter()
+                .find(|option| option.option_id == pick.option_id)
+                .and_then(|option| option.price.as_ref())
+                .map_or(0, |price| price.amount_minor);
+            unit_price_minor = price
+                .checked_mul(i64::from(pick.quantity))
+                .and_then(|total| unit_price_minor.checked_add(total))
+                .ok_or_else(|| CheckoutError::invalid("modifiers", "prices overflow"))?;
+        }
+        modifiers.extend(picks);
+    }
+    Ok(Selection {
+        modifiers,
+        unit_price_minor,
+    })
+}

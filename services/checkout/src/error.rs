@@ -35,6 +35,28 @@ pub enum CheckoutError {
         /// What is wrong.
         message: String,
     },
+    /// Modifier choices break the item's groups.
+    #[error("{message}")]
+    ModifierInvalid {
+        /// What is wrong.
+        message: String,
+    },
+    /// A business rule refuses the request now (cart expired, store closed, item sold out...).
+    #[error("{message}")]
+    Precondition {
+        /// The stable reason.
+        reason: ErrorReason,
+        /// What is wrong.
+        message: String,
+    },
+    /// A dependency (Redis for carts, the tax hook, the PSP) failed; retry later.
+    #[error("{what} is unavailable")]
+    Unavailable {
+        /// The dependency.
+        what: &'static str,
+        /// The stable reason.
+        reason: ErrorReason,
+    },
     /// `expected_version` did not match.
     #[error("{resource} is at version {actual}, not {expected}")]
     VersionMismatch {
@@ -93,6 +115,19 @@ impl From<CheckoutError> for ApiError {
                 format!("{field}: {message}"),
             )
             .with_field_violation(field, message),
+            CheckoutError::ModifierInvalid { message } => ApiError::new(
+                Code::InvalidArgument,
+                ErrorReason::ModifierSelectionInvalid,
+                message.clone(),
+            )
+            .with_field_violation("modifiers", message),
+            CheckoutError::Precondition { reason, message } => {
+                ApiError::new(Code::FailedPrecondition, reason, message)
+            }
+            CheckoutError::Unavailable { reason, .. } => {
+                ApiError::new(Code::Unavailable, reason, message)
+                    .with_retry_after(std::time::Duration::from_secs(1))
+            }
             CheckoutError::VersionMismatch { .. } => {
                 ApiError::new(Code::Aborted, ErrorReason::ConcurrentModification, message)
             }

@@ -1,12 +1,20 @@
 //! The checkout service: where money moves. Locations and their menus (prices always from here),
-//! and the payment service provider port with its simulator. Carts, quotes, the order saga and
-//! orders build on these.
+//! carts, quotes (pricing with the documented rounding rule, a tax hook port), and the payment
+//! service provider port with its simulator. The order saga and orders build on these.
 
 pub mod api;
+pub mod carts;
 pub mod catalog;
 pub mod error;
 pub mod hours;
+pub mod pricing;
+pub mod promotions;
 pub mod psp;
+pub mod quotes;
+pub mod tax;
 
-pub use api::MenuApi;
+pub use api::{CartApi, MenuApi};
+pub use carts::{CartStorage, Carts, RedisCarts, StoreCarts};
 pub use catalog::Catalog;
+pub use promotions::Promotions;
+pub use quotes::{NoRewards, Quotes, RewardCatalog};

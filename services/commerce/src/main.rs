@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve every service on one port.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Print an HS256 development token (signed with the same secret `serve` uses).
     Token(TokenArgs),
     /// Check or compact the embedded store (stop `serve` first: it holds the file).
@@ -149,6 +149,15 @@ struct ServeConfig {
         default_value_t = 24
     )]
     idempotency_retention_hours: u64,
+    /// Minutes a cart lives after its last change.
+    #[arg(long, env = "COMMERCE_CART_TTL_MINUTES", default_value_t = 120)]
+    cart_ttl_minutes: u64,
+    /// Milliseconds the tax hook gets before a quote fails with TAX_UNAVAILABLE.
+    #[arg(long, env = "COMMERCE_TAX_TIMEOUT_MS", default_value_t = 2000)]
+    tax_timeout_ms: u64,
+    /// JSON file of promotion codes (format: `checkout::promotions`); none when unset.
+    #[arg(long, env = "COMMERCE_PROMOTIONS_FILE")]
+    promotions_file: Option<PathBuf>,
     /// Seconds between loyalty sweeps (activation, expiry, hold expiry, tiers).
     #[arg(long, env = "COMMERCE_LOYALTY_SWEEP_SECONDS", default_value_t = 60)]
     loyalty_sweep_seconds: u64,
@@ -207,7 +216,7 @@ struct TokenArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve(config) => serve(config).await,
+        Command::Serve(config) => serve(*config).await,
         Command::Token(args) => {
             println!("{}", token(&args)?);
             Ok(())
@@ -315,17 +324,18 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Duration::from_secs(config.loyalty_sweep_seconds.max(1)),
         stopped(background_stopped),
     ));
-    let store_for_checkout = store.clone();
+    let checkout = Checkout::new(
+        &config,
+        store.clone(),
+        redis.clone(),
+        clocks.clone(),
+        loyalty.clone(),
+    )?;
     let server = Server::new(server_config)
         .store(store)
         .fast_path(redis, degraded);
     let server = loyalty_services(server, loyalty::LoyaltyApi::new(loyalty));
-    let server = server.add_service(
-        commerce_api::commerce::checkout::v1::menu_service_server::MenuServiceServer::new(
-            checkout::MenuApi::new(checkout::Catalog::new(store_for_checkout, clocks.clone())),
-        ),
-        commerce_api::FILE_DESCRIPTOR_SET,
-    );
+    let server = checkout_services(server, checkout);
     let server = clock::register_clock(server, clocks);
     let bound = unbuilt::register(server).bind().await?;
     print_banner(bound.local_addr(), bound.admin_addr(), &config.store);
@@ -337,6 +347,101 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let _ = sweeper.await;
     eprintln!("commerce: stopped");
     Ok(())
+}
+
+/// Checkout's engines, from the configuration.
+struct Checkout {
+    catalog: checkout::Catalog,
+    carts: checkout::Carts,
+    quotes: checkout::Quotes,
+}
+
+/// Loyalty's rewards catalog for checkout's quotes, in process.
+struct LoyaltyRewards(Arc<loyalty::Loyalty>);
+
+#[async_trait::async_trait]
+impl checkout::RewardCatalog for LoyaltyRewards {
+    async fn reward(
+        &self,
+        tenant: &str,
+        reward_id: &str,
+    ) -> Result<Option<commerce_api::commerce::loyalty::v1::Reward>, checkout::error::CheckoutError>
+    {
+        match self.0.reward(tenant, reward_id).await {
+            Ok(reward) => Ok(Some(reward)),
+            Err(loyalty::LoyaltyError::NotFound { .. }) => Ok(None),
+            Err(error) => {
+                tracing::warn!(%error, "checkout: loyalty rewards unavailable");
+                Err(checkout::error::CheckoutError::Unavailable {
+                    what: "loyalty",
+                    reason: commerce_api::commerce::common::v1::ErrorReason::DependencyUnavailable,
+                })
+            }
+        }
+    }
+}
+
+impl Checkout {
+    fn new(
+        config: &ServeConfig,
+        store: Arc<dyn store::Store>,
+        redis: Option<fastpath::Redis>,
+        clocks: Clocks,
+        loyalty: Arc<loyalty::Loyalty>,
+    ) -> anyhow::Result<Self> {
+        let catalog = checkout::Catalog::new(store.clone(), clocks.clone());
+        let promotions = match &config.promotions_file {
+            Some(path) => checkout::Promotions::from_json(
+                &std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )
+            .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?,
+            None => checkout::Promotions::none(),
+        };
+        // Carts live in Redis with a TTL when it is configured, in the store otherwise.
+        let storage: Arc<dyn checkout::CartStorage> = match redis {
+            Some(redis) => Arc::new(checkout::RedisCarts(fastpath::TtlRecords::new(redis))),
+            None => Arc::new(checkout::StoreCarts(store.clone())),
+        };
+        let carts = checkout::Carts::new(
+            storage,
+            catalog.clone(),
+            promotions.clone(),
+            clocks.clone(),
+            Duration::from_secs(config.cart_ttl_minutes.max(1) * 60),
+        );
+        let quotes = checkout::Quotes::new(
+            carts.clone(),
+            promotions,
+            Arc::new(LoyaltyRewards(loyalty)),
+            None, // each location's tax rate table
+            Duration::from_millis(config.tax_timeout_ms.max(1)),
+            store,
+            clocks,
+        );
+        Ok(Checkout {
+            catalog,
+            carts,
+            quotes,
+        })
+    }
+}
+
+/// Adds checkout's services built so far.
+fn checkout_services(server: Server, checkout: Checkout) -> Server {
+    use commerce_api::FILE_DESCRIPTOR_SET;
+    use commerce_api::commerce::checkout::v1::{
+        cart_service_server::CartServiceServer, menu_service_server::MenuServiceServer,
+    };
+    server
+        .add_service(
+            MenuServiceServer::new(checkout::MenuApi::new(checkout.catalog)),
+            FILE_DESCRIPTOR_SET,
+        )
+        .add_service(
+            CartServiceServer::new(checkout::CartApi::new(checkout.carts, checkout.quotes)),
+            FILE_DESCRIPTOR_SET,
+        )
 }
 
 /// Adds the four loyalty services.

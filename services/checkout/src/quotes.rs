@@ -1,0 +1,307 @@
+//! Quoting a cart: prices from the menu (never from the caller), the cart's promotion codes,
+//! the loyalty reward's value, tax from the tax hook (a slow or failing hook fails the quote with
+//! `TAX_UNAVAILABLE`, never an untaxed price), the tip, and the promised time. The quote is
+//! stored so `PlaceOrder` can accept exactly these amounts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use commerce_api::commerce::checkout::v1::{AppliedPromotion, Cart, Quote, Tip, tip};
+use commerce_api::commerce::common::v1::{ErrorReason, Money};
+use commerce_api::commerce::loyalty::v1::{Reward, reward::Benefit};
+use platform::clock::Clocks;
+use prost::Message as _;
+use store::{AggregateKey, Commit, Store};
+
+use crate::carts::Carts;
+use crate::catalog;
+use crate::error::CheckoutError;
+use crate::hours;
+use crate::pricing::{self, LineInput, PricingError, PromotionKind, RewardBenefit, TipInput};
+use crate::promotions::{Discount, Promotions};
+use crate::tax::{RateTableTax, TaxError, TaxHook, TaxRequest, tax_with_deadline};
+
+const QUOTE: &str = "checkout_quote";
+
+/// How long a quote may be accepted by `PlaceOrder`.
+const QUOTE_TTL_MS: i64 = 10 * 60 * 1000;
+
+/// The loyalty rewards catalog, as checkout needs it (an adapter over the loyalty service).
+#[async_trait]
+pub trait RewardCatalog: Send + Sync {
+    /// The reward, if it exists.
+    async fn reward(&self, tenant: &str, reward_id: &str) -> Result<Option<Reward>, CheckoutError>;
+}
+
+/// No loyalty service: rewards never apply.
+pub struct NoRewards;
+
+#[async_trait]
+impl RewardCatalog for NoRewards {
+    async fn reward(&self, _: &str, _: &str) -> Result<Option<Reward>, CheckoutError> {
+        Ok(None)
+    }
+}
+
+impl From<PricingError> for CheckoutError {
+    fn from(error: PricingError) -> Self {
+        match error {
+            PricingError::Invalid { field, message } => CheckoutError::Invalid { field, message },
+            PricingError::Overflow => CheckoutError::invalid("cart", "amounts overflow 64 bits"),
+        }
+    }
+}
+
+impl From<TaxError> for CheckoutError {
+    fn from(error: TaxError) -> Self {
+        tracing::warn!(%error, "checkout: tax hook failed; refusing the quote");
+        CheckoutError::Unavailable {
+            what: "the tax hook",
+            reason: ErrorReason::TaxUnavailable,
+        }
+    }
+}
+
+fn money(currency: &str, minor: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: currency.to_owned(),
+        amount_minor: minor,
+    })
+}
+
+fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// The quoting engine.
+#[derive(Clone)]
+pub struct Quotes {
+    carts: Carts,
+    promotions: Promotions,
+    rewards: Arc<dyn RewardCatalog>,
+    tax_hook: Option<Arc<dyn TaxHook>>,
+    tax_timeout: Duration,
+    store: Arc<dyn Store>,
+    clocks: Clocks,
+}
+
+impl Quotes {
+    /// Quotes of `carts`' carts; `tax_hook` replaces the default rate table of each location.
+    pub fn new(
+        carts: Carts,
+        promotions: Promotions,
+        rewards: Arc<dyn RewardCatalog>,
+        tax_hook: Option<Arc<dyn TaxHook>>,
+        tax_timeout: Duration,
+        store: Arc<dyn Store>,
+        clocks: Clocks,
+    ) -> Self {
+        Quotes {
+            carts,
+            promotions,
+            rewards,
+            tax_hook,
+            tax_timeout,
+            store,
+            clocks,
+        }
+    }
+
+    /// Prices the cart now and stores the quote.
+    pub async fn quote(&self, tenant: &str, cart_id: &str) -> Result<Quote, CheckoutError> {
+        let cart = self.carts.get(tenant, cart_id).await?;
+        if cart.lines.is_empty() {
+            return Err(CheckoutError::Precondition {
+                reason: ErrorReason::CartEmpty,
+                message: format!("cart {cart_id} has no lines"),
+            });
+        }
+        let now = self.clocks.now(tenant).await?.now_ms;
+        let catalog = self.carts.catalog();
+        let location = catalog.location(tenant, &cart.location_id).await?;
+        let promised = promised_time(&cart, &location, now)?;
+
+        let mut lines = Vec::new();
+        for line in &cart.lines {
+            let offer = catalog
+                .offer(tenant, &line.item_id, &cart.location_id)
+                .await?;
+            if !offer.available {
+                return Err(CheckoutError::Precondition {
+                    reason: ErrorReason::ItemUnavailable,
+                    message: format!("{} is no longer available", offer.item.display_name),
+                });
+            }
+            let selection = catalog::select(&offer.item, &line.modifiers)?;
+            lines.push(LineInput {
+                line_id: line.line_id.clone(),
+                item_id: line.item_id.clone(),
+                display_name: offer.item.display_name.clone(),
+                quantity: line.quantity,
+                unit_base_minor: offer.price.amount_minor,
+                unit_modifiers_minor: selection.unit_price_minor,
+                tax_category: offer.item.tax_category.clone(),
+            });
+        }
+        let mut promotions = Vec::new();
+        for code in &cart.promotion_codes {
+            // A code that stopped being usable since it was applied no longer discounts.
+            if let Ok(promotion) = self.promotions.usable(tenant, code, &cart.location_id, now) {
+                promotions.push(pricing::Promotion {
+                    code: promotion.code.clone(),
+                    description: promotion.description.clone(),
+                    kind: match promotion.discount {
+                        Discount::PercentOff(bps) => PromotionKind::PercentOff { bps },
+                        Discount::AmountOff(minor) => PromotionKind::AmountOff { minor },
+                    },
+                    min_subtotal_minor: promotion.min_subtotal_minor,
+                });
+            }
+        }
+        let reward = match &cart.loyalty_reward {
+            Some(selection) => self
+                .rewards
+                .reward(tenant, &selection.reward_id)
+                .await?
+                .and_then(|reward| benefit(&reward, &cart.currency_code, now)),
+            None => None,
+        };
+        let input = pricing::PricingInput {
+            currency_code: cart.currency_code.clone(),
+            lines,
+            promotions,
+            reward,
+            fees: Vec::new(),
+            tip: tip_input(cart.tip.as_ref()),
+            tax: pricing::TaxSource::Rates(Default::default()),
+        };
+        let allocated = pricing::allocate(&input)?;
+        let request = TaxRequest::for_allocation(&cart.location_id, &allocated);
+        let default_hook;
+        let hook: &dyn TaxHook = match &self.tax_hook {
+            Some(hook) => hook.as_ref(),
+            None => {
+                default_hook = RateTableTax::new(&location.tax_rates);
+                &default_hook
+            }
+        };
+        let tax = tax_with_deadline(hook, &request, self.tax_timeout).await?;
+        let priced = pricing::finish(allocated, &tax.into_tax_source())?;
+
+        let mut quote = Quote {
+            quote_id: uuid::Uuid::now_v7().to_string(),
+            cart_id: cart.cart_id.clone(),
+            cart_version: cart.version,
+            promised_time: Some(timestamp_ms(promised)),
+            expire_time: Some(timestamp_ms(now + QUOTE_TTL_MS)),
+            ..Quote::default()
+        };
+        priced.fill_quote(&mut quote);
+        quote.applied_promotions = priced
+            .applied_promotions
+            .iter()
+            .map(|applied| AppliedPromotion {
+                code: applied.code.clone(),
+                description: applied.description.clone(),
+                discount: money(&cart.currency_code, applied.discount_minor),
+            })
+            .collect();
+        self.store
+            .commit(Commit {
+                key: AggregateKey::new(tenant, QUOTE, &quote.quote_id),
+                expected_version: 0,
+                data: quote.encode_to_vec().into(),
+                index: Vec::new(),
+                events: Vec::new(),
+                idempotency: None,
+            })
+            .await?;
+        Ok(quote)
+    }
+
+    /// A stored quote.
+    pub async fn stored(&self, tenant: &str, quote_id: &str) -> Result<Quote, CheckoutError> {
+        let stored = self
+            .store
+            .load(&AggregateKey::new(tenant, QUOTE, quote_id))
+            .await?
+            .ok_or_else(|| CheckoutError::NotFound {
+                resource: "quote",
+                id: quote_id.to_owned(),
+            })?;
+        Quote::decode(stored.data.as_ref())
+            .map_err(|error| CheckoutError::Corrupt(format!("quote: {error}")))
+    }
+}
+
+/// When the order would be ready: the requested time, or now plus the kitchen's prep time; the
+/// store must be open then (`STORE_CLOSED`), and a requested time cannot be sooner than prep
+/// allows. (Slot throttling is applied when orders are placed.)
+fn promised_time(
+    cart: &Cart,
+    location: &commerce_api::commerce::checkout::v1::Location,
+    now: i64,
+) -> Result<i64, CheckoutError> {
+    let prep_ms = i64::from(location.slot_capacity.map_or(0, |slots| slots.prep_minutes)) * 60_000;
+    let earliest = now + prep_ms;
+    let promised = cart
+        .fulfillment
+        .as_ref()
+        .and_then(|fulfillment| fulfillment.requested_time)
+        .map(|time| time.seconds * 1000 + i64::from(time.nanos) / 1_000_000)
+        .map_or(earliest, |requested| requested.max(earliest));
+    let zone = hours::zone(&location.time_zone).ok_or_else(|| {
+        CheckoutError::Corrupt(format!(
+            "location {} has time zone {}",
+            location.location_id, location.time_zone
+        ))
+    })?;
+    if !hours::is_open(&location.opening_hours, &zone, promised) {
+        return Err(CheckoutError::Precondition {
+            reason: ErrorReason::StoreClosed,
+            message: format!("{} is closed at the promised time", location.display_name),
+        });
+    }
+    Ok(promised)
+}
+
+fn tip_input(tip: Option<&Tip>) -> TipInput {
+    match tip.and_then(|tip| tip.kind.as_ref()) {
+        Some(tip::Kind::Amount(amount)) => TipInput::Amount(amount.amount_minor),
+        Some(tip::Kind::PercentBps(bps)) => TipInput::PercentBps(i64::from(*bps)),
+        None => TipInput::None,
+    }
+}
+
+/// What a loyalty reward takes off, if it can apply now in this currency.
+fn benefit(reward: &Reward, currency: &str, now_ms: i64) -> Option<RewardBenefit> {
+    let now = now_ms / 1000;
+    let in_window = reward.start_time.is_none_or(|start| start.seconds <= now)
+        && reward.end_time.is_none_or(|end| now < end.seconds);
+    if !reward.active || !in_window {
+        return None;
+    }
+    match reward.benefit.as_ref()? {
+        Benefit::FreeItemId(item_id) => Some(RewardBenefit::FreeItem {
+            item_id: item_id.clone(),
+        }),
+        Benefit::AmountOff(amount) if amount.currency_code == currency => {
+            Some(RewardBenefit::AmountOff {
+                minor: amount.amount_minor,
+            })
+        }
+        Benefit::AmountOff(_) => None,
+        Benefit::PercentOffBps(bps) => Some(RewardBenefit::PercentOff {
+            bps: i64::from(*bps),
+            max_minor: reward
+                .max_discount
+                .as_ref()
+                .filter(|cap| cap.currency_code == currency)
+                .map(|cap| cap.amount_minor),
+        }),
+    }
+}
