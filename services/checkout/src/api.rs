@@ -1,8 +1,10 @@
-//! The gRPC handlers of checkout's services built so far (MenuService, CartService): each reads the tenant
+//! The gRPC handlers of checkout's services built so far (MenuService, CartService, most of
+//! OrderService): each reads the tenant
 //! the platform put on the request, calls the catalog, and maps its error once.
 
 use commerce_api::commerce::checkout::v1::{
     self as v1, Cart, cart_service_server::CartService, menu_service_server::MenuService,
+    order_service_server::OrderService,
 };
 use platform::ApiError;
 use platform::interceptors::{IdempotencyContext, Tenant};
@@ -11,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::carts::{Carts, LineChoice};
 use crate::catalog::Catalog;
 use crate::error::{CheckoutError, ERROR_DOMAIN};
+use crate::orders::{Orders, Placement};
 use crate::quotes::Quotes;
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -413,5 +416,97 @@ impl CartService for CartApi {
         let body = request.into_inner();
         let cart = self.carts.set_tip(&tenant, &body.cart_id, body.tip).await;
         cart_reply(cart, |cart| v1::SetTipResponse { cart: Some(cart) })
+    }
+}
+
+/// OrderService over the orders engine (placing, reading, advancing so far).
+#[derive(Clone)]
+pub struct OrderApi {
+    orders: Orders,
+}
+
+impl OrderApi {
+    /// Handlers over `orders`.
+    pub fn new(orders: Orders) -> Self {
+        OrderApi { orders }
+    }
+}
+
+#[tonic::async_trait]
+impl OrderService for OrderApi {
+    async fn place_order(
+        &self,
+        request: Request<v1::PlaceOrderRequest>,
+    ) -> Reply<v1::PlaceOrderResponse> {
+        let tenant = tenant(&request)?;
+        let key = key_id(&request);
+        let body = request.into_inner();
+        let placement = Placement {
+            cart_id: body.cart_id,
+            quote_id: body.quote_id,
+            expected_total: body.expected_total.unwrap_or_default(),
+            payment_token: body.payment_token,
+            external_order_id: body.external_order_id,
+        };
+        let order = self
+            .orders
+            .place(&tenant, &placement, &key)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::PlaceOrderResponse { order: Some(order) }))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<v1::GetOrderRequest>,
+    ) -> Reply<v1::GetOrderResponse> {
+        let tenant = tenant(&request)?;
+        let order = self
+            .orders
+            .order(&tenant, &request.get_ref().order_id)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::GetOrderResponse { order: Some(order) }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<v1::ListOrdersRequest>,
+    ) -> Reply<v1::ListOrdersResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let (orders, next_page_token) = self
+            .orders
+            .orders(
+                &tenant,
+                &body.customer_id,
+                &body.location_id,
+                &body.statuses,
+                page_size(body.page_size),
+                &body.page_token,
+            )
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::ListOrdersResponse {
+            orders,
+            next_page_token,
+        }))
+    }
+
+    async fn advance_order_status(
+        &self,
+        request: Request<v1::AdvanceOrderStatusRequest>,
+    ) -> Reply<v1::AdvanceOrderStatusResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let status = v1::OrderStatus::try_from(body.status).unwrap_or_default();
+        let order = self
+            .orders
+            .advance_status(&tenant, &body.order_id, status)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::AdvanceOrderStatusResponse {
+            order: Some(order),
+        }))
     }
 }

@@ -88,7 +88,7 @@ impl CheckoutError {
     }
 
     /// Whether re-reading and trying again may succeed (a concurrent writer won).
-    pub(crate) fn is_conflict(&self) -> bool {
+    pub fn is_conflict(&self) -> bool {
         matches!(self, CheckoutError::Store(StoreError::Conflict { .. }))
     }
 }

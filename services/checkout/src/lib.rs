@@ -7,14 +7,16 @@ pub mod carts;
 pub mod catalog;
 pub mod error;
 pub mod hours;
+pub mod orders;
 pub mod pricing;
 pub mod promotions;
 pub mod psp;
 pub mod quotes;
 pub mod tax;
 
-pub use api::{CartApi, MenuApi};
+pub use api::{CartApi, MenuApi, OrderApi};
 pub use carts::{CartStorage, Carts, RedisCarts, StoreCarts};
 pub use catalog::Catalog;
+pub use orders::{Orders, Placement};
 pub use promotions::Promotions;
-pub use quotes::{NoRewards, Quotes, RewardCatalog};
+pub use quotes::{LoyaltyPort, NoLoyalty, Quotes};

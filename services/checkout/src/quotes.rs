@@ -27,20 +27,53 @@ const QUOTE: &str = "checkout_quote";
 /// How long a quote may be accepted by `PlaceOrder`.
 const QUOTE_TTL_MS: i64 = 10 * 60 * 1000;
 
-/// The loyalty rewards catalog, as checkout needs it (an adapter over the loyalty service).
+/// The loyalty service as checkout needs it: reward values for quotes, and the redemption hold
+/// the order saga places, posts and voids (an adapter over the loyalty service).
 #[async_trait]
-pub trait RewardCatalog: Send + Sync {
+pub trait LoyaltyPort: Send + Sync {
     /// The reward, if it exists.
     async fn reward(&self, tenant: &str, reward_id: &str) -> Result<Option<Reward>, CheckoutError>;
+    /// Holds the reward's points for the order; idempotent by `key`. Returns the redemption id.
+    async fn hold(
+        &self,
+        tenant: &str,
+        member_id: &str,
+        reward_id: &str,
+        order_id: &str,
+        key: &str,
+    ) -> Result<String, CheckoutError>;
+    /// Posts the hold (the order is paid); a repeat is a no-op.
+    async fn commit(&self, tenant: &str, redemption_id: &str) -> Result<(), CheckoutError>;
+    /// Voids the hold (the order failed); a repeat is a no-op.
+    async fn void(&self, tenant: &str, redemption_id: &str) -> Result<(), CheckoutError>;
 }
 
-/// No loyalty service: rewards never apply.
-pub struct NoRewards;
+/// No loyalty service: rewards never apply, and no order can redeem one.
+pub struct NoLoyalty;
 
 #[async_trait]
-impl RewardCatalog for NoRewards {
+impl LoyaltyPort for NoLoyalty {
     async fn reward(&self, _: &str, _: &str) -> Result<Option<Reward>, CheckoutError> {
         Ok(None)
+    }
+    async fn hold(
+        &self,
+        _: &str,
+        _: &str,
+        reward_id: &str,
+        _: &str,
+        _: &str,
+    ) -> Result<String, CheckoutError> {
+        Err(CheckoutError::NotFound {
+            resource: "reward",
+            id: reward_id.to_owned(),
+        })
+    }
+    async fn commit(&self, _: &str, _: &str) -> Result<(), CheckoutError> {
+        Ok(())
+    }
+    async fn void(&self, _: &str, _: &str) -> Result<(), CheckoutError> {
+        Ok(())
     }
 }
 
@@ -82,7 +115,7 @@ fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
 pub struct Quotes {
     carts: Carts,
     promotions: Promotions,
-    rewards: Arc<dyn RewardCatalog>,
+    loyalty: Arc<dyn LoyaltyPort>,
     tax_hook: Option<Arc<dyn TaxHook>>,
     tax_timeout: Duration,
     store: Arc<dyn Store>,
@@ -94,7 +127,7 @@ impl Quotes {
     pub fn new(
         carts: Carts,
         promotions: Promotions,
-        rewards: Arc<dyn RewardCatalog>,
+        loyalty: Arc<dyn LoyaltyPort>,
         tax_hook: Option<Arc<dyn TaxHook>>,
         tax_timeout: Duration,
         store: Arc<dyn Store>,
@@ -103,7 +136,7 @@ impl Quotes {
         Quotes {
             carts,
             promotions,
-            rewards,
+            loyalty,
             tax_hook,
             tax_timeout,
             store,
@@ -164,7 +197,7 @@ impl Quotes {
         }
         let reward = match &cart.loyalty_reward {
             Some(selection) => self
-                .rewards
+                .loyalty
                 .reward(tenant, &selection.reward_id)
                 .await?
                 .and_then(|reward| benefit(&reward, &cart.currency_code, now)),

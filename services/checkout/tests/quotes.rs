@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use checkout::carts::LineChoice;
 use checkout::error::CheckoutError;
 use checkout::tax::{TaxError, TaxHook, TaxRequest, TaxResponse};
-use checkout::{NoRewards, Quotes};
+use checkout::{NoLoyalty, Quotes};
 use commerce_api::commerce::checkout::v1::{Fulfillment, FulfillmentMode, SelectedModifier};
 use commerce_api::commerce::common::v1::ErrorReason;
 use common::{TENANT, World, usd, world};
@@ -36,7 +36,7 @@ fn quotes(world: &World, hook: Option<Arc<dyn TaxHook>>) -> Quotes {
     Quotes::new(
         world.carts.clone(),
         world.promotions.clone(),
-        Arc::new(NoRewards),
+        Arc::new(NoLoyalty),
         hook,
         Duration::from_millis(200),
         world.store.clone(),

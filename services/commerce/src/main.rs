@@ -1,7 +1,6 @@
 //! `commerce serve`: checkout, subscriptions and loyalty on one port over gRPC, gRPC-web and
-//! Connect, behind the platform's interceptor stack. Needs no Redis or MongoDB. Services whose
-//! issues have not landed yet answer every RPC with UNIMPLEMENTED — the contract is served, no
-//! data is faked. `commerce token` mints a development token; `commerce store`, `commerce
+//! Connect, behind the platform's interceptor stack. Needs no Redis or MongoDB. RPCs not built
+//! yet answer UNIMPLEMENTED — the contract is served, no data is faked. `commerce token` mints a development token; `commerce store`, `commerce
 //! dead-letters`, `commerce idempotency` and `commerce loyalty` are the operator commands.
 
 mod clock;
@@ -354,13 +353,45 @@ struct Checkout {
     catalog: checkout::Catalog,
     carts: checkout::Carts,
     quotes: checkout::Quotes,
+    orders: checkout::Orders,
 }
 
-/// Loyalty's rewards catalog for checkout's quotes, in process.
-struct LoyaltyRewards(Arc<loyalty::Loyalty>);
+/// The loyalty service for checkout (reward values, redemption holds), in process.
+struct LoyaltyForCheckout(Arc<loyalty::Loyalty>);
+
+/// A loyalty refusal as checkout reports it: the same stable reason, or "unavailable".
+fn loyalty_failed(error: loyalty::LoyaltyError) -> checkout::error::CheckoutError {
+    use checkout::error::CheckoutError;
+    use commerce_api::commerce::common::v1::ErrorReason;
+    let message = error.to_string();
+    match error {
+        loyalty::LoyaltyError::NotFound { resource, id } => {
+            CheckoutError::NotFound { resource, id }
+        }
+        loyalty::LoyaltyError::NotRegistered(_) => CheckoutError::Precondition {
+            reason: ErrorReason::MemberNotRegistered,
+            message,
+        },
+        loyalty::LoyaltyError::InsufficientPoints { .. } => CheckoutError::Precondition {
+            reason: ErrorReason::InsufficientPoints,
+            message,
+        },
+        loyalty::LoyaltyError::RewardUnavailable { .. } => CheckoutError::Precondition {
+            reason: ErrorReason::RewardUnavailable,
+            message,
+        },
+        other => {
+            tracing::warn!(error = %other, "checkout: loyalty unavailable");
+            CheckoutError::Unavailable {
+                what: "loyalty",
+                reason: ErrorReason::DependencyUnavailable,
+            }
+        }
+    }
+}
 
 #[async_trait::async_trait]
-impl checkout::RewardCatalog for LoyaltyRewards {
+impl checkout::LoyaltyPort for LoyaltyForCheckout {
     async fn reward(
         &self,
         tenant: &str,
@@ -370,13 +401,52 @@ impl checkout::RewardCatalog for LoyaltyRewards {
         match self.0.reward(tenant, reward_id).await {
             Ok(reward) => Ok(Some(reward)),
             Err(loyalty::LoyaltyError::NotFound { .. }) => Ok(None),
-            Err(error) => {
-                tracing::warn!(%error, "checkout: loyalty rewards unavailable");
-                Err(checkout::error::CheckoutError::Unavailable {
-                    what: "loyalty",
-                    reason: commerce_api::commerce::common::v1::ErrorReason::DependencyUnavailable,
-                })
-            }
+            Err(error) => Err(loyalty_failed(error)),
+        }
+    }
+
+    async fn hold(
+        &self,
+        tenant: &str,
+        member_id: &str,
+        reward_id: &str,
+        order_id: &str,
+        key: &str,
+    ) -> Result<String, checkout::error::CheckoutError> {
+        self.0
+            .redeem(tenant, member_id, reward_id, order_id, key)
+            .await
+            .map(|redemption| redemption.redemption_id)
+            .map_err(loyalty_failed)
+    }
+
+    async fn commit(
+        &self,
+        tenant: &str,
+        redemption_id: &str,
+    ) -> Result<(), checkout::error::CheckoutError> {
+        let commit = loyalty::rewards::Resolution::Commit;
+        self.0
+            .resolve(tenant, redemption_id, commit, "")
+            .await
+            .map(drop)
+            .map_err(loyalty_failed)
+    }
+
+    async fn void(
+        &self,
+        tenant: &str,
+        redemption_id: &str,
+    ) -> Result<(), checkout::error::CheckoutError> {
+        let void = loyalty::rewards::Resolution::Void;
+        match self
+            .0
+            .resolve(tenant, redemption_id, void, "order failed")
+            .await
+        {
+            // Lapsed meanwhile: the points are back either way.
+            Ok(_) | Err(loyalty::LoyaltyError::AlreadyResolved { .. }) => Ok(()),
+            Err(error) => Err(loyalty_failed(error)),
         }
     }
 }
@@ -410,19 +480,26 @@ impl Checkout {
             clocks.clone(),
             Duration::from_secs(config.cart_ttl_minutes.max(1) * 60),
         );
+        let loyalty: Arc<dyn checkout::LoyaltyPort> = Arc::new(LoyaltyForCheckout(loyalty));
         let quotes = checkout::Quotes::new(
             carts.clone(),
             promotions,
-            Arc::new(LoyaltyRewards(loyalty)),
+            loyalty.clone(),
             None, // each location's tax rate table
             Duration::from_millis(config.tax_timeout_ms.max(1)),
-            store,
-            clocks,
+            store.clone(),
+            clocks.clone(),
         );
+        // The PSP simulator (its token grammar is in checkout::psp); a real PSP adapter
+        // implements the same port.
+        let psp = Arc::new(checkout::psp::PspSimulator::new());
+        let orders =
+            checkout::Orders::new(store, carts.clone(), quotes.clone(), loyalty, psp, clocks);
         Ok(Checkout {
             catalog,
             carts,
             quotes,
+            orders,
         })
     }
 }
@@ -432,6 +509,7 @@ fn checkout_services(server: Server, checkout: Checkout) -> Server {
     use commerce_api::FILE_DESCRIPTOR_SET;
     use commerce_api::commerce::checkout::v1::{
         cart_service_server::CartServiceServer, menu_service_server::MenuServiceServer,
+        order_service_server::OrderServiceServer,
     };
     server
         .add_service(
@@ -440,6 +518,10 @@ fn checkout_services(server: Server, checkout: Checkout) -> Server {
         )
         .add_service(
             CartServiceServer::new(checkout::CartApi::new(checkout.carts, checkout.quotes)),
+            FILE_DESCRIPTOR_SET,
+        )
+        .add_service(
+            OrderServiceServer::new(checkout::OrderApi::new(checkout.orders)),
             FILE_DESCRIPTOR_SET,
         )
 }
@@ -539,7 +621,7 @@ fn print_banner(addr: SocketAddr, admin: Option<SocketAddr>, store: &storage::St
     }
     println!("  state:     {}", store.describe());
     println!(
-        "  services:  loyalty (members, points, rewards, program); checkout and subscriptions answer `unimplemented` until their issues land"
+        "  services:  loyalty; checkout menu, carts, quotes, orders (PSP simulator); subscriptions answer `unimplemented` until its issue lands"
     );
     println!(
         "  auth:      JWT bearer; dev token: TOKEN=$(cargo run -q -p commerce -- token --tenant demo)"
@@ -548,7 +630,7 @@ fn print_banner(addr: SocketAddr, admin: Option<SocketAddr>, store: &storage::St
     println!("    npx buf curl --http2-prior-knowledge {url}/grpc.health.v1.Health/Check");
     println!("    npx buf curl --http2-prior-knowledge --list-methods {url}");
     println!(
-        "    curl -s -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"orderId\":\"o-1\"}}' {url}/commerce.checkout.v1.OrderService/GetOrder"
+        "    curl -s -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"customerId\":\"c-1\",\"registered\":true}}' {url}/commerce.loyalty.v1.MemberService/EnrollMember"
     );
     println!(
         "    curl -s -H 'commerce-tenant: demo' -H 'content-type: application/json' -d '{{}}' {url}/commerce.checkout.v1.MenuService/ListLocations"

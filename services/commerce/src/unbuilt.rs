@@ -9,24 +9,19 @@ use platform::Server;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Unbuilt;
 
-impl checkout::v1::order_service_server::OrderService for Unbuilt {}
 impl checkout::v1::checkout_admin_service_server::CheckoutAdminService for Unbuilt {}
 impl subscriptions::v1::plan_service_server::PlanService for Unbuilt {}
 impl subscriptions::v1::subscription_service_server::SubscriptionService for Unbuilt {}
 impl subscriptions::v1::invoice_service_server::InvoiceService for Unbuilt {}
 
-/// Adds the services not built yet (two of checkout's, three of subscriptions') to `server`.
+/// Adds the services not built yet (CheckoutAdminService, three of subscriptions') to `server`.
 pub fn register(server: Server) -> Server {
-    use checkout::v1::{
-        checkout_admin_service_server::CheckoutAdminServiceServer,
-        order_service_server::OrderServiceServer,
-    };
+    use checkout::v1::checkout_admin_service_server::CheckoutAdminServiceServer;
     use subscriptions::v1::{
         invoice_service_server::InvoiceServiceServer, plan_service_server::PlanServiceServer,
         subscription_service_server::SubscriptionServiceServer,
     };
     server
-        .add_service(OrderServiceServer::new(Unbuilt), FILE_DESCRIPTOR_SET)
         .add_service(
             CheckoutAdminServiceServer::new(Unbuilt),
             FILE_DESCRIPTOR_SET,

@@ -5,131 +5,20 @@
 
 mod common;
 
+use common::client::{Client, Protocol};
+
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use commerce_api::commerce::checkout::v1::{OrderPaid, OrderRefunded};
 use commerce_api::commerce::common::v1::Money;
 use commerce_api::commerce::loyalty::v1;
 use commerce_api::commerce::subscriptions::v1::{AdvanceClockRequest, AdvanceClockResponse};
 use events::{Bus as _, BusMessage};
-use prost::Message as _;
-use prost_reflect::{DynamicMessage, ReflectMessage, SerializeOptions};
+use prost_reflect::ReflectMessage;
 
 const DAY_MS: i64 = 86_400_000;
 
-#[derive(Clone, Copy, Debug)]
-enum Protocol {
-    ConnectJson,
-    Grpc,
-}
-
-struct Client {
-    protocol: Protocol,
-    addr: String,
-    token: String,
-    tenant: String,
-}
-
 impl Client {
-    /// Calls `path` (`/package.Service/Method`) with `request`; an error is its ErrorInfo reason.
-    async fn call<Req, Resp>(
-        &self,
-        path: &str,
-        request: Req,
-        key: Option<&str>,
-    ) -> Result<Resp, String>
-    where
-        Req: ReflectMessage + prost::Message + 'static,
-        Resp: ReflectMessage + prost::Message + Default + 'static,
-    {
-        match self.protocol {
-            Protocol::ConnectJson => self.connect_json(path, &request, key),
-            Protocol::Grpc => self.grpc(path, request, key).await,
-        }
-    }
-
-    fn connect_json<Req: ReflectMessage, Resp: ReflectMessage + Default>(
-        &self,
-        path: &str,
-        request: &Req,
-        key: Option<&str>,
-    ) -> Result<Resp, String> {
-        let body = request
-            .transcode_to_dynamic()
-            .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
-            .unwrap()
-            .to_string();
-        let headers: Vec<(&str, &str)> = key
-            .map(|key| ("Idempotency-Key", key))
-            .into_iter()
-            .collect();
-        let (status, json) =
-            common::connect_json(&self.addr, path, &body, Some(&self.token), &headers);
-        if status != 200 {
-            let info = json["details"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|detail| detail["type"] == "google.rpc.ErrorInfo")
-                .map(|detail| {
-                    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
-                        .decode(detail["value"].as_str().unwrap().trim_end_matches('='))
-                        .unwrap();
-                    tonic_types::pb::ErrorInfo::decode(bytes.as_slice())
-                        .unwrap()
-                        .reason
-                });
-            return Err(info.unwrap_or_else(|| format!("HTTP {status}: {json}")));
-        }
-        let descriptor = Resp::default().descriptor();
-        let message = DynamicMessage::deserialize(descriptor, json).unwrap();
-        Ok(message.transcode_to().unwrap())
-    }
-
-    async fn grpc<Req, Resp>(
-        &self,
-        path: &str,
-        request: Req,
-        key: Option<&str>,
-    ) -> Result<Resp, String>
-    where
-        Req: prost::Message + 'static,
-        Resp: prost::Message + Default + 'static,
-    {
-        use tonic_types::StatusExt as _;
-        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.unwrap();
-        let mut request = tonic::Request::new(request);
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token).parse().unwrap(),
-        );
-        if let Some(key) = key {
-            request
-                .metadata_mut()
-                .insert("idempotency-key", key.parse().unwrap());
-        }
-        grpc.unary(
-            request,
-            path.parse().unwrap(),
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|status| {
-            status
-                .get_error_details()
-                .error_info()
-                .map_or_else(|| status.to_string(), |info| info.reason.clone())
-        })
-    }
-
     async fn balance(&self, member: &str) -> v1::Balance {
         let response: v1::GetBalanceResponse = self
             .call(

@@ -56,8 +56,8 @@ fn serves_every_area_behind_auth_and_answers_unimplemented_until_built() {
     );
     let (status, body) = common::connect_json(
         &server.addr,
-        "/commerce.checkout.v1.OrderService/GetOrder",
-        r#"{"orderId":"o-1"}"#,
+        "/commerce.subscriptions.v1.PlanService/GetPlan",
+        r#"{"planId":"p-1"}"#,
         Some(&dev_token(None)),
         &[],
     );
@@ -147,8 +147,8 @@ fn starts_with_redis_down_serves_on_fallbacks_and_reports_degraded_health() {
     let token = dev_token(None);
     let (status, _) = common::connect_json(
         &server.addr,
-        "/commerce.checkout.v1.OrderService/GetOrder",
-        r#"{"orderId":"o-1"}"#,
+        "/commerce.subscriptions.v1.PlanService/GetPlan",
+        r#"{"planId":"p-1"}"#,
         Some(&token),
         &[],
     );

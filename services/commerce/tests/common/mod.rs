@@ -1,6 +1,8 @@
 //! Starting the `commerce` binary for tests, and minting tokens it accepts.
 #![allow(dead_code)]
 
+pub mod client;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};

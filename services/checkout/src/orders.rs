@@ -1,0 +1,929 @@
+//! Orders and the placement saga.
+//!
+//! `PlaceOrder` runs as a saga whose state is stored before every step that reaches outside
+//! (loyalty, the PSP), in a placement record named by the idempotency key, so a retry — or a
+//! process that restarts — continues where the last attempt stopped instead of starting over:
+//!
+//! 1. re-price the cart (a changed price → `QUOTE_STALE`, nothing charged);
+//! 2. hold the loyalty reward (if any);
+//! 3. authorize the payment at the PSP with the placement's payment id as the PSP idempotency
+//!    key — never a new key, so the PSP can never authorize twice for one order;
+//! 4. commit the order with its `OrderPlaced` event;
+//! 5. capture (immediately), post the reward hold, emit `OrderPaid` (loyalty accrues from it).
+//!
+//! A decline voids the reward hold and fails with `PAYMENT_DECLINED`; an authorization whose
+//! reply was lost leaves the placement "payment unknown" and fails with
+//! `PAYMENT_OUTCOME_UNKNOWN`: the next attempt (same key) asks the PSP what happened
+//! (`lookup`) before doing anything else. Calls to the PSP go through the outbound policy
+//! (deadline, retries with jitter — the PSP is idempotent by key — and a circuit breaker).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use commerce_api::commerce::checkout::v1::{
+    Order, OrderLine, OrderPaid, OrderPlaced, OrderStatus, OrderStatusChange, OrderStatusChanged,
+    OrderTotals, PaidLine, Payment, PaymentStatus, Quote,
+};
+use commerce_api::commerce::common::v1::{ErrorReason, Money};
+use platform::clock::Clocks;
+use platform::outbound::{Classify, Idempotent, Outbound, OutboundError, OutboundPolicy};
+use platform::page_token;
+use prost::Message as _;
+use store::{AggregateKey, Commit, IndexEntry, OutboxEvent, Pages, Store};
+
+use crate::carts::Carts;
+use crate::error::CheckoutError;
+use crate::psp::{self, AuthorizeRequest, CaptureRequest, PaymentProvider, PspError, VoidRequest};
+use crate::quotes::{LoyaltyPort, Quotes};
+
+const ORDER: &str = "checkout_order";
+const PLACEMENT: &str = "checkout_placement";
+const EXTERNAL: &str = "checkout_external_order";
+
+/// Where a placement stands (stored as the record's `step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+enum Step {
+    Started = 0,
+    RewardHeld = 1,
+    PaymentUnknown = 2,
+    Placed = 3,
+    Failed = 4,
+}
+
+/// The placement saga's durable state.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PlacementRecord {
+    #[prost(int32, tag = "1")]
+    step: i32,
+    /// The order as it will be committed (lines, totals, ids).
+    #[prost(message, optional, tag = "2")]
+    order: Option<Order>,
+    #[prost(string, tag = "3")]
+    payment_token: String,
+    /// The error a failed placement answers every retry with.
+    #[prost(string, tag = "4")]
+    failure: String,
+    #[prost(int32, tag = "5")]
+    failure_reason: i32,
+}
+
+impl PspError {
+    fn declined(&self) -> Option<(&str, bool)> {
+        match self {
+            PspError::Declined { code, hard } => Some((code, *hard)),
+            _ => None,
+        }
+    }
+}
+
+impl Classify for PspError {
+    fn retryable(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn money(currency: &str, minor: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: currency.to_owned(),
+        amount_minor: minor,
+    })
+}
+
+fn minor(money: &Option<Money>) -> i64 {
+    money.as_ref().map_or(0, |money| money.amount_minor)
+}
+
+fn commit(
+    key: AggregateKey,
+    expected_version: u64,
+    data: Vec<u8>,
+    index: Vec<IndexEntry>,
+) -> Commit {
+    Commit {
+        key,
+        expected_version,
+        data: data.into(),
+        index,
+        events: Vec::new(),
+        idempotency: None,
+    }
+}
+
+fn index(name: &str, value: &str) -> IndexEntry {
+    IndexEntry {
+        name: name.into(),
+        value: value.into(),
+    }
+}
+
+fn order_index(order: &Order) -> Vec<IndexEntry> {
+    let mut entries = vec![index("all", "1"), index("location", &order.location_id)];
+    if !order.customer_id.is_empty() {
+        entries.push(index("customer", &order.customer_id));
+    }
+    entries
+}
+
+fn precondition(reason: ErrorReason, message: impl Into<String>) -> CheckoutError {
+    CheckoutError::Precondition {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// What `PlaceOrder` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// The cart.
+    pub cart_id: String,
+    /// The quote accepted.
+    pub quote_id: String,
+    /// Its total, checked again.
+    pub expected_total: Money,
+    /// PSP token.
+    pub payment_token: String,
+    /// The caller's order id, unique per tenant when set.
+    pub external_order_id: String,
+}
+
+/// The orders engine.
+#[derive(Clone)]
+pub struct Orders {
+    store: Arc<dyn Store>,
+    carts: Carts,
+    quotes: Quotes,
+    loyalty: Arc<dyn LoyaltyPort>,
+    psp: Arc<dyn PaymentProvider>,
+    outbound: Outbound,
+    clocks: Clocks,
+}
+
+impl Orders {
+    /// Orders placed from `carts`, priced by `quotes`, paid through `psp`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        carts: Carts,
+        quotes: Quotes,
+        loyalty: Arc<dyn LoyaltyPort>,
+        psp: Arc<dyn PaymentProvider>,
+        clocks: Clocks,
+    ) -> Self {
+        let mut policy = OutboundPolicy::new("psp");
+        policy.timeout = Duration::from_secs(5);
+        Orders {
+            store,
+            carts,
+            quotes,
+            loyalty,
+            psp,
+            outbound: Outbound::new(policy),
+            clocks,
+        }
+    }
+
+    async fn now_ms(&self, tenant: &str) -> Result<i64, CheckoutError> {
+        Ok(self.clocks.now(tenant).await?.now_ms)
+    }
+
+    /// Places an order (see the module docs); `key` is the request's idempotency key (derived).
+    pub async fn place(
+        &self,
+        tenant: &str,
+        placement: &Placement,
+        key: &str,
+    ) -> Result<Order, CheckoutError> {
+        if psp::looks_like_card_number(&placement.payment_token) {
+            return Err(CheckoutError::Invalid {
+                field: "payment_token".into(),
+                message: "looks like a card number; send the PSP's token".into(),
+            });
+        }
+        let placement_key = AggregateKey::new(tenant, PLACEMENT, key);
+        let (mut version, mut record) = match self.store.load(&placement_key).await? {
+            Some(stored) => (
+                stored.version,
+                decode::<PlacementRecord>(&stored.data, "placement")?,
+            ),
+            None => {
+                if let Some(order) = self.external(tenant, &placement.external_order_id).await? {
+                    return Ok(order);
+                }
+                let order = self.draft(tenant, placement, key).await?;
+                let record = PlacementRecord {
+                    step: Step::Started as i32,
+                    order: Some(order),
+                    payment_token: placement.payment_token.clone(),
+                    ..PlacementRecord::default()
+                };
+                let mut commits = vec![commit(
+                    placement_key.clone(),
+                    0,
+                    record.encode_to_vec(),
+                    Vec::new(),
+                )];
+                if !placement.external_order_id.is_empty() {
+                    let order_id = record
+                        .order
+                        .as_ref()
+                        .map(|order| order.order_id.clone())
+                        .unwrap_or_default();
+                    commits.push(commit(
+                        AggregateKey::new(tenant, EXTERNAL, &placement.external_order_id),
+                        0,
+                        order_id.into_bytes(),
+                        Vec::new(),
+                    ));
+                }
+                match self.store.commit_all(commits).await {
+                    Ok(_) => (1, record),
+                    Err(store::StoreError::Conflict { .. }) => {
+                        // A concurrent attempt with this key (or this external id) won.
+                        if let Some(order) =
+                            self.external(tenant, &placement.external_order_id).await?
+                        {
+                            return Ok(order);
+                        }
+                        return Err(CheckoutError::Store(store::StoreError::Conflict {
+                            key: placement_key.to_string(),
+                            expected: 0,
+                            found: 1,
+                        }));
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        };
+        loop {
+            let step = record.step;
+            match step {
+                s if s == Step::Placed as i32 => {
+                    let order_id = record
+                        .order
+                        .as_ref()
+                        .map(|o| o.order_id.clone())
+                        .unwrap_or_default();
+                    return self.order(tenant, &order_id).await;
+                }
+                s if s == Step::Failed as i32 => {
+                    return Err(precondition(
+                        ErrorReason::try_from(record.failure_reason)
+                            .unwrap_or(ErrorReason::PaymentDeclined),
+                        record.failure.clone(),
+                    ));
+                }
+                _ => {}
+            }
+            (version, record) = self
+                .advance(tenant, &placement_key, version, record)
+                .await?;
+        }
+    }
+
+    /// The order a caller's own order id already names.
+    async fn external(
+        &self,
+        tenant: &str,
+        external_id: &str,
+    ) -> Result<Option<Order>, CheckoutError> {
+        if external_id.is_empty() {
+            return Ok(None);
+        }
+        let Some(claim) = self
+            .store
+            .load(&AggregateKey::new(tenant, EXTERNAL, external_id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let order_id = String::from_utf8_lossy(&claim.data).into_owned();
+        match self.order(tenant, &order_id).await {
+            Ok(order) => Ok(Some(order)),
+            // Claimed by a placement still running or failed: report it as in flight.
+            Err(CheckoutError::NotFound { .. }) => Err(CheckoutError::Precondition {
+                reason: ErrorReason::IdempotencyKeyInUse,
+                message: format!("order {external_id} is being placed by another request"),
+            }),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Re-prices the cart and builds the order to place.
+    async fn draft(
+        &self,
+        tenant: &str,
+        placement: &Placement,
+        key: &str,
+    ) -> Result<Order, CheckoutError> {
+        let accepted = self.quotes.stored(tenant, &placement.quote_id).await?;
+        let now = self.now_ms(tenant).await?;
+        if accepted.cart_id != placement.cart_id {
+            return Err(CheckoutError::invalid(
+                "quote_id",
+                "belongs to another cart",
+            ));
+        }
+        if accepted
+            .expire_time
+            .is_some_and(|expire| expire.seconds * 1000 <= now)
+        {
+            return Err(precondition(
+                ErrorReason::QuoteStale,
+                "the quote has expired; quote again",
+            ));
+        }
+        let fresh: Quote = self.quotes.quote(tenant, &placement.cart_id).await?;
+        if fresh.total != accepted.total
+            || fresh.total.as_ref() != Some(&placement.expected_total)
+            || fresh.cart_version != accepted.cart_version
+        {
+            return Err(precondition(
+                ErrorReason::QuoteStale,
+                "the cart's price changed since the quote; quote again",
+            ));
+        }
+        let cart = self.carts.get(tenant, &placement.cart_id).await?;
+        let catalog = self.carts.catalog();
+        let mut lines = Vec::new();
+        for (cart_line, priced) in cart.lines.iter().zip(&fresh.lines) {
+            let item = catalog.item(tenant, &cart_line.item_id).await?;
+            lines.push(OrderLine {
+                line_id: cart_line.line_id.clone(),
+                item_id: cart_line.item_id.clone(),
+                sku: item.sku,
+                category: item.category,
+                display_name: item.display_name,
+                quantity: cart_line.quantity,
+                modifiers: cart_line.modifiers.clone(),
+                pricing: Some(priced.clone()),
+            });
+        }
+        // Newest first by id: the id leads with the time counted down.
+        let order_id = format!(
+            "ord-{:013}-{}",
+            9_999_999_999_999 - now,
+            &key[..key.len().min(12)]
+        );
+        Ok(Order {
+            order_id: order_id.clone(),
+            external_order_id: placement.external_order_id.clone(),
+            cart_id: cart.cart_id.clone(),
+            location_id: cart.location_id.clone(),
+            customer_id: cart.customer_id.clone(),
+            member_id: cart.member_id.clone(),
+            lines,
+            totals: Some(OrderTotals {
+                items_subtotal: fresh.items_subtotal,
+                discount_total: fresh.discount_total,
+                reward_discount: fresh.reward_discount,
+                fees_total: fresh.fees_total,
+                tax_total: fresh.tax_total,
+                tip: fresh.tip,
+                total: fresh.total.clone(),
+            }),
+            fulfillment: cart.fulfillment,
+            status: OrderStatus::Unspecified as i32,
+            payment: Some(Payment {
+                payment_id: format!("pay-{}", &key[..key.len().min(32)]),
+                status: PaymentStatus::Unspecified as i32,
+                ..Payment::default()
+            }),
+            redemption_id: String::new(),
+            promised_time: fresh.promised_time,
+            ..Order::default()
+        })
+        .map(|mut order| {
+            if let Some(reward) = &cart.loyalty_reward {
+                // Remembered in the draft so the reward step knows what to hold.
+                order.redemption_id = format!("pending:{}", reward.reward_id);
+            }
+            order
+        })
+    }
+
+    /// Runs the next step of the saga and stores where it got to.
+    async fn advance(
+        &self,
+        tenant: &str,
+        key: &AggregateKey,
+        version: u64,
+        mut record: PlacementRecord,
+    ) -> Result<(u64, PlacementRecord), CheckoutError> {
+        let mut order = record.order.clone().unwrap_or_default();
+        let currency = order
+            .totals
+            .as_ref()
+            .and_then(|totals| totals.total.as_ref())
+            .map(|total| total.currency_code.clone())
+            .unwrap_or_default();
+        let total = order
+            .totals
+            .as_ref()
+            .map_or(0, |totals| minor(&totals.total));
+        let payment_id = order
+            .payment
+            .as_ref()
+            .map(|payment| payment.payment_id.clone())
+            .unwrap_or_default();
+        let step = record.step;
+        if step == Step::Started as i32 {
+            if let Some(reward_id) = order
+                .redemption_id
+                .strip_prefix("pending:")
+                .map(str::to_owned)
+            {
+                let redemption = self
+                    .loyalty
+                    .hold(
+                        tenant,
+                        &order.member_id,
+                        &reward_id,
+                        &order.order_id,
+                        &key.id,
+                    )
+                    .await?;
+                order.redemption_id = redemption;
+            }
+            record.step = Step::RewardHeld as i32;
+        } else if step == Step::RewardHeld as i32 || step == Step::PaymentUnknown as i32 {
+            let authorized = if step == Step::PaymentUnknown as i32 {
+                // The last attempt's reply was lost: ask before acting.
+                match self.psp.lookup(&payment_id).await {
+                    Ok(Some(transaction)) if transaction.succeeded() => Ok(transaction),
+                    Ok(Some(_)) | Ok(None) => {
+                        self.authorize(
+                            &payment_id,
+                            &record.payment_token,
+                            &currency,
+                            total,
+                            &order.order_id,
+                        )
+                        .await
+                    }
+                    Err(_) => Err(OutboundError::Timeout),
+                }
+            } else {
+                self.authorize(
+                    &payment_id,
+                    &record.payment_token,
+                    &currency,
+                    total,
+                    &order.order_id,
+                )
+                .await
+            };
+            match authorized {
+                Ok(authorization) => {
+                    return self
+                        .commit_order(tenant, key, version, record, order, authorization.id)
+                        .await;
+                }
+                Err(error)
+                    if error.outcome_unknown()
+                        || matches!(&error, OutboundError::Failed(failure) if failure.is_outcome_unknown()) =>
+                {
+                    record.step = Step::PaymentUnknown as i32;
+                    record.order = Some(order);
+                    self.store
+                        .commit(commit(
+                            key.clone(),
+                            version,
+                            record.encode_to_vec(),
+                            Vec::new(),
+                        ))
+                        .await?;
+                    return Err(CheckoutError::Unavailable {
+                        what: "the payment provider",
+                        reason: ErrorReason::PaymentOutcomeUnknown,
+                    });
+                }
+                Err(error) => {
+                    let (message, reason) = match &error {
+                        OutboundError::Failed(PspError::CardDataRejected) => (
+                            "the payment token looks like card data".to_owned(),
+                            ErrorReason::CardDataRejected,
+                        ),
+                        OutboundError::Failed(failure) => match failure.declined() {
+                            Some((code, hard)) => (
+                                format!(
+                                    "the payment was declined ({code}{})",
+                                    if hard { ", do not retry" } else { "" }
+                                ),
+                                ErrorReason::PaymentDeclined,
+                            ),
+                            None => (
+                                format!("the payment failed: {failure}"),
+                                ErrorReason::PaymentDeclined,
+                            ),
+                        },
+                        other => {
+                            // Nothing was charged (unavailable, breaker open): the caller may retry.
+                            tracing::warn!(error = %other, "checkout: PSP unavailable");
+                            return Err(CheckoutError::Unavailable {
+                                what: "the payment provider",
+                                reason: ErrorReason::DependencyUnavailable,
+                            });
+                        }
+                    };
+                    // Compensate: return the held reward.
+                    if !order.redemption_id.is_empty()
+                        && !order.redemption_id.starts_with("pending:")
+                    {
+                        self.loyalty.void(tenant, &order.redemption_id).await?;
+                    }
+                    record.step = Step::Failed as i32;
+                    record.failure = message;
+                    record.failure_reason = reason as i32;
+                }
+            }
+        }
+        record.order = Some(order);
+        let version = self
+            .store
+            .commit(commit(
+                key.clone(),
+                version,
+                record.encode_to_vec(),
+                Vec::new(),
+            ))
+            .await?;
+        Ok((version, record))
+    }
+
+    async fn authorize(
+        &self,
+        payment_id: &str,
+        token: &str,
+        currency: &str,
+        total: i64,
+        order_id: &str,
+    ) -> Result<psp::Transaction, OutboundError<PspError>> {
+        self.outbound
+            .call(Idempotent::Yes, |_| {
+                self.psp.authorize(AuthorizeRequest {
+                    idempotency_key: payment_id.to_owned(),
+                    payment_token: token.to_owned(),
+                    amount: psp::Money::new(currency, total),
+                    reference: order_id.to_owned(),
+                })
+            })
+            .await
+    }
+
+    /// Commits the authorized order with `OrderPlaced`, then captures, posts the reward hold
+    /// and marks it paid with `OrderPaid`.
+    async fn commit_order(
+        &self,
+        tenant: &str,
+        key: &AggregateKey,
+        version: u64,
+        mut record: PlacementRecord,
+        mut order: Order,
+        authorization_id: String,
+    ) -> Result<(u64, PlacementRecord), CheckoutError> {
+        let now = self.now_ms(tenant).await?;
+        let currency = order
+            .totals
+            .as_ref()
+            .and_then(|t| t.total.clone())
+            .map(|t| t.currency_code)
+            .unwrap_or_default();
+        let total = order
+            .totals
+            .as_ref()
+            .map_or(0, |totals| minor(&totals.total));
+        order.status = OrderStatus::Placed as i32;
+        order.status_history = vec![OrderStatusChange {
+            status: OrderStatus::Placed as i32,
+            change_time: Some(timestamp_ms(now)),
+            reason: String::new(),
+        }];
+        if let Some(payment) = order.payment.as_mut() {
+            payment.psp_reference = authorization_id.clone();
+            payment.status = PaymentStatus::Authorized as i32;
+            payment.authorized_amount = money(&currency, total);
+            payment.captured_amount = money(&currency, 0);
+            payment.refunded_amount = money(&currency, 0);
+        }
+        order.create_time = Some(timestamp_ms(now));
+        order.update_time = Some(timestamp_ms(now));
+        order.version = 1;
+        record.step = Step::Placed as i32;
+        record.order = Some(order.clone());
+        let order_key = AggregateKey::new(tenant, ORDER, &order.order_id);
+        let mut created = commit(
+            order_key.clone(),
+            0,
+            order.encode_to_vec(),
+            order_index(&order),
+        );
+        created.events = vec![event(
+            &order_key,
+            1,
+            now,
+            &OrderPlaced {
+                order: Some(order.clone()),
+            },
+        )];
+        self.store
+            .commit_all(vec![
+                created,
+                commit(key.clone(), version, record.encode_to_vec(), Vec::new()),
+            ])
+            .await?;
+        // Capture now; a failure leaves the order placed and authorized (capture on completion
+        // or cancel then voids), never charged twice: the capture key is the payment's.
+        let captured = self
+            .outbound
+            .call(Idempotent::Yes, |_| {
+                self.psp.capture(CaptureRequest {
+                    idempotency_key: format!(
+                        "{}:capture",
+                        order
+                            .payment
+                            .as_ref()
+                            .map(|p| p.payment_id.as_str())
+                            .unwrap_or_default()
+                    ),
+                    authorization_id: authorization_id.clone(),
+                    amount: psp::Money::new(&currency, total),
+                })
+            })
+            .await;
+        match captured {
+            Ok(capture) => {
+                if !order.redemption_id.is_empty() {
+                    self.loyalty.commit(tenant, &order.redemption_id).await?;
+                }
+                self.mark_paid(tenant, &order.order_id, &capture.id, now)
+                    .await?;
+            }
+            Err(error) => {
+                tracing::warn!(%error, order = %order.order_id, "checkout: capture failed; order stays authorized")
+            }
+        }
+        Ok((version + 1, record))
+    }
+
+    /// Records the capture and emits `OrderPaid`.
+    async fn mark_paid(
+        &self,
+        tenant: &str,
+        order_id: &str,
+        capture_id: &str,
+        now: i64,
+    ) -> Result<(), CheckoutError> {
+        let key = AggregateKey::new(tenant, ORDER, order_id);
+        for _ in 0..16 {
+            let stored = self
+                .store
+                .load(&key)
+                .await?
+                .ok_or_else(|| CheckoutError::NotFound {
+                    resource: "order",
+                    id: order_id.to_owned(),
+                })?;
+            let mut order: Order = decode(&stored.data, "order")?;
+            let Some(payment) = order.payment.as_mut() else {
+                return Ok(());
+            };
+            if payment.status != PaymentStatus::Authorized as i32 {
+                return Ok(());
+            }
+            payment.status = PaymentStatus::Captured as i32;
+            payment
+                .captured_amount
+                .clone_from(&payment.authorized_amount);
+            payment.psp_reference = capture_id.to_owned();
+            order.version += 1;
+            order.update_time = Some(timestamp_ms(now));
+            let totals = order.totals.clone().unwrap_or_default();
+            let paid = OrderPaid {
+                order_id: order.order_id.clone(),
+                location_id: order.location_id.clone(),
+                customer_id: order.customer_id.clone(),
+                member_id: order.member_id.clone(),
+                lines: order
+                    .lines
+                    .iter()
+                    .map(|line| {
+                        let pricing = line.pricing.clone().unwrap_or_default();
+                        PaidLine {
+                            item_id: line.item_id.clone(),
+                            sku: line.sku.clone(),
+                            category: line.category.clone(),
+                            quantity: line.quantity,
+                            amount: money(
+                                &totals
+                                    .total
+                                    .as_ref()
+                                    .map(|t| t.currency_code.clone())
+                                    .unwrap_or_default(),
+                                minor(&pricing.line_subtotal) - minor(&pricing.line_discount),
+                            ),
+                        }
+                    })
+                    .collect(),
+                eligible_amount: money(
+                    &totals
+                        .total
+                        .as_ref()
+                        .map(|t| t.currency_code.clone())
+                        .unwrap_or_default(),
+                    minor(&totals.items_subtotal)
+                        - minor(&totals.discount_total)
+                        - minor(&totals.reward_discount),
+                ),
+                captured_amount: totals.total.clone(),
+                paid_time: Some(timestamp_ms(now)),
+            };
+            let mut change = commit(
+                key.clone(),
+                stored.version,
+                order.encode_to_vec(),
+                order_index(&order),
+            );
+            change.events = vec![event(&key, stored.version + 1, now, &paid)];
+            match self.store.commit(change).await {
+                Ok(_) => return Ok(()),
+                Err(store::StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// An order by id.
+    pub async fn order(&self, tenant: &str, order_id: &str) -> Result<Order, CheckoutError> {
+        let stored = self
+            .store
+            .load(&AggregateKey::new(tenant, ORDER, order_id))
+            .await?
+            .ok_or_else(|| CheckoutError::NotFound {
+                resource: "order",
+                id: order_id.to_owned(),
+            })?;
+        decode(&stored.data, "order")
+    }
+
+    /// Orders newest first, filtered by customer, location and statuses.
+    pub async fn orders(
+        &self,
+        tenant: &str,
+        customer_id: &str,
+        location_id: &str,
+        statuses: &[i32],
+        page_size: usize,
+        token: &str,
+    ) -> Result<(Vec<Order>, String), CheckoutError> {
+        let scope = format!("orders:{customer_id}:{location_id}:{statuses:?}");
+        let start = page_token::decode(&scope, token)?;
+        let filter = if !customer_id.is_empty() {
+            index("customer", customer_id)
+        } else if !location_id.is_empty() {
+            index("location", location_id)
+        } else {
+            index("all", "1")
+        };
+        let mut pages = Pages::new(self.store.as_ref(), tenant, ORDER, filter, 256).after(start);
+        let mut orders = Vec::new();
+        while let Some(page) = pages.next().await? {
+            for (id, stored) in page {
+                let order: Order = decode(&stored.data, "order")?;
+                let keep = (location_id.is_empty() || order.location_id == location_id)
+                    && (statuses.is_empty() || statuses.contains(&order.status));
+                if keep {
+                    orders.push(order);
+                    if orders.len() == page_size {
+                        return Ok((orders, page_token::encode(&scope, &id)));
+                    }
+                }
+            }
+        }
+        Ok((orders, String::new()))
+    }
+
+    /// Moves the order forward in the kitchen; the same status again is a no-op; anything else
+    /// than the next step is `ORDER_TRANSITION_INVALID`.
+    pub async fn advance_status(
+        &self,
+        tenant: &str,
+        order_id: &str,
+        status: OrderStatus,
+    ) -> Result<Order, CheckoutError> {
+        let key = AggregateKey::new(tenant, ORDER, order_id);
+        for _ in 0..16 {
+            let stored = self
+                .store
+                .load(&key)
+                .await?
+                .ok_or_else(|| CheckoutError::NotFound {
+                    resource: "order",
+                    id: order_id.to_owned(),
+                })?;
+            let mut order: Order = decode(&stored.data, "order")?;
+            let current = OrderStatus::try_from(order.status).unwrap_or_default();
+            if current == status {
+                return Ok(order);
+            }
+            let next = match current {
+                OrderStatus::Placed => OrderStatus::Accepted,
+                OrderStatus::Accepted => OrderStatus::InPreparation,
+                OrderStatus::InPreparation => OrderStatus::Ready,
+                OrderStatus::Ready => OrderStatus::Completed,
+                _ => OrderStatus::Unspecified,
+            };
+            if status != next {
+                return Err(precondition(
+                    ErrorReason::OrderTransitionInvalid,
+                    format!(
+                        "an order {} cannot move to {}",
+                        current.as_str_name(),
+                        status.as_str_name()
+                    ),
+                ));
+            }
+            let now = self.now_ms(tenant).await?;
+            order.status = status as i32;
+            order.status_history.push(OrderStatusChange {
+                status: status as i32,
+                change_time: Some(timestamp_ms(now)),
+                reason: String::new(),
+            });
+            order.version += 1;
+            order.update_time = Some(timestamp_ms(now));
+            let mut change = commit(
+                key.clone(),
+                stored.version,
+                order.encode_to_vec(),
+                order_index(&order),
+            );
+            change.events = vec![event(
+                &key,
+                stored.version + 1,
+                now,
+                &OrderStatusChanged {
+                    order_id: order.order_id.clone(),
+                    previous_status: current as i32,
+                    status: status as i32,
+                    change_time: Some(timestamp_ms(now)),
+                },
+            )];
+            match self.store.commit(change).await {
+                Ok(_) => return Ok(order),
+                Err(store::StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(CheckoutError::Store(store::StoreError::Conflict {
+            key: key.to_string(),
+            expected: 0,
+            found: 0,
+        }))
+    }
+
+    /// Voids an authorization that was never captured (used when a placement is abandoned).
+    pub async fn void_authorization(
+        &self,
+        payment_id: &str,
+        authorization_id: &str,
+    ) -> Result<(), CheckoutError> {
+        self.psp
+            .void(VoidRequest {
+                idempotency_key: format!("{payment_id}:void"),
+                authorization_id: authorization_id.to_owned(),
+            })
+            .await
+            .map(drop)
+            .map_err(|error| CheckoutError::invalid("payment", error.to_string()))
+    }
+}
+
+fn event(
+    key: &AggregateKey,
+    version: u64,
+    now_ms: i64,
+    message: &impl prost_reflect::ReflectMessage,
+) -> OutboxEvent {
+    events::envelope::outbox_event(
+        &events::EventSource {
+            aggregate: key.clone(),
+            version,
+            occurred_at: std::time::UNIX_EPOCH + Duration::from_millis(now_ms.max(0) as u64),
+            traceparent: None,
+            tracestate: None,
+        },
+        message,
+    )
+}
+
+fn decode<M: prost::Message + Default>(data: &[u8], what: &str) -> Result<M, CheckoutError> {
+    M::decode(data).map_err(|error| CheckoutError::Corrupt(format!("{what}: {error}")))
+}

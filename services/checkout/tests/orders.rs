@@ -1,0 +1,253 @@
+//! The placement saga against the PSP simulator: one authorization however many times (and
+//! however concurrently) a key is retried, declines compensate and charge nothing, a lost reply
+//! resolves to the one authorization, a changed price refuses the order, and the kitchen moves
+//! only forward.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use checkout::carts::LineChoice;
+use checkout::error::CheckoutError;
+use checkout::psp::{PaymentProvider, PspSimulator};
+use checkout::{NoLoyalty, Orders, Placement, Quotes};
+use commerce_api::commerce::checkout::v1::{OrderStatus, PaymentStatus};
+use commerce_api::commerce::common::v1::{ErrorReason, Money};
+use common::{TENANT, World, usd, world};
+
+fn engines(world: &World, psp: &PspSimulator) -> (Quotes, Orders) {
+    let quotes = Quotes::new(
+        world.carts.clone(),
+        world.promotions.clone(),
+        Arc::new(NoLoyalty),
+        None,
+        Duration::from_secs(2),
+        world.store.clone(),
+        world.clocks.clone(),
+    );
+    let orders = Orders::new(
+        world.store.clone(),
+        world.carts.clone(),
+        quotes.clone(),
+        Arc::new(NoLoyalty),
+        Arc::new(psp.clone()),
+        world.clocks.clone(),
+    );
+    (quotes, orders)
+}
+
+/// A cart with one burger, quoted; returns the placement request for `token`.
+async fn quoted(world: &World, quotes: &Quotes, cart_key: &str, token: &str) -> Placement {
+    let cart = world
+        .carts
+        .create(TENANT, &world.location, "c-1", None, cart_key)
+        .await
+        .unwrap();
+    let one = LineChoice {
+        quantity: 1,
+        ..LineChoice::default()
+    };
+    world
+        .carts
+        .add_line(TENANT, &cart.cart_id, &world.burger, &one, cart_key)
+        .await
+        .unwrap();
+    let quote = quotes.quote(TENANT, &cart.cart_id).await.unwrap();
+    Placement {
+        cart_id: cart.cart_id,
+        quote_id: quote.quote_id,
+        expected_total: quote.total.unwrap(),
+        payment_token: token.into(),
+        external_order_id: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_placements_with_one_key_make_one_authorization_and_one_order() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    let attempts = (0..50).map(|_| {
+        let (orders, placement) = (orders.clone(), placement.clone());
+        tokio::spawn(async move { orders.place(TENANT, &placement, "key-1").await })
+    });
+    let outcomes: Vec<_> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap())
+        .collect();
+    let placed: Vec<_> = outcomes
+        .iter()
+        .filter_map(|outcome| outcome.as_ref().ok())
+        .collect();
+    assert!(!placed.is_empty(), "{outcomes:?}");
+    // The rest lost a race and say so (retryable); none placed another order.
+    for outcome in &outcomes {
+        if let Err(error) = outcome {
+            assert!(error.is_conflict(), "{error:?}");
+        }
+    }
+    let order_id = &placed[0].order_id;
+    assert!(placed.iter().all(|order| &order.order_id == order_id));
+    // A retry after all that returns the same order.
+    assert_eq!(
+        &orders
+            .place(TENANT, &placement, "key-1")
+            .await
+            .unwrap()
+            .order_id,
+        order_id
+    );
+    assert_eq!(psp.authorization_count(order_id), 1);
+    let order = orders.order(TENANT, order_id).await.unwrap();
+    assert_eq!(order.status, OrderStatus::Placed as i32);
+    let payment = order.payment.unwrap();
+    assert_eq!(payment.status, PaymentStatus::Captured as i32);
+    assert_eq!(
+        payment.captured_amount,
+        Some(placement.expected_total.clone())
+    );
+    let (all, _) = orders.orders(TENANT, "", "", &[], 50, "").await.unwrap();
+    assert_eq!(all.len(), 1);
+}
+
+#[tokio::test]
+async fn a_decline_charges_nothing_and_every_retry_says_so() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_decline_insufficient_funds").await;
+    for _ in 0..2 {
+        let declined = orders.place(TENANT, &placement, "key-1").await;
+        assert!(
+            matches!(
+                declined,
+                Err(CheckoutError::Precondition {
+                    reason: ErrorReason::PaymentDeclined,
+                    ..
+                })
+            ),
+            "{declined:?}"
+        );
+    }
+    let (all, _) = orders.orders(TENANT, "", "", &[], 50, "").await.unwrap();
+    assert!(all.is_empty(), "no order");
+    let charged: Vec<_> = psp
+        .transactions(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|transaction| transaction.succeeded())
+        .collect();
+    assert!(charged.is_empty(), "{charged:?}");
+}
+
+#[tokio::test]
+async fn a_lost_reply_resolves_to_exactly_one_authorization() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    psp.set_timeout_delay(Duration::from_millis(10));
+    let (quotes, orders) = engines(&world, &psp);
+    // The PSP authorizes but the reply is lost: the retry (same key) gets the recorded one.
+    let placement = quoted(&world, &quotes, "cart-1", "tok_reply_lost").await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    assert_eq!(psp.authorization_count(&order.order_id), 1);
+    assert_eq!(order.status, OrderStatus::Placed as i32);
+}
+
+#[tokio::test]
+async fn a_psp_that_never_answers_leaves_the_payment_unknown_until_asked_again() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    psp.set_timeout_delay(Duration::from_millis(10));
+    let (quotes, orders) = engines(&world, &psp);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_timeout").await;
+    let unknown = orders.place(TENANT, &placement, "key-1").await;
+    assert!(
+        matches!(
+            unknown,
+            Err(CheckoutError::Unavailable {
+                reason: ErrorReason::PaymentOutcomeUnknown,
+                ..
+            })
+        ),
+        "{unknown:?}"
+    );
+    let (none, _) = orders.orders(TENANT, "", "", &[], 50, "").await.unwrap();
+    assert!(none.is_empty(), "no order while the payment is unknown");
+    // The PSP recovers; the retry asks it first, then authorizes once with the same key.
+    psp.configure("tok_timeout", checkout::psp::Behaviour::succeed());
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    assert_eq!(psp.authorization_count(&order.order_id), 1);
+    assert_eq!(
+        order.payment.unwrap().status,
+        PaymentStatus::Captured as i32
+    );
+}
+
+#[tokio::test]
+async fn a_changed_price_or_a_card_number_is_refused_before_any_charge() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let mut placement = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    placement.expected_total = Money {
+        amount_minor: placement.expected_total.amount_minor - 1,
+        ..placement.expected_total
+    };
+    assert!(matches!(
+        orders.place(TENANT, &placement, "key-1").await,
+        Err(CheckoutError::Precondition {
+            reason: ErrorReason::QuoteStale,
+            ..
+        })
+    ));
+    let mut card = quoted(&world, &quotes, "cart-2", "tok_ok").await;
+    card.payment_token = "4242 4242 4242 4242".into();
+    assert!(matches!(
+        orders.place(TENANT, &card, "key-2").await,
+        Err(CheckoutError::Invalid { .. })
+    ));
+    assert!(psp.transactions(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_kitchen_moves_orders_only_forward() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    let skip = orders
+        .advance_status(TENANT, &order.order_id, OrderStatus::Ready)
+        .await;
+    assert!(matches!(
+        skip,
+        Err(CheckoutError::Precondition {
+            reason: ErrorReason::OrderTransitionInvalid,
+            ..
+        })
+    ));
+    for status in [
+        OrderStatus::Accepted,
+        OrderStatus::Accepted,
+        OrderStatus::InPreparation,
+        OrderStatus::Ready,
+        OrderStatus::Completed,
+    ] {
+        let order = orders
+            .advance_status(TENANT, &order.order_id, status)
+            .await
+            .unwrap();
+        assert_eq!(order.status, status as i32);
+    }
+    let order = orders.order(TENANT, &order.order_id).await.unwrap();
+    assert_eq!(
+        order.status_history.len(),
+        5,
+        "placed + four moves; the repeat changed nothing"
+    );
+    assert_eq!(order.totals.unwrap().total, usd(979));
+}

@@ -1,0 +1,312 @@
+//! Checkout end to end through the running binary, once over Connect JSON and once over gRPC,
+//! each in its own tenant: menu → cart → quote → place (PSP simulator) → the kitchen moves the
+//! order to completed → loyalty accrued the points from checkout's `OrderPaid` event (outbox →
+//! relay → bus → loyalty's consumer), with the redeemed reward's hold posted.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use commerce_api::commerce::checkout::v1 as co;
+use commerce_api::commerce::common::v1::Money;
+use commerce_api::commerce::loyalty::v1 as lo;
+use common::client::{Client, Protocol};
+
+fn usd(cents: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: "USD".into(),
+        amount_minor: cents,
+    })
+}
+
+async fn scenario(client: &Client) {
+    let every_day = [1, 2, 3, 4, 5, 6, 7].map(|day| co::OpeningHours {
+        day,
+        open_minute: 0,
+        close_minute: 1440,
+    });
+    let location: co::CreateLocationResponse = client
+        .call(
+            "/commerce.checkout.v1.MenuService/CreateLocation",
+            co::CreateLocationRequest {
+                location: Some(co::Location {
+                    display_name: "Downtown".into(),
+                    time_zone: "America/New_York".into(),
+                    currency_code: "USD".into(),
+                    opening_hours: every_day.to_vec(),
+                    fulfillment_modes: vec![co::FulfillmentMode::Pickup as i32],
+                    tax_rates: vec![co::TaxRate {
+                        tax_category: "food".into(),
+                        rate_ppm: 88_750,
+                    }],
+                    ..Default::default()
+                }),
+            },
+            Some("loc-1"),
+        )
+        .await
+        .unwrap();
+    let location = location.location.unwrap().location_id;
+    let item: co::CreateMenuItemResponse = client
+        .call(
+            "/commerce.checkout.v1.MenuService/CreateMenuItem",
+            co::CreateMenuItemRequest {
+                item: Some(co::MenuItem {
+                    sku: "BURGER".into(),
+                    display_name: "Burger".into(),
+                    category: "burgers".into(),
+                    tax_category: "food".into(),
+                    base_price: usd(1_000),
+                    active: true,
+                    ..Default::default()
+                }),
+            },
+            Some("item-1"),
+        )
+        .await
+        .unwrap();
+    let burger = item.item.unwrap().item_id;
+
+    // A registered member with 30 points and a $2-off reward costing 20.
+    let member: lo::EnrollMemberResponse = client
+        .call(
+            "/commerce.loyalty.v1.MemberService/EnrollMember",
+            lo::EnrollMemberRequest {
+                customer_id: "cust-1".into(),
+                registered: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let member = member.member.unwrap().member_id;
+    let _: lo::AdjustPointsResponse = client
+        .call(
+            "/commerce.loyalty.v1.PointsService/AdjustPoints",
+            lo::AdjustPointsRequest {
+                member_id: member.clone(),
+                points: 30,
+                reason: "welcome bonus".into(),
+            },
+            Some("welcome"),
+        )
+        .await
+        .unwrap();
+    let reward: lo::CreateRewardResponse = client
+        .call(
+            "/commerce.loyalty.v1.RewardService/CreateReward",
+            lo::CreateRewardRequest {
+                reward: Some(lo::Reward {
+                    display_name: "$2 off".into(),
+                    point_cost: 20,
+                    benefit: Some(lo::reward::Benefit::AmountOff(Money {
+                        currency_code: "USD".into(),
+                        amount_minor: 200,
+                    })),
+                    active: true,
+                    ..Default::default()
+                }),
+            },
+            Some("reward-1"),
+        )
+        .await
+        .unwrap();
+    let reward = reward.reward.unwrap().reward_id;
+
+    // Cart: two burgers, the reward, quote.
+    let cart: co::CreateCartResponse = client
+        .call(
+            "/commerce.checkout.v1.CartService/CreateCart",
+            co::CreateCartRequest {
+                location_id: location.clone(),
+                customer_id: "cust-1".into(),
+                fulfillment: None,
+            },
+            Some("cart-1"),
+        )
+        .await
+        .unwrap();
+    let cart = cart.cart.unwrap().cart_id;
+    let _: co::AddCartLineResponse = client
+        .call(
+            "/commerce.checkout.v1.CartService/AddCartLine",
+            co::AddCartLineRequest {
+                cart_id: cart.clone(),
+                item_id: burger.clone(),
+                quantity: 2,
+                ..Default::default()
+            },
+            Some("line-1"),
+        )
+        .await
+        .unwrap();
+    let _: co::SetLoyaltyRewardResponse = client
+        .call(
+            "/commerce.checkout.v1.CartService/SetLoyaltyReward",
+            co::SetLoyaltyRewardRequest {
+                cart_id: cart.clone(),
+                member_id: member.clone(),
+                reward: Some(co::LoyaltyRewardSelection {
+                    reward_id: reward.clone(),
+                }),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let quote: co::QuoteCartResponse = client
+        .call(
+            "/commerce.checkout.v1.CartService/QuoteCart",
+            co::QuoteCartRequest {
+                cart_id: cart.clone(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let quote = quote.quote.unwrap();
+    // 2 × 10.00 − 2.00 reward = 18.00 taxable; tax 8.875% = 1.5975 → 1.60; total 19.60.
+    assert_eq!(
+        (
+            quote.items_subtotal.clone(),
+            quote.reward_discount.clone(),
+            quote.tax_total.clone(),
+            quote.total.clone()
+        ),
+        (usd(2_000), usd(200), usd(160), usd(1_960))
+    );
+
+    // Place it twice with one key: one order.
+    let place = || co::PlaceOrderRequest {
+        cart_id: cart.clone(),
+        quote_id: quote.quote_id.clone(),
+        expected_total: quote.total.clone(),
+        payment_token: "tok_ok".into(),
+        ..Default::default()
+    };
+    let placed: co::PlaceOrderResponse = client
+        .call(
+            "/commerce.checkout.v1.OrderService/PlaceOrder",
+            place(),
+            Some("order-1"),
+        )
+        .await
+        .unwrap();
+    let order = placed.order.unwrap();
+    let again: co::PlaceOrderResponse = client
+        .call(
+            "/commerce.checkout.v1.OrderService/PlaceOrder",
+            place(),
+            Some("order-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.order.unwrap().order_id, order.order_id);
+    let payment = order.payment.clone().unwrap();
+    assert_eq!(payment.status, co::PaymentStatus::Captured as i32);
+    assert_eq!(payment.captured_amount, usd(1_960));
+    assert!(order.redemption_id.starts_with("rdm-"), "{order:?}");
+
+    // The kitchen moves it to completed; skipping a step is refused.
+    let skip: Result<co::AdvanceOrderStatusResponse, String> = client
+        .call(
+            "/commerce.checkout.v1.OrderService/AdvanceOrderStatus",
+            co::AdvanceOrderStatusRequest {
+                order_id: order.order_id.clone(),
+                status: co::OrderStatus::Ready as i32,
+            },
+            None,
+        )
+        .await;
+    assert_eq!(skip.unwrap_err(), "ORDER_TRANSITION_INVALID");
+    for status in [
+        co::OrderStatus::Accepted,
+        co::OrderStatus::InPreparation,
+        co::OrderStatus::Ready,
+        co::OrderStatus::Completed,
+    ] {
+        let _: co::AdvanceOrderStatusResponse = client
+            .call(
+                "/commerce.checkout.v1.OrderService/AdvanceOrderStatus",
+                co::AdvanceOrderStatusRequest {
+                    order_id: order.order_id.clone(),
+                    status: status as i32,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let listed: co::ListOrdersResponse = client
+        .call(
+            "/commerce.checkout.v1.OrderService/ListOrders",
+            co::ListOrdersRequest {
+                customer_id: "cust-1".into(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.orders.len(), 1);
+    assert_eq!(listed.orders[0].status, co::OrderStatus::Completed as i32);
+
+    // Loyalty: the reward's 20 points were spent (hold posted) and the paid order accrued
+    // 18 points (1 per USD 1.00 of the 18.00 eligible after the reward), from OrderPaid.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let balance = loop {
+        let balance: lo::GetBalanceResponse = client
+            .call(
+                "/commerce.loyalty.v1.MemberService/GetBalance",
+                lo::GetBalanceRequest {
+                    member_id: member.clone(),
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let balance = balance.balance.unwrap();
+        if balance.lifetime_points > 0 || Instant::now() > deadline {
+            break balance;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (balance.lifetime_points, balance.held_points),
+        (18, 0),
+        "{balance:?}"
+    );
+    assert_eq!(balance.active_points, 30 - 20 + 18, "{balance:?}");
+    let redemption: lo::GetRedemptionResponse = client
+        .call(
+            "/commerce.loyalty.v1.RewardService/GetRedemption",
+            lo::GetRedemptionRequest {
+                redemption_id: order.redemption_id.clone(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        redemption.redemption.unwrap().status,
+        lo::RedemptionStatus::Posted as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_end_to_end_over_connect_json_and_grpc() {
+    let server = common::start();
+    for (protocol, tenant) in [
+        (Protocol::ConnectJson, "shop-connect"),
+        (Protocol::Grpc, "shop-grpc"),
+    ] {
+        let client = Client {
+            protocol,
+            addr: server.addr.clone(),
+            token: common::token_for(tenant),
+            tenant: tenant.into(),
+        };
+        scenario(&client).await;
+    }
+}
