@@ -419,7 +419,7 @@ impl CartService for CartApi {
     }
 }
 
-/// OrderService over the orders engine (placing, reading, advancing so far).
+/// OrderService over the orders engine (placing, reading, advancing, refunding so far).
 #[derive(Clone)]
 pub struct OrderApi {
     orders: Orders,
@@ -490,6 +490,30 @@ impl OrderService for OrderApi {
         Ok(Response::new(v1::ListOrdersResponse {
             orders,
             next_page_token,
+        }))
+    }
+
+    async fn refund_order(
+        &self,
+        request: Request<v1::RefundOrderRequest>,
+    ) -> Reply<v1::RefundOrderResponse> {
+        let tenant = tenant(&request)?;
+        let key = key_id(&request);
+        let body = request.into_inner();
+        let (order, refund) = self
+            .orders
+            .refund(
+                &tenant,
+                &body.order_id,
+                body.amount.as_ref(),
+                &body.reason,
+                &key,
+            )
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::RefundOrderResponse {
+            order: Some(order),
+            refund: Some(refund),
         }))
     }
 

@@ -889,6 +889,144 @@ impl Orders {
         }))
     }
 
+    /// Refunds `amount` (all that is left when `None`) of the captured payment, never more
+    /// than captured minus refunded (`REFUND_EXCEEDS_CAPTURED`). The refund id derives from
+    /// `key`, which is also the PSP's idempotency key: a retry after a crash repeats the PSP
+    /// call (which replays) and records the refund once.
+    pub async fn refund(
+        &self,
+        tenant: &str,
+        order_id: &str,
+        amount: Option<&Money>,
+        reason: &str,
+        key: &str,
+    ) -> Result<(Order, commerce_api::commerce::checkout::v1::Refund), CheckoutError> {
+        let refund_id = format!("rf-{}", &key[..key.len().min(24)]);
+        let order = self.order(tenant, order_id).await?;
+        if let Some(done) = order
+            .refunds
+            .iter()
+            .find(|refund| refund.refund_id == refund_id)
+        {
+            return Ok((order.clone(), done.clone()));
+        }
+        let payment = order.payment.clone().unwrap_or_default();
+        let captured = minor(&payment.captured_amount);
+        let left = captured - minor(&payment.refunded_amount);
+        let currency = payment
+            .captured_amount
+            .as_ref()
+            .map(|m| m.currency_code.clone())
+            .unwrap_or_default();
+        let wanted = match amount {
+            Some(amount) if amount.currency_code != currency => {
+                return Err(CheckoutError::invalid(
+                    "amount.currency_code",
+                    format!("the order was paid in {currency}"),
+                ));
+            }
+            Some(amount) if amount.amount_minor <= 0 => {
+                return Err(CheckoutError::invalid("amount", "must be positive"));
+            }
+            Some(amount) => amount.amount_minor,
+            None => left,
+        };
+        if captured == 0 || wanted > left || wanted <= 0 {
+            return Err(precondition(
+                ErrorReason::RefundExceedsCaptured,
+                format!("{wanted} exceeds the {left} captured and not refunded"),
+            ));
+        }
+        let refunded = self
+            .outbound
+            .call(Idempotent::Yes, |_| {
+                self.psp.refund(psp::RefundRequest {
+                    idempotency_key: refund_id.clone(),
+                    capture_id: payment.psp_reference.clone(),
+                    amount: psp::Money::new(&currency, wanted),
+                })
+            })
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, order = %order_id, "checkout: refund failed");
+                CheckoutError::Unavailable {
+                    what: "the payment provider",
+                    reason: ErrorReason::DependencyUnavailable,
+                }
+            })?;
+        let now = self.now_ms(tenant).await?;
+        let refund = commerce_api::commerce::checkout::v1::Refund {
+            refund_id: refund_id.clone(),
+            amount: money(&currency, wanted),
+            reason: reason.to_owned(),
+            psp_reference: refunded.id,
+            create_time: Some(timestamp_ms(now)),
+        };
+        let key = AggregateKey::new(tenant, ORDER, order_id);
+        for _ in 0..16 {
+            let stored = self
+                .store
+                .load(&key)
+                .await?
+                .ok_or_else(|| CheckoutError::NotFound {
+                    resource: "order",
+                    id: order_id.to_owned(),
+                })?;
+            let mut order: Order = decode(&stored.data, "order")?;
+            if let Some(done) = order
+                .refunds
+                .iter()
+                .find(|done| done.refund_id == refund_id)
+            {
+                return Ok((order.clone(), done.clone()));
+            }
+            let payment = order.payment.get_or_insert_with(Payment::default);
+            let total_refunded = minor(&payment.refunded_amount) + wanted;
+            payment.refunded_amount = money(&currency, total_refunded);
+            payment.status = if total_refunded >= minor(&payment.captured_amount) {
+                PaymentStatus::Refunded
+            } else {
+                PaymentStatus::PartiallyRefunded
+            } as i32;
+            let captured_amount = payment.captured_amount.clone();
+            order.refunds.push(refund.clone());
+            order.version += 1;
+            order.update_time = Some(timestamp_ms(now));
+            let totals = order.totals.clone().unwrap_or_default();
+            let refunded_event = commerce_api::commerce::checkout::v1::OrderRefunded {
+                order_id: order.order_id.clone(),
+                refund_id: refund_id.clone(),
+                amount: money(&currency, wanted),
+                total_refunded: money(&currency, total_refunded),
+                captured_amount,
+                eligible_amount: money(
+                    &currency,
+                    minor(&totals.items_subtotal)
+                        - minor(&totals.discount_total)
+                        - minor(&totals.reward_discount),
+                ),
+                member_id: order.member_id.clone(),
+            };
+            let mut change = commit(
+                key.clone(),
+                stored.version,
+                order.encode_to_vec(),
+                order_index(&order),
+            );
+            change.events = vec![event(&key, stored.version + 1, now, &refunded_event)];
+            match self.store.commit(change).await {
+                Ok(_) => return Ok((order, refund)),
+                Err(store::StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(CheckoutError::Store(store::StoreError::Conflict {
+            key: key.to_string(),
+            expected: 0,
+            found: 0,
+        }))
+    }
+
     /// Voids an authorization that was never captured (used when a placement is abandoned).
     pub async fn void_authorization(
         &self,

@@ -1,7 +1,8 @@
 //! Checkout end to end through the running binary, once over Connect JSON and once over gRPC,
 //! each in its own tenant: menu → cart → quote → place (PSP simulator) → the kitchen moves the
 //! order to completed → loyalty accrued the points from checkout's `OrderPaid` event (outbox →
-//! relay → bus → loyalty's consumer), with the redeemed reward's hold posted.
+//! relay → bus → loyalty's consumer), with the redeemed reward's hold posted → a partial refund
+//! reverses points in proportion (`OrderRefunded`), and no refund can exceed what was captured.
 
 mod common;
 
@@ -291,6 +292,70 @@ async fn scenario(client: &Client) {
     assert_eq!(
         redemption.redemption.unwrap().status,
         lo::RedemptionStatus::Posted as i32
+    );
+
+    // Refund half: 9.80 of 19.60; loyalty reverses half the 18 points earned.
+    let refund = || co::RefundOrderRequest {
+        order_id: order.order_id.clone(),
+        amount: usd(980),
+        reason: "cold fries".into(),
+    };
+    let refunded: co::RefundOrderResponse = client
+        .call(
+            "/commerce.checkout.v1.OrderService/RefundOrder",
+            refund(),
+            Some("refund-1"),
+        )
+        .await
+        .unwrap();
+    let again: co::RefundOrderResponse = client
+        .call(
+            "/commerce.checkout.v1.OrderService/RefundOrder",
+            refund(),
+            Some("refund-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again.refund, refunded.refund,
+        "a retried refund refunds once"
+    );
+    let paid = refunded.order.unwrap().payment.unwrap();
+    assert_eq!(paid.status, co::PaymentStatus::PartiallyRefunded as i32);
+    assert_eq!(paid.refunded_amount, usd(980));
+    let too_much: Result<co::RefundOrderResponse, String> = client
+        .call(
+            "/commerce.checkout.v1.OrderService/RefundOrder",
+            co::RefundOrderRequest {
+                amount: usd(981),
+                ..refund()
+            },
+            Some("refund-2"),
+        )
+        .await;
+    assert_eq!(too_much.unwrap_err(), "REFUND_EXCEEDS_CAPTURED");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let balance = loop {
+        let balance: lo::GetBalanceResponse = client
+            .call(
+                "/commerce.loyalty.v1.MemberService/GetBalance",
+                lo::GetBalanceRequest {
+                    member_id: member.clone(),
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let balance = balance.balance.unwrap();
+        if balance.lifetime_points < 18 || Instant::now() > deadline {
+            break balance;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (balance.lifetime_points, balance.active_points),
+        (9, 19),
+        "{balance:?}"
     );
 }
 
