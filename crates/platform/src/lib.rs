@@ -15,6 +15,7 @@ mod cors;
 pub mod interceptors;
 pub mod outbound;
 pub mod page_token;
+pub mod request;
 mod server;
 mod shutdown;
 

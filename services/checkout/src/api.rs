@@ -7,7 +7,7 @@ use commerce_api::commerce::checkout::v1::{
     order_service_server::OrderService,
 };
 use platform::ApiError;
-use platform::interceptors::{IdempotencyContext, Tenant};
+use platform::request::{field_mask, idempotency_id, page_size, tenant};
 use tonic::{Request, Response, Status};
 
 use crate::carts::{Carts, LineChoice};
@@ -20,37 +20,6 @@ type Reply<T> = Result<Response<T>, Status>;
 
 fn fail(error: CheckoutError) -> Status {
     ApiError::from(error).into_status(ERROR_DOMAIN)
-}
-
-fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
-    request
-        .extensions()
-        .get::<Tenant>()
-        .map(|tenant| tenant.0.clone())
-        .ok_or_else(|| Status::internal("no tenant on the request"))
-}
-
-/// A stable id from the request's idempotency key, so a retried create finds what it made.
-fn key_id<T>(request: &Request<T>) -> String {
-    request
-        .extensions()
-        .get::<IdempotencyContext>()
-        .map_or_else(
-            || uuid::Uuid::now_v7().simple().to_string(),
-            IdempotencyContext::derived_id,
-        )
-}
-
-/// Page size from the request: 0 means 50, above 500 means 500.
-fn page_size(requested: i32) -> usize {
-    match requested {
-        ..=0 => 50,
-        size => (size as usize).min(500),
-    }
-}
-
-fn mask(mask: Option<prost_types::FieldMask>) -> Vec<String> {
-    mask.map(|mask| mask.paths).unwrap_or_default()
 }
 
 /// MenuService over the catalog.
@@ -73,7 +42,7 @@ impl MenuService for MenuApi {
         request: Request<v1::CreateLocationRequest>,
     ) -> Reply<v1::CreateLocationResponse> {
         let tenant = tenant(&request)?;
-        let key = key_id(&request);
+        let key = idempotency_id(&request);
         let location = request.into_inner().location.unwrap_or_default();
         let location = self
             .catalog
@@ -96,7 +65,7 @@ impl MenuService for MenuApi {
             .update_location(
                 &tenant,
                 &body.location.unwrap_or_default(),
-                &mask(body.update_mask),
+                &field_mask(body.update_mask),
                 body.expected_version,
             )
             .await
@@ -143,7 +112,7 @@ impl MenuService for MenuApi {
         request: Request<v1::CreateMenuItemRequest>,
     ) -> Reply<v1::CreateMenuItemResponse> {
         let tenant = tenant(&request)?;
-        let key = key_id(&request);
+        let key = idempotency_id(&request);
         let item = request.into_inner().item.unwrap_or_default();
         let item = self
             .catalog
@@ -166,7 +135,7 @@ impl MenuService for MenuApi {
             .update_item(
                 &tenant,
                 &body.item.unwrap_or_default(),
-                &mask(body.update_mask),
+                &field_mask(body.update_mask),
                 body.expected_version,
             )
             .await
@@ -256,7 +225,7 @@ impl CartService for CartApi {
         request: Request<v1::CreateCartRequest>,
     ) -> Reply<v1::CreateCartResponse> {
         let tenant = tenant(&request)?;
-        let key = key_id(&request);
+        let key = idempotency_id(&request);
         let body = request.into_inner();
         let cart = self
             .carts
@@ -282,7 +251,7 @@ impl CartService for CartApi {
         request: Request<v1::AddCartLineRequest>,
     ) -> Reply<v1::AddCartLineResponse> {
         let tenant = tenant(&request)?;
-        let key = key_id(&request);
+        let key = idempotency_id(&request);
         let body = request.into_inner();
         let (cart, line_id) = self
             .carts
@@ -439,7 +408,7 @@ impl OrderService for OrderApi {
         request: Request<v1::PlaceOrderRequest>,
     ) -> Reply<v1::PlaceOrderResponse> {
         let tenant = tenant(&request)?;
-        let key = key_id(&request);
+        let key = idempotency_id(&request);
         let body = request.into_inner();
         let placement = Placement {
             cart_id: body.cart_id,
@@ -498,7 +467,7 @@ impl OrderService for OrderApi {
         request: Request<v1::RefundOrderRequest>,
     ) -> Reply<v1::RefundOrderResponse> {
         let tenant = tenant(&request)?;
-        let key = key_id(&request);
+        let key = idempotency_id(&request);
         let body = request.into_inner();
         let (order, refund) = self
             .orders

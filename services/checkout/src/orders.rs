@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use commerce_api::commerce::checkout::v1::{
-    Order, OrderLine, OrderPaid, OrderPlaced, OrderStatus, OrderStatusChange, OrderStatusChanged,
-    OrderTotals, PaidLine, Payment, PaymentStatus, Quote,
+    Order, OrderLine, OrderPaid, OrderPlaced, OrderRefunded, OrderStatus, OrderStatusChange,
+    OrderStatusChanged, OrderTotals, PaidLine, Payment, PaymentStatus, Quote,
 };
 use commerce_api::commerce::common::v1::{ErrorReason, Money};
 use platform::clock::Clocks;
@@ -680,8 +680,35 @@ impl Orders {
         capture_id: &str,
         now: i64,
     ) -> Result<(), CheckoutError> {
+        self.update_order(tenant, order_id, now, |order| {
+            let Some(payment) = order.payment.as_mut() else {
+                return Ok(None);
+            };
+            if payment.status != PaymentStatus::Authorized as i32 {
+                return Ok(None);
+            }
+            payment.status = PaymentStatus::Captured as i32;
+            payment
+                .captured_amount
+                .clone_from(&payment.authorized_amount);
+            payment.psp_reference = capture_id.to_owned();
+            Ok(Some(paid_event(order, now)))
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Reads an order, lets `change` edit it and name its event (`None`: nothing to change),
+    /// and commits it with the event, re-reading on a lost race.
+    async fn update_order<E: prost_reflect::ReflectMessage>(
+        &self,
+        tenant: &str,
+        order_id: &str,
+        now: i64,
+        mut change: impl FnMut(&mut Order) -> Result<Option<E>, CheckoutError>,
+    ) -> Result<Order, CheckoutError> {
         let key = AggregateKey::new(tenant, ORDER, order_id);
-        for _ in 0..16 {
+        loop {
             let stored = self
                 .store
                 .load(&key)
@@ -691,73 +718,24 @@ impl Orders {
                     id: order_id.to_owned(),
                 })?;
             let mut order: Order = decode(&stored.data, "order")?;
-            let Some(payment) = order.payment.as_mut() else {
-                return Ok(());
+            let Some(emitted) = change(&mut order)? else {
+                return Ok(order);
             };
-            if payment.status != PaymentStatus::Authorized as i32 {
-                return Ok(());
-            }
-            payment.status = PaymentStatus::Captured as i32;
-            payment
-                .captured_amount
-                .clone_from(&payment.authorized_amount);
-            payment.psp_reference = capture_id.to_owned();
             order.version += 1;
             order.update_time = Some(timestamp_ms(now));
-            let totals = order.totals.clone().unwrap_or_default();
-            let paid = OrderPaid {
-                order_id: order.order_id.clone(),
-                location_id: order.location_id.clone(),
-                customer_id: order.customer_id.clone(),
-                member_id: order.member_id.clone(),
-                lines: order
-                    .lines
-                    .iter()
-                    .map(|line| {
-                        let pricing = line.pricing.clone().unwrap_or_default();
-                        PaidLine {
-                            item_id: line.item_id.clone(),
-                            sku: line.sku.clone(),
-                            category: line.category.clone(),
-                            quantity: line.quantity,
-                            amount: money(
-                                &totals
-                                    .total
-                                    .as_ref()
-                                    .map(|t| t.currency_code.clone())
-                                    .unwrap_or_default(),
-                                minor(&pricing.line_subtotal) - minor(&pricing.line_discount),
-                            ),
-                        }
-                    })
-                    .collect(),
-                eligible_amount: money(
-                    &totals
-                        .total
-                        .as_ref()
-                        .map(|t| t.currency_code.clone())
-                        .unwrap_or_default(),
-                    minor(&totals.items_subtotal)
-                        - minor(&totals.discount_total)
-                        - minor(&totals.reward_discount),
-                ),
-                captured_amount: totals.total.clone(),
-                paid_time: Some(timestamp_ms(now)),
-            };
-            let mut change = commit(
+            let mut commit = commit(
                 key.clone(),
                 stored.version,
                 order.encode_to_vec(),
                 order_index(&order),
             );
-            change.events = vec![event(&key, stored.version + 1, now, &paid)];
-            match self.store.commit(change).await {
-                Ok(_) => return Ok(()),
+            commit.events = vec![event(&key, stored.version + 1, now, &emitted)];
+            match self.store.commit(commit).await {
+                Ok(_) => return Ok(order),
                 Err(store::StoreError::Conflict { .. }) => continue,
                 Err(error) => return Err(error.into()),
             }
         }
-        Ok(())
     }
 
     /// An order by id.
@@ -818,20 +796,11 @@ impl Orders {
         order_id: &str,
         status: OrderStatus,
     ) -> Result<Order, CheckoutError> {
-        let key = AggregateKey::new(tenant, ORDER, order_id);
-        for _ in 0..16 {
-            let stored = self
-                .store
-                .load(&key)
-                .await?
-                .ok_or_else(|| CheckoutError::NotFound {
-                    resource: "order",
-                    id: order_id.to_owned(),
-                })?;
-            let mut order: Order = decode(&stored.data, "order")?;
+        let now = self.now_ms(tenant).await?;
+        self.update_order(tenant, order_id, now, |order| {
             let current = OrderStatus::try_from(order.status).unwrap_or_default();
             if current == status {
-                return Ok(order);
+                return Ok(None);
             }
             let next = match current {
                 OrderStatus::Placed => OrderStatus::Accepted,
@@ -850,43 +819,20 @@ impl Orders {
                     ),
                 ));
             }
-            let now = self.now_ms(tenant).await?;
             order.status = status as i32;
             order.status_history.push(OrderStatusChange {
                 status: status as i32,
                 change_time: Some(timestamp_ms(now)),
                 reason: String::new(),
             });
-            order.version += 1;
-            order.update_time = Some(timestamp_ms(now));
-            let mut change = commit(
-                key.clone(),
-                stored.version,
-                order.encode_to_vec(),
-                order_index(&order),
-            );
-            change.events = vec![event(
-                &key,
-                stored.version + 1,
-                now,
-                &OrderStatusChanged {
-                    order_id: order.order_id.clone(),
-                    previous_status: current as i32,
-                    status: status as i32,
-                    change_time: Some(timestamp_ms(now)),
-                },
-            )];
-            match self.store.commit(change).await {
-                Ok(_) => return Ok(order),
-                Err(store::StoreError::Conflict { .. }) => continue,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(CheckoutError::Store(store::StoreError::Conflict {
-            key: key.to_string(),
-            expected: 0,
-            found: 0,
-        }))
+            Ok(Some(OrderStatusChanged {
+                order_id: order.order_id.clone(),
+                previous_status: current as i32,
+                status: status as i32,
+                change_time: Some(timestamp_ms(now)),
+            }))
+        })
+        .await
     }
 
     /// Refunds `amount` (all that is left when `None`) of the captured payment, never more
@@ -962,69 +908,40 @@ impl Orders {
             psp_reference: refunded.id,
             create_time: Some(timestamp_ms(now)),
         };
-        let key = AggregateKey::new(tenant, ORDER, order_id);
-        for _ in 0..16 {
-            let stored = self
-                .store
-                .load(&key)
-                .await?
-                .ok_or_else(|| CheckoutError::NotFound {
-                    resource: "order",
-                    id: order_id.to_owned(),
-                })?;
-            let mut order: Order = decode(&stored.data, "order")?;
-            if let Some(done) = order
-                .refunds
-                .iter()
-                .find(|done| done.refund_id == refund_id)
-            {
-                return Ok((order.clone(), done.clone()));
-            }
-            let payment = order.payment.get_or_insert_with(Payment::default);
-            let total_refunded = minor(&payment.refunded_amount) + wanted;
-            payment.refunded_amount = money(&currency, total_refunded);
-            payment.status = if total_refunded >= minor(&payment.captured_amount) {
-                PaymentStatus::Refunded
-            } else {
-                PaymentStatus::PartiallyRefunded
-            } as i32;
-            let captured_amount = payment.captured_amount.clone();
-            order.refunds.push(refund.clone());
-            order.version += 1;
-            order.update_time = Some(timestamp_ms(now));
-            let totals = order.totals.clone().unwrap_or_default();
-            let refunded_event = commerce_api::commerce::checkout::v1::OrderRefunded {
-                order_id: order.order_id.clone(),
-                refund_id: refund_id.clone(),
-                amount: money(&currency, wanted),
-                total_refunded: money(&currency, total_refunded),
-                captured_amount,
-                eligible_amount: money(
-                    &currency,
-                    minor(&totals.items_subtotal)
-                        - minor(&totals.discount_total)
-                        - minor(&totals.reward_discount),
-                ),
-                member_id: order.member_id.clone(),
-            };
-            let mut change = commit(
-                key.clone(),
-                stored.version,
-                order.encode_to_vec(),
-                order_index(&order),
-            );
-            change.events = vec![event(&key, stored.version + 1, now, &refunded_event)];
-            match self.store.commit(change).await {
-                Ok(_) => return Ok((order, refund)),
-                Err(store::StoreError::Conflict { .. }) => continue,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(CheckoutError::Store(store::StoreError::Conflict {
-            key: key.to_string(),
-            expected: 0,
-            found: 0,
-        }))
+        let order = self
+            .update_order(tenant, order_id, now, |order| {
+                if order.refunds.iter().any(|done| done.refund_id == refund_id) {
+                    return Ok(None);
+                }
+                let payment = order.payment.get_or_insert_with(Payment::default);
+                let total_refunded = minor(&payment.refunded_amount) + wanted;
+                payment.refunded_amount = money(&currency, total_refunded);
+                payment.status = if total_refunded >= minor(&payment.captured_amount) {
+                    PaymentStatus::Refunded
+                } else {
+                    PaymentStatus::PartiallyRefunded
+                } as i32;
+                let captured_amount = payment.captured_amount.clone();
+                order.refunds.push(refund.clone());
+                let totals = order.totals.clone().unwrap_or_default();
+                Ok(Some(OrderRefunded {
+                    order_id: order.order_id.clone(),
+                    refund_id: refund_id.clone(),
+                    amount: money(&currency, wanted),
+                    total_refunded: money(&currency, total_refunded),
+                    captured_amount,
+                    eligible_amount: money(&currency, eligible_minor(&totals)),
+                    member_id: order.member_id.clone(),
+                }))
+            })
+            .await?;
+        let recorded = order
+            .refunds
+            .iter()
+            .find(|done| done.refund_id == refund_id)
+            .cloned()
+            .unwrap_or(refund);
+        Ok((order, recorded))
     }
 
     /// Voids an authorization that was never captured (used when a placement is abandoned).
@@ -1041,6 +958,47 @@ impl Orders {
             .await
             .map(drop)
             .map_err(|error| CheckoutError::invalid("payment", error.to_string()))
+    }
+}
+
+/// What loyalty earns on: items after promotions and the reward, before tax, fees and tip.
+fn eligible_minor(totals: &OrderTotals) -> i64 {
+    minor(&totals.items_subtotal) - minor(&totals.discount_total) - minor(&totals.reward_discount)
+}
+
+/// `OrderPaid` for a captured order.
+fn paid_event(order: &Order, now: i64) -> OrderPaid {
+    let totals = order.totals.clone().unwrap_or_default();
+    let currency = totals
+        .total
+        .as_ref()
+        .map(|total| total.currency_code.clone())
+        .unwrap_or_default();
+    OrderPaid {
+        order_id: order.order_id.clone(),
+        location_id: order.location_id.clone(),
+        customer_id: order.customer_id.clone(),
+        member_id: order.member_id.clone(),
+        lines: order
+            .lines
+            .iter()
+            .map(|line| {
+                let pricing = line.pricing.clone().unwrap_or_default();
+                PaidLine {
+                    item_id: line.item_id.clone(),
+                    sku: line.sku.clone(),
+                    category: line.category.clone(),
+                    quantity: line.quantity,
+                    amount: money(
+                        &currency,
+                        minor(&pricing.line_subtotal) - minor(&pricing.line_discount),
+                    ),
+                }
+            })
+            .collect(),
+        eligible_amount: money(&currency, eligible_minor(&totals)),
+        captured_amount: totals.total.clone(),
+        paid_time: Some(timestamp_ms(now)),
     }
 }
 

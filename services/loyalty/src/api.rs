@@ -9,12 +9,12 @@ use commerce_api::commerce::loyalty::v1::{
     reward_service_server::RewardService,
 };
 use platform::ApiError;
-use platform::interceptors::{IdempotencyContext, Tenant};
+use platform::request::{field_mask, idempotency_id, page_size, tenant};
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Loyalty, timestamp_ms};
 use crate::error::{ERROR_DOMAIN, LoyaltyError};
-use crate::members::{Enrolment, page_size};
+use crate::members::Enrolment;
 use crate::points::{PaidLine, PaidOrder, Refund, RefundAmount};
 use crate::rewards::Resolution;
 
@@ -37,26 +37,6 @@ fn fail(error: LoyaltyError) -> Status {
     ApiError::from(error).into_status(ERROR_DOMAIN)
 }
 
-/// The caller's tenant (set by the platform's authorization layer).
-fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
-    request
-        .extensions()
-        .get::<Tenant>()
-        .map(|tenant| tenant.0.clone())
-        .ok_or_else(|| Status::internal("no tenant on the request"))
-}
-
-/// A stable id from the request's idempotency key, so a retried create finds what it made.
-fn key_id<T>(request: &Request<T>) -> String {
-    request
-        .extensions()
-        .get::<IdempotencyContext>()
-        .map_or_else(
-            || uuid::Uuid::now_v7().simple().to_string(),
-            IdempotencyContext::derived_id,
-        )
-}
-
 fn ok<T>(message: T) -> Reply<T> {
     Ok(Response::new(message))
 }
@@ -64,10 +44,6 @@ fn ok<T>(message: T) -> Reply<T> {
 /// Unix seconds of an optional timestamp.
 fn seconds_of(time: Option<prost_types::Timestamp>) -> Option<i64> {
     time.map(|time| time.seconds)
-}
-
-fn mask(mask: Option<prost_types::FieldMask>) -> Vec<String> {
-    mask.map(|mask| mask.paths).unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -260,7 +236,7 @@ impl PointsService for LoyaltyApi {
         request: Request<v1::AdjustPointsRequest>,
     ) -> Reply<v1::AdjustPointsResponse> {
         let tenant = tenant(&request)?;
-        let key = key_id(&request);
+        let key = idempotency_id(&request);
         let body = request.into_inner();
         let entry = self
             .engine
@@ -278,7 +254,7 @@ impl RewardService for LoyaltyApi {
         request: Request<v1::CreateRewardRequest>,
     ) -> Reply<v1::CreateRewardResponse> {
         let tenant = tenant(&request)?;
-        let key = key_id(&request);
+        let key = idempotency_id(&request);
         let reward = request.into_inner().reward.unwrap_or_default();
         let reward = self
             .engine
@@ -301,7 +277,7 @@ impl RewardService for LoyaltyApi {
             .update_reward(
                 &tenant,
                 &body.reward.unwrap_or_default(),
-                &mask(body.update_mask),
+                &field_mask(body.update_mask),
             )
             .await
             .map_err(fail)?;
@@ -348,7 +324,7 @@ impl RewardService for LoyaltyApi {
         request: Request<v1::RedeemRewardRequest>,
     ) -> Reply<v1::RedeemRewardResponse> {
         let tenant = tenant(&request)?;
-        let key = key_id(&request);
+        let key = idempotency_id(&request);
         let body = request.into_inner();
         let redemption = self
             .engine
@@ -467,7 +443,7 @@ impl ProgramService for LoyaltyApi {
             .update_program(
                 &tenant,
                 &body.program.unwrap_or_default(),
-                &mask(body.update_mask),
+                &field_mask(body.update_mask),
                 body.expected_version,
             )
             .await

@@ -27,14 +27,6 @@ pub struct Enrolment {
 /// A page of results and the token of the next one.
 pub type Page<T> = (Vec<T>, String);
 
-/// Page size from the request: 0 means 50, above 500 means 500.
-pub fn page_size(requested: i32) -> usize {
-    match requested {
-        ..=0 => 50,
-        size => (size as usize).min(500),
-    }
-}
-
 impl Loyalty {
     /// Enrols a customer, or returns the member already enrolled for them (`false`).
     pub async fn enroll(

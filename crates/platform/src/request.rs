@@ -1,0 +1,42 @@
+//! What handlers read off a request the platform's layers prepared, in one place so every
+//! service reads it the same way.
+
+use tonic::{Request, Status};
+
+use crate::interceptors::{IdempotencyContext, Tenant};
+
+/// The caller's tenant, set by the authorization layer (from the token, or the
+/// `commerce-tenant` header on public reads).
+pub fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
+    request
+        .extensions()
+        .get::<Tenant>()
+        .map(|tenant| tenant.0.clone())
+        .ok_or_else(|| Status::internal("no tenant on the request"))
+}
+
+/// A stable id derived from the request's idempotency key (tenant, method, key), so a create
+/// retried after a crash finds what the first attempt made; a fresh UUIDv7 when the call
+/// carries no key.
+pub fn idempotency_id<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<IdempotencyContext>()
+        .map_or_else(
+            || uuid::Uuid::now_v7().simple().to_string(),
+            IdempotencyContext::derived_id,
+        )
+}
+
+/// A list's page size as the contracts define it: 0 means 50, above 500 means 500.
+pub fn page_size(requested: i32) -> usize {
+    match requested {
+        ..=0 => 50,
+        size => (size as usize).min(500),
+    }
+}
+
+/// The paths of an update mask (AIP-134); none when unset.
+pub fn field_mask(mask: Option<prost_types::FieldMask>) -> Vec<String> {
+    mask.map(|mask| mask.paths).unwrap_or_default()
+}
