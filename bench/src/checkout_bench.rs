@@ -1,0 +1,896 @@
+//! `checkout-bench`: checkout's QuoteCart and PlaceOrder measured end to end (issue 7 "Measure").
+//! Run by hand, it prints numbers; it is not a test.
+//!
+//!   bench/checkout.sh [--quotes N] [--orders K] [--connections C]
+//!
+//! (the script builds `commerce` and `bench` in release and runs `target/release/checkout-bench`).
+//! It starts the real `commerce serve` itself on free loopback ports and kills it at the end (also
+//! when the benchmark fails): no Redis, so the embedded store in a temporary directory, carts in
+//! that store and the in-process event bus; the binary's PSP simulator, which answers `tok_ok`
+//! with no latency; the rate limiter raised out of the way. Tenant `bench`, token from
+//! `commerce token`, generated tonic clients over C HTTP/2 connections (one at concurrency 1).
+//!
+//! Setup over gRPC: one location open every day all day (UTC, USD, pickup, tax category `food`
+//! at 8.875%) and one active menu item (USD 8.99, tax category `food`).
+//!
+//! 1. **QuoteCart**: one cart with 3 lines, then N `CartService/QuoteCart` calls at concurrency 1
+//!    and 32 (each call prices the cart and stores a quote); req/s, p50/p99.
+//! 2. **PlaceOrder**: for each concurrency (1, 32), K carts are prepared first, 32 at a time and
+//!    outside the timing (CreateCart, AddCartLine, QuoteCart for `quote_id` and `total`); then only
+//!    the K `OrderService/PlaceOrder` calls are timed (own idempotency key each, `tok_ok`,
+//!    `expected_total` = the quote's total); orders/s, p50/p99. Failed calls are not retried:
+//!    they are counted by gRPC code and `ErrorInfo` reason and printed. Afterwards, outside the
+//!    timing: GetOrder on every order placed must answer it with payment CAPTURED, and ListOrders
+//!    of the location must count exactly the orders placed.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::Parser;
+use commerce_api::commerce::checkout::v1::cart_service_client::CartServiceClient;
+use commerce_api::commerce::checkout::v1::menu_service_client::MenuServiceClient;
+use commerce_api::commerce::checkout::v1::order_service_client::OrderServiceClient;
+use commerce_api::commerce::checkout::v1::{
+    AddCartLineRequest, CreateCartRequest, CreateLocationRequest, CreateMenuItemRequest,
+    FulfillmentMode, GetOrderRequest, ListOrdersRequest, Location, MenuItem, OpeningHours,
+    PaymentStatus, PlaceOrderRequest, Quote, QuoteCartRequest, TaxRate,
+};
+use commerce_api::commerce::common::v1::Money;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+/// The tenant of the token, hence of everything created.
+const TENANT: &str = "bench";
+/// Concurrency of the preparation and verification phases.
+const PREP_CONCURRENCY: usize = 32;
+/// The concurrencies measured.
+const CONCURRENCIES: [usize; 2] = [1, 32];
+/// The menu item's base price, USD minor units.
+const ITEM_PRICE_MINOR: i64 = 899;
+/// The payment token the PSP simulator authorizes and captures at once.
+const PAYMENT_TOKEN: &str = "tok_ok";
+
+#[derive(Parser)]
+#[command(about = "Checkout benchmark: QuoteCart and PlaceOrder through `commerce serve`")]
+struct Cli {
+    /// QuoteCart calls per run (at concurrency 1 and at 32).
+    #[arg(long, default_value_t = 2_000)]
+    quotes: usize,
+    /// Orders placed per run (at concurrency 1 and at 32), each from its own prepared cart.
+    #[arg(long, default_value_t = 1_000)]
+    orders: usize,
+    /// HTTP/2 connections the concurrent runs share (one at concurrency 1).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// The `commerce` binary; default: the one next to this binary (target/release/commerce).
+    #[arg(long)]
+    commerce: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run(Cli::parse()).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server process.
+
+/// A child process killed (and reaped) when dropped, also when the benchmark fails.
+struct Process {
+    child: Child,
+}
+
+impl Process {
+    fn spawn(command: &mut Command, what: &str) -> anyhow::Result<Self> {
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Process { child })
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until `addr` accepts connections (or `process` dies).
+async fn wait_for(addr: SocketAddr, process: &mut Process, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = process.child.try_wait()? {
+            bail!("{what} exited early: {status}");
+        }
+        ensure!(Instant::now() < deadline, "{what} did not listen on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    ensure!(
+        cli.quotes > 0 && cli.orders > 0,
+        "--quotes and --orders must be positive"
+    );
+    let commerce_bin = match cli.commerce.clone() {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory")?
+            .join("commerce"),
+    };
+    ensure!(
+        commerce_bin.exists(),
+        "{} missing: cargo build --release -p commerce (or run bench/checkout.sh)",
+        commerce_bin.display()
+    );
+    let work = tempfile::tempdir()?;
+
+    // commerce without Redis: embedded store, carts in the store, in-process bus.
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let log_path = work.path().join("commerce.log");
+    let mut commerce = Process::spawn(
+        Command::new(&commerce_bin)
+            .arg("serve")
+            .args(["--listen", &listen.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .arg("--data-dir")
+            .arg(work.path().join("data"))
+            .args(["--rate-limit-per-second", "1000000"])
+            .args(["--rate-limit-burst", "1000000"])
+            .args(["--shutdown-grace-seconds", "1"])
+            .env_remove("MONGODB_URI")
+            .env_remove("COMMERCE_REDIS_URL")
+            .env_remove("COMMERCE_PROMOTIONS_FILE")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?),
+        "commerce serve",
+    )?;
+    wait_for(listen, &mut commerce, "commerce serve").await?;
+    let token = Command::new(&commerce_bin)
+        .args(["token", "--tenant", TENANT, "--ttl-minutes", "240"])
+        .output()
+        .context("commerce token")?;
+    ensure!(token.status.success(), "commerce token: {}", token.status);
+    let bearer: MetadataValue<Ascii> =
+        format!("Bearer {}", String::from_utf8(token.stdout)?.trim()).parse()?;
+
+    let result = measure(&cli, listen, &bearer).await;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if result.is_err() {
+        eprintln!(
+            "checkout-bench: failed; commerce's log:\n{}",
+            tail(&log, 30)
+        );
+    } else {
+        // Anything the server complained about while being measured.
+        let complaints: Vec<&str> = log
+            .lines()
+            .filter(|line| {
+                line.contains("\"level\":\"WARN\"") || line.contains("\"level\":\"ERROR\"")
+            })
+            .collect();
+        println!("commerce's log: {} WARN/ERROR lines", complaints.len());
+        for line in complaints.iter().take(5) {
+            println!("  {line}");
+        }
+    }
+    drop(commerce);
+    result
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients and errors.
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?)
+}
+
+async fn connect_many(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        channels.push(connect(addr).await?);
+    }
+    Ok(channels)
+}
+
+fn authorized<T>(message: T, bearer: &MetadataValue<Ascii>) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    request
+}
+
+/// An authorized request carrying `idempotency-key: key`.
+fn keyed<T>(message: T, bearer: &MetadataValue<Ascii>, key: &str) -> Request<T> {
+    let mut request = authorized(message, bearer);
+    request.metadata_mut().insert(
+        "idempotency-key",
+        key.parse().expect("idempotency keys are ASCII"),
+    );
+    request
+}
+
+fn usd(amount_minor: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: "USD".into(),
+        amount_minor,
+    })
+}
+
+fn minor(money: &Option<Money>) -> i64 {
+    money.as_ref().map_or(0, |money| money.amount_minor)
+}
+
+/// `google.rpc.Status` as carried in `grpc-status-details-bin` (only what is read here).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+/// `google.rpc.ErrorInfo` (reason and domain; metadata skipped).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ErrorInfo {
+    #[prost(string, tag = "1")]
+    reason: String,
+    #[prost(string, tag = "2")]
+    domain: String,
+}
+
+/// How a failed call is counted: its gRPC code and, when the server sent one, the `ErrorInfo`
+/// reason (e.g. `Aborted CONCURRENT_MODIFICATION`).
+fn error_label(status: &Status) -> String {
+    use prost::Message as _;
+    let reason = RpcStatus::decode(status.details())
+        .ok()
+        .and_then(|rpc| {
+            rpc.details
+                .into_iter()
+                .find(|any| any.type_url.ends_with("/google.rpc.ErrorInfo"))
+        })
+        .and_then(|any| ErrorInfo::decode(any.value.as_slice()).ok())
+        .map(|info| info.reason);
+    match reason {
+        Some(reason) if !reason.is_empty() => format!("{:?} {reason}", status.code()),
+        _ => format!("{:?} ({})", status.code(), status.message()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load driver.
+
+/// One load run's result: successes' latencies and values, failures counted by label.
+struct Run<T> {
+    calls: usize,
+    elapsed: Duration,
+    /// Latencies of the successful calls, sorted.
+    latencies: Vec<Duration>,
+    ok: Vec<T>,
+    errors: BTreeMap<String, usize>,
+}
+
+impl<T> Run<T> {
+    fn per_second(&self) -> f64 {
+        self.ok.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Option<Duration> {
+        let n = self.latencies.len();
+        (n > 0).then(|| self.latencies[((n as f64 * p) as usize).min(n - 1)])
+    }
+
+    fn errors_text(&self) -> String {
+        if self.errors.is_empty() {
+            return "0".into();
+        }
+        self.errors
+            .iter()
+            .map(|(label, count)| format!("{count} × {label}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Calls `call(index)` for every index in `0..calls` from `concurrency` callers, each caller
+/// taking the next index when its previous call has answered; times every call.
+async fn drive<T, F, Fut>(concurrency: usize, calls: usize, call: F) -> anyhow::Result<Run<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<T, Status>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut callers = Vec::with_capacity(concurrency);
+    for caller in 0..concurrency {
+        let (next, call) = (next.clone(), call.clone());
+        callers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(calls / concurrency + 1);
+            let mut ok = Vec::with_capacity(calls / concurrency + 1);
+            let mut errors = BTreeMap::<String, usize>::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= calls {
+                    return (latencies, ok, errors);
+                }
+                let began = Instant::now();
+                let result = call(caller, index).await;
+                let latency = began.elapsed();
+                match result {
+                    Ok(value) => {
+                        latencies.push(latency);
+                        ok.push(value);
+                    }
+                    Err(status) => *errors.entry(error_label(&status)).or_default() += 1,
+                }
+            }
+        }));
+    }
+    let mut run = Run {
+        calls,
+        elapsed: Duration::ZERO,
+        latencies: Vec::with_capacity(calls),
+        ok: Vec::with_capacity(calls),
+        errors: BTreeMap::new(),
+    };
+    for caller in callers {
+        let (latencies, ok, errors) = caller.await?;
+        run.latencies.extend(latencies);
+        run.ok.extend(ok);
+        for (label, count) in errors {
+            *run.errors.entry(label).or_default() += count;
+        }
+    }
+    run.elapsed = started.elapsed();
+    run.latencies.sort();
+    Ok(run)
+}
+
+fn micros(duration: Option<Duration>) -> String {
+    duration.map_or_else(
+        || "–".into(),
+        |duration| format!("{:.0} µs", duration.as_secs_f64() * 1e6),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The benchmark.
+
+/// What every cart is made of.
+struct Menu {
+    location_id: String,
+    item_id: String,
+}
+
+/// A cart ready to be ordered.
+#[derive(Clone)]
+struct Prepared {
+    cart_id: String,
+    quote_id: String,
+    total: Option<Money>,
+}
+
+/// What a successful PlaceOrder answered.
+struct Placed {
+    order_id: String,
+    captured: bool,
+}
+
+async fn measure(cli: &Cli, addr: SocketAddr, bearer: &MetadataValue<Ascii>) -> anyhow::Result<()> {
+    let channel = connect(addr).await?;
+    let menu = create_menu(channel.clone(), bearer).await?;
+    let prep_channels = connect_many(addr, cli.connections).await?;
+
+    // --- 1. QuoteCart ------------------------------------------------------------------------
+    let quote_cart = {
+        let mut carts = CartServiceClient::new(channel.clone());
+        let cart_id = carts
+            .create_cart(keyed(
+                CreateCartRequest {
+                    location_id: menu.location_id.clone(),
+                    customer_id: "bench-quote".into(),
+                    fulfillment: None,
+                },
+                bearer,
+                "bench-quote-cart",
+            ))
+            .await?
+            .into_inner()
+            .cart
+            .context("CreateCart returned no cart")?
+            .cart_id;
+        for quantity in 1..=3 {
+            carts
+                .add_cart_line(keyed(
+                    AddCartLineRequest {
+                        cart_id: cart_id.clone(),
+                        item_id: menu.item_id.clone(),
+                        quantity,
+                        special_instructions: format!("line {quantity}"),
+                        ..Default::default()
+                    },
+                    bearer,
+                    &format!("bench-quote-line-{quantity}"),
+                ))
+                .await?;
+        }
+        cart_id
+    };
+    let sample = quote(&prep_channels[0], bearer, &quote_cart).await?;
+    ensure!(
+        sample.lines.len() == 3 && minor(&sample.items_subtotal) == 6 * ITEM_PRICE_MINOR,
+        "unexpected quote of the 3-line cart: {sample:?}"
+    );
+    // Warm-up: connections, caches, allocator.
+    quotes(&prep_channels, bearer, &quote_cart, 8, 200.min(cli.quotes)).await?;
+
+    let mut quote_rows = Vec::new();
+    for concurrency in CONCURRENCIES {
+        let channels = connect_many(addr, cli.connections.min(concurrency)).await?;
+        let run = quotes(&channels, bearer, &quote_cart, concurrency, cli.quotes).await?;
+        quote_rows.push((concurrency, run));
+    }
+
+    // --- 2. PlaceOrder -----------------------------------------------------------------------
+    // Warm-up (counted in the orders the location must list).
+    let warm_carts =
+        prepare_carts(&prep_channels, bearer, &menu, "warm", 32.min(cli.orders)).await?;
+    let warm = place_orders(&prep_channels, bearer, "warm", warm_carts, 8).await?;
+    let mut placed_ids: Vec<String> = warm.ok.iter().map(|p| p.order_id.clone()).collect();
+
+    let mut order_rows = Vec::new();
+    for concurrency in CONCURRENCIES {
+        let run_name = format!("c{concurrency}");
+        let prepared_started = Instant::now();
+        let carts = prepare_carts(&prep_channels, bearer, &menu, &run_name, cli.orders).await?;
+        let preparation = prepared_started.elapsed();
+        let total = carts.first().map(|cart| minor(&cart.total)).unwrap_or(0);
+        let channels = connect_many(addr, cli.connections.min(concurrency)).await?;
+        let run = place_orders(&channels, bearer, &run_name, carts, concurrency).await?;
+        placed_ids.extend(run.ok.iter().map(|p| p.order_id.clone()));
+        order_rows.push((concurrency, preparation, total, run));
+    }
+
+    // --- Verification, outside the timing -----------------------------------------------------
+    let checked = Instant::now();
+    let (found, captured, missing) = check_orders(&prep_channels, bearer, &placed_ids).await?;
+    let listed = count_listed(channel.clone(), bearer, &menu.location_id).await?;
+    let verification = checked.elapsed();
+
+    // --- Report --------------------------------------------------------------------------------
+    println!(
+        "checkout-bench: commerce serve without Redis (embedded store, carts in the store, in-process bus), PSP simulator `{PAYMENT_TOKEN}` (no latency); tenant {TENANT}; tonic clients over {} HTTP/2 connection(s) when concurrent, 1 at concurrency 1",
+        cli.connections
+    );
+    println!();
+    println!(
+        "QuoteCart: one cart with 3 lines (1 + 2 + 3 × USD {:.2}), items subtotal {}, tax {}, total {}; {} calls per run (each stores a quote)",
+        ITEM_PRICE_MINOR as f64 / 100.0,
+        minor(&sample.items_subtotal),
+        minor(&sample.tax_total),
+        minor(&sample.total),
+        cli.quotes
+    );
+    println!("| concurrency | calls | ok | errors | seconds | req/s | p50 | p99 |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (concurrency, run) in &quote_rows {
+        println!(
+            "| {concurrency} | {} | {} | {} | {:.2} | {:.0} | {} | {} |",
+            run.calls,
+            run.ok.len(),
+            run.errors_text(),
+            run.elapsed.as_secs_f64(),
+            run.per_second(),
+            micros(run.percentile(0.50)),
+            micros(run.percentile(0.99)),
+        );
+    }
+    println!();
+    println!(
+        "PlaceOrder: {} orders per run, each from its own cart (1 line, quoted beforehand); only the PlaceOrder calls are timed; no retries",
+        cli.orders
+    );
+    println!(
+        "| concurrency | orders | ok | errors | captured in reply | seconds | orders/s | p50 | p99 | cart preparation (not timed) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (concurrency, preparation, total, run) in &order_rows {
+        println!(
+            "| {concurrency} | {} | {} | {} | {} | {:.2} | {:.0} | {} | {} | {:.2} s, {} carts at {PREP_CONCURRENCY} concurrent, total {} each |",
+            run.calls,
+            run.ok.len(),
+            run.errors_text(),
+            run.ok.iter().filter(|placed| placed.captured).count(),
+            run.elapsed.as_secs_f64(),
+            run.per_second(),
+            micros(run.percentile(0.50)),
+            micros(run.percentile(0.99)),
+            preparation.as_secs_f64(),
+            run.calls,
+            total,
+        );
+    }
+    println!();
+    let expected = placed_ids.len();
+    println!(
+        "checked ({:.2} s): {expected} orders placed in all ({} warm-up); GetOrder found {found}, {captured} with payment CAPTURED, {missing} missing; ListOrders of the location lists {listed}",
+        verification.as_secs_f64(),
+        warm.ok.len(),
+    );
+    if !warm.errors.is_empty() {
+        println!("warm-up PlaceOrder errors: {}", warm.errors_text());
+    }
+    ensure!(
+        found == expected && captured == expected && missing == 0,
+        "not every placed order is there with its payment captured"
+    );
+    ensure!(
+        listed == expected,
+        "ListOrders lists {listed} orders, {expected} were placed"
+    );
+    Ok(())
+}
+
+/// The location (open always, UTC, USD, pickup, food at 8.875%) and the item (USD 8.99, food).
+async fn create_menu(channel: Channel, bearer: &MetadataValue<Ascii>) -> anyhow::Result<Menu> {
+    let mut menus = MenuServiceClient::new(channel);
+    let every_day = (1..=7)
+        .map(|day| OpeningHours {
+            day,
+            open_minute: 0,
+            close_minute: 1440,
+        })
+        .collect();
+    let location_id = menus
+        .create_location(keyed(
+            CreateLocationRequest {
+                location: Some(Location {
+                    display_name: "Bench Downtown".into(),
+                    time_zone: "UTC".into(),
+                    currency_code: "USD".into(),
+                    opening_hours: every_day,
+                    fulfillment_modes: vec![FulfillmentMode::Pickup as i32],
+                    tax_rates: vec![TaxRate {
+                        tax_category: "food".into(),
+                        rate_ppm: 88_750,
+                    }],
+                    ..Default::default()
+                }),
+            },
+            bearer,
+            "bench-location",
+        ))
+        .await?
+        .into_inner()
+        .location
+        .context("CreateLocation returned no location")?
+        .location_id;
+    let item_id = menus
+        .create_menu_item(keyed(
+            CreateMenuItemRequest {
+                item: Some(MenuItem {
+                    sku: "BENCH-BURGER".into(),
+                    display_name: "Bench Burger".into(),
+                    category: "burgers".into(),
+                    tax_category: "food".into(),
+                    base_price: usd(ITEM_PRICE_MINOR),
+                    active: true,
+                    ..Default::default()
+                }),
+            },
+            bearer,
+            "bench-item",
+        ))
+        .await?
+        .into_inner()
+        .item
+        .context("CreateMenuItem returned no item")?
+        .item_id;
+    Ok(Menu {
+        location_id,
+        item_id,
+    })
+}
+
+async fn quote(
+    channel: &Channel,
+    bearer: &MetadataValue<Ascii>,
+    cart_id: &str,
+) -> anyhow::Result<Quote> {
+    CartServiceClient::new(channel.clone())
+        .quote_cart(authorized(
+            QuoteCartRequest {
+                cart_id: cart_id.into(),
+            },
+            bearer,
+        ))
+        .await?
+        .into_inner()
+        .quote
+        .context("QuoteCart returned no quote")
+}
+
+/// `calls` QuoteCart calls on `cart_id` from `concurrency` callers.
+async fn quotes(
+    channels: &[Channel],
+    bearer: &MetadataValue<Ascii>,
+    cart_id: &str,
+    concurrency: usize,
+    calls: usize,
+) -> anyhow::Result<Run<()>> {
+    let clients: Arc<Vec<CartServiceClient<Channel>>> = Arc::new(
+        (0..concurrency)
+            .map(|caller| CartServiceClient::new(channels[caller % channels.len()].clone()))
+            .collect(),
+    );
+    let (bearer, cart_id) = (bearer.clone(), cart_id.to_owned());
+    drive(concurrency, calls, move |caller, _| {
+        let mut client = clients[caller].clone();
+        let request = authorized(
+            QuoteCartRequest {
+                cart_id: cart_id.clone(),
+            },
+            &bearer,
+        );
+        async move {
+            let quote = client.quote_cart(request).await?.into_inner().quote;
+            match quote {
+                Some(quote) if !quote.quote_id.is_empty() => Ok(()),
+                _ => Err(Status::internal("QuoteCart answered without a quote")),
+            }
+        }
+    })
+    .await
+}
+
+/// Prepares `count` carts for run `run` at [`PREP_CONCURRENCY`]: CreateCart, AddCartLine (one
+/// item), QuoteCart. Fails on any error: preparation is not what is measured.
+async fn prepare_carts(
+    channels: &[Channel],
+    bearer: &MetadataValue<Ascii>,
+    menu: &Menu,
+    run: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Prepared>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut callers = Vec::with_capacity(PREP_CONCURRENCY);
+    for caller in 0..PREP_CONCURRENCY {
+        let mut carts = CartServiceClient::new(channels[caller % channels.len()].clone());
+        let (next, bearer, run) = (next.clone(), bearer.clone(), run.to_owned());
+        let (location_id, item_id) = (menu.location_id.clone(), menu.item_id.clone());
+        callers.push(tokio::spawn(async move {
+            let mut prepared = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    return Ok::<_, anyhow::Error>(prepared);
+                }
+                let cart_id = carts
+                    .create_cart(keyed(
+                        CreateCartRequest {
+                            location_id: location_id.clone(),
+                            customer_id: format!("bench-{run}-{index}"),
+                            fulfillment: None,
+                        },
+                        &bearer,
+                        &format!("bench-cart-{run}-{index}"),
+                    ))
+                    .await
+                    .with_context(|| format!("CreateCart {run}/{index}"))?
+                    .into_inner()
+                    .cart
+                    .context("CreateCart returned no cart")?
+                    .cart_id;
+                carts
+                    .add_cart_line(keyed(
+                        AddCartLineRequest {
+                            cart_id: cart_id.clone(),
+                            item_id: item_id.clone(),
+                            quantity: 1,
+                            ..Default::default()
+                        },
+                        &bearer,
+                        &format!("bench-line-{run}-{index}"),
+                    ))
+                    .await
+                    .with_context(|| format!("AddCartLine {run}/{index}"))?;
+                let quote = carts
+                    .quote_cart(authorized(
+                        QuoteCartRequest {
+                            cart_id: cart_id.clone(),
+                        },
+                        &bearer,
+                    ))
+                    .await
+                    .with_context(|| format!("QuoteCart {run}/{index}"))?
+                    .into_inner()
+                    .quote
+                    .context("QuoteCart returned no quote")?;
+                prepared.push((
+                    index,
+                    Prepared {
+                        cart_id,
+                        quote_id: quote.quote_id,
+                        total: quote.total,
+                    },
+                ));
+            }
+        }));
+    }
+    let mut carts: Vec<Option<Prepared>> = vec![None; count];
+    for caller in callers {
+        for (index, cart) in caller.await?? {
+            carts[index] = Some(cart);
+        }
+    }
+    carts
+        .into_iter()
+        .map(|cart| cart.context("a cart was not prepared"))
+        .collect()
+}
+
+/// PlaceOrder once per prepared cart from `concurrency` callers, with key
+/// `bench-order-{run}-{index}` and `tok_ok`.
+async fn place_orders(
+    channels: &[Channel],
+    bearer: &MetadataValue<Ascii>,
+    run: &str,
+    carts: Vec<Prepared>,
+    concurrency: usize,
+) -> anyhow::Result<Run<Placed>> {
+    let clients: Arc<Vec<OrderServiceClient<Channel>>> = Arc::new(
+        (0..concurrency)
+            .map(|caller| OrderServiceClient::new(channels[caller % channels.len()].clone()))
+            .collect(),
+    );
+    let calls = carts.len();
+    // Requests built before the clock starts; each is taken once.
+    let requests: Arc<Vec<std::sync::Mutex<Option<Request<PlaceOrderRequest>>>>> = Arc::new(
+        carts
+            .into_iter()
+            .enumerate()
+            .map(|(index, cart)| {
+                std::sync::Mutex::new(Some(keyed(
+                    PlaceOrderRequest {
+                        cart_id: cart.cart_id,
+                        quote_id: cart.quote_id,
+                        expected_total: cart.total,
+                        payment_token: PAYMENT_TOKEN.into(),
+                        ..Default::default()
+                    },
+                    bearer,
+                    &format!("bench-order-{run}-{index}"),
+                )))
+            })
+            .collect(),
+    );
+    drive(concurrency, calls, move |caller, index| {
+        let mut client = clients[caller].clone();
+        let request = requests[index].lock().expect("lock").take();
+        async move {
+            let request = request.ok_or_else(|| Status::internal("request taken twice"))?;
+            let order = client
+                .place_order(request)
+                .await?
+                .into_inner()
+                .order
+                .ok_or_else(|| Status::internal("PlaceOrder answered without an order"))?;
+            let captured = order
+                .payment
+                .as_ref()
+                .is_some_and(|payment| payment.status == PaymentStatus::Captured as i32);
+            Ok(Placed {
+                order_id: order.order_id,
+                captured,
+            })
+        }
+    })
+    .await
+}
+
+/// GetOrder on every id at [`PREP_CONCURRENCY`]: (found, with payment CAPTURED, missing).
+async fn check_orders(
+    channels: &[Channel],
+    bearer: &MetadataValue<Ascii>,
+    order_ids: &[String],
+) -> anyhow::Result<(usize, usize, usize)> {
+    let ids: Arc<Vec<String>> = Arc::new(order_ids.to_vec());
+    let clients: Arc<Vec<OrderServiceClient<Channel>>> = Arc::new(
+        (0..PREP_CONCURRENCY)
+            .map(|caller| OrderServiceClient::new(channels[caller % channels.len()].clone()))
+            .collect(),
+    );
+    let bearer = bearer.clone();
+    let run = drive(PREP_CONCURRENCY, ids.len(), move |caller, index| {
+        let mut client = clients[caller].clone();
+        let request = authorized(
+            GetOrderRequest {
+                order_id: ids[index].clone(),
+            },
+            &bearer,
+        );
+        async move {
+            let order = client.get_order(request).await?.into_inner().order;
+            Ok(order
+                .and_then(|order| order.payment)
+                .is_some_and(|payment| payment.status == PaymentStatus::Captured as i32))
+        }
+    })
+    .await?;
+    let found = run.ok.len();
+    let captured = run.ok.iter().filter(|captured| **captured).count();
+    let not_found = run
+        .errors
+        .iter()
+        .filter(|(label, _)| label.starts_with("NotFound"))
+        .map(|(_, count)| count)
+        .sum();
+    ensure!(
+        found + not_found == run.calls,
+        "GetOrder failed: {}",
+        run.errors_text()
+    );
+    Ok((found, captured, not_found))
+}
+
+/// How many orders ListOrders lists for the location (every page).
+async fn count_listed(
+    channel: Channel,
+    bearer: &MetadataValue<Ascii>,
+    location_id: &str,
+) -> anyhow::Result<usize> {
+    let mut orders = OrderServiceClient::new(channel);
+    let mut count = 0;
+    let mut page_token = String::new();
+    loop {
+        let page = orders
+            .list_orders(authorized(
+                ListOrdersRequest {
+                    page_size: 500,
+                    page_token: page_token.clone(),
+                    location_id: location_id.into(),
+                    ..Default::default()
+                },
+                bearer,
+            ))
+            .await?
+            .into_inner();
+        count += page.orders.len();
+        if page.next_page_token.is_empty() {
+            return Ok(count);
+        }
+        page_token = page.next_page_token;
+    }
+}
