@@ -486,6 +486,22 @@ impl OrderService for OrderApi {
         }))
     }
 
+    async fn cancel_order(
+        &self,
+        request: Request<v1::CancelOrderRequest>,
+    ) -> Reply<v1::CancelOrderResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let order = self
+            .orders
+            .cancel(&tenant, &body.order_id, &body.reason)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::CancelOrderResponse {
+            order: Some(order),
+        }))
+    }
+
     async fn advance_order_status(
         &self,
         request: Request<v1::AdvanceOrderStatusRequest>,

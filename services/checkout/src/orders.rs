@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use commerce_api::commerce::checkout::v1::{
-    Order, OrderLine, OrderPaid, OrderPlaced, OrderRefunded, OrderStatus, OrderStatusChange,
-    OrderStatusChanged, OrderTotals, PaidLine, Payment, PaymentStatus, Quote,
+    Order, OrderCanceled, OrderLine, OrderPaid, OrderPlaced, OrderRefunded, OrderStatus,
+    OrderStatusChange, OrderStatusChanged, OrderTotals, PaidLine, Payment, PaymentStatus, Quote,
 };
 use commerce_api::commerce::common::v1::{ErrorReason, Money};
 use platform::clock::Clocks;
@@ -942,6 +942,103 @@ impl Orders {
             .cloned()
             .unwrap_or(refund);
         Ok((order, recorded))
+    }
+
+    /// Cancels an order that is not completed: voids an uncaptured authorization or refunds
+    /// what is captured and not refunded (with `OrderRefunded`, so loyalty reverses the
+    /// points), returns the reward (voids the hold, or reverses a posted redemption), and marks
+    /// it canceled with `OrderCanceled`. Canceling a canceled order returns it unchanged. Every
+    /// outside call is idempotent by a key derived from the order, so a retried cancel never
+    /// moves money twice.
+    pub async fn cancel(
+        &self,
+        tenant: &str,
+        order_id: &str,
+        reason: &str,
+    ) -> Result<Order, CheckoutError> {
+        let order = self.order(tenant, order_id).await?;
+        match OrderStatus::try_from(order.status).unwrap_or_default() {
+            OrderStatus::Canceled => return Ok(order),
+            OrderStatus::Completed => {
+                return Err(precondition(
+                    ErrorReason::OrderTransitionInvalid,
+                    "a completed order cannot be canceled; refund it instead",
+                ));
+            }
+            _ => {}
+        }
+        let payment = order.payment.clone().unwrap_or_default();
+        let currency = payment
+            .authorized_amount
+            .as_ref()
+            .map(|amount| amount.currency_code.clone())
+            .unwrap_or_default();
+        let status = PaymentStatus::try_from(payment.status).unwrap_or_default();
+        let mut refunded_now = 0;
+        match status {
+            PaymentStatus::Authorized => {
+                self.outbound
+                    .call(Idempotent::Yes, |_| {
+                        self.psp.void(VoidRequest {
+                            idempotency_key: format!("{}:void", payment.payment_id),
+                            authorization_id: payment.psp_reference.clone(),
+                        })
+                    })
+                    .await
+                    .map_err(|error| {
+                        tracing::warn!(%error, order = %order_id, "checkout: void failed");
+                        CheckoutError::Unavailable {
+                            what: "the payment provider",
+                            reason: ErrorReason::DependencyUnavailable,
+                        }
+                    })?;
+            }
+            PaymentStatus::Captured | PaymentStatus::PartiallyRefunded => {
+                let left = minor(&payment.captured_amount) - minor(&payment.refunded_amount);
+                if left > 0 {
+                    let amount = Money {
+                        currency_code: currency.clone(),
+                        amount_minor: left,
+                    };
+                    let key = format!("{order_id}:cancel");
+                    self.refund(tenant, order_id, Some(&amount), reason, &key)
+                        .await?;
+                    refunded_now = left;
+                }
+            }
+            _ => {}
+        }
+        if !order.redemption_id.is_empty() && !order.redemption_id.starts_with("pending:") {
+            if status == PaymentStatus::Authorized {
+                self.loyalty.void(tenant, &order.redemption_id).await?;
+            } else {
+                self.loyalty.reverse(tenant, &order.redemption_id).await?;
+            }
+        }
+        let now = self.now_ms(tenant).await?;
+        self.update_order(tenant, order_id, now, |order| {
+            if order.status == OrderStatus::Canceled as i32 {
+                return Ok(None);
+            }
+            order.status = OrderStatus::Canceled as i32;
+            order.status_history.push(OrderStatusChange {
+                status: OrderStatus::Canceled as i32,
+                change_time: Some(timestamp_ms(now)),
+                reason: reason.to_owned(),
+            });
+            if let Some(payment) = order.payment.as_mut()
+                && payment.status == PaymentStatus::Authorized as i32
+            {
+                payment.status = PaymentStatus::Voided as i32;
+            }
+            Ok(Some(OrderCanceled {
+                order_id: order.order_id.clone(),
+                reason: reason.to_owned(),
+                refunded_amount: money(&currency, refunded_now),
+                member_id: order.member_id.clone(),
+            }))
+        })
+        .await
     }
 
     /// Voids an authorization that was never captured (used when a placement is abandoned).

@@ -46,6 +46,8 @@ pub trait LoyaltyPort: Send + Sync {
     async fn commit(&self, tenant: &str, redemption_id: &str) -> Result<(), CheckoutError>;
     /// Voids the hold (the order failed); a repeat is a no-op.
     async fn void(&self, tenant: &str, redemption_id: &str) -> Result<(), CheckoutError>;
+    /// Returns a posted redemption's points (the paid order was canceled); a repeat is a no-op.
+    async fn reverse(&self, tenant: &str, redemption_id: &str) -> Result<(), CheckoutError>;
 }
 
 /// No loyalty service: rewards never apply, and no order can redeem one.
@@ -73,6 +75,9 @@ impl LoyaltyPort for NoLoyalty {
         Ok(())
     }
     async fn void(&self, _: &str, _: &str) -> Result<(), CheckoutError> {
+        Ok(())
+    }
+    async fn reverse(&self, _: &str, _: &str) -> Result<(), CheckoutError> {
         Ok(())
     }
 }

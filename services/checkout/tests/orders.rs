@@ -251,3 +251,55 @@ async fn the_kitchen_moves_orders_only_forward() {
     );
     assert_eq!(order.totals.unwrap().total, usd(979));
 }
+
+#[tokio::test]
+async fn cancel_refunds_what_was_captured_once_and_completed_orders_cannot_be_canceled() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    let canceled = orders
+        .cancel(TENANT, &order.order_id, "customer left")
+        .await
+        .unwrap();
+    assert_eq!(canceled.status, OrderStatus::Canceled as i32);
+    let payment = canceled.payment.clone().unwrap();
+    assert_eq!(payment.status, PaymentStatus::Refunded as i32);
+    assert_eq!(payment.refunded_amount, usd(979));
+    // Again: unchanged, nothing more refunded at the PSP.
+    let again = orders
+        .cancel(TENANT, &order.order_id, "customer left")
+        .await
+        .unwrap();
+    assert_eq!(again, canceled);
+    let refunds = psp
+        .transactions(Some(&order.order_id))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.kind == checkout::psp::TransactionKind::Refund)
+        .count();
+    assert_eq!(refunds, 1);
+
+    let second = quoted(&world, &quotes, "cart-2", "tok_ok").await;
+    let done = orders.place(TENANT, &second, "key-2").await.unwrap();
+    for status in [
+        OrderStatus::Accepted,
+        OrderStatus::InPreparation,
+        OrderStatus::Ready,
+        OrderStatus::Completed,
+    ] {
+        orders
+            .advance_status(TENANT, &done.order_id, status)
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        orders.cancel(TENANT, &done.order_id, "too late").await,
+        Err(CheckoutError::Precondition {
+            reason: ErrorReason::OrderTransitionInvalid,
+            ..
+        })
+    ));
+}

@@ -433,6 +433,24 @@ impl checkout::LoyaltyPort for LoyaltyForCheckout {
             .map_err(loyalty_failed)
     }
 
+    async fn reverse(
+        &self,
+        tenant: &str,
+        redemption_id: &str,
+    ) -> Result<(), checkout::error::CheckoutError> {
+        let reverse = loyalty::rewards::Resolution::Reverse;
+        match self
+            .0
+            .resolve(tenant, redemption_id, reverse, "order canceled")
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Never posted (voided or lapsed): nothing to give back.
+            Err(loyalty::LoyaltyError::AlreadyResolved { .. }) => Ok(()),
+            Err(error) => Err(loyalty_failed(error)),
+        }
+    }
+
     async fn void(
         &self,
         tenant: &str,
