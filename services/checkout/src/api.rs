@@ -8,6 +8,7 @@ use commerce_api::commerce::checkout::v1::{
 };
 use platform::ApiError;
 use platform::request::{field_mask, idempotency_id, page_size, tenant};
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
 use crate::carts::{Carts, LineChoice};
@@ -484,6 +485,21 @@ impl OrderService for OrderApi {
             order: Some(order),
             refund: Some(refund),
         }))
+    }
+
+    async fn watch_order(
+        &self,
+        request: Request<v1::WatchOrderRequest>,
+    ) -> Reply<tonic::codegen::BoxStream<v1::WatchOrderResponse>> {
+        let tenant = tenant(&request)?;
+        let changes = self
+            .orders
+            .watch(&tenant, &request.get_ref().order_id)
+            .await
+            .map_err(fail)?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(changes)
+            .map(|order| Ok(v1::WatchOrderResponse { order: Some(order) }));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn cancel_order(

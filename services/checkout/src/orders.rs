@@ -164,6 +164,9 @@ pub struct Orders {
     psp: Arc<dyn PaymentProvider>,
     outbound: Outbound,
     clocks: Clocks,
+    /// Orders changed in this process (`tenant/order id`), so watchers here hear at once;
+    /// watchers also re-read periodically for changes made by other replicas.
+    changes: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Orders {
@@ -186,6 +189,7 @@ impl Orders {
             psp,
             outbound: Outbound::new(policy),
             clocks,
+            changes: tokio::sync::broadcast::channel(1024).0,
         }
     }
 
@@ -731,7 +735,10 @@ impl Orders {
             );
             commit.events = vec![event(&key, stored.version + 1, now, &emitted)];
             match self.store.commit(commit).await {
-                Ok(_) => return Ok(order),
+                Ok(_) => {
+                    let _ = self.changes.send(format!("{tenant}/{order_id}"));
+                    return Ok(order);
+                }
                 Err(store::StoreError::Conflict { .. }) => continue,
                 Err(error) => return Err(error.into()),
             }
@@ -1039,6 +1046,57 @@ impl Orders {
             }))
         })
         .await
+    }
+
+    /// The order now, then after every change, until it is completed or canceled (or the
+    /// receiver goes away). Changes made in this process arrive at once; others within
+    /// `WATCH_POLL`.
+    pub async fn watch(
+        &self,
+        tenant: &str,
+        order_id: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<Order>, CheckoutError> {
+        const WATCH_POLL: Duration = Duration::from_secs(1);
+        let mut changes = self.changes.subscribe();
+        let first = self.order(tenant, order_id).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let (orders, tenant, order_id) = (self.clone(), tenant.to_owned(), order_id.to_owned());
+        let topic = format!("{tenant}/{order_id}");
+        tokio::spawn(async move {
+            let mut last = first.version;
+            let mut current = first;
+            loop {
+                let done = [OrderStatus::Completed as i32, OrderStatus::Canceled as i32]
+                    .contains(&current.status);
+                if sender.send(current).await.is_err() || done {
+                    return;
+                }
+                loop {
+                    tokio::select! {
+                        heard = changes.recv() => match heard {
+                            Ok(changed) if changed != topic => continue,
+                            // Ours, or we missed some: re-read either way.
+                            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                        () = tokio::time::sleep(WATCH_POLL) => {}
+                        () = sender.closed() => return,
+                    }
+                    match orders.order(&tenant, &order_id).await {
+                        Ok(order) if order.version > last => {
+                            last = order.version;
+                            current = order;
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, order = %order_id, "checkout: watch read failed");
+                        }
+                    }
+                }
+            }
+        });
+        Ok(receiver)
     }
 
     /// Voids an authorization that was never captured (used when a placement is abandoned).

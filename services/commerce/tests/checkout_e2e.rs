@@ -1,5 +1,6 @@
 //! Checkout end to end through the running binary, once over Connect JSON and once over gRPC,
-//! each in its own tenant: menu → cart → quote → place (PSP simulator) → the kitchen moves the
+//! each in its own tenant: menu → cart → quote → place (PSP simulator) → a browser-style
+//! `WatchOrder` stream over Connect sees every status change in order while the kitchen moves the
 //! order to completed → loyalty accrued the points from checkout's `OrderPaid` event (outbox →
 //! relay → bus → loyalty's consumer), with the redeemed reward's hold posted → a partial refund
 //! reverses points in proportion (`OrderRefunded`), and no refund can exceed what was captured.
@@ -209,6 +210,14 @@ async fn scenario(client: &Client) {
     assert_eq!(payment.captured_amount, usd(1_960));
     assert!(order.redemption_id.starts_with("rdm-"), "{order:?}");
 
+    // A browser watches the order over Connect (server streaming, JSON) while the kitchen works.
+    let watcher = tokio::spawn(watch_over_connect(
+        client.addr.clone(),
+        client.token.clone(),
+        order.order_id.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
     // The kitchen moves it to completed; skipping a step is refused.
     let skip: Result<co::AdvanceOrderStatusResponse, String> = client
         .call(
@@ -251,6 +260,21 @@ async fn scenario(client: &Client) {
         .await
         .unwrap();
     assert_eq!(listed.orders.len(), 1);
+    let seen = tokio::time::timeout(Duration::from_secs(20), watcher)
+        .await
+        .expect("the watch ends when the order completes")
+        .unwrap();
+    assert_eq!(
+        seen,
+        [
+            "ORDER_STATUS_PLACED",
+            "ORDER_STATUS_ACCEPTED",
+            "ORDER_STATUS_IN_PREPARATION",
+            "ORDER_STATUS_READY",
+            "ORDER_STATUS_COMPLETED"
+        ],
+        "every status change, in order"
+    );
     assert_eq!(listed.orders[0].status, co::OrderStatus::Completed as i32);
 
     // Loyalty: the reward's 20 points were spent (hold posted) and the paid order accrued
@@ -357,6 +381,64 @@ async fn scenario(client: &Client) {
         (9, 19),
         "{balance:?}"
     );
+}
+
+/// `WatchOrder` as a browser's Connect client makes it: HTTP/1.1 POST, `application/connect+json`,
+/// one enveloped request; returns the status of every message until the end-of-stream frame.
+async fn watch_over_connect(addr: String, token: String, order_id: String) -> Vec<String> {
+    use http_body_util::BodyExt as _;
+    let request = serde_json::json!({ "orderId": order_id }).to_string();
+    let mut envelope = vec![0u8];
+    envelope.extend_from_slice(&(request.len() as u32).to_be_bytes());
+    envelope.extend_from_slice(request.as_bytes());
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let response = http
+        .request(
+            http::Request::post(format!(
+                "http://{addr}/commerce.checkout.v1.OrderService/WatchOrder"
+            ))
+            .header("content-type", "application/connect+json")
+            .header("connect-protocol-version", "1")
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(envelope)))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut statuses = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            buffer.extend_from_slice(&data);
+        }
+        while buffer.len() >= 5 {
+            let length = u32::from_be_bytes(buffer[1..5].try_into().unwrap()) as usize;
+            if buffer.len() < 5 + length {
+                break;
+            }
+            let flags = buffer[0];
+            let message: serde_json::Value =
+                serde_json::from_slice(&buffer[5..5 + length]).unwrap();
+            buffer.drain(..5 + length);
+            if flags & 0x02 != 0 {
+                assert!(
+                    message.get("error").is_none(),
+                    "stream ended with {message}"
+                );
+                return statuses;
+            }
+            statuses.push(
+                message["order"]["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+    }
+    statuses
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
