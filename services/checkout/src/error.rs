@@ -57,6 +57,12 @@ pub enum CheckoutError {
         /// The stable reason.
         reason: ErrorReason,
     },
+    /// The requested time slot is full and the location does not shift orders.
+    #[error("the requested time slot is full")]
+    SlotFull {
+        /// The next slot with room (unix ms), if one was found.
+        next_available_ms: Option<i64>,
+    },
     /// `expected_version` did not match.
     #[error("{resource} is at version {actual}, not {expected}")]
     VersionMismatch {
@@ -127,6 +133,13 @@ impl From<CheckoutError> for ApiError {
             CheckoutError::Unavailable { reason, .. } => {
                 ApiError::new(Code::Unavailable, reason, message)
                     .with_retry_after(std::time::Duration::from_secs(1))
+            }
+            CheckoutError::SlotFull { next_available_ms } => {
+                let error = ApiError::new(Code::FailedPrecondition, ErrorReason::SlotFull, message);
+                match next_available_ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()) {
+                    Some(next) => error.with_metadata("next_available_time", next.to_string()),
+                    None => error,
+                }
             }
             CheckoutError::VersionMismatch { .. } => {
                 ApiError::new(Code::Aborted, ErrorReason::ConcurrentModification, message)

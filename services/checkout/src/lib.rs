@@ -12,6 +12,7 @@ pub mod pricing;
 pub mod promotions;
 pub mod psp;
 pub mod quotes;
+pub mod slots;
 pub mod tax;
 
 pub use api::{CartApi, MenuApi, OrderApi};

@@ -265,6 +265,7 @@ impl Orders {
                 }
             }
         };
+        let mut lost_races = 0;
         loop {
             let step = record.step;
             match step {
@@ -285,9 +286,26 @@ impl Orders {
                 }
                 _ => {}
             }
-            (version, record) = self
-                .advance(tenant, &placement_key, version, record)
-                .await?;
+            match self
+                .advance(tenant, &placement_key, version, record.clone())
+                .await
+            {
+                Ok(next) => (version, record) = next,
+                // Another attempt moved the placement (or took the slot) first: re-read it and
+                // carry on from where it is now.
+                Err(error) if error.is_conflict() && lost_races < 16 => {
+                    lost_races += 1;
+                    let stored = self.store.load(&placement_key).await?.ok_or_else(|| {
+                        CheckoutError::NotFound {
+                            resource: "placement",
+                            id: key.to_owned(),
+                        }
+                    })?;
+                    version = stored.version;
+                    record = decode(&stored.data, "placement")?;
+                }
+                Err(error) => return Err(error),
+            }
         }
     }
 
@@ -619,6 +637,57 @@ impl Orders {
         order.create_time = Some(timestamp_ms(now));
         order.update_time = Some(timestamp_ms(now));
         order.version = 1;
+        // Take the order's place in its kitchen slot, in the same commit as the order.
+        let location = self
+            .carts
+            .catalog()
+            .location(tenant, &order.location_id)
+            .await?;
+        let wanted = order.promised_time.map_or(now, |time| {
+            time.seconds * 1000 + i64::from(time.nanos) / 1_000_000
+        });
+        let promise = match crate::slots::promise(
+            self.store.as_ref(),
+            tenant,
+            &location,
+            wanted,
+            &order.order_id,
+        )
+        .await
+        {
+            Ok(promise) => promise,
+            Err(full @ CheckoutError::SlotFull { .. }) => {
+                // Filled since the quote: compensate, nothing stays charged or held.
+                self.void_authorization(
+                    &order
+                        .payment
+                        .as_ref()
+                        .map(|p| p.payment_id.clone())
+                        .unwrap_or_default(),
+                    &authorization_id,
+                )
+                .await?;
+                if !order.redemption_id.is_empty() {
+                    self.loyalty.void(tenant, &order.redemption_id).await?;
+                }
+                record.step = Step::Failed as i32;
+                record.failure = full.to_string();
+                record.failure_reason = ErrorReason::SlotFull as i32;
+                record.order = Some(order);
+                let version = self
+                    .store
+                    .commit(commit(
+                        key.clone(),
+                        version,
+                        record.encode_to_vec(),
+                        Vec::new(),
+                    ))
+                    .await?;
+                return Ok((version, record));
+            }
+            Err(error) => return Err(error),
+        };
+        order.promised_time = Some(timestamp_ms(promise.promised_ms));
         record.step = Step::Placed as i32;
         record.order = Some(order.clone());
         let order_key = AggregateKey::new(tenant, ORDER, &order.order_id);
@@ -636,12 +705,12 @@ impl Orders {
                 order: Some(order.clone()),
             },
         )];
-        self.store
-            .commit_all(vec![
-                created,
-                commit(key.clone(), version, record.encode_to_vec(), Vec::new()),
-            ])
-            .await?;
+        let mut commits = vec![
+            created,
+            commit(key.clone(), version, record.encode_to_vec(), Vec::new()),
+        ];
+        commits.extend(promise.reservation);
+        self.store.commit_all(commits).await?;
         // Capture now; a failure leaves the order placed and authorized (capture on completion
         // or cancel then voids), never charged twice: the capture key is the payment's.
         let captured = self

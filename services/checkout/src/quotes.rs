@@ -161,7 +161,10 @@ impl Quotes {
         let now = self.clocks.now(tenant).await?.now_ms;
         let catalog = self.carts.catalog();
         let location = catalog.location(tenant, &cart.location_id).await?;
-        let promised = promised_time(&cart, &location, now)?;
+        let earliest = promised_time(&cart, &location, now)?;
+        let promised = crate::slots::promise(self.store.as_ref(), tenant, &location, earliest, "")
+            .await?
+            .promised_ms;
 
         let mut lines = Vec::new();
         for line in &cart.lines {

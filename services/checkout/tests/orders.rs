@@ -303,3 +303,74 @@ async fn cancel_refunds_what_was_captured_once_and_completed_orders_cannot_be_ca
         })
     ));
 }
+
+#[tokio::test]
+async fn a_full_kitchen_slot_shifts_the_promise_or_refuses_with_slot_full() {
+    use commerce_api::commerce::checkout::v1::{Location, SlotCapacity};
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let catalog = world.carts.catalog();
+    let throttle = |shift: bool| Location {
+        location_id: world.location.clone(),
+        display_name: "Main".into(),
+        time_zone: "UTC".into(),
+        currency_code: "USD".into(),
+        slot_capacity: Some(SlotCapacity {
+            slot_minutes: 15,
+            max_orders_per_slot: 1,
+            prep_minutes: 0,
+            shift_when_full: shift,
+        }),
+        ..Location::default()
+    };
+    let mask = ["slot_capacity".to_owned()];
+    catalog
+        .update_location(TENANT, &throttle(false), &mask, 0)
+        .await
+        .unwrap();
+    let first = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    let first = orders.place(TENANT, &first, "key-1").await.unwrap();
+    // The slot holds one order: the next quote is refused, with the next free time.
+    let cart = world
+        .carts
+        .create(TENANT, &world.location, "", None, "cart-2")
+        .await
+        .unwrap();
+    let one = LineChoice {
+        quantity: 1,
+        ..LineChoice::default()
+    };
+    world
+        .carts
+        .add_line(TENANT, &cart.cart_id, &world.burger, &one, "l")
+        .await
+        .unwrap();
+    let full = quotes.quote(TENANT, &cart.cart_id).await;
+    assert!(
+        matches!(
+            full,
+            Err(CheckoutError::SlotFull {
+                next_available_ms: Some(_)
+            })
+        ),
+        "{full:?}"
+    );
+    // Shifting: the promise moves to the next slot (15 minutes on), and the order takes it.
+    catalog
+        .update_location(TENANT, &throttle(true), &mask, 0)
+        .await
+        .unwrap();
+    let quote = quotes.quote(TENANT, &cart.cart_id).await.unwrap();
+    let promised = |time: Option<prost_types::Timestamp>| time.unwrap().seconds;
+    assert!(promised(quote.promised_time) >= promised(first.promised_time) + 14 * 60);
+    let second = Placement {
+        cart_id: cart.cart_id.clone(),
+        quote_id: quote.quote_id.clone(),
+        expected_total: quote.total.clone().unwrap(),
+        payment_token: "tok_ok".into(),
+        external_order_id: String::new(),
+    };
+    let second = orders.place(TENANT, &second, "key-2").await.unwrap();
+    assert_eq!(second.promised_time, quote.promised_time);
+}
