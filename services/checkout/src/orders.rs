@@ -39,6 +39,8 @@ use crate::quotes::{LoyaltyPort, Quotes};
 const ORDER: &str = "checkout_order";
 const PLACEMENT: &str = "checkout_placement";
 const EXTERNAL: &str = "checkout_external_order";
+/// The system tenant under which tenants with unresolved payments are listed.
+const SYSTEM_TENANT: &str = "_system";
 
 /// Where a placement stands (stored as the record's `step`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +195,13 @@ impl Orders {
         }
     }
 
+    /// Calls to the PSP with `policy` instead of the default (5 s per attempt, 3 attempts,
+    /// breaker opening after 5 unhealthy answers for 10 s).
+    pub fn with_psp_policy(mut self, policy: OutboundPolicy) -> Self {
+        self.outbound = Outbound::new(policy);
+        self
+    }
+
     async fn now_ms(&self, tenant: &str) -> Result<i64, CheckoutError> {
         Ok(self.clocks.now(tenant).await?.now_ms)
     }
@@ -211,7 +220,7 @@ impl Orders {
             });
         }
         let placement_key = AggregateKey::new(tenant, PLACEMENT, key);
-        let (mut version, mut record) = match self.store.load(&placement_key).await? {
+        let (version, record) = match self.store.load(&placement_key).await? {
             Some(stored) => (
                 stored.version,
                 decode::<PlacementRecord>(&stored.data, "placement")?,
@@ -265,6 +274,18 @@ impl Orders {
                 }
             }
         };
+        self.drive(tenant, &placement_key, version, record).await
+    }
+
+    /// Runs a placement's saga from where it stands to an order or a final failure.
+    async fn drive(
+        &self,
+        tenant: &str,
+        placement_key: &AggregateKey,
+        mut version: u64,
+        mut record: PlacementRecord,
+    ) -> Result<Order, CheckoutError> {
+        let key = placement_key.id.as_str();
         let mut lost_races = 0;
         loop {
             let step = record.step;
@@ -287,7 +308,7 @@ impl Orders {
                 _ => {}
             }
             match self
-                .advance(tenant, &placement_key, version, record.clone())
+                .advance(tenant, placement_key, version, record.clone())
                 .await
             {
                 Ok(next) => (version, record) = next,
@@ -295,7 +316,7 @@ impl Orders {
                 // carry on from where it is now.
                 Err(error) if error.is_conflict() && lost_races < 16 => {
                     lost_races += 1;
-                    let stored = self.store.load(&placement_key).await?.ok_or_else(|| {
+                    let stored = self.store.load(placement_key).await?.ok_or_else(|| {
                         CheckoutError::NotFound {
                             resource: "placement",
                             id: key.to_owned(),
@@ -306,6 +327,62 @@ impl Orders {
                 }
                 Err(error) => return Err(error),
             }
+        }
+    }
+
+    /// The background resolver: every placement whose payment outcome is unknown (the PSP did
+    /// not answer) is driven on — the PSP is asked what happened under the placement's key
+    /// and the saga finishes (order placed, or compensated and failed) without a second
+    /// authorization. Returns how many placements it settled.
+    pub async fn resolve_unknown_payments(&self) -> Result<usize, CheckoutError> {
+        let mut settled = 0;
+        let mut tenants = Pages::new(
+            self.store.as_ref(),
+            SYSTEM_TENANT,
+            "checkout_tenant",
+            index("all", "1"),
+            256,
+        );
+        while let Some(page) = tenants.next().await? {
+            for (tenant, _) in page {
+                let mut pages = Pages::new(
+                    self.store.as_ref(),
+                    &tenant,
+                    PLACEMENT,
+                    index("step", "payment_unknown"),
+                    256,
+                );
+                while let Some(placements) = pages.next().await? {
+                    for (id, stored) in placements {
+                        let record: PlacementRecord = decode(&stored.data, "placement")?;
+                        let key = AggregateKey::new(&tenant, PLACEMENT, &id);
+                        match self.drive(&tenant, &key, stored.version, record).await {
+                            Ok(_) | Err(CheckoutError::Precondition { .. }) => settled += 1,
+                            // Still unknown, or the PSP is down: next round.
+                            Err(error) => {
+                                tracing::info!(%error, placement = %id, "checkout: payment still unresolved")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(settled)
+    }
+
+    /// Notes that `tenant` may have placements for the resolver (idempotent).
+    async fn note_tenant(&self, tenant: &str) -> Result<(), CheckoutError> {
+        let key = AggregateKey::new(SYSTEM_TENANT, "checkout_tenant", tenant);
+        if self.store.load(&key).await?.is_some() {
+            return Ok(());
+        }
+        match self
+            .store
+            .commit(commit(key, 0, Vec::new(), vec![index("all", "1")]))
+            .await
+        {
+            Ok(_) | Err(store::StoreError::Conflict { .. }) => Ok(()),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -513,12 +590,13 @@ impl Orders {
                 {
                     record.step = Step::PaymentUnknown as i32;
                     record.order = Some(order);
+                    self.note_tenant(tenant).await?;
                     self.store
                         .commit(commit(
                             key.clone(),
                             version,
                             record.encode_to_vec(),
-                            Vec::new(),
+                            vec![index("step", "payment_unknown")],
                         ))
                         .await?;
                     return Err(CheckoutError::Unavailable {

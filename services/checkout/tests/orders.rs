@@ -374,3 +374,34 @@ async fn a_full_kitchen_slot_shifts_the_promise_or_refuses_with_slot_full() {
     let second = orders.place(TENANT, &second, "key-2").await.unwrap();
     assert_eq!(second.promised_time, quote.promised_time);
 }
+
+#[tokio::test]
+async fn the_background_resolver_settles_an_unknown_payment_without_a_second_authorization() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    psp.set_timeout_delay(Duration::from_millis(10));
+    let (quotes, orders) = engines(&world, &psp);
+    // A breaker that stays closed, so the rounds below reach the PSP (the default would open
+    // after these timeouts and fail fast for 10 s — right in production, slow in a test).
+    let mut policy = platform::outbound::OutboundPolicy::new("psp");
+    policy.breaker.failure_threshold = 1_000;
+    let orders = orders.with_psp_policy(policy);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_timeout").await;
+    assert!(orders.place(TENANT, &placement, "key-1").await.is_err());
+    // The PSP still does not answer: the resolver leaves it for the next round.
+    assert_eq!(orders.resolve_unknown_payments().await.unwrap(), 0);
+    // It recovers; the resolver (not the caller) finishes the order, once.
+    psp.configure("tok_timeout", checkout::psp::Behaviour::succeed());
+    assert_eq!(orders.resolve_unknown_payments().await.unwrap(), 1);
+    assert_eq!(
+        orders.resolve_unknown_payments().await.unwrap(),
+        0,
+        "nothing left"
+    );
+    let (placed, _) = orders.orders(TENANT, "", "", &[], 10, "").await.unwrap();
+    assert_eq!(placed.len(), 1);
+    assert_eq!(psp.authorization_count(&placed[0].order_id), 1);
+    // The caller's late retry gets the same order.
+    let retried = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    assert_eq!(retried.order_id, placed[0].order_id);
+}

@@ -157,6 +157,9 @@ struct ServeConfig {
     /// JSON file of promotion codes (format: `checkout::promotions`); none when unset.
     #[arg(long, env = "COMMERCE_PROMOTIONS_FILE")]
     promotions_file: Option<PathBuf>,
+    /// Seconds between rounds of the payment resolver (settles payments the PSP left unknown).
+    #[arg(long, env = "COMMERCE_PAYMENT_RESOLVER_SECONDS", default_value_t = 10)]
+    payment_resolver_seconds: u64,
     /// Seconds between loyalty sweeps (activation, expiry, hold expiry, tiers).
     #[arg(long, env = "COMMERCE_LOYALTY_SWEEP_SECONDS", default_value_t = 60)]
     loyalty_sweep_seconds: u64,
@@ -318,11 +321,18 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         )
         .run(stopped(background_stopped.clone())),
     );
-    let sweeper = tokio::spawn(sweep_loyalty(
-        loyalty.clone(),
-        Duration::from_secs(config.loyalty_sweep_seconds.max(1)),
-        stopped(background_stopped),
-    ));
+    let sweeper = {
+        let loyalty = loyalty.clone();
+        tokio::spawn(repeat_every(
+            "loyalty sweep",
+            Duration::from_secs(config.loyalty_sweep_seconds.max(1)),
+            stopped(background_stopped.clone()),
+            move || {
+                let loyalty = loyalty.clone();
+                async move { loyalty.run_due_everywhere().await.map(drop) }
+            },
+        ))
+    };
     let checkout = Checkout::new(
         &config,
         store.clone(),
@@ -334,6 +344,18 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .store(store)
         .fast_path(redis, degraded);
     let server = loyalty_services(server, loyalty::LoyaltyApi::new(loyalty));
+    let resolver = {
+        let orders = checkout.orders.clone();
+        tokio::spawn(repeat_every(
+            "payment resolver",
+            Duration::from_secs(config.payment_resolver_seconds.max(1)),
+            stopped(background_stopped),
+            move || {
+                let orders = orders.clone();
+                async move { orders.resolve_unknown_payments().await.map(drop) }
+            },
+        ))
+    };
     let server = checkout_services(server, checkout);
     let server = clock::register_clock(server, clocks);
     let bound = unbuilt::register(server).bind().await?;
@@ -344,6 +366,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let _ = relay.await;
     let _ = consumer.await;
     let _ = sweeper.await;
+    let _ = resolver.await;
     eprintln!("commerce: stopped");
     Ok(())
 }
@@ -558,21 +581,26 @@ fn loyalty_services(server: Server, api: loyalty::LoyaltyApi) -> Server {
         .add_service(ProgramServiceServer::new(api), FILE_DESCRIPTOR_SET)
 }
 
-/// Runs the loyalty sweep (activation, expiry, hold expiry, tiers) for every tenant every
-/// `every`, so points move on time without an operator calling `RunDueJobs`.
-async fn sweep_loyalty(
-    engine: Arc<loyalty::Loyalty>,
+/// Runs `round` every `every` until `shutdown`: the loyalty sweep and the payment resolver,
+/// so points move and unknown payments settle without anyone calling in.
+async fn repeat_every<F, Fut, E>(
+    what: &'static str,
     every: Duration,
     shutdown: impl std::future::Future<Output = ()>,
-) {
+    round: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             () = tokio::time::sleep(every) => {}
         }
-        if let Err(error) = engine.run_due_everywhere().await {
-            tracing::warn!(%error, "loyalty sweep failed; retrying next round");
+        if let Err(error) = round().await {
+            tracing::warn!(%error, "{what} failed; retrying next round");
         }
     }
 }
