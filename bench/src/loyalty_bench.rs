@@ -23,17 +23,20 @@
 //!    it checks, outside the timing, that nothing was dead-lettered, that every member's
 //!    `lifetime_points` is what its events earn, and runs `ProgramService/ReconcileLedger`.
 
+#[path = "harness.rs"]
+mod harness;
+
+use harness::{Process, authorized, connect, connect_many, free_port, tail, usd, wait_for};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use clap::{Parser, Subcommand};
 use commerce_api::commerce::checkout::v1::{OrderPaid, PaidLine};
-use commerce_api::commerce::common::v1::Money;
 use commerce_api::commerce::loyalty::v1::member_service_client::MemberServiceClient;
 use commerce_api::commerce::loyalty::v1::member_service_server::{
     MemberService, MemberServiceServer,
@@ -46,7 +49,7 @@ use commerce_api::commerce::loyalty::v1::{
 };
 use events::{Bus as _, BusMessage, EventSource};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// The tenant of the token, hence of every member and event.
@@ -138,48 +141,6 @@ async fn bare_server() -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Child processes.
-
-/// A child process killed (and reaped) when dropped, also when the benchmark fails.
-struct Process {
-    child: Child,
-}
-
-impl Process {
-    fn spawn(command: &mut Command, what: &str) -> anyhow::Result<Self> {
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {what}"))?;
-        Ok(Process { child })
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Waits until `addr` accepts connections (or `process` dies).
-async fn wait_for(addr: SocketAddr, process: &mut Process, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = process.child.try_wait()? {
-            bail!("{what} exited early: {status}");
-        }
-        ensure!(Instant::now() < deadline, "{what} did not listen on {addr}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Starts this binary's `bare-server` and reads its address.
 fn start_bare_server() -> anyhow::Result<(Process, SocketAddr)> {
@@ -292,40 +253,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     result
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?)
-}
-
-async fn connect_many(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Channel>> {
-    let mut channels = Vec::with_capacity(count);
-    for _ in 0..count.max(1) {
-        channels.push(connect(addr).await?);
-    }
-    Ok(channels)
-}
-
-fn authorized<T>(message: T, bearer: &MetadataValue<Ascii>) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", bearer.clone());
-    request
-}
-
-fn usd(amount_minor: i64) -> Option<Money> {
-    Some(Money {
-        currency_code: "USD".into(),
-        amount_minor,
-    })
 }
 
 async fn measure(
