@@ -26,7 +26,9 @@
 #[path = "harness.rs"]
 mod harness;
 
-use harness::{Process, authorized, connect, connect_many, free_port, tail, usd, wait_for};
+use harness::{
+    Process, authorized, commerce_binary, connect, connect_many, free_port, tail, usd, wait_for,
+};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -92,18 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.quotes > 0 && cli.orders > 0,
         "--quotes and --orders must be positive"
     );
-    let commerce_bin = match cli.commerce.clone() {
-        Some(path) => path,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no directory")?
-            .join("commerce"),
-    };
-    ensure!(
-        commerce_bin.exists(),
-        "{} missing: cargo build --release -p commerce (or run bench/checkout.sh)",
-        commerce_bin.display()
-    );
+    let commerce_bin = commerce_binary(cli.commerce.clone(), "bench/checkout.sh")?;
     let work = tempfile::tempdir()?;
 
     // commerce without Redis: embedded store, carts in the store, in-process bus.

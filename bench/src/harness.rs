@@ -88,3 +88,24 @@ pub fn usd(amount_minor: i64) -> Option<Money> {
         amount_minor,
     })
 }
+
+/// The `commerce` binary: `given`, or the one built beside this benchmark (`script` says how
+/// to build it).
+pub fn commerce_binary(
+    given: Option<std::path::PathBuf>,
+    script: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = match given {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory")?
+            .join("commerce"),
+    };
+    ensure!(
+        path.exists(),
+        "{} missing: cargo build --release -p commerce (or run {script})",
+        path.display()
+    );
+    Ok(path)
+}

@@ -26,7 +26,9 @@
 #[path = "harness.rs"]
 mod harness;
 
-use harness::{Process, authorized, connect, connect_many, free_port, tail, usd, wait_for};
+use harness::{
+    Process, authorized, commerce_binary, connect, connect_many, free_port, tail, usd, wait_for,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -184,18 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.members > 0 && cli.requests > 0,
         "--members and --requests must be positive"
     );
-    let commerce_bin = match cli.commerce.clone() {
-        Some(path) => path,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no directory")?
-            .join("commerce"),
-    };
-    ensure!(
-        commerce_bin.exists(),
-        "{} missing: cargo build --release -p commerce (or run bench/loyalty.sh)",
-        commerce_bin.display()
-    );
+    let commerce_bin = commerce_binary(cli.commerce.clone(), "bench/loyalty.sh")?;
     let work = tempfile::tempdir()?;
 
     // Redis, then commerce on it.

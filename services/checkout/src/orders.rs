@@ -591,14 +591,8 @@ impl Orders {
                     record.step = Step::PaymentUnknown as i32;
                     record.order = Some(order);
                     self.note_tenant(tenant).await?;
-                    self.store
-                        .commit(commit(
-                            key.clone(),
-                            version,
-                            record.encode_to_vec(),
-                            vec![index("step", "payment_unknown")],
-                        ))
-                        .await?;
+                    let unknown = vec![index("step", "payment_unknown")];
+                    self.save_placement(key, version, record, unknown).await?;
                     return Err(CheckoutError::Unavailable {
                         what: "the payment provider",
                         reason: ErrorReason::PaymentOutcomeUnknown,
@@ -645,14 +639,20 @@ impl Orders {
             }
         }
         record.order = Some(order);
+        self.save_placement(key, version, record, Vec::new()).await
+    }
+
+    /// Stores where a placement got to (compare-and-set on its version).
+    async fn save_placement(
+        &self,
+        key: &AggregateKey,
+        version: u64,
+        record: PlacementRecord,
+        index: Vec<IndexEntry>,
+    ) -> Result<(u64, PlacementRecord), CheckoutError> {
         let version = self
             .store
-            .commit(commit(
-                key.clone(),
-                version,
-                record.encode_to_vec(),
-                Vec::new(),
-            ))
+            .commit(commit(key.clone(), version, record.encode_to_vec(), index))
             .await?;
         Ok((version, record))
     }
@@ -752,16 +752,7 @@ impl Orders {
                 record.failure = full.to_string();
                 record.failure_reason = ErrorReason::SlotFull as i32;
                 record.order = Some(order);
-                let version = self
-                    .store
-                    .commit(commit(
-                        key.clone(),
-                        version,
-                        record.encode_to_vec(),
-                        Vec::new(),
-                    ))
-                    .await?;
-                return Ok((version, record));
+                return self.save_placement(key, version, record, Vec::new()).await;
             }
             Err(error) => return Err(error),
         };
