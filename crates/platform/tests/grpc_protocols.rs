@@ -85,6 +85,93 @@ async fn grpc_deadlines_cut_slow_calls_short() {
     assert!(started.elapsed() < Duration::from_millis(2500));
 }
 
+/// Count sends a message every 100 ms for 100 s: far longer than the deadlines below.
+const LONG_COUNT: pb::CountRequest = pb::CountRequest {
+    up_to: 1000,
+    interval_millis: 100,
+    fail_at: 0,
+};
+
+/// The messages a stream cut at a 450 ms deadline sent first: 1, 2, … in order, a few of them.
+fn assert_counted_until_the_deadline(numbers: &[i32]) {
+    let expected: Vec<i32> = (1..=numbers.len() as i32).collect();
+    assert_eq!(numbers, expected, "messages before the deadline, in order");
+    assert!((1..=4).contains(&numbers.len()), "{numbers:?}");
+}
+
+#[tokio::test]
+async fn a_grpc_server_stream_past_its_deadline_ends_with_deadline_exceeded_after_its_messages() {
+    let server = TestServer::start().await;
+    let mut client = grpc_client(&server).await;
+    let mut request = tonic::Request::new(LONG_COUNT);
+    request.set_timeout(Duration::from_millis(450));
+    let started = Instant::now();
+    let mut stream = client.count(request).await.expect("stream").into_inner();
+    let mut numbers = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+            Err(_) => panic!("the stream outlived its deadline by seconds"),
+            Ok(Some(Ok(message))) => numbers.push(message.number),
+            Ok(Some(Err(status))) => break status,
+            Ok(None) => panic!("the stream ended ok after {numbers:?}"),
+        }
+    };
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status
+            .get_error_details()
+            .error_info()
+            .map(|info| info.reason.as_str()),
+        Some("DEADLINE_EXCEEDED")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_counted_until_the_deadline(&numbers);
+}
+
+#[tokio::test]
+async fn a_grpc_web_server_stream_past_its_deadline_ends_with_deadline_exceeded_in_its_trailer_frame()
+ {
+    let server = TestServer::start().await;
+    let request = Request::post(server.url("/protocol.test.v1.EchoService/Count"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("grpc-timeout", "450m")
+        .body(Full::new(Bytes::from(envelope(
+            0,
+            &LONG_COUNT.encode_to_vec(),
+        ))))
+        .unwrap();
+    let started = Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(5), send(request, false))
+        .await
+        .expect("the stream outlived its deadline by seconds");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(reply.status, 200);
+    let frames = envelopes(&reply.body);
+    let (trailer_flags, trailer) = frames.last().expect("a trailer frame");
+    assert_eq!(*trailer_flags, 0x80, "trailer frame last");
+    let trailer = String::from_utf8(trailer.clone()).unwrap();
+    assert!(trailer.contains("grpc-status:4"), "{trailer}");
+    assert!(trailer.contains("grpc-message:"), "{trailer}");
+    assert!(trailer.contains("grpc-status-details-bin:"), "{trailer}");
+    let numbers: Vec<i32> = frames[..frames.len() - 1]
+        .iter()
+        .map(|(flags, data)| {
+            assert_eq!(*flags, 0, "a message frame");
+            pb::CountResponse::decode(data.as_slice()).unwrap().number
+        })
+        .collect();
+    assert_counted_until_the_deadline(&numbers);
+}
+
 #[tokio::test]
 async fn grpc_web_binary_works_over_http1_with_trailers_in_the_body() {
     let server = TestServer::start().await;

@@ -112,3 +112,109 @@ impl Drop for MongoServer {
         self.kill();
     }
 }
+
+/// A store that fails on purpose: wraps a real store and refuses the next commit that touches an
+/// aggregate of an armed kind with [`StoreError::Backend`], as a crashed or unreachable database
+/// would — nothing of that commit is written. For failure-injection tests of sagas; everything
+/// else goes to the inner store unchanged.
+pub struct FaultyStore {
+    inner: std::sync::Arc<dyn crate::Store>,
+    /// Kinds (with how many more commits to fail) whose commits fail.
+    armed: std::sync::Mutex<Vec<(String, u32)>>,
+}
+
+impl FaultyStore {
+    /// Wraps `inner`; nothing fails until [`FaultyStore::fail_commits`].
+    pub fn new(inner: std::sync::Arc<dyn crate::Store>) -> Self {
+        FaultyStore {
+            inner,
+            armed: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The next `times` commits touching an aggregate of `kind` fail.
+    pub fn fail_commits(&self, kind: &str, times: u32) {
+        self.armed
+            .lock()
+            .expect("armed kinds")
+            .push((kind.to_owned(), times));
+    }
+
+    fn trip(&self, commits: &[crate::Commit]) -> Result<(), crate::StoreError> {
+        let mut armed = self.armed.lock().expect("armed kinds");
+        for (kind, left) in armed.iter_mut() {
+            if *left > 0 && commits.iter().any(|commit| &commit.key.kind == kind) {
+                *left -= 1;
+                return Err(crate::StoreError::Backend(format!(
+                    "injected failure committing {kind}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::Store for FaultyStore {
+    async fn load(
+        &self,
+        key: &crate::AggregateKey,
+    ) -> Result<Option<crate::Versioned>, crate::StoreError> {
+        self.inner.load(key).await
+    }
+
+    async fn commit(&self, commit: crate::Commit) -> Result<u64, crate::StoreError> {
+        self.trip(std::slice::from_ref(&commit))?;
+        self.inner.commit(commit).await
+    }
+
+    async fn commit_all(&self, commits: Vec<crate::Commit>) -> Result<Vec<u64>, crate::StoreError> {
+        self.trip(&commits)?;
+        self.inner.commit_all(commits).await
+    }
+
+    async fn find(
+        &self,
+        tenant: &str,
+        kind: &str,
+        index: &crate::IndexEntry,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, crate::Versioned)>, crate::StoreError> {
+        self.inner.find(tenant, kind, index, after_id, limit).await
+    }
+
+    async fn pending_events(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::PendingEvent>, crate::StoreError> {
+        self.inner.pending_events(limit).await
+    }
+
+    async fn mark_delivered(
+        &self,
+        events: &[crate::PendingEvent],
+    ) -> Result<(), crate::StoreError> {
+        self.inner.mark_delivered(events).await
+    }
+
+    async fn idempotency_record(
+        &self,
+        tenant: &str,
+        method: &str,
+        key: &str,
+    ) -> Result<Option<crate::IdempotencyRecord>, crate::StoreError> {
+        self.inner.idempotency_record(tenant, method, key).await
+    }
+
+    async fn save_idempotency_record(
+        &self,
+        record: crate::IdempotencyRecord,
+    ) -> Result<(), crate::StoreError> {
+        self.inner.save_idempotency_record(record).await
+    }
+
+    async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, crate::StoreError> {
+        self.inner.purge_expired_idempotency(now).await
+    }
+}

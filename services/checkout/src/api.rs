@@ -1,9 +1,10 @@
-//! The gRPC handlers of checkout's services built so far (MenuService, CartService, most of
-//! OrderService): each reads the tenant
-//! the platform put on the request, calls the catalog, and maps its error once.
+//! The gRPC handlers of checkout's services (MenuService, CartService, OrderService,
+//! CheckoutAdminService): each reads the tenant the platform put on the request, calls the
+//! engine, and maps its error once.
 
 use commerce_api::commerce::checkout::v1::{
-    self as v1, Cart, cart_service_server::CartService, menu_service_server::MenuService,
+    self as v1, Cart, cart_service_server::CartService,
+    checkout_admin_service_server::CheckoutAdminService, menu_service_server::MenuService,
     order_service_server::OrderService,
 };
 use platform::ApiError;
@@ -16,6 +17,7 @@ use crate::catalog::Catalog;
 use crate::error::{CheckoutError, ERROR_DOMAIN};
 use crate::orders::{Orders, Placement};
 use crate::quotes::Quotes;
+use crate::reconcile::Period;
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -533,5 +535,58 @@ impl OrderService for OrderApi {
         Ok(Response::new(v1::AdvanceOrderStatusResponse {
             order: Some(order),
         }))
+    }
+
+    async fn adjust_tip(
+        &self,
+        request: Request<v1::AdjustTipRequest>,
+    ) -> Reply<v1::AdjustTipResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let tip = body.tip.unwrap_or_default();
+        let order = self
+            .orders
+            .adjust_tip(&tenant, &body.order_id, &tip)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(v1::AdjustTipResponse { order: Some(order) }))
+    }
+}
+
+/// CheckoutAdminService over the orders engine.
+#[derive(Clone)]
+pub struct CheckoutAdminApi {
+    orders: Orders,
+}
+
+impl CheckoutAdminApi {
+    /// Handlers over `orders`.
+    pub fn new(orders: Orders) -> Self {
+        CheckoutAdminApi { orders }
+    }
+}
+
+fn unix_ms(time: Option<prost_types::Timestamp>) -> Option<i64> {
+    time.map(|time| time.seconds * 1000 + i64::from(time.nanos) / 1_000_000)
+}
+
+#[tonic::async_trait]
+impl CheckoutAdminService for CheckoutAdminApi {
+    async fn reconcile_payments(
+        &self,
+        request: Request<v1::ReconcilePaymentsRequest>,
+    ) -> Reply<v1::ReconcilePaymentsResponse> {
+        let tenant = tenant(&request)?;
+        let body = request.into_inner();
+        let period = Period {
+            start_ms: unix_ms(body.start_time),
+            end_ms: unix_ms(body.end_time),
+        };
+        let report = self
+            .orders
+            .reconcile_payments(&tenant, period)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(report))
     }
 }

@@ -25,7 +25,7 @@ const SKU: &str = "checkout_sku";
 /// Attempts of a read-modify-write before reporting the conflict.
 const ATTEMPTS: usize = 16;
 
-const LOCATION_FIELDS: [&str; 8] = [
+const LOCATION_FIELDS: [&str; 10] = [
     "display_name",
     "time_zone",
     "address",
@@ -34,6 +34,8 @@ const LOCATION_FIELDS: [&str; 8] = [
     "fulfillment_modes",
     "slot_capacity",
     "tax_rates",
+    "capture_mode",
+    "tip_headroom_percent",
 ];
 
 const ITEM_FIELDS: [&str; 9] = [
@@ -215,6 +217,12 @@ impl Catalog {
             }
             if set("tax_rates") {
                 location.tax_rates.clone_from(&update.tax_rates);
+            }
+            if set("capture_mode") {
+                location.capture_mode = update.capture_mode;
+            }
+            if set("tip_headroom_percent") {
+                location.tip_headroom_percent = update.tip_headroom_percent;
             }
             check_location(&location)?;
             location.version += 1;

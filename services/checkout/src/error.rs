@@ -82,6 +82,18 @@ pub enum CheckoutError {
     /// Stored data does not decode.
     #[error("stored checkout data is unreadable: {0}")]
     Corrupt(String),
+    /// The money ledger refused a posting (a bug or tampering: postings are built balanced).
+    #[error("money ledger: {0}")]
+    Ledger(String),
+}
+
+impl From<ledger::LedgerError> for CheckoutError {
+    fn from(error: ledger::LedgerError) -> Self {
+        match error {
+            ledger::LedgerError::Store(store) => CheckoutError::Store(store),
+            other => CheckoutError::Ledger(other.to_string()),
+        }
+    }
 }
 
 impl CheckoutError {

@@ -12,12 +12,13 @@ pub mod pricing;
 pub mod promotions;
 pub mod psp;
 pub mod quotes;
+pub mod reconcile;
 pub mod slots;
 pub mod tax;
 
-pub use api::{CartApi, MenuApi, OrderApi};
+pub use api::{CartApi, CheckoutAdminApi, MenuApi, OrderApi};
 pub use carts::{CartStorage, Carts, RedisCarts, StoreCarts};
 pub use catalog::Catalog;
-pub use orders::{Orders, Placement};
+pub use orders::{Orders, Placement, Settled};
 pub use promotions::Promotions;
 pub use quotes::{LoyaltyPort, NoLoyalty, Quotes};

@@ -9,22 +9,38 @@
 //! 3. authorize the payment at the PSP with the placement's payment id as the PSP idempotency
 //!    key — never a new key, so the PSP can never authorize twice for one order;
 //! 4. commit the order with its `OrderPlaced` event;
-//! 5. capture (immediately), post the reward hold, emit `OrderPaid` (loyalty accrues from it).
+//! 5. capture — at once, or when the order is completed for locations that capture on
+//!    completion (so the tip can be adjusted up to the authorized amount until then) — post the
+//!    reward hold, post the capture to the money ledger and emit `OrderPaid` (loyalty accrues
+//!    from it).
 //!
 //! A decline voids the reward hold and fails with `PAYMENT_DECLINED`; an authorization whose
 //! reply was lost leaves the placement "payment unknown" and fails with
 //! `PAYMENT_OUTCOME_UNKNOWN`: the next attempt (same key) asks the PSP what happened
 //! (`lookup`) before doing anything else. Calls to the PSP go through the outbound policy
 //! (deadline, retries with jitter — the PSP is idempotent by key — and a circuit breaker).
+//!
+//! The background round ([`Orders::settle_payments`]) finishes what requests left: it asks the
+//! PSP about unknown payments, captures orders whose capture is due but failed, and rolls back
+//! placements abandoned part-way (void the authorization, return the reward).
+//!
+//! Money ledger: every capture and refund is posted, in the same commit as the order change, to
+//! the tenant's `checkout:revenue:<CUR>` and `checkout:psp:<CUR>` accounts (the latter is what
+//! the PSP holds for the merchant: captured minus refunded), as entries
+//! `checkout:capture:<order id>` and `checkout:refund:<refund id>` — prefixed, because the
+//! tenant's ledger is shared with loyalty's points. [`crate::reconcile`] ties orders, the PSP
+//! and these entries out.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use commerce_api::commerce::checkout::v1::{
-    Order, OrderCanceled, OrderLine, OrderPaid, OrderPlaced, OrderRefunded, OrderStatus,
-    OrderStatusChange, OrderStatusChanged, OrderTotals, PaidLine, Payment, PaymentStatus, Quote,
+    CaptureMode, Order, OrderCanceled, OrderLine, OrderPaid, OrderPlaced, OrderRefunded,
+    OrderStatus, OrderStatusChange, OrderStatusChanged, OrderTipAdjusted, OrderTotals, PaidLine,
+    Payment, PaymentStatus, Quote,
 };
 use commerce_api::commerce::common::v1::{ErrorReason, Money};
+use ledger::{Ledger, NewEntry, Write};
 use platform::clock::Clocks;
 use platform::outbound::{Classify, Idempotent, Outbound, OutboundError, OutboundPolicy};
 use platform::page_token;
@@ -36,8 +52,8 @@ use crate::error::CheckoutError;
 use crate::psp::{self, AuthorizeRequest, CaptureRequest, PaymentProvider, PspError, VoidRequest};
 use crate::quotes::{LoyaltyPort, Quotes};
 
-const ORDER: &str = "checkout_order";
-const PLACEMENT: &str = "checkout_placement";
+pub(crate) const ORDER: &str = "checkout_order";
+pub(crate) const PLACEMENT: &str = "checkout_placement";
 const EXTERNAL: &str = "checkout_external_order";
 /// The system tenant under which tenants with unresolved payments are listed.
 const SYSTEM_TENANT: &str = "_system";
@@ -45,22 +61,24 @@ const SYSTEM_TENANT: &str = "_system";
 /// Where a placement stands (stored as the record's `step`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
-enum Step {
+pub(crate) enum Step {
     Started = 0,
     RewardHeld = 1,
     PaymentUnknown = 2,
     Placed = 3,
     Failed = 4,
+    /// Abandoned part-way: the authorization and the reward hold are being released.
+    Compensating = 5,
 }
 
 /// The placement saga's durable state.
 #[derive(Clone, PartialEq, prost::Message)]
-struct PlacementRecord {
+pub(crate) struct PlacementRecord {
     #[prost(int32, tag = "1")]
-    step: i32,
+    pub(crate) step: i32,
     /// The order as it will be committed (lines, totals, ids).
     #[prost(message, optional, tag = "2")]
-    order: Option<Order>,
+    pub(crate) order: Option<Order>,
     #[prost(string, tag = "3")]
     payment_token: String,
     /// The error a failed placement answers every retry with.
@@ -68,6 +86,40 @@ struct PlacementRecord {
     failure: String,
     #[prost(int32, tag = "5")]
     failure_reason: i32,
+    /// When the placement started (tenant clock, unix ms): abandoned ones are rolled back after
+    /// [`Orders::with_abandon_after`].
+    #[prost(int64, tag = "6")]
+    pub(crate) started_ms: i64,
+}
+
+/// The placement's index: every placement under `all` (reconciliation looks for authorizations
+/// of failed ones), and the ones the background round works on under their `step`.
+fn placement_index(step: i32) -> Vec<IndexEntry> {
+    let mut entries = vec![index("all", "1")];
+    let waiting = match step {
+        s if s == Step::Started as i32 || s == Step::RewardHeld as i32 => Some("in_flight"),
+        s if s == Step::PaymentUnknown as i32 => Some("payment_unknown"),
+        s if s == Step::Compensating as i32 => Some("compensating"),
+        _ => None,
+    };
+    entries.extend(waiting.map(|step| index("step", step)));
+    entries
+}
+
+/// The money ledger's account for `what` (`psp`, `revenue`) in `currency`.
+pub(crate) fn money_account(what: &str, currency: &str) -> String {
+    format!("checkout:{what}:{currency}")
+}
+
+/// What one background round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Placements whose unknown payment outcome became known (order placed or failed).
+    pub payments_resolved: usize,
+    /// Orders whose due capture went through.
+    pub captured: usize,
+    /// Abandoned placements rolled back.
+    pub abandoned: usize,
 }
 
 impl PspError {
@@ -131,7 +183,28 @@ fn order_index(order: &Order) -> Vec<IndexEntry> {
     if !order.customer_id.is_empty() {
         entries.push(index("customer", &order.customer_id));
     }
+    if capture_due(order) {
+        entries.push(index("capture_due", "1"));
+    }
     entries
+}
+
+/// Whether the order's payment should be captured now: authorized, and placed by a location
+/// capturing on placement or completed.
+fn capture_due(order: &Order) -> bool {
+    let Some(payment) = order.payment.as_ref() else {
+        return false;
+    };
+    payment.status == PaymentStatus::Authorized as i32
+        && (payment.capture_mode != CaptureMode::OnCompletion as i32
+            || order.status == OrderStatus::Completed as i32)
+}
+
+fn psp_unavailable() -> CheckoutError {
+    CheckoutError::Unavailable {
+        what: "the payment provider",
+        reason: ErrorReason::DependencyUnavailable,
+    }
 }
 
 fn precondition(reason: ErrorReason, message: impl Into<String>) -> CheckoutError {
@@ -163,9 +236,14 @@ pub struct Orders {
     carts: Carts,
     quotes: Quotes,
     loyalty: Arc<dyn LoyaltyPort>,
-    psp: Arc<dyn PaymentProvider>,
+    pub(crate) psp: Arc<dyn PaymentProvider>,
     outbound: Outbound,
     clocks: Clocks,
+    pub(crate) ledger: Ledger,
+    /// Tenants (and `tenant/currency` money accounts) known to exist, to skip re-checking.
+    known: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Placements still in flight this long after they started are rolled back.
+    abandon_after_ms: i64,
     /// Orders changed in this process (`tenant/order id`), so watchers here hear at once;
     /// watchers also re-read periodically for changes made by other replicas.
     changes: tokio::sync::broadcast::Sender<String>,
@@ -183,6 +261,7 @@ impl Orders {
     ) -> Self {
         let mut policy = OutboundPolicy::new("psp");
         policy.timeout = Duration::from_secs(5);
+        let ledger = Ledger::new(store.clone());
         Orders {
             store,
             carts,
@@ -191,8 +270,19 @@ impl Orders {
             psp,
             outbound: Outbound::new(policy),
             clocks,
+            ledger,
+            known: Arc::default(),
+            abandon_after_ms: 300_000,
             changes: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Rolls back placements still in flight `after` they started (default 5 minutes — far
+    /// longer than an attempt can run: the PSP deadlines allow under 20 s), so an attempt that
+    /// died part-way leaves no authorization and no held reward behind.
+    pub fn with_abandon_after(mut self, after: Duration) -> Self {
+        self.abandon_after_ms = after.as_millis() as i64;
+        self
     }
 
     /// Calls to the PSP with `policy` instead of the default (5 s per attempt, 3 attempts,
@@ -230,17 +320,19 @@ impl Orders {
                     return Ok(order);
                 }
                 let order = self.draft(tenant, placement, key).await?;
+                self.note_tenant(tenant).await?;
                 let record = PlacementRecord {
                     step: Step::Started as i32,
                     order: Some(order),
                     payment_token: placement.payment_token.clone(),
+                    started_ms: self.now_ms(tenant).await?,
                     ..PlacementRecord::default()
                 };
                 let mut commits = vec![commit(
                     placement_key.clone(),
                     0,
                     record.encode_to_vec(),
-                    Vec::new(),
+                    placement_index(record.step),
                 )];
                 if !placement.external_order_id.is_empty() {
                     let order_id = record
@@ -298,7 +390,7 @@ impl Orders {
                         .unwrap_or_default();
                     return self.order(tenant, &order_id).await;
                 }
-                s if s == Step::Failed as i32 => {
+                s if s == Step::Failed as i32 || s == Step::Compensating as i32 => {
                     return Err(precondition(
                         ErrorReason::try_from(record.failure_reason)
                             .unwrap_or(ErrorReason::PaymentDeclined),
@@ -330,12 +422,13 @@ impl Orders {
         }
     }
 
-    /// The background resolver: every placement whose payment outcome is unknown (the PSP did
-    /// not answer) is driven on — the PSP is asked what happened under the placement's key
-    /// and the saga finishes (order placed, or compensated and failed) without a second
-    /// authorization. Returns how many placements it settled.
-    pub async fn resolve_unknown_payments(&self) -> Result<usize, CheckoutError> {
-        let mut settled = 0;
+    /// One background round over every tenant with placements: placements whose payment
+    /// outcome is unknown are driven on (the PSP is asked under the placement's key — never a
+    /// second authorization), orders whose capture is due are captured, and placements still in
+    /// flight [`Orders::with_abandon_after`] they started are rolled back. Failures are logged
+    /// and left for the next round.
+    pub async fn settle_payments(&self) -> Result<Settled, CheckoutError> {
+        let mut settled = Settled::default();
         let mut tenants = Pages::new(
             self.store.as_ref(),
             SYSTEM_TENANT,
@@ -345,45 +438,168 @@ impl Orders {
         );
         while let Some(page) = tenants.next().await? {
             for (tenant, _) in page {
-                let mut pages = Pages::new(
-                    self.store.as_ref(),
-                    &tenant,
-                    PLACEMENT,
-                    index("step", "payment_unknown"),
-                    256,
-                );
-                while let Some(placements) = pages.next().await? {
-                    for (id, stored) in placements {
-                        let record: PlacementRecord = decode(&stored.data, "placement")?;
-                        let key = AggregateKey::new(&tenant, PLACEMENT, &id);
-                        match self.drive(&tenant, &key, stored.version, record).await {
-                            Ok(_) | Err(CheckoutError::Precondition { .. }) => settled += 1,
-                            // Still unknown, or the PSP is down: next round.
-                            Err(error) => {
-                                tracing::info!(%error, placement = %id, "checkout: payment still unresolved")
-                            }
-                        }
-                    }
-                }
+                self.settle_tenant(&tenant, &mut settled).await?;
             }
         }
         Ok(settled)
     }
 
-    /// Notes that `tenant` may have placements for the resolver (idempotent).
+    async fn settle_tenant(
+        &self,
+        tenant: &str,
+        settled: &mut Settled,
+    ) -> Result<(), CheckoutError> {
+        let now = self.now_ms(tenant).await?;
+        for (id, stored) in self
+            .all(tenant, PLACEMENT, index("step", "payment_unknown"))
+            .await?
+        {
+            let record: PlacementRecord = decode(&stored.data, "placement")?;
+            let key = AggregateKey::new(tenant, PLACEMENT, &id);
+            match self.drive(tenant, &key, stored.version, record).await {
+                Ok(_) | Err(CheckoutError::Precondition { .. }) => settled.payments_resolved += 1,
+                Err(error) => {
+                    tracing::info!(%error, placement = %id, "checkout: payment still unresolved")
+                }
+            }
+        }
+        for step in ["in_flight", "compensating"] {
+            for (id, stored) in self.all(tenant, PLACEMENT, index("step", step)).await? {
+                let record: PlacementRecord = decode(&stored.data, "placement")?;
+                if step == "in_flight" && record.started_ms + self.abandon_after_ms > now {
+                    continue;
+                }
+                let key = AggregateKey::new(tenant, PLACEMENT, &id);
+                match self.abandon(tenant, &key, stored.version, record).await {
+                    Ok(()) => settled.abandoned += 1,
+                    Err(error) => {
+                        tracing::warn!(%error, placement = %id, "checkout: rollback of an abandoned placement failed")
+                    }
+                }
+            }
+        }
+        for (id, _) in self.all(tenant, ORDER, index("capture_due", "1")).await? {
+            match self.capture(tenant, &id).await {
+                Ok(order) if !capture_due(&order) => settled.captured += 1,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, order = %id, "checkout: capture still failing")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every record of `kind`.
+    pub(crate) async fn every(
+        &self,
+        tenant: &str,
+        kind: &str,
+    ) -> Result<Vec<(String, store::Versioned)>, CheckoutError> {
+        self.all(tenant, kind, index("all", "1")).await
+    }
+
+    /// Every record of `kind` under `filter` (read before acting, so acting cannot disturb the
+    /// walk).
+    async fn all(
+        &self,
+        tenant: &str,
+        kind: &str,
+        filter: IndexEntry,
+    ) -> Result<Vec<(String, store::Versioned)>, CheckoutError> {
+        let mut pages = Pages::new(self.store.as_ref(), tenant, kind, filter, 256);
+        let mut all = Vec::new();
+        while let Some(page) = pages.next().await? {
+            all.extend(page);
+        }
+        Ok(all)
+    }
+
+    /// Rolls an abandoned placement back: first marks it compensating (so no later attempt can
+    /// commit its order), then voids whatever the PSP authorized under its key and returns the
+    /// held reward, then marks it failed with `PLACEMENT_ABANDONED`.
+    async fn abandon(
+        &self,
+        tenant: &str,
+        key: &AggregateKey,
+        version: u64,
+        mut record: PlacementRecord,
+    ) -> Result<(), CheckoutError> {
+        let mut version = version;
+        if record.step != Step::Compensating as i32 {
+            record.step = Step::Compensating as i32;
+            record.failure =
+                "the placement was abandoned part-way and rolled back; place the order again"
+                    .into();
+            record.failure_reason = ErrorReason::PlacementAbandoned as i32;
+            (version, record) = self.save_placement(key, version, record).await?;
+        }
+        let order = record.order.clone().unwrap_or_default();
+        let payment_id = order
+            .payment
+            .as_ref()
+            .map(|payment| payment.payment_id.clone())
+            .unwrap_or_default();
+        let authorized = self
+            .outbound
+            .call(Idempotent::Yes, |_| self.psp.lookup(&payment_id))
+            .await
+            .map_err(|_| psp_unavailable())?;
+        if let Some(authorization) = authorized.filter(psp::Transaction::succeeded) {
+            self.void_authorization(&payment_id, &authorization.id)
+                .await?;
+        }
+        if !order.redemption_id.is_empty() && !order.redemption_id.starts_with("pending:") {
+            self.loyalty.void(tenant, &order.redemption_id).await?;
+        }
+        record.step = Step::Failed as i32;
+        self.save_placement(key, version, record).await.map(drop)
+    }
+
+    /// Notes that `tenant` has placements for the background round (idempotent).
     async fn note_tenant(&self, tenant: &str) -> Result<(), CheckoutError> {
-        let key = AggregateKey::new(SYSTEM_TENANT, "checkout_tenant", tenant);
-        if self.store.load(&key).await?.is_some() {
+        if self.known(tenant) {
             return Ok(());
         }
-        match self
-            .store
-            .commit(commit(key, 0, Vec::new(), vec![index("all", "1")]))
-            .await
-        {
-            Ok(_) | Err(store::StoreError::Conflict { .. }) => Ok(()),
-            Err(error) => Err(error.into()),
+        let key = AggregateKey::new(SYSTEM_TENANT, "checkout_tenant", tenant);
+        if self.store.load(&key).await?.is_none() {
+            match self
+                .store
+                .commit(commit(key, 0, Vec::new(), vec![index("all", "1")]))
+                .await
+            {
+                Ok(_) | Err(store::StoreError::Conflict { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
         }
+        self.remember(tenant);
+        Ok(())
+    }
+
+    fn known(&self, what: &str) -> bool {
+        self.known.lock().expect("known set").contains(what)
+    }
+
+    fn remember(&self, what: &str) {
+        self.known
+            .lock()
+            .expect("known set")
+            .insert(what.to_owned());
+    }
+
+    /// Opens the tenant's money accounts in `currency` (once per process).
+    async fn open_money_accounts(&self, tenant: &str, currency: &str) -> Result<(), CheckoutError> {
+        let known = format!("{tenant}/{currency}");
+        if self.known(&known) {
+            return Ok(());
+        }
+        for what in ["psp", "revenue"] {
+            self.ledger
+                .open_account(tenant, &money_account(what, currency), currency, None)
+                .await?;
+        }
+        self.remember(&known);
+        Ok(())
     }
 
     /// The order a caller's own order id already names.
@@ -450,6 +666,23 @@ impl Orders {
         }
         let cart = self.carts.get(tenant, &placement.cart_id).await?;
         let catalog = self.carts.catalog();
+        let location = catalog.location(tenant, &cart.location_id).await?;
+        let capture_mode = match CaptureMode::try_from(location.capture_mode) {
+            Ok(CaptureMode::OnCompletion) => CaptureMode::OnCompletion,
+            _ => CaptureMode::OnPlacement,
+        };
+        let total = minor(&fresh.total);
+        let currency = fresh
+            .total
+            .as_ref()
+            .map(|total| total.currency_code.clone())
+            .unwrap_or_default();
+        // Room for a bigger tip before capture: a share of the total before tip.
+        let headroom = if capture_mode == CaptureMode::OnCompletion {
+            (total - minor(&fresh.tip)) * i64::from(location.tip_headroom_percent) / 100
+        } else {
+            0
+        };
         let mut lines = Vec::new();
         for (cart_line, priced) in cart.lines.iter().zip(&fresh.lines) {
             let item = catalog.item(tenant, &cart_line.item_id).await?;
@@ -492,6 +725,8 @@ impl Orders {
             payment: Some(Payment {
                 payment_id: format!("pay-{}", &key[..key.len().min(32)]),
                 status: PaymentStatus::Unspecified as i32,
+                authorized_amount: money(&currency, total + headroom),
+                capture_mode: capture_mode as i32,
                 ..Payment::default()
             }),
             redemption_id: String::new(),
@@ -523,9 +758,9 @@ impl Orders {
             .map(|total| total.currency_code.clone())
             .unwrap_or_default();
         let total = order
-            .totals
+            .payment
             .as_ref()
-            .map_or(0, |totals| minor(&totals.total));
+            .map_or(0, |payment| minor(&payment.authorized_amount));
         let payment_id = order
             .payment
             .as_ref()
@@ -591,8 +826,7 @@ impl Orders {
                     record.step = Step::PaymentUnknown as i32;
                     record.order = Some(order);
                     self.note_tenant(tenant).await?;
-                    let unknown = vec![index("step", "payment_unknown")];
-                    self.save_placement(key, version, record, unknown).await?;
+                    self.save_placement(key, version, record).await?;
                     return Err(CheckoutError::Unavailable {
                         what: "the payment provider",
                         reason: ErrorReason::PaymentOutcomeUnknown,
@@ -639,7 +873,7 @@ impl Orders {
             }
         }
         record.order = Some(order);
-        self.save_placement(key, version, record, Vec::new()).await
+        self.save_placement(key, version, record).await
     }
 
     /// Stores where a placement got to (compare-and-set on its version).
@@ -648,8 +882,8 @@ impl Orders {
         key: &AggregateKey,
         version: u64,
         record: PlacementRecord,
-        index: Vec<IndexEntry>,
     ) -> Result<(u64, PlacementRecord), CheckoutError> {
+        let index = placement_index(record.step);
         let version = self
             .store
             .commit(commit(key.clone(), version, record.encode_to_vec(), index))
@@ -695,10 +929,6 @@ impl Orders {
             .and_then(|t| t.total.clone())
             .map(|t| t.currency_code)
             .unwrap_or_default();
-        let total = order
-            .totals
-            .as_ref()
-            .map_or(0, |totals| minor(&totals.total));
         order.status = OrderStatus::Placed as i32;
         order.status_history = vec![OrderStatusChange {
             status: OrderStatus::Placed as i32,
@@ -708,7 +938,6 @@ impl Orders {
         if let Some(payment) = order.payment.as_mut() {
             payment.psp_reference = authorization_id.clone();
             payment.status = PaymentStatus::Authorized as i32;
-            payment.authorized_amount = money(&currency, total);
             payment.captured_amount = money(&currency, 0);
             payment.refunded_amount = money(&currency, 0);
         }
@@ -752,7 +981,7 @@ impl Orders {
                 record.failure = full.to_string();
                 record.failure_reason = ErrorReason::SlotFull as i32;
                 record.order = Some(order);
-                return self.save_placement(key, version, record, Vec::new()).await;
+                return self.save_placement(key, version, record).await;
             }
             Err(error) => return Err(error),
         };
@@ -776,53 +1005,69 @@ impl Orders {
         )];
         let mut commits = vec![
             created,
-            commit(key.clone(), version, record.encode_to_vec(), Vec::new()),
+            commit(
+                key.clone(),
+                version,
+                record.encode_to_vec(),
+                placement_index(record.step),
+            ),
         ];
         commits.extend(promise.reservation);
         self.store.commit_all(commits).await?;
-        // Capture now; a failure leaves the order placed and authorized (capture on completion
-        // or cancel then voids), never charged twice: the capture key is the payment's.
-        let captured = self
-            .outbound
-            .call(Idempotent::Yes, |_| {
-                self.psp.capture(CaptureRequest {
-                    idempotency_key: format!(
-                        "{}:capture",
-                        order
-                            .payment
-                            .as_ref()
-                            .map(|p| p.payment_id.as_str())
-                            .unwrap_or_default()
-                    ),
-                    authorization_id: authorization_id.clone(),
-                    amount: psp::Money::new(&currency, total),
-                })
-            })
-            .await;
-        match captured {
-            Ok(capture) => {
-                if !order.redemption_id.is_empty() {
-                    self.loyalty.commit(tenant, &order.redemption_id).await?;
-                }
-                self.mark_paid(tenant, &order.order_id, &capture.id, now)
-                    .await?;
-            }
-            Err(error) => {
-                tracing::warn!(%error, order = %order.order_id, "checkout: capture failed; order stays authorized")
+        let _ = self.changes.send(format!("{tenant}/{}", order.order_id));
+        if capture_due(&order) {
+            // A failure leaves the order placed and authorized with its capture due: the
+            // background round captures it under the same key, never twice.
+            if let Err(error) = self.capture(tenant, &order.order_id).await {
+                tracing::warn!(%error, order = %order.order_id, "checkout: capture failed; the background round retries it");
             }
         }
         Ok((version + 1, record))
     }
 
-    /// Records the capture and emits `OrderPaid`.
-    async fn mark_paid(
-        &self,
-        tenant: &str,
-        order_id: &str,
-        capture_id: &str,
-        now: i64,
-    ) -> Result<(), CheckoutError> {
-        self.update_order(tenant, order_id, now, |order| {
+    /// Captures an order whose capture is due (see [`capture_due`]): its total now (with an
+    /// adjusted tip) at the PSP under the payment's capture key, posts the reward hold, and
+    /// records the capture — with its money-ledger entry and `OrderPaid` — in one commit. Each
+    /// step is idempotent, so a repeat after any failure finishes the job once.
+    pub async fn capture(&self, tenant: &str, order_id: &str) -> Result<Order, CheckoutError> {
+        let order = self.order(tenant, order_id).await?;
+        if !capture_due(&order) {
+            return Ok(order);
+        }
+        let payment = order.payment.clone().unwrap_or_default();
+        let total = order
+            .totals
+            .as_ref()
+            .and_then(|totals| totals.total.clone())
+            .unwrap_or_default();
+        let captured = self
+            .outbound
+            .call(Idempotent::Yes, |_| {
+                self.psp.capture(CaptureRequest {
+                    idempotency_key: format!("{}:capture", payment.payment_id),
+                    authorization_id: payment.psp_reference.clone(),
+                    amount: psp::Money::new(&total.currency_code, total.amount_minor),
+                })
+            })
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, order = %order_id, "checkout: capture failed");
+                psp_unavailable()
+            })?;
+        if !order.redemption_id.is_empty() && !order.redemption_id.starts_with("pending:") {
+            self.loyalty.commit(tenant, &order.redemption_id).await?;
+        }
+        let now = self.now_ms(tenant).await?;
+        let entry = NewEntry::new(format!("checkout:capture:{order_id}"), now)
+            .transfer(
+                &money_account("revenue", &total.currency_code),
+                &money_account("psp", &total.currency_code),
+                &total.currency_code,
+                total.amount_minor,
+            )
+            .metadata("order_id", order_id)
+            .metadata("psp_reference", captured.id.as_str());
+        self.update_order(tenant, order_id, now, Some(entry), |order| {
             let Some(payment) = order.payment.as_mut() else {
                 return Ok(None);
             };
@@ -830,25 +1075,97 @@ impl Orders {
                 return Ok(None);
             }
             payment.status = PaymentStatus::Captured as i32;
-            payment
-                .captured_amount
-                .clone_from(&payment.authorized_amount);
-            payment.psp_reference = capture_id.to_owned();
+            payment.captured_amount = Some(Money {
+                currency_code: total.currency_code.clone(),
+                amount_minor: total.amount_minor,
+            });
+            payment.psp_reference.clone_from(&captured.id);
             Ok(Some(paid_event(order, now)))
         })
         .await
-        .map(drop)
+    }
+
+    /// Sets the tip of an order captured on completion and not completed yet (see the RPC).
+    pub async fn adjust_tip(
+        &self,
+        tenant: &str,
+        order_id: &str,
+        tip: &Money,
+    ) -> Result<Order, CheckoutError> {
+        if tip.amount_minor < 0 {
+            return Err(CheckoutError::invalid(
+                "tip.amount_minor",
+                "must not be negative",
+            ));
+        }
+        let now = self.now_ms(tenant).await?;
+        self.update_order(tenant, order_id, now, None, |order| {
+            let payment = order.payment.clone().unwrap_or_default();
+            let mut totals = order.totals.clone().unwrap_or_default();
+            let previous_tip = totals.tip.clone().unwrap_or_default();
+            let currency = payment
+                .authorized_amount
+                .as_ref()
+                .map(|amount| amount.currency_code.clone())
+                .unwrap_or_default();
+            if tip.currency_code != currency {
+                return Err(CheckoutError::invalid(
+                    "tip.currency_code",
+                    format!("the order is paid in {currency}"),
+                ));
+            }
+            let open = payment.status == PaymentStatus::Authorized as i32
+                && payment.capture_mode == CaptureMode::OnCompletion as i32
+                && ![OrderStatus::Completed as i32, OrderStatus::Canceled as i32]
+                    .contains(&order.status);
+            if !open {
+                return Err(precondition(
+                    ErrorReason::PaymentAlreadyCaptured,
+                    "the tip can change only before an order captured on completion is completed",
+                ));
+            }
+            if previous_tip.amount_minor == tip.amount_minor {
+                return Ok(None);
+            }
+            let total = minor(&totals.total) - previous_tip.amount_minor + tip.amount_minor;
+            let authorized = minor(&payment.authorized_amount);
+            if total > authorized {
+                return Err(precondition(
+                    ErrorReason::TipExceedsAuthorization,
+                    format!(
+                        "the total with this tip, {total}, exceeds the {authorized} authorized"
+                    ),
+                ));
+            }
+            totals.tip = Some(tip.clone());
+            totals.total = money(&currency, total);
+            order.totals = Some(totals);
+            Ok(Some(OrderTipAdjusted {
+                order_id: order.order_id.clone(),
+                previous_tip: Some(previous_tip),
+                tip: Some(tip.clone()),
+                total: money(&currency, total),
+            }))
+        })
+        .await
     }
 
     /// Reads an order, lets `change` edit it and name its event (`None`: nothing to change),
-    /// and commits it with the event, re-reading on a lost race.
+    /// and commits it with the event — and with `posting` in the money ledger, when given —
+    /// re-reading on a lost race.
     async fn update_order<E: prost_reflect::ReflectMessage>(
         &self,
         tenant: &str,
         order_id: &str,
         now: i64,
+        posting: Option<NewEntry>,
         mut change: impl FnMut(&mut Order) -> Result<Option<E>, CheckoutError>,
     ) -> Result<Order, CheckoutError> {
+        if let Some(entry) = &posting
+            && let Some(unit) = entry.postings.first().map(|posting| posting.unit.clone())
+        {
+            self.open_money_accounts(tenant, &unit).await?;
+        }
         let key = AggregateKey::new(tenant, ORDER, order_id);
         loop {
             let stored = self
@@ -872,8 +1189,23 @@ impl Orders {
                 order_index(&order),
             );
             commit.events = vec![event(&key, stored.version + 1, now, &emitted)];
-            match self.store.commit(commit).await {
-                Ok(_) => {
+            let committed = match &posting {
+                None => self.store.commit(commit).await.map(drop),
+                Some(entry) => match self
+                    .ledger
+                    .write_with(tenant, Write::Post(entry.clone()), vec![commit.clone()])
+                    .await
+                {
+                    Ok(written) if written.new => Ok(()),
+                    // Already posted (cannot happen without the order change it came with,
+                    // but never leave the order behind its ledger).
+                    Ok(_) => self.store.commit(commit).await.map(drop),
+                    Err(ledger::LedgerError::Store(error)) => Err(error),
+                    Err(error) => return Err(error.into()),
+                },
+            };
+            match committed {
+                Ok(()) => {
                     let _ = self.changes.send(format!("{tenant}/{order_id}"));
                     return Ok(order);
                 }
@@ -942,42 +1274,55 @@ impl Orders {
         status: OrderStatus,
     ) -> Result<Order, CheckoutError> {
         let now = self.now_ms(tenant).await?;
-        self.update_order(tenant, order_id, now, |order| {
-            let current = OrderStatus::try_from(order.status).unwrap_or_default();
-            if current == status {
-                return Ok(None);
+        let order = self
+            .update_order(tenant, order_id, now, None, |order| {
+                let current = OrderStatus::try_from(order.status).unwrap_or_default();
+                if current == status {
+                    return Ok(None);
+                }
+                let next = match current {
+                    OrderStatus::Placed => OrderStatus::Accepted,
+                    OrderStatus::Accepted => OrderStatus::InPreparation,
+                    OrderStatus::InPreparation => OrderStatus::Ready,
+                    OrderStatus::Ready => OrderStatus::Completed,
+                    _ => OrderStatus::Unspecified,
+                };
+                if status != next {
+                    return Err(precondition(
+                        ErrorReason::OrderTransitionInvalid,
+                        format!(
+                            "an order {} cannot move to {}",
+                            current.as_str_name(),
+                            status.as_str_name()
+                        ),
+                    ));
+                }
+                order.status = status as i32;
+                order.status_history.push(OrderStatusChange {
+                    status: status as i32,
+                    change_time: Some(timestamp_ms(now)),
+                    reason: String::new(),
+                });
+                Ok(Some(OrderStatusChanged {
+                    order_id: order.order_id.clone(),
+                    previous_status: current as i32,
+                    status: status as i32,
+                    change_time: Some(timestamp_ms(now)),
+                }))
+            })
+            .await?;
+        if !capture_due(&order) {
+            return Ok(order);
+        }
+        // Completed with its capture due: capture now; on failure the order stays completed
+        // and authorized, and the background round captures it.
+        match self.capture(tenant, order_id).await {
+            Ok(captured) => Ok(captured),
+            Err(error) => {
+                tracing::warn!(%error, order = %order_id, "checkout: capture on completion failed; the background round retries it");
+                Ok(order)
             }
-            let next = match current {
-                OrderStatus::Placed => OrderStatus::Accepted,
-                OrderStatus::Accepted => OrderStatus::InPreparation,
-                OrderStatus::InPreparation => OrderStatus::Ready,
-                OrderStatus::Ready => OrderStatus::Completed,
-                _ => OrderStatus::Unspecified,
-            };
-            if status != next {
-                return Err(precondition(
-                    ErrorReason::OrderTransitionInvalid,
-                    format!(
-                        "an order {} cannot move to {}",
-                        current.as_str_name(),
-                        status.as_str_name()
-                    ),
-                ));
-            }
-            order.status = status as i32;
-            order.status_history.push(OrderStatusChange {
-                status: status as i32,
-                change_time: Some(timestamp_ms(now)),
-                reason: String::new(),
-            });
-            Ok(Some(OrderStatusChanged {
-                order_id: order.order_id.clone(),
-                previous_status: current as i32,
-                status: status as i32,
-                change_time: Some(timestamp_ms(now)),
-            }))
-        })
-        .await
+        }
     }
 
     /// Refunds `amount` (all that is left when `None`) of the captured payment, never more
@@ -1053,8 +1398,17 @@ impl Orders {
             psp_reference: refunded.id,
             create_time: Some(timestamp_ms(now)),
         };
+        let entry = NewEntry::new(format!("checkout:refund:{refund_id}"), now)
+            .transfer(
+                &money_account("psp", &currency),
+                &money_account("revenue", &currency),
+                &currency,
+                wanted,
+            )
+            .metadata("order_id", order_id)
+            .metadata("psp_reference", refund.psp_reference.as_str());
         let order = self
-            .update_order(tenant, order_id, now, |order| {
+            .update_order(tenant, order_id, now, Some(entry), |order| {
                 if order.refunds.iter().any(|done| done.refund_id == refund_id) {
                     return Ok(None);
                 }
@@ -1161,7 +1515,7 @@ impl Orders {
             }
         }
         let now = self.now_ms(tenant).await?;
-        self.update_order(tenant, order_id, now, |order| {
+        self.update_order(tenant, order_id, now, None, |order| {
             if order.status == OrderStatus::Canceled as i32 {
                 return Ok(None);
             }
@@ -1313,6 +1667,9 @@ fn event(
     )
 }
 
-fn decode<M: prost::Message + Default>(data: &[u8], what: &str) -> Result<M, CheckoutError> {
+pub(crate) fn decode<M: prost::Message + Default>(
+    data: &[u8],
+    what: &str,
+) -> Result<M, CheckoutError> {
     M::decode(data).map_err(|error| CheckoutError::Corrupt(format!("{what}: {error}")))
 }

@@ -389,12 +389,12 @@ async fn the_background_resolver_settles_an_unknown_payment_without_a_second_aut
     let placement = quoted(&world, &quotes, "cart-1", "tok_timeout").await;
     assert!(orders.place(TENANT, &placement, "key-1").await.is_err());
     // The PSP still does not answer: the resolver leaves it for the next round.
-    assert_eq!(orders.resolve_unknown_payments().await.unwrap(), 0);
+    assert_eq!(orders.settle_payments().await.unwrap().payments_resolved, 0);
     // It recovers; the resolver (not the caller) finishes the order, once.
     psp.configure("tok_timeout", checkout::psp::Behaviour::succeed());
-    assert_eq!(orders.resolve_unknown_payments().await.unwrap(), 1);
+    assert_eq!(orders.settle_payments().await.unwrap().payments_resolved, 1);
     assert_eq!(
-        orders.resolve_unknown_payments().await.unwrap(),
+        orders.settle_payments().await.unwrap().payments_resolved,
         0,
         "nothing left"
     );
@@ -404,4 +404,161 @@ async fn the_background_resolver_settles_an_unknown_payment_without_a_second_aut
     // The caller's late retry gets the same order.
     let retried = orders.place(TENANT, &placement, "key-1").await.unwrap();
     assert_eq!(retried.order_id, placed[0].order_id);
+}
+
+/// Switches the test location to capture on completion with `headroom` percent for tips.
+async fn capture_on_completion(world: &World, headroom: i32) {
+    let update = commerce_api::commerce::checkout::v1::Location {
+        location_id: world.location.clone(),
+        capture_mode: commerce_api::commerce::checkout::v1::CaptureMode::OnCompletion as i32,
+        tip_headroom_percent: headroom,
+        ..Default::default()
+    };
+    let mask = ["capture_mode".to_owned(), "tip_headroom_percent".to_owned()];
+    world
+        .carts
+        .catalog()
+        .update_location(TENANT, &update, &mask, 0)
+        .await
+        .unwrap();
+}
+
+fn refused_with(
+    result: Result<commerce_api::commerce::checkout::v1::Order, CheckoutError>,
+    reason: ErrorReason,
+) {
+    match result {
+        Err(CheckoutError::Precondition { reason: got, .. }) if got == reason => {}
+        other => panic!("expected {reason:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn capture_on_completion_takes_the_adjusted_tip_up_to_the_authorized_amount() {
+    use checkout::psp::{PaymentProvider as _, TransactionKind};
+    use checkout::reconcile::Period;
+    let world = world(None).await;
+    capture_on_completion(&world, 20).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    let payment = order.payment.clone().unwrap();
+    // 979 plus 20% of it (195) held for the tip; nothing captured yet.
+    assert_eq!(payment.status, PaymentStatus::Authorized as i32);
+    assert_eq!(payment.authorized_amount, usd(979 + 195));
+    let captures = |transactions: &[checkout::psp::Transaction]| -> Vec<i64> {
+        transactions
+            .iter()
+            .filter(|t| t.kind == TransactionKind::Capture && t.succeeded())
+            .map(|t| t.amount.amount_minor)
+            .collect()
+    };
+    let id = order.order_id.clone();
+    assert!(captures(&psp.transactions(Some(&id)).await.unwrap()).is_empty());
+    let tip = |minor| Money {
+        currency_code: "USD".into(),
+        amount_minor: minor,
+    };
+    // Over the authorization: refused, nothing changes.
+    refused_with(
+        orders.adjust_tip(TENANT, &id, &tip(196)).await,
+        ErrorReason::TipExceedsAuthorization,
+    );
+    let adjusted = orders.adjust_tip(TENANT, &id, &tip(150)).await.unwrap();
+    assert_eq!(adjusted.totals.as_ref().unwrap().total, usd(979 + 150));
+    assert_eq!(adjusted.totals.as_ref().unwrap().tip, usd(150));
+    let again = orders.adjust_tip(TENANT, &id, &tip(150)).await.unwrap();
+    assert_eq!(
+        again.version, adjusted.version,
+        "the same tip again changes nothing"
+    );
+    // A tip in another currency is invalid.
+    let euros = Money {
+        currency_code: "EUR".into(),
+        amount_minor: 100,
+    };
+    assert!(matches!(
+        orders.adjust_tip(TENANT, &id, &euros).await,
+        Err(CheckoutError::Invalid { .. })
+    ));
+    for status in [
+        OrderStatus::Accepted,
+        OrderStatus::InPreparation,
+        OrderStatus::Ready,
+    ] {
+        orders.advance_status(TENANT, &id, status).await.unwrap();
+    }
+    assert!(captures(&psp.transactions(Some(&id)).await.unwrap()).is_empty());
+    let completed = orders
+        .advance_status(TENANT, &id, OrderStatus::Completed)
+        .await
+        .unwrap();
+    let payment = completed.payment.unwrap();
+    assert_eq!(payment.status, PaymentStatus::Captured as i32);
+    assert_eq!(payment.captured_amount, usd(979 + 150));
+    assert_eq!(
+        captures(&psp.transactions(Some(&id)).await.unwrap()),
+        [979 + 150],
+        "captured once, the adjusted total"
+    );
+    refused_with(
+        orders.adjust_tip(TENANT, &id, &tip(10)).await,
+        ErrorReason::PaymentAlreadyCaptured,
+    );
+    // Orders captured on placement cannot change their tip.
+    let update = commerce_api::commerce::checkout::v1::Location {
+        location_id: world.location.clone(),
+        ..Default::default()
+    };
+    world
+        .carts
+        .catalog()
+        .update_location(TENANT, &update, &["capture_mode".to_owned()], 0)
+        .await
+        .unwrap();
+    let placement = quoted(&world, &quotes, "cart-2", "tok_ok").await;
+    let immediate = orders.place(TENANT, &placement, "key-2").await.unwrap();
+    assert_eq!(
+        immediate.payment.as_ref().unwrap().status,
+        PaymentStatus::Captured as i32
+    );
+    refused_with(
+        orders
+            .adjust_tip(TENANT, &immediate.order_id, &tip(10))
+            .await,
+        ErrorReason::PaymentAlreadyCaptured,
+    );
+    // Orders, PSP and money ledger tie out: 1129 + 979 captured.
+    let report = orders
+        .reconcile_payments(TENANT, Period::default())
+        .await
+        .unwrap();
+    assert!(report.mismatches.is_empty(), "{:#?}", report.mismatches);
+    assert_eq!(report.orders_checked, 2);
+    assert_eq!(report.net_captured, [usd(979 + 150 + 979).unwrap()]);
+}
+
+#[tokio::test]
+async fn canceling_an_order_captured_on_completion_voids_its_authorization() {
+    let world = world(None).await;
+    capture_on_completion(&world, 10).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    let canceled = orders
+        .cancel(TENANT, &order.order_id, "customer left")
+        .await
+        .unwrap();
+    assert_eq!(
+        canceled.payment.unwrap().status,
+        PaymentStatus::Voided as i32
+    );
+    let report = orders
+        .reconcile_payments(TENANT, checkout::reconcile::Period::default())
+        .await
+        .unwrap();
+    assert!(report.mismatches.is_empty(), "{:#?}", report.mismatches);
+    assert_eq!(report.net_captured, [usd(0).unwrap()]);
 }

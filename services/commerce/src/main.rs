@@ -51,6 +51,9 @@ enum Command {
     /// Loyalty operator tools (reconcile a tenant's points ledger).
     #[command(subcommand)]
     Loyalty(ops::LoyaltyCommand),
+    /// Checkout operator tools (reconcile a tenant's payments on a running server).
+    #[command(subcommand)]
+    Checkout(ops::CheckoutCommand),
 }
 
 /// Token verification settings shared by `serve` and `token`.
@@ -160,6 +163,14 @@ struct ServeConfig {
     /// Seconds between rounds of the payment resolver (settles payments the PSP left unknown).
     #[arg(long, env = "COMMERCE_PAYMENT_RESOLVER_SECONDS", default_value_t = 10)]
     payment_resolver_seconds: u64,
+    /// Placements still unfinished this many seconds after they started are rolled back by the
+    /// payment resolver (authorization voided, reward returned).
+    #[arg(
+        long,
+        env = "COMMERCE_PLACEMENT_ABANDON_SECONDS",
+        default_value_t = 300
+    )]
+    placement_abandon_seconds: u64,
     /// Seconds between loyalty sweeps (activation, expiry, hold expiry, tiers).
     #[arg(long, env = "COMMERCE_LOYALTY_SWEEP_SECONDS", default_value_t = 60)]
     loyalty_sweep_seconds: u64,
@@ -227,6 +238,7 @@ async fn main() -> anyhow::Result<()> {
         Command::DeadLetters(command) => ops::dead_letters(command).await,
         Command::Idempotency(command) => ops::idempotency(command).await,
         Command::Loyalty(command) => ops::loyalty(command).await,
+        Command::Checkout(command) => ops::checkout(command).await,
     }
 }
 
@@ -352,7 +364,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             stopped(background_stopped),
             move || {
                 let orders = orders.clone();
-                async move { orders.resolve_unknown_payments().await.map(drop) }
+                async move { orders.settle_payments().await.map(drop) }
             },
         ))
     };
@@ -377,119 +389,6 @@ struct Checkout {
     carts: checkout::Carts,
     quotes: checkout::Quotes,
     orders: checkout::Orders,
-}
-
-/// The loyalty service for checkout (reward values, redemption holds), in process.
-struct LoyaltyForCheckout(Arc<loyalty::Loyalty>);
-
-/// A loyalty refusal as checkout reports it: the same stable reason, or "unavailable".
-fn loyalty_failed(error: loyalty::LoyaltyError) -> checkout::error::CheckoutError {
-    use checkout::error::CheckoutError;
-    use commerce_api::commerce::common::v1::ErrorReason;
-    let message = error.to_string();
-    match error {
-        loyalty::LoyaltyError::NotFound { resource, id } => {
-            CheckoutError::NotFound { resource, id }
-        }
-        loyalty::LoyaltyError::NotRegistered(_) => CheckoutError::Precondition {
-            reason: ErrorReason::MemberNotRegistered,
-            message,
-        },
-        loyalty::LoyaltyError::InsufficientPoints { .. } => CheckoutError::Precondition {
-            reason: ErrorReason::InsufficientPoints,
-            message,
-        },
-        loyalty::LoyaltyError::RewardUnavailable { .. } => CheckoutError::Precondition {
-            reason: ErrorReason::RewardUnavailable,
-            message,
-        },
-        other => {
-            tracing::warn!(error = %other, "checkout: loyalty unavailable");
-            CheckoutError::Unavailable {
-                what: "loyalty",
-                reason: ErrorReason::DependencyUnavailable,
-            }
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl checkout::LoyaltyPort for LoyaltyForCheckout {
-    async fn reward(
-        &self,
-        tenant: &str,
-        reward_id: &str,
-    ) -> Result<Option<commerce_api::commerce::loyalty::v1::Reward>, checkout::error::CheckoutError>
-    {
-        match self.0.reward(tenant, reward_id).await {
-            Ok(reward) => Ok(Some(reward)),
-            Err(loyalty::LoyaltyError::NotFound { .. }) => Ok(None),
-            Err(error) => Err(loyalty_failed(error)),
-        }
-    }
-
-    async fn hold(
-        &self,
-        tenant: &str,
-        member_id: &str,
-        reward_id: &str,
-        order_id: &str,
-        key: &str,
-    ) -> Result<String, checkout::error::CheckoutError> {
-        self.0
-            .redeem(tenant, member_id, reward_id, order_id, key)
-            .await
-            .map(|redemption| redemption.redemption_id)
-            .map_err(loyalty_failed)
-    }
-
-    async fn commit(
-        &self,
-        tenant: &str,
-        redemption_id: &str,
-    ) -> Result<(), checkout::error::CheckoutError> {
-        let commit = loyalty::rewards::Resolution::Commit;
-        self.0
-            .resolve(tenant, redemption_id, commit, "")
-            .await
-            .map(drop)
-            .map_err(loyalty_failed)
-    }
-
-    async fn reverse(
-        &self,
-        tenant: &str,
-        redemption_id: &str,
-    ) -> Result<(), checkout::error::CheckoutError> {
-        let reverse = loyalty::rewards::Resolution::Reverse;
-        match self
-            .0
-            .resolve(tenant, redemption_id, reverse, "order canceled")
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Never posted (voided or lapsed): nothing to give back.
-            Err(loyalty::LoyaltyError::AlreadyResolved { .. }) => Ok(()),
-            Err(error) => Err(loyalty_failed(error)),
-        }
-    }
-
-    async fn void(
-        &self,
-        tenant: &str,
-        redemption_id: &str,
-    ) -> Result<(), checkout::error::CheckoutError> {
-        let void = loyalty::rewards::Resolution::Void;
-        match self
-            .0
-            .resolve(tenant, redemption_id, void, "order failed")
-            .await
-        {
-            // Lapsed meanwhile: the points are back either way.
-            Ok(_) | Err(loyalty::LoyaltyError::AlreadyResolved { .. }) => Ok(()),
-            Err(error) => Err(loyalty_failed(error)),
-        }
-    }
 }
 
 impl Checkout {
@@ -521,7 +420,8 @@ impl Checkout {
             clocks.clone(),
             Duration::from_secs(config.cart_ttl_minutes.max(1) * 60),
         );
-        let loyalty: Arc<dyn checkout::LoyaltyPort> = Arc::new(LoyaltyForCheckout(loyalty));
+        let loyalty: Arc<dyn checkout::LoyaltyPort> =
+            Arc::new(commerce::LoyaltyForCheckout(loyalty));
         let quotes = checkout::Quotes::new(
             carts.clone(),
             promotions,
@@ -535,7 +435,8 @@ impl Checkout {
         // implements the same port.
         let psp = Arc::new(checkout::psp::PspSimulator::new());
         let orders =
-            checkout::Orders::new(store, carts.clone(), quotes.clone(), loyalty, psp, clocks);
+            checkout::Orders::new(store, carts.clone(), quotes.clone(), loyalty, psp, clocks)
+                .with_abandon_after(Duration::from_secs(config.placement_abandon_seconds));
         Ok(Checkout {
             catalog,
             carts,
@@ -549,10 +450,17 @@ impl Checkout {
 fn checkout_services(server: Server, checkout: Checkout) -> Server {
     use commerce_api::FILE_DESCRIPTOR_SET;
     use commerce_api::commerce::checkout::v1::{
-        cart_service_server::CartServiceServer, menu_service_server::MenuServiceServer,
-        order_service_server::OrderServiceServer,
+        cart_service_server::CartServiceServer,
+        checkout_admin_service_server::CheckoutAdminServiceServer,
+        menu_service_server::MenuServiceServer, order_service_server::OrderServiceServer,
     };
     server
+        .add_service(
+            CheckoutAdminServiceServer::new(checkout::CheckoutAdminApi::new(
+                checkout.orders.clone(),
+            )),
+            FILE_DESCRIPTOR_SET,
+        )
         .add_service(
             MenuServiceServer::new(checkout::MenuApi::new(checkout.catalog)),
             FILE_DESCRIPTOR_SET,

@@ -109,6 +109,80 @@ pub enum LoyaltyCommand {
     },
 }
 
+/// `commerce checkout …`
+#[derive(Subcommand, Debug)]
+pub enum CheckoutCommand {
+    /// Tie a tenant's orders, PSP transactions and money ledger out to the minor unit, through a
+    /// running server's ReconcilePayments (the PSP simulator lives in the server). Exits 1 and
+    /// lists each mismatch when they do not tie out.
+    Reconcile {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The server's address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        #[command(flatten)]
+        auth: crate::AuthArgs,
+    },
+}
+
+pub async fn checkout(command: CheckoutCommand) -> anyhow::Result<()> {
+    use commerce_api::commerce::checkout::v1::{
+        ReconcilePaymentsRequest, checkout_admin_service_client::CheckoutAdminServiceClient,
+    };
+    let CheckoutCommand::Reconcile {
+        tenant,
+        server,
+        auth,
+    } = command;
+    let token = crate::token(&crate::TokenArgs {
+        tenant: tenant.clone(),
+        subject: "operator".into(),
+        scopes: Some("checkout.admin".into()),
+        ttl_minutes: 10,
+        auth,
+    })?;
+    let mut client = CheckoutAdminServiceClient::connect(server.clone())
+        .await
+        .with_context(|| format!("connecting to {server}"))?;
+    let mut request = tonic::Request::new(ReconcilePaymentsRequest::default());
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let report = client.reconcile_payments(request).await?.into_inner();
+    let net: Vec<String> = report
+        .net_captured
+        .iter()
+        .map(|money| format!("{} {}", money.amount_minor, money.currency_code))
+        .collect();
+    println!(
+        "tenant {tenant}: {} orders checked, net captured [{}]",
+        report.orders_checked,
+        net.join(", ")
+    );
+    if report.mismatches.is_empty() {
+        println!("clean");
+        return Ok(());
+    }
+    let amount = |money: &Option<commerce_api::commerce::common::v1::Money>| {
+        money
+            .as_ref()
+            .map_or("-".to_owned(), |money| money.amount_minor.to_string())
+    };
+    for mismatch in &report.mismatches {
+        println!(
+            "{} order={:?} order_amount={} psp_amount={} ledger_amount={}",
+            mismatch.field,
+            mismatch.order_id,
+            amount(&mismatch.order_amount),
+            amount(&mismatch.psp_amount),
+            amount(&mismatch.ledger_amount)
+        );
+    }
+    bail!("{} mismatch(es) found", report.mismatches.len())
+}
+
 pub async fn loyalty(command: LoyaltyCommand) -> anyhow::Result<()> {
     let LoyaltyCommand::Reconcile { tenant, store } = command;
     let store = store.open().await?;

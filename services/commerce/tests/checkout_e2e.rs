@@ -455,5 +455,24 @@ async fn checkout_end_to_end_over_connect_json_and_grpc() {
             tenant: tenant.into(),
         };
         scenario(&client).await;
+        // The operator command ties the tenant's orders, PSP transactions and money ledger out
+        // through the running server.
+        let reconcile = std::process::Command::new(env!("CARGO_BIN_EXE_commerce"))
+            .args(["checkout", "reconcile", "--tenant", tenant, "--server"])
+            .arg(format!("http://{}", server.addr))
+            .env("COMMERCE_JWT_HS256_SECRET", common::SECRET)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&reconcile.stdout);
+        assert!(
+            reconcile.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&reconcile.stderr)
+        );
+        // 19.60 captured, 9.80 refunded.
+        assert!(
+            stdout.contains("1 orders checked, net captured [980 USD]") && stdout.contains("clean"),
+            "{stdout}"
+        );
     }
 }

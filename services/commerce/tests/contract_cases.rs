@@ -1,13 +1,16 @@
 //! The contract-tests runner: every case in `contract-tests/cases/*.json`, against the live
 //! `commerce` binary, over Connect JSON, Connect binary, gRPC and gRPC-web — and every protocol
 //! must give the case's expected outcome. A file's `setup` calls run first, once, and capture
-//! values from their responses for the file's cases to use as `${name}`. The case format is
-//! described in contract-tests/README.md.
+//! values from their responses for the file's cases to use as `${name}`. Unary methods and server
+//! streams are both called as a client on the wire would, over hand-built HTTP, and each reply is
+//! checked against its protocol's framing as well as the case. The case format is described in
+//! contract-tests/README.md.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -79,17 +82,30 @@ struct Expect {
     details: Option<Vec<String>>,
     field_violations: Option<Vec<String>>,
     response: Option<Value>,
+    /// For a server stream: its messages, one for one.
+    messages: Option<Vec<Value>>,
 }
+
+/// The details of an error status: each one's type name and encoded message.
+type Details = Vec<(String, Vec<u8>)>;
 
 /// What a call produced, the same shape whatever the protocol.
 #[derive(Debug, Default)]
 struct Outcome {
     code: String,
-    response: Option<Value>,
-    details: Vec<(String, Vec<u8>)>,
+    /// The messages received, in order: a unary call's response, or every message of a stream.
+    messages: Vec<Value>,
+    details: Details,
+    /// Ways the reply broke its protocol's wire format; each one fails the case.
+    problems: Vec<String>,
 }
 
 impl Outcome {
+    /// The response of a unary call.
+    fn response(&self) -> Option<&Value> {
+        self.messages.first()
+    }
+
     fn reason(&self) -> Option<String> {
         self.details
             .iter()
@@ -109,6 +125,14 @@ impl Outcome {
                     .map(|violation| violation.field)
             })
             .collect()
+    }
+
+    /// Records `message` as a message of the reply, or why it could not be read.
+    fn push_message(&mut self, message: Result<Value, String>) {
+        match message {
+            Ok(message) => self.messages.push(message),
+            Err(problem) => self.problems.push(problem),
+        }
     }
 }
 
@@ -130,11 +154,26 @@ fn method(pool: &prost_reflect::DescriptorPool, name: &str) -> MethodDescriptor 
         .unwrap_or_else(|| panic!("unknown method {name}"))
 }
 
-fn to_json(descriptor: &MessageDescriptor, bytes: &[u8]) -> Value {
-    let message = DynamicMessage::decode(descriptor.clone(), bytes).expect("decodable response");
-    message
-        .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
-        .expect("JSON")
+/// A message of the reply as proto3 JSON: decoded from protobuf, or parsed from JSON and checked
+/// against the message type.
+fn message_json(
+    descriptor: &MessageDescriptor,
+    payload: &[u8],
+    json: bool,
+) -> Result<Value, String> {
+    let name = descriptor.full_name();
+    if json {
+        let value: Value = serde_json::from_slice(payload)
+            .map_err(|err| format!("a message is not JSON ({err})"))?;
+        DynamicMessage::deserialize(descriptor.clone(), value.clone())
+            .map_err(|err| format!("message {value} is not a valid {name} ({err})"))?;
+        Ok(value)
+    } else {
+        DynamicMessage::decode(descriptor.clone(), payload)
+            .map_err(|err| format!("a message does not decode as {name} ({err})"))?
+            .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
+            .map_err(|err| format!("a {name} has no JSON form ({err})"))
+    }
 }
 
 fn frame(flags: u8, data: &[u8]) -> Vec<u8> {
@@ -144,17 +183,22 @@ fn frame(flags: u8, data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+/// The enveloped frames of a body (flags, payload), and how many bytes at its end are not a whole
+/// frame.
+fn frames(mut body: &[u8]) -> (Vec<(u8, Vec<u8>)>, usize) {
     let mut out = Vec::new();
     while body.len() >= 5 {
         let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        if body.len() < 5 + length {
+            break;
+        }
         out.push((body[0], body[5..5 + length].to_vec()));
         body = &body[5 + length..];
     }
-    out
+    (out, body.len())
 }
 
-fn grpc_details(metadata: &http::HeaderMap) -> (String, Vec<(String, Vec<u8>)>) {
+fn grpc_details(metadata: &http::HeaderMap) -> (String, Details) {
     let error = connect::ConnectError::from_grpc_metadata(metadata);
     let code = error.as_ref().map_or("ok", |e| e.code.name()).to_owned();
     let details = error
@@ -168,7 +212,46 @@ fn grpc_details(metadata: &http::HeaderMap) -> (String, Vec<(String, Vec<u8>)>) 
     (code, details)
 }
 
-/// Makes `call` over `protocol`.
+/// Code and details of a Connect error (`{"code": ..., "message": ..., "details": [...]}`), the
+/// body of a unary error or the `error` of a stream's end-stream message.
+fn connect_error(error: &Value) -> Result<(String, Details), String> {
+    let code = error["code"]
+        .as_str()
+        .ok_or_else(|| format!("Connect error without a code: {error}"))?;
+    let details = error
+        .get("details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|detail| {
+            let (Some(kind), Some(value)) = (detail["type"].as_str(), detail["value"].as_str())
+            else {
+                return Err(format!("error detail without type or value: {detail}"));
+            };
+            // Connect sends base64 without padding, and accepts it with.
+            let value = base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(value.trim_end_matches('='))
+                .map_err(|err| format!("error detail {kind} is not base64 ({err})"))?;
+            Ok((kind.to_owned(), value))
+        })
+        .collect::<Result<_, String>>()?;
+    Ok((code.to_owned(), details))
+}
+
+/// How long one call, a stream included, may take before the runner gives up on it: a stream
+/// that never ends fails its case rather than hanging the test.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HTTP reply, read to its end.
+struct Reply {
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    trailers: http::HeaderMap,
+    data: Bytes,
+}
+
+/// Makes `call` over `protocol` — a unary call, or a server stream when the method is one — and
+/// reads the reply.
 async fn send(
     addr: &str,
     protocol: &str,
@@ -176,24 +259,71 @@ async fn send(
     method: &MethodDescriptor,
     token: Option<&str>,
 ) -> Outcome {
+    let streaming = method.is_server_streaming();
+    let reply = match tokio::time::timeout(
+        CALL_TIMEOUT,
+        exchange(addr, protocol, streaming, call, method, token),
+    )
+    .await
+    {
+        Ok(reply) => reply,
+        Err(_) => {
+            return Outcome {
+                code: "(none)".into(),
+                problems: vec![format!("the reply did not end within {CALL_TIMEOUT:?}")],
+                ..Outcome::default()
+            };
+        }
+    };
+    let output = method.output();
+    let mut outcome = match protocol {
+        "connect-json" | "connect-proto" if streaming => {
+            connect_stream_outcome(&reply, &output, protocol == "connect-json")
+        }
+        "connect-json" | "connect-proto" => {
+            connect_unary_outcome(&reply, &output, protocol == "connect-json")
+        }
+        _ => grpc_outcome(&reply, &output, protocol == "grpc-web"),
+    };
+    if !streaming && outcome.messages.len() > 1 {
+        outcome.problems.push(format!(
+            "a unary reply held {} messages",
+            outcome.messages.len()
+        ));
+    }
+    outcome
+}
+
+/// Sends the request as `protocol` frames it (a streaming call differs only over Connect) and reads
+/// the whole reply.
+async fn exchange(
+    addr: &str,
+    protocol: &str,
+    streaming: bool,
+    call: &Call,
+    method: &MethodDescriptor,
+    token: Option<&str>,
+) -> Reply {
     let input = DynamicMessage::deserialize(method.input(), call.request.clone())
         .expect("case request is valid JSON for the method");
     let binary = input.encode_to_vec();
-    let (content_type, body, http2) = match protocol {
-        "connect-json" => (
-            "application/json",
-            call.request.to_string().into_bytes(),
-            false,
-        ),
-        "connect-proto" => ("application/proto", binary, true),
-        "grpc" => ("application/grpc", frame(0, &binary), true),
-        "grpc-web" => ("application/grpc-web+proto", frame(0, &binary), false),
-        other => panic!("unknown protocol {other}"),
+    let json = call.request.to_string().into_bytes();
+    let (content_type, body, http2) = match (protocol, streaming) {
+        ("connect-json", false) => ("application/json", json, false),
+        ("connect-json", true) => ("application/connect+json", frame(0, &json), false),
+        ("connect-proto", false) => ("application/proto", binary, true),
+        ("connect-proto", true) => ("application/connect+proto", frame(0, &binary), true),
+        ("grpc", _) => ("application/grpc", frame(0, &binary), true),
+        ("grpc-web", _) => ("application/grpc-web+proto", frame(0, &binary), false),
+        (other, _) => panic!("unknown protocol {other}"),
     };
     let mut request = Request::post(format!("http://{addr}/{}", call.method))
         .header("content-type", content_type);
     if protocol == "grpc" {
         request = request.header("te", "trailers");
+    }
+    if streaming && protocol.starts_with("connect") {
+        request = request.header("connect-protocol-version", "1");
     }
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
@@ -213,80 +343,162 @@ async fn send(
         .expect("HTTP call");
     let (parts, body) = response.into_parts();
     let collected = body.collect().await.expect("body");
-    let trailers = collected.trailers().cloned().unwrap_or_default();
-    let data = collected.to_bytes();
-    match protocol {
-        "connect-json" | "connect-proto" if parts.status == 200 => Outcome {
-            code: "ok".into(),
-            response: Some(if protocol == "connect-json" {
-                serde_json::from_slice(&data).expect("JSON response")
-            } else {
-                to_json(&method.output(), &data)
-            }),
-            details: Vec::new(),
-        },
-        "connect-json" | "connect-proto" => {
-            let error: Value = serde_json::from_slice(&data).expect("Connect error JSON");
-            let details = error["details"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|detail| {
-                    let value = base64::engine::general_purpose::STANDARD_NO_PAD
-                        .decode(detail["value"].as_str().unwrap())
-                        .unwrap();
-                    (detail["type"].as_str().unwrap().to_owned(), value)
-                })
-                .collect();
-            Outcome {
-                code: error["code"].as_str().unwrap().to_owned(),
-                response: None,
-                details,
-            }
-        }
-        "grpc" => {
-            let metadata = if trailers.contains_key("grpc-status") {
-                &trailers
-            } else {
-                &parts.headers
-            };
-            let (code, details) = grpc_details(metadata);
-            let response = frames(&data)
-                .first()
-                .map(|(_, message)| to_json(&method.output(), message));
-            Outcome {
-                code,
-                response,
-                details,
-            }
-        }
-        _ => {
-            let mut metadata = parts.headers.clone();
-            let mut response = None;
-            for (flags, payload) in frames(&data) {
-                if flags & 0x80 != 0 {
-                    for line in String::from_utf8_lossy(&payload)
-                        .split("\r\n")
-                        .filter(|line| !line.is_empty())
-                    {
-                        let (name, value) = line.split_once(':').expect("trailer line");
-                        metadata.insert(
-                            http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
-                            value.trim().parse().unwrap(),
-                        );
-                    }
-                } else {
-                    response = Some(to_json(&method.output(), &payload));
-                }
-            }
-            let (code, details) = grpc_details(&metadata);
-            Outcome {
-                code,
-                response,
-                details,
-            }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        trailers: collected.trailers().cloned().unwrap_or_default(),
+        data: collected.to_bytes(),
+    }
+}
+
+/// A Connect unary reply: the response with HTTP 200, else an error JSON.
+fn connect_unary_outcome(reply: &Reply, output: &MessageDescriptor, json: bool) -> Outcome {
+    let mut outcome = Outcome::default();
+    if reply.status == 200 {
+        outcome.code = "ok".into();
+        outcome.push_message(message_json(output, &reply.data, json));
+        return outcome;
+    }
+    let error = serde_json::from_slice(&reply.data)
+        .map_err(|err| format!("HTTP {} with a body that is not JSON ({err})", reply.status))
+        .and_then(|error| connect_error(&error));
+    match error {
+        Ok((code, details)) => (outcome.code, outcome.details) = (code, details),
+        Err(problem) => {
+            outcome.code = format!("(HTTP {})", reply.status);
+            outcome.problems.push(problem);
         }
     }
+    outcome
+}
+
+/// A Connect streaming reply: HTTP 200 and enveloped messages, then the end-stream message (flag
+/// 0x02) holding the error, if any.
+fn connect_stream_outcome(reply: &Reply, output: &MessageDescriptor, json: bool) -> Outcome {
+    let mut outcome = Outcome {
+        code: "(none)".into(),
+        ..Outcome::default()
+    };
+    let content_type = if json {
+        "application/connect+json"
+    } else {
+        "application/connect+proto"
+    };
+    if reply.status != 200 {
+        // Connect streams answer 200 and carry errors in the end-stream message; read the body as
+        // a unary error anyway so the report names the code.
+        outcome.problems.push(format!(
+            "HTTP {} (a Connect stream answers 200, its errors in the end-stream message)",
+            reply.status
+        ));
+        if let Ok(Ok((code, _))) =
+            serde_json::from_slice(&reply.data).map(|error: Value| connect_error(&error))
+        {
+            outcome.code = code;
+        }
+        return outcome;
+    }
+    let got_type = reply
+        .headers
+        .get("content-type")
+        .and_then(|value| value.to_str().ok());
+    if got_type != Some(content_type) {
+        outcome
+            .problems
+            .push(format!("content-type {got_type:?} (want {content_type})"));
+    }
+    let (frames, rest) = frames(&reply.data);
+    if rest != 0 {
+        outcome
+            .problems
+            .push(format!("{rest} bytes after the last whole envelope"));
+    }
+    let mut end_stream = None;
+    for (flags, payload) in frames {
+        if end_stream.is_some() {
+            outcome
+                .problems
+                .push("an envelope after the end-stream message".into());
+        } else if flags == 0x02 {
+            end_stream = Some(payload);
+        } else if flags == 0 {
+            outcome.push_message(message_json(output, &payload, json));
+        } else {
+            outcome
+                .problems
+                .push(format!("an envelope flagged {flags:#04x}"));
+        }
+    }
+    let Some(end_stream) = end_stream else {
+        outcome
+            .problems
+            .push("the stream ended without an end-stream message".into());
+        return outcome;
+    };
+    let end = serde_json::from_slice::<Value>(&end_stream)
+        .map_err(|err| format!("the end-stream message is not JSON ({err})"))
+        .and_then(|end| match end.get("error") {
+            None | Some(Value::Null) => Ok(("ok".to_owned(), Vec::new())),
+            Some(error) => connect_error(error),
+        });
+    match end {
+        Ok((code, details)) => (outcome.code, outcome.details) = (code, details),
+        Err(problem) => outcome.problems.push(problem),
+    }
+    outcome
+}
+
+/// A gRPC or gRPC-web reply, unary or streaming: data frames, then the status — in HTTP trailers
+/// (gRPC), in a final frame flagged 0x80 (gRPC-web), or in the headers of a trailers-only reply.
+fn grpc_outcome(reply: &Reply, output: &MessageDescriptor, web: bool) -> Outcome {
+    let mut outcome = Outcome::default();
+    if reply.status != 200 {
+        outcome
+            .problems
+            .push(format!("HTTP {} (gRPC answers 200)", reply.status));
+    }
+    let mut metadata = if reply.trailers.contains_key("grpc-status") {
+        reply.trailers.clone()
+    } else {
+        reply.headers.clone()
+    };
+    let (frames, rest) = frames(&reply.data);
+    if rest != 0 {
+        outcome
+            .problems
+            .push(format!("{rest} bytes after the last whole frame"));
+    }
+    let mut trailer_frame = false;
+    for (flags, payload) in frames {
+        if trailer_frame {
+            outcome
+                .problems
+                .push("a frame after the trailer frame".into());
+        } else if web && flags & 0x80 != 0 {
+            trailer_frame = true;
+            for line in String::from_utf8_lossy(&payload)
+                .split("\r\n")
+                .filter(|line| !line.is_empty())
+            {
+                let (name, value) = line.split_once(':').expect("trailer line");
+                metadata.insert(
+                    http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+                    value.trim().parse().unwrap(),
+                );
+            }
+        } else if flags == 0 {
+            outcome.push_message(message_json(output, &payload, false));
+        } else {
+            outcome
+                .problems
+                .push(format!("a frame flagged {flags:#04x}"));
+        }
+    }
+    if !metadata.contains_key("grpc-status") {
+        outcome.problems.push("no grpc-status".into());
+    }
+    (outcome.code, outcome.details) = grpc_details(&metadata);
+    outcome
 }
 
 /// True when every field of `expected` is in `actual` with the same value. Arrays match element
@@ -393,15 +605,20 @@ async fn run_setup(
         let call = step.call.with_vars(&vars);
         let token = call.auth.as_ref().map(Auth::token);
         let method = method(pool, &call.method);
-        let outcome = send(addr, SETUP_PROTOCOL, &call, &method, token.as_deref()).await;
         let label = format!("{} setup step {}", file.display(), call.name);
-        assert_eq!(
-            outcome.code,
-            "ok",
-            "{label} failed (reason {:?})",
-            outcome.reason()
+        assert!(
+            !method.is_server_streaming(),
+            "{label}: setup steps are unary calls"
         );
-        let response = outcome.response.unwrap_or_default();
+        let outcome = send(addr, SETUP_PROTOCOL, &call, &method, token.as_deref()).await;
+        assert!(
+            outcome.code == "ok" && outcome.problems.is_empty(),
+            "{label} failed: code {} (reason {:?}) {:?}",
+            outcome.code,
+            outcome.reason(),
+            outcome.problems
+        );
+        let response = outcome.response().cloned().unwrap_or_default();
         for (var, path) in &step.capture {
             let value = at_path(&response, path)
                 .unwrap_or_else(|| panic!("{label}: no {path} in {response}"));
@@ -417,7 +634,7 @@ async fn run_setup(
 
 /// What is wrong with `outcome` for `expect` (empty when it is right).
 fn check(outcome: &Outcome, expect: &Expect, vars: &HashMap<String, String>) -> Vec<String> {
-    let mut wrong = Vec::new();
+    let mut wrong = outcome.problems.clone();
     if outcome.code != expect.code {
         wrong.push(format!("code {} (want {})", outcome.code, expect.code));
     }
@@ -447,13 +664,29 @@ fn check(outcome: &Outcome, expect: &Expect, vars: &HashMap<String, String>) -> 
     if let Some(expected) = &expect.response {
         let expected = substitute(expected, vars);
         if !outcome
-            .response
-            .as_ref()
+            .response()
             .is_some_and(|actual| contains(actual, &expected))
         {
             wrong.push(format!(
                 "response {:?} (want ⊇ {expected})",
-                outcome.response
+                outcome.response()
+            ));
+        }
+    }
+    if let Some(expected) = &expect.messages {
+        let expected: Vec<Value> = expected.iter().map(|e| substitute(e, vars)).collect();
+        let matches = outcome.messages.len() == expected.len()
+            && outcome
+                .messages
+                .iter()
+                .zip(&expected)
+                .all(|(actual, expected)| contains(actual, expected));
+        if !matches {
+            wrong.push(format!(
+                "messages {} (want {} of them, ⊇ {} one for one)",
+                Value::Array(outcome.messages.clone()),
+                expected.len(),
+                Value::Array(expected)
             ));
         }
     }
@@ -481,6 +714,22 @@ async fn every_contract_case_holds_on_every_protocol() {
         let mut vars = run_setup(&server.addr, &pool, file, &cases.setup).await;
         for case in &cases.cases {
             let method = method(&pool, &case.call.method);
+            // A stream's messages go in `expect.messages`, a unary response in `expect.response`.
+            let streaming = method.is_server_streaming();
+            assert!(
+                !(streaming && case.expect.response.is_some()
+                    || !streaming && case.expect.messages.is_some()),
+                "{} case {}: {} is {}, so its expectation is `expect.{}`",
+                file.display(),
+                case.call.name,
+                case.call.method,
+                if streaming {
+                    "a server stream"
+                } else {
+                    "unary"
+                },
+                if streaming { "messages" } else { "response" },
+            );
             let token = case.call.auth.as_ref().map(Auth::token);
             let protocols: Vec<&str> = match &case.protocols {
                 Some(list) => list.iter().map(String::as_str).collect(),

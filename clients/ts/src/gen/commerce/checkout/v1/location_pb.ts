@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file commerce/checkout/v1/location.proto.
  */
 export const file_commerce_checkout_v1_location: GenFile = /*@__PURE__*/
-  fileDesc("CiNjb21tZXJjZS9jaGVja291dC92MS9sb2NhdGlvbi5wcm90bxIUY29tbWVyY2UuY2hlY2tvdXQudjEipAQKCExvY2F0aW9uEhMKC2xvY2F0aW9uX2lkGAEgASgJEh8KDGRpc3BsYXlfbmFtZRgCIAEoCUIJukgGcgQQARh4EhwKCXRpbWVfem9uZRgDIAEoCUIJukgGcgQQARhAEiwKB2FkZHJlc3MYBCABKAsyGy5jb21tZXJjZS5jb21tb24udjEuQWRkcmVzcxIoCg1jdXJyZW5jeV9jb2RlGAUgASgJQhG6SA5yDDIKXltBLVpdezN9JBI5Cg1vcGVuaW5nX2hvdXJzGAYgAygLMiIuY29tbWVyY2UuY2hlY2tvdXQudjEuT3BlbmluZ0hvdXJzElEKEWZ1bGZpbGxtZW50X21vZGVzGAcgAygOMiUuY29tbWVyY2UuY2hlY2tvdXQudjEuRnVsZmlsbG1lbnRNb2RlQg+6SAySAQkiB4IBBBABIAASOQoNc2xvdF9jYXBhY2l0eRgIIAEoCzIiLmNvbW1lcmNlLmNoZWNrb3V0LnYxLlNsb3RDYXBhY2l0eRIwCgl0YXhfcmF0ZXMYCSADKAsyHS5jb21tZXJjZS5jaGVja291dC52MS5UYXhSYXRlEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHdmVyc2lvbhgMIAEoAyKJAQoMT3BlbmluZ0hvdXJzEjYKA2RheRgBIAEoDjIdLmNvbW1lcmNlLmNvbW1vbi52MS5EYXlPZldlZWtCCrpIB4IBBBABIAASHwoLb3Blbl9taW51dGUYAiABKAVCCrpIBxoFEKALKAASIAoMY2xvc2VfbWludXRlGAMgASgFQgq6SAcaBRigCyAAIpABCgxTbG90Q2FwYWNpdHkSHwoMc2xvdF9taW51dGVzGAEgASgFQgm6SAYaBBh4KAUSJAoTbWF4X29yZGVyc19wZXJfc2xvdBgCIAEoBUIHukgEGgIoABIgCgxwcmVwX21pbnV0ZXMYAyABKAVCCrpIBxoFGPABKAASFwoPc2hpZnRfd2hlbl9mdWxsGAQgASgIIkkKB1RheFJhdGUSHwoMdGF4X2NhdGVnb3J5GAEgASgJQgm6SAZyBBABGEASHQoIcmF0ZV9wcG0YAiABKAVCC7pICBoGGMCEPSgAKs0BCg9GdWxmaWxsbWVudE1vZGUSIAocRlVMRklMTE1FTlRfTU9ERV9VTlNQRUNJRklFRBAAEhsKF0ZVTEZJTExNRU5UX01PREVfUElDS1VQEAESHQoZRlVMRklMTE1FTlRfTU9ERV9DVVJCU0lERRACEh0KGUZVTEZJTExNRU5UX01PREVfREVMSVZFUlkQAxIfChtGVUxGSUxMTUVOVF9NT0RFX0RSSVZFX1RIUlUQBBIcChhGVUxGSUxMTUVOVF9NT0RFX0RJTkVfSU4QBWIGcHJvdG8z", [file_buf_validate_validate, file_commerce_common_v1_address, file_google_protobuf_timestamp]);
+  fileDesc("CiNjb21tZXJjZS9jaGVja291dC92MS9sb2NhdGlvbi5wcm90bxIUY29tbWVyY2UuY2hlY2tvdXQudjEikAUKCExvY2F0aW9uEhMKC2xvY2F0aW9uX2lkGAEgASgJEh8KDGRpc3BsYXlfbmFtZRgCIAEoCUIJukgGcgQQARh4EhwKCXRpbWVfem9uZRgDIAEoCUIJukgGcgQQARhAEiwKB2FkZHJlc3MYBCABKAsyGy5jb21tZXJjZS5jb21tb24udjEuQWRkcmVzcxIoCg1jdXJyZW5jeV9jb2RlGAUgASgJQhG6SA5yDDIKXltBLVpdezN9JBI5Cg1vcGVuaW5nX2hvdXJzGAYgAygLMiIuY29tbWVyY2UuY2hlY2tvdXQudjEuT3BlbmluZ0hvdXJzElEKEWZ1bGZpbGxtZW50X21vZGVzGAcgAygOMiUuY29tbWVyY2UuY2hlY2tvdXQudjEuRnVsZmlsbG1lbnRNb2RlQg+6SAySAQkiB4IBBBABIAASOQoNc2xvdF9jYXBhY2l0eRgIIAEoCzIiLmNvbW1lcmNlLmNoZWNrb3V0LnYxLlNsb3RDYXBhY2l0eRIwCgl0YXhfcmF0ZXMYCSADKAsyHS5jb21tZXJjZS5jaGVja291dC52MS5UYXhSYXRlEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHdmVyc2lvbhgMIAEoAxJBCgxjYXB0dXJlX21vZGUYDSABKA4yIS5jb21tZXJjZS5jaGVja291dC52MS5DYXB0dXJlTW9kZUIIukgFggECEAESJwoUdGlwX2hlYWRyb29tX3BlcmNlbnQYDiABKAVCCbpIBhoEGGQoACKJAQoMT3BlbmluZ0hvdXJzEjYKA2RheRgBIAEoDjIdLmNvbW1lcmNlLmNvbW1vbi52MS5EYXlPZldlZWtCCrpIB4IBBBABIAASHwoLb3Blbl9taW51dGUYAiABKAVCCrpIBxoFEKALKAASIAoMY2xvc2VfbWludXRlGAMgASgFQgq6SAcaBRigCyAAIpABCgxTbG90Q2FwYWNpdHkSHwoMc2xvdF9taW51dGVzGAEgASgFQgm6SAYaBBh4KAUSJAoTbWF4X29yZGVyc19wZXJfc2xvdBgCIAEoBUIHukgEGgIoABIgCgxwcmVwX21pbnV0ZXMYAyABKAVCCrpIBxoFGPABKAASFwoPc2hpZnRfd2hlbl9mdWxsGAQgASgIIkkKB1RheFJhdGUSHwoMdGF4X2NhdGVnb3J5GAEgASgJQgm6SAZyBBABGEASHQoIcmF0ZV9wcG0YAiABKAVCC7pICBoGGMCEPSgAKmoKC0NhcHR1cmVNb2RlEhwKGENBUFRVUkVfTU9ERV9VTlNQRUNJRklFRBAAEh0KGUNBUFRVUkVfTU9ERV9PTl9QTEFDRU1FTlQQARIeChpDQVBUVVJFX01PREVfT05fQ09NUExFVElPThACKs0BCg9GdWxmaWxsbWVudE1vZGUSIAocRlVMRklMTE1FTlRfTU9ERV9VTlNQRUNJRklFRBAAEhsKF0ZVTEZJTExNRU5UX01PREVfUElDS1VQEAESHQoZRlVMRklMTE1FTlRfTU9ERV9DVVJCU0lERRACEh0KGUZVTEZJTExNRU5UX01PREVfREVMSVZFUlkQAxIfChtGVUxGSUxMTUVOVF9NT0RFX0RSSVZFX1RIUlUQBBIcChhGVUxGSUxMTUVOVF9NT0RFX0RJTkVfSU4QBWIGcHJvdG8z", [file_buf_validate_validate, file_commerce_common_v1_address, file_google_protobuf_timestamp]);
 
 /**
  * A store that takes orders: its hours, fulfilment modes, capacity and tax rates.
@@ -106,6 +106,21 @@ export type Location = Message<"commerce.checkout.v1.Location"> & {
    * @generated from field: int64 version = 12;
    */
   version: bigint;
+
+  /**
+   * When orders' payments are captured; unset captures when the order is placed.
+   *
+   * @generated from field: commerce.checkout.v1.CaptureMode capture_mode = 13;
+   */
+  captureMode: CaptureMode;
+
+  /**
+   * For CAPTURE_MODE_ON_COMPLETION: extra authorized on top of the order total, in percent of the
+   * total before tip, so the tip can still be raised (AdjustTip) before capture. 0..100.
+   *
+   * @generated from field: int32 tip_headroom_percent = 14;
+   */
+  tipHeadroomPercent: number;
 };
 
 /**
@@ -222,6 +237,41 @@ export const TaxRateSchema: GenMessage<TaxRate> = /*@__PURE__*/
   messageDesc(file_commerce_checkout_v1_location, 3);
 
 /**
+ * When an order's payment is captured.
+ *
+ * @generated from enum commerce.checkout.v1.CaptureMode
+ */
+export enum CaptureMode {
+  /**
+   * Not set: as CAPTURE_MODE_ON_PLACEMENT.
+   *
+   * @generated from enum value: CAPTURE_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Captured as soon as the order is placed (counter service, apps).
+   *
+   * @generated from enum value: CAPTURE_MODE_ON_PLACEMENT = 1;
+   */
+  ON_PLACEMENT = 1,
+
+  /**
+   * Authorized when placed, captured when the order is completed, so the tip can be adjusted
+   * until then (table service, delivery).
+   *
+   * @generated from enum value: CAPTURE_MODE_ON_COMPLETION = 2;
+   */
+  ON_COMPLETION = 2,
+}
+
+/**
+ * Describes the enum commerce.checkout.v1.CaptureMode.
+ */
+export const CaptureModeSchema: GenEnum<CaptureMode> = /*@__PURE__*/
+  enumDesc(file_commerce_checkout_v1_location, 0);
+
+/**
  * How the customer receives the order.
  *
  * @generated from enum commerce.checkout.v1.FulfillmentMode
@@ -274,5 +324,5 @@ export enum FulfillmentMode {
  * Describes the enum commerce.checkout.v1.FulfillmentMode.
  */
 export const FulfillmentModeSchema: GenEnum<FulfillmentMode> = /*@__PURE__*/
-  enumDesc(file_commerce_checkout_v1_location, 0);
+  enumDesc(file_commerce_checkout_v1_location, 1);
 
