@@ -113,22 +113,28 @@ impl Drop for MongoServer {
     }
 }
 
-/// A store that fails on purpose: wraps a real store and refuses the next commit that touches an
-/// aggregate of an armed kind with [`StoreError::Backend`], as a crashed or unreachable database
-/// would — nothing of that commit is written. For failure-injection tests of sagas; everything
-/// else goes to the inner store unchanged.
+/// A store that fails on purpose: wraps a real store and refuses chosen commits (`commit` or
+/// `commit_all` calls) with [`StoreError::Backend`](crate::StoreError::Backend), as a crashed or
+/// unreachable database would — nothing of that commit is written. For failure-injection tests
+/// of sagas and crash-restart tests of batch runs; everything else goes to the inner store
+/// unchanged.
 pub struct FaultyStore {
     inner: std::sync::Arc<dyn crate::Store>,
     /// Kinds (with how many more commits to fail) whose commits fail.
     armed: std::sync::Mutex<Vec<(String, u32)>>,
+    /// Commits seen so far, and the number of the one that fails (0: none).
+    commits: std::sync::atomic::AtomicU64,
+    fail_at: std::sync::atomic::AtomicU64,
 }
 
 impl FaultyStore {
-    /// Wraps `inner`; nothing fails until [`FaultyStore::fail_commits`].
+    /// Wraps `inner`; nothing fails until armed.
     pub fn new(inner: std::sync::Arc<dyn crate::Store>) -> Self {
         FaultyStore {
             inner,
             armed: std::sync::Mutex::new(Vec::new()),
+            commits: std::sync::atomic::AtomicU64::new(0),
+            fail_at: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -140,7 +146,18 @@ impl FaultyStore {
             .push((kind.to_owned(), times));
     }
 
+    /// The `n`th commit from now fails, whatever it touches (1 = the next): a crash at that
+    /// point of a run.
+    pub fn fail_in(&self, n: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.fail_at.store(self.commits.load(SeqCst) + n, SeqCst);
+    }
+
     fn trip(&self, commits: &[crate::Commit]) -> Result<(), crate::StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.commits.fetch_add(1, SeqCst) + 1 == self.fail_at.load(SeqCst) {
+            return Err(crate::StoreError::Backend("injected crash".into()));
+        }
         let mut armed = self.armed.lock().expect("armed kinds");
         for (kind, left) in armed.iter_mut() {
             if *left > 0 && commits.iter().any(|commit| &commit.key.kind == kind) {

@@ -1,12 +1,11 @@
 //! `commerce serve`: checkout, subscriptions and loyalty on one port over gRPC, gRPC-web and
-//! Connect, behind the platform's interceptor stack. Needs no Redis or MongoDB. RPCs not built
-//! yet answer UNIMPLEMENTED — the contract is served, no data is faked. `commerce token` mints a development token; `commerce store`, `commerce
-//! dead-letters`, `commerce idempotency` and `commerce loyalty` are the operator commands.
+//! Connect, behind the platform's interceptor stack. Needs no Redis or MongoDB. `commerce token`
+//! mints a development token; `commerce store`, `commerce dead-letters`, `commerce idempotency`,
+//! `commerce loyalty` and `commerce checkout` are the operator commands.
 
 mod clock;
 mod ops;
 mod storage;
-mod unbuilt;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -171,6 +170,11 @@ struct ServeConfig {
         default_value_t = 300
     )]
     placement_abandon_seconds: u64,
+    /// Seconds between billing runs for every tenant (renewals, dunning retries, trial ends,
+    /// scheduled resumes and cancellations) on the wall clock; frozen tenant clocks run theirs on
+    /// AdvanceClock.
+    #[arg(long, env = "COMMERCE_BILLING_SECONDS", default_value_t = 60)]
+    billing_seconds: u64,
     /// Seconds between loyalty sweeps (activation, expiry, hold expiry, tiers).
     #[arg(long, env = "COMMERCE_LOYALTY_SWEEP_SECONDS", default_value_t = 60)]
     loyalty_sweep_seconds: u64,
@@ -315,7 +319,18 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         clocks.clone(),
         fastpath::Cache::new(redis.clone(), degraded.clone()),
     ));
-    let clocks = clocks.with_jobs(Arc::new(loyalty::LoyaltyJobs(loyalty.clone())));
+    // The PSP simulator (its token grammar is in checkout::psp), shared by checkout and
+    // subscriptions; a real PSP adapter implements the same port.
+    let psp: Arc<dyn checkout::psp::PaymentProvider> = Arc::new(checkout::psp::PspSimulator::new());
+    let billing = Arc::new(subscriptions::Subscriptions::new(
+        store.clone(),
+        clocks.clone(),
+        psp.clone(),
+    ));
+    // Advancing a tenant's clock runs loyalty's sweep, then the billing run, at the target time.
+    let clocks = clocks
+        .with_jobs(Arc::new(loyalty::LoyaltyJobs(loyalty.clone())))
+        .with_jobs(Arc::new(subscriptions::SubscriptionJobs(billing.clone())));
     let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
     let stopped = |mut signal: tokio::sync::watch::Receiver<bool>| async move {
         let _ = signal.wait_for(|stop| *stop).await;
@@ -351,7 +366,20 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         redis.clone(),
         clocks.clone(),
         loyalty.clone(),
+        psp,
     )?;
+    let billing_runs = {
+        let billing = billing.clone();
+        tokio::spawn(repeat_every(
+            "billing run",
+            Duration::from_secs(config.billing_seconds.max(1)),
+            stopped(background_stopped.clone()),
+            move || {
+                let billing = billing.clone();
+                async move { billing.run_due_everywhere().await.map(drop) }
+            },
+        ))
+    };
     let server = Server::new(server_config)
         .store(store)
         .fast_path(redis, degraded);
@@ -369,8 +397,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ))
     };
     let server = checkout_services(server, checkout);
+    let server = subscription_services(server, billing);
     let server = clock::register_clock(server, clocks);
-    let bound = unbuilt::register(server).bind().await?;
+    let bound = server.bind().await?;
     print_banner(bound.local_addr(), bound.admin_addr(), &config.store);
     bound.serve(platform::termination_signal()).await?;
     let _ = stop_relay.send(());
@@ -378,6 +407,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let _ = relay.await;
     let _ = consumer.await;
     let _ = sweeper.await;
+    let _ = billing_runs.await;
     let _ = resolver.await;
     eprintln!("commerce: stopped");
     Ok(())
@@ -398,6 +428,7 @@ impl Checkout {
         redis: Option<fastpath::Redis>,
         clocks: Clocks,
         loyalty: Arc<loyalty::Loyalty>,
+        psp: Arc<dyn checkout::psp::PaymentProvider>,
     ) -> anyhow::Result<Self> {
         let catalog = checkout::Catalog::new(store.clone(), clocks.clone());
         let promotions = match &config.promotions_file {
@@ -431,9 +462,6 @@ impl Checkout {
             store.clone(),
             clocks.clone(),
         );
-        // The PSP simulator (its token grammar is in checkout::psp); a real PSP adapter
-        // implements the same port.
-        let psp = Arc::new(checkout::psp::PspSimulator::new());
         let orders =
             checkout::Orders::new(store, carts.clone(), quotes.clone(), loyalty, psp, clocks)
                 .with_abandon_after(Duration::from_secs(config.placement_abandon_seconds));
@@ -471,6 +499,28 @@ fn checkout_services(server: Server, checkout: Checkout) -> Server {
         )
         .add_service(
             OrderServiceServer::new(checkout::OrderApi::new(checkout.orders)),
+            FILE_DESCRIPTOR_SET,
+        )
+}
+
+/// Adds the three subscriptions services (ClockService is registered with the clocks).
+fn subscription_services(server: Server, billing: Arc<subscriptions::Subscriptions>) -> Server {
+    use commerce_api::FILE_DESCRIPTOR_SET;
+    use commerce_api::commerce::subscriptions::v1::{
+        invoice_service_server::InvoiceServiceServer, plan_service_server::PlanServiceServer,
+        subscription_service_server::SubscriptionServiceServer,
+    };
+    server
+        .add_service(
+            PlanServiceServer::new(subscriptions::PlanApi::new(billing.clone())),
+            FILE_DESCRIPTOR_SET,
+        )
+        .add_service(
+            SubscriptionServiceServer::new(subscriptions::SubscriptionApi::new(billing.clone())),
+            FILE_DESCRIPTOR_SET,
+        )
+        .add_service(
+            InvoiceServiceServer::new(subscriptions::InvoiceApi::new(billing)),
             FILE_DESCRIPTOR_SET,
         )
 }
@@ -575,7 +625,7 @@ fn print_banner(addr: SocketAddr, admin: Option<SocketAddr>, store: &storage::St
     }
     println!("  state:     {}", store.describe());
     println!(
-        "  services:  loyalty; checkout menu, carts, quotes, orders (PSP simulator); subscriptions answer `unimplemented` until its issue lands"
+        "  services:  checkout (menu, carts, quotes, orders; PSP simulator), subscriptions (plans, billing, invoices; tenant clocks), loyalty"
     );
     println!(
         "  auth:      JWT bearer; dev token: TOKEN=$(cargo run -q -p commerce -- token --tenant demo)"

@@ -1,6 +1,6 @@
 //! The README's run command: the binary starts on a bare machine, serves all three areas' services
-//! on one port behind the interceptor stack, answers honestly for RPCs not built yet, logs one JSON
-//! line per call, and stops cleanly on SIGTERM.
+//! on one port behind the interceptor stack, answers every area's RPCs, logs one JSON line per
+//! call, and stops cleanly on SIGTERM.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -12,7 +12,7 @@ mod common;
 use common::{dev_token, start};
 
 #[test]
-fn serves_every_area_behind_auth_and_answers_unimplemented_until_built() {
+fn serves_every_area_behind_auth() {
     let server = start();
     for service in [
         "commerce.checkout.v1.OrderService",
@@ -63,8 +63,8 @@ fn serves_every_area_behind_auth_and_answers_unimplemented_until_built() {
     );
     assert_eq!(
         (status, body["code"].as_str()),
-        (501, Some("unimplemented")),
-        "a service not built yet answers unimplemented"
+        (404, Some("not_found")),
+        "the subscriptions service answers: it knows no plan p-1"
     );
 
     let narrow = dev_token(Some("checkout.orders.read"));
@@ -143,7 +143,8 @@ fn starts_with_redis_down_serves_on_fallbacks_and_reports_degraded_health() {
         tempfile::tempdir().unwrap(),
         &["--redis-url", &redis_url, "--admin-listen", &admin_addr],
     );
-    // The rate limiter falls back to its local bucket: the call reaches the (unbuilt) handler.
+    // The rate limiter falls back to its local bucket: the call reaches the handler, which
+    // knows no plan p-1.
     let token = dev_token(None);
     let (status, _) = common::connect_json(
         &server.addr,
@@ -152,7 +153,7 @@ fn starts_with_redis_down_serves_on_fallbacks_and_reports_degraded_health() {
         Some(&token),
         &[],
     );
-    assert_eq!(status, 501);
+    assert_eq!(status, 404);
     let mut health = TcpStream::connect(&admin_addr).unwrap();
     write!(
         health,
