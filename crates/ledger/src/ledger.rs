@@ -114,6 +114,12 @@ pub struct Written {
     pub new: bool,
 }
 
+/// One lock per (store, tenant) chain, shared by every `Ledger` over the same store in this
+/// process (services each hold their own `Ledger`, but share the tenant's chain).
+type Turns =
+    std::sync::Mutex<std::collections::HashMap<(usize, String), Arc<tokio::sync::Mutex<()>>>>;
+static TURNS: std::sync::LazyLock<Turns> = std::sync::LazyLock::new(Turns::default);
+
 fn corrupt(what: impl std::fmt::Display) -> LedgerError {
     LedgerError::Corrupt(what.to_string())
 }
@@ -132,6 +138,17 @@ impl Ledger {
     /// A ledger keeping its records in `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
         Ledger { store }
+    }
+
+    /// The lock appends to `tenant`'s chain in this store take turns on.
+    fn turn(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let store = Arc::as_ptr(&self.store).cast::<()>() as usize;
+        TURNS
+            .lock()
+            .expect("ledger turns")
+            .entry((store, tenant.to_owned()))
+            .or_default()
+            .clone()
     }
 
     /// Opens an account with its unit and floor (see [`Account::floor`]; a floor is at most 0,
@@ -560,6 +577,11 @@ impl Ledger {
         resolving: Option<&Resolving>,
         with: Vec<Commit>,
     ) -> Result<Written, LedgerError> {
+        // Appends of one tenant in this process take turns: they all move the same chain head,
+        // so racing them only makes all but one fail and start over (other processes still race,
+        // and the compare-and-set on the head keeps that safe).
+        let turn = self.turn(tenant);
+        let _turn = turn.lock().await;
         // Idempotency by id first: a repeat must return the original even though the hold it
         // resolved, say, is no longer pending.
         if let Some(existing) = self.entry(tenant, &draft.id).await? {

@@ -1167,6 +1167,7 @@ impl Orders {
             self.open_money_accounts(tenant, &unit).await?;
         }
         let key = AggregateKey::new(tenant, ORDER, order_id);
+        let mut lost_races = 0u32;
         loop {
             let stored = self
                 .store
@@ -1209,7 +1210,15 @@ impl Orders {
                     let _ = self.changes.send(format!("{tenant}/{order_id}"));
                     return Ok(order);
                 }
-                Err(store::StoreError::Conflict { .. }) => continue,
+                Err(store::StoreError::Conflict { .. }) => {
+                    // Lost a race for the order or, with a posting, for the tenant's ledger
+                    // chain, which every capture and refund of the tenant appends to: pause a
+                    // jittered, growing while so racing writers spread out instead of colliding
+                    // again at once.
+                    lost_races += 1;
+                    let ceiling = 200u64 << lost_races.min(7);
+                    tokio::time::sleep(Duration::from_micros(fastrand::u64(0..ceiling))).await;
+                }
                 Err(error) => return Err(error.into()),
             }
         }
