@@ -37,12 +37,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use bytes::Bytes;
-use checkout::psp::PspSimulator;
 use clap::Parser;
 use commerce_api::commerce::common::v1::Money;
 use commerce_api::commerce::subscriptions::v1::{
     BillingInterval, InvoiceStatus, PlanVersion, SubscriptionStatus,
 };
+use payments::PspSimulator;
 use platform::clock::Clocks;
 use store::{
     AggregateKey, Commit, EmbeddedOptions, EmbeddedStore, IdempotencyRecord, IndexEntry,

@@ -10,7 +10,8 @@ pub mod hours;
 pub mod orders;
 pub mod pricing;
 pub mod promotions;
-pub mod psp;
+/// The PSP port and simulator (crate `payments`), under the name checkout's code uses.
+pub use payments as psp;
 pub mod quotes;
 pub mod reconcile;
 pub mod slots;

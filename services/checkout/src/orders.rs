@@ -42,7 +42,7 @@ use commerce_api::commerce::checkout::v1::{
 use commerce_api::commerce::common::v1::{ErrorReason, Money};
 use ledger::{Ledger, NewEntry, Write};
 use platform::clock::Clocks;
-use platform::outbound::{Classify, Idempotent, Outbound, OutboundError, OutboundPolicy};
+use platform::outbound::{Idempotent, Outbound, OutboundError, OutboundPolicy};
 use platform::page_token;
 use prost::Message as _;
 use store::{AggregateKey, Commit, IndexEntry, OutboxEvent, Pages, Store};
@@ -120,21 +120,6 @@ pub struct Settled {
     pub captured: usize,
     /// Abandoned placements rolled back.
     pub abandoned: usize,
-}
-
-impl PspError {
-    fn declined(&self) -> Option<(&str, bool)> {
-        match self {
-            PspError::Declined { code, hard } => Some((code, *hard)),
-            _ => None,
-        }
-    }
-}
-
-impl Classify for PspError {
-    fn retryable(&self) -> bool {
-        self.is_retryable()
-    }
 }
 
 fn timestamp_ms(ms: i64) -> prost_types::Timestamp {

@@ -319,9 +319,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         clocks.clone(),
         fastpath::Cache::new(redis.clone(), degraded.clone()),
     ));
-    // The PSP simulator (its token grammar is in checkout::psp), shared by checkout and
+    // The PSP simulator (its token grammar is in the `payments` crate), shared by checkout and
     // subscriptions; a real PSP adapter implements the same port.
-    let psp: Arc<dyn checkout::psp::PaymentProvider> = Arc::new(checkout::psp::PspSimulator::new());
+    let psp: Arc<dyn payments::PaymentProvider> = Arc::new(payments::PspSimulator::new());
     let billing = Arc::new(subscriptions::Subscriptions::new(
         store.clone(),
         clocks.clone(),
@@ -428,7 +428,7 @@ impl Checkout {
         redis: Option<fastpath::Redis>,
         clocks: Clocks,
         loyalty: Arc<loyalty::Loyalty>,
-        psp: Arc<dyn checkout::psp::PaymentProvider>,
+        psp: Arc<dyn payments::PaymentProvider>,
     ) -> anyhow::Result<Self> {
         let catalog = checkout::Catalog::new(store.clone(), clocks.clone());
         let promotions = match &config.promotions_file {

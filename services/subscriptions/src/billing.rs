@@ -38,13 +38,13 @@
 
 use std::collections::HashSet;
 
-use checkout::psp::{AuthorizeRequest, CaptureRequest, PspError, VoidRequest};
 use commerce_api::commerce::subscriptions::v1::{
     Invoice, InvoiceLine, InvoiceLineKind, InvoicePaid, InvoicePaymentFailed, InvoiceStatus,
     PaymentDecline, Subscription, SubscriptionCanceled, SubscriptionPastDue, SubscriptionRenewed,
     SubscriptionResumed, SubscriptionStatus,
 };
 use ledger::{NewEntry, Write};
+use payments::{AuthorizeRequest, CaptureRequest, PspError, VoidRequest};
 use platform::outbound::{Idempotent, OutboundError};
 use prost_reflect::DynamicMessage;
 use store::{Commit, Pages};
@@ -974,7 +974,7 @@ impl Subscriptions {
         amount: &commerce_api::commerce::common::v1::Money,
     ) -> Result<Charge, SubscriptionsError> {
         let base = format!("invoice:{invoice_id}:attempt:{attempt}");
-        let amount = checkout::psp::Money::new(&amount.currency_code, amount.amount_minor);
+        let amount = payments::Money::new(&amount.currency_code, amount.amount_minor);
         let authorized = self
             .outbound
             .call(Idempotent::Yes, |_| {

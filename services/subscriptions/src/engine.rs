@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use checkout::psp::PaymentProvider;
 use commerce_api::commerce::common::v1::Money;
 use commerce_api::commerce::subscriptions::v1::SubscriptionStatus;
 use ledger::Ledger;
+use payments::PaymentProvider;
 use platform::clock::Clocks;
 use platform::outbound::{Outbound, OutboundPolicy};
 use prost_reflect::{DynamicMessage, ReflectMessage};

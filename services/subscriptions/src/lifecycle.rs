@@ -40,7 +40,7 @@ pub struct PlanChange {
 }
 
 pub(crate) fn check_token(payment_token: &str) -> Result<(), SubscriptionsError> {
-    if checkout::psp::looks_like_card_number(payment_token) {
+    if payments::looks_like_card_number(payment_token) {
         return Err(SubscriptionsError::CardDataRejected);
     }
     let mut chars = payment_token.chars();

@@ -5,9 +5,9 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use checkout::psp::{Behaviour, Outcome, TransactionKind};
 use commerce_api::commerce::subscriptions::v1::{InvoiceStatus, SubscriptionStatus};
 use common::*;
+use payments::{Behaviour, Outcome, TransactionKind};
 use store::testing::FaultyStore;
 use store::{EmbeddedStore, Store};
 use subscriptions::{FinalAction, RetryPolicy};

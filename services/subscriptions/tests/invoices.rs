@@ -6,10 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use checkout::psp::{Behaviour, Outcome, PaymentProvider, TransactionKind};
 use commerce_api::commerce::common::v1::{ErrorReason, Money};
 use commerce_api::commerce::subscriptions::v1::{InvoiceStatus, SubscriptionStatus};
 use common::*;
+use payments::{Behaviour, Outcome, PaymentProvider, TransactionKind};
 use platform::ApiError;
 use subscriptions::SubscriptionsError;
 

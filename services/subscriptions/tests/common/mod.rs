@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use checkout::psp::PspSimulator;
 use commerce_api::commerce::common::v1::Money;
 use commerce_api::commerce::subscriptions::v1::{BillingInterval, Invoice, PlanVersion};
+use payments::PspSimulator;
 use platform::clock::Clocks;
 use store::{EmbeddedStore, Store};
 use subscriptions::{RetryPolicy, SubscriptionJobs, Subscriptions};

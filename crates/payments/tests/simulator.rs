@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkout::psp::{
+use payments::{
     AuthorizeRequest, Behaviour, CaptureRequest, Money, Outcome, PaymentProvider, PspError,
     PspSimulator, RefundRequest, Transaction, TransactionKind, TransactionStatus, VoidRequest,
 };

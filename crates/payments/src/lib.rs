@@ -1,5 +1,6 @@
-//! The payment service provider (PSP) port: how checkout moves money, and what the PSP promises
-//! the order saga in return.
+//! The payment service provider (PSP) port: how checkout and subscriptions move money, and what
+//! the PSP promises their sagas and billing runs in return. Its own crate, so no service imports
+//! another to charge a card.
 //!
 //! Checkout never sees a card. The client tokenises the card with the PSP and hands checkout an
 //! opaque **payment token**; checkout authorises against that token, captures when the order is
@@ -243,6 +244,14 @@ pub enum PspError {
 }
 
 impl PspError {
+    /// The decline code and whether it is hard, for a decline.
+    pub fn declined(&self) -> Option<(&str, bool)> {
+        match self {
+            Self::Declined { code, hard } => Some((code, *hard)),
+            _ => None,
+        }
+    }
+
     /// True when the PSP may have acted: find out with the same key (retry or `lookup`).
     pub fn is_outcome_unknown(&self) -> bool {
         matches!(self, Self::Timeout)
@@ -302,6 +311,14 @@ pub fn looks_like_card_number(token: &str) -> bool {
         }
     }
     false
+}
+
+/// Calls to the PSP go through `platform::outbound`, which retries only what may succeed when
+/// repeated with the same key.
+impl platform::outbound::Classify for PspError {
+    fn retryable(&self) -> bool {
+        self.is_retryable()
+    }
 }
 
 #[cfg(test)]
