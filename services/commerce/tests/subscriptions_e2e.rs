@@ -65,7 +65,7 @@ impl Client {
                     "/commerce.subscriptions.v1.InvoiceService/ListInvoices",
                     su::ListInvoicesRequest {
                         subscription_id: subscription.into(),
-                        page_size: 5,
+                        page_size: 100,
                         page_token,
                         ..Default::default()
                     },
@@ -296,5 +296,105 @@ async fn a_year_of_renewals_survives_a_killed_server_over_connect_json_and_grpc(
             tenant: tenant.into(),
         };
         second_half(&client, id).await;
+    }
+}
+
+/// The hardest case: the process is SIGKILLed *inside* a billing run (a year's advance
+/// for 150 subscriptions, killed after a moment), then started again on its files and the advance
+/// repeated: every subscription ends with exactly one paid invoice per period, and the tenant's
+/// invoice numbers run 1..n without a gap or a repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_billing_run_killed_in_the_middle_neither_skips_nor_double_bills() {
+    const SUBSCRIBERS: usize = 150;
+    let mut server = common::start();
+    let tenant = "subs-killed";
+    let client = |addr: &str| Client {
+        protocol: Protocol::Grpc,
+        addr: addr.to_owned(),
+        token: common::token_for(tenant),
+        tenant: tenant.into(),
+    };
+    let first = client(&server.addr);
+    first.advance_to(month_end(0)).await;
+    let plan = first.create_plan("Meal plan", 4_900, "plan-meal").await;
+    for n in 0..SUBSCRIBERS {
+        let _: su::CreateSubscriptionResponse = first
+            .call(
+                "/commerce.subscriptions.v1.SubscriptionService/CreateSubscription",
+                su::CreateSubscriptionRequest {
+                    customer_id: format!("cust-{n}"),
+                    plan_id: plan.clone(),
+                    payment_token: "tok_ok".into(),
+                    skip_trial: false,
+                },
+                Some(&format!("subscribe-{n}")),
+            )
+            .await
+            .unwrap();
+    }
+    // A year in one advance, killed while the run is under way.
+    let year = month_end(12);
+    let running = tokio::spawn(async move {
+        let _: Result<su::AdvanceClockResponse, String> = first
+            .call(
+                "/commerce.subscriptions.v1.ClockService/AdvanceClock",
+                su::AdvanceClockRequest {
+                    target_time: timestamp(year),
+                },
+                None,
+            )
+            .await;
+    });
+    // Kill as soon as the run is visibly under way (some renewals committed, most not).
+    let watcher = client(&server.addr);
+    let started = std::time::Instant::now();
+    while watcher.invoices("").await.len() < SUBSCRIBERS + 40 {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the billing run never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let _ = running.await;
+    let restarted = tempfile::tempdir().unwrap();
+    for file in std::fs::read_dir(server.data_dir.path()).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), restarted.path().join(file.file_name())).unwrap();
+    }
+    let server2 = common::start_in(restarted, &[]);
+    let second = client(&server2.addr);
+    let before = second.invoices("").await.len();
+    assert!(
+        before > SUBSCRIBERS && before < SUBSCRIBERS * 13,
+        "the kill landed inside the run: {before} invoices"
+    );
+    // The same advance again finishes the run.
+    second.advance_to(year).await;
+    let invoices = second.invoices("").await;
+    assert_eq!(
+        invoices.len(),
+        SUBSCRIBERS * 13,
+        "13 periods each, none twice"
+    );
+    let mut numbers: Vec<i64> = invoices.iter().map(|invoice| invoice.number).collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (1..=(SUBSCRIBERS * 13) as i64).collect::<Vec<i64>>()
+    );
+    let mut periods = std::collections::HashSet::new();
+    for invoice in &invoices {
+        assert_eq!(
+            invoice.status,
+            su::InvoiceStatus::Paid as i32,
+            "{invoice:?}"
+        );
+        assert_eq!(invoice.amount_paid, usd(4_900));
+        assert!(
+            periods.insert((invoice.subscription_id.clone(), ms(&invoice.period_start))),
+            "a period billed twice: {invoice:?}"
+        );
     }
 }
