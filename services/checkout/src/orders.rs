@@ -129,14 +129,14 @@ fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
     }
 }
 
-fn money(currency: &str, minor: i64) -> Option<Money> {
+pub(crate) fn money(currency: &str, minor: i64) -> Option<Money> {
     Some(Money {
         currency_code: currency.to_owned(),
         amount_minor: minor,
     })
 }
 
-fn minor(money: &Option<Money>) -> i64 {
+pub(crate) fn minor(money: &Option<Money>) -> i64 {
     money.as_ref().map_or(0, |money| money.amount_minor)
 }
 
@@ -185,7 +185,7 @@ fn capture_due(order: &Order) -> bool {
             || order.status == OrderStatus::Completed as i32)
 }
 
-fn psp_unavailable() -> CheckoutError {
+pub(crate) fn psp_unavailable() -> CheckoutError {
     CheckoutError::Unavailable {
         what: "the payment provider",
         reason: ErrorReason::DependencyUnavailable,
@@ -1470,21 +1470,8 @@ impl Orders {
         let mut refunded_now = 0;
         match status {
             PaymentStatus::Authorized => {
-                self.outbound
-                    .call(Idempotent::Yes, |_| {
-                        self.psp.void(VoidRequest {
-                            idempotency_key: format!("{}:void", payment.payment_id),
-                            authorization_id: payment.psp_reference.clone(),
-                        })
-                    })
-                    .await
-                    .map_err(|error| {
-                        tracing::warn!(%error, order = %order_id, "checkout: void failed");
-                        CheckoutError::Unavailable {
-                            what: "the payment provider",
-                            reason: ErrorReason::DependencyUnavailable,
-                        }
-                    })?;
+                self.void_authorization(&payment.payment_id, &payment.psp_reference)
+                    .await?;
             }
             PaymentStatus::Captured | PaymentStatus::PartiallyRefunded => {
                 let left = minor(&payment.captured_amount) - minor(&payment.refunded_amount);
@@ -1585,20 +1572,26 @@ impl Orders {
         Ok(receiver)
     }
 
-    /// Voids an authorization that was never captured (used when a placement is abandoned).
+    /// Voids an authorization that was never captured (a canceled order, a placement rolled
+    /// back), through the outbound policy under the payment's void key, so a repeat voids once.
     pub async fn void_authorization(
         &self,
         payment_id: &str,
         authorization_id: &str,
     ) -> Result<(), CheckoutError> {
-        self.psp
-            .void(VoidRequest {
-                idempotency_key: format!("{payment_id}:void"),
-                authorization_id: authorization_id.to_owned(),
+        self.outbound
+            .call(Idempotent::Yes, |_| {
+                self.psp.void(VoidRequest {
+                    idempotency_key: format!("{payment_id}:void"),
+                    authorization_id: authorization_id.to_owned(),
+                })
             })
             .await
             .map(drop)
-            .map_err(|error| CheckoutError::invalid("payment", error.to_string()))
+            .map_err(|error| {
+                tracing::warn!(%error, payment = %payment_id, "checkout: void failed");
+                psp_unavailable()
+            })
     }
 }
 

@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use commerce_api::commerce::checkout::v1::{
     Order, PaymentMismatch, PaymentStatus, ReconcilePaymentsResponse,
 };
-use commerce_api::commerce::common::v1::Money;
 
 use crate::error::CheckoutError;
-use crate::orders::{ORDER, Orders, PLACEMENT, PlacementRecord, Step, money_account};
+use crate::orders::{
+    ORDER, Orders, PLACEMENT, PlacementRecord, Step, minor, money, money_account, psp_unavailable,
+};
 use crate::psp::{Transaction, TransactionKind};
 
 /// Orders created in `[start, end)` (unix ms); `None` leaves that side open.
@@ -34,17 +35,6 @@ impl Period {
     fn is_everything(&self) -> bool {
         self.start_ms.is_none() && self.end_ms.is_none()
     }
-}
-
-fn money(currency: &str, minor: i64) -> Option<Money> {
-    Some(Money {
-        currency_code: currency.to_owned(),
-        amount_minor: minor,
-    })
-}
-
-fn minor(money: &Option<Money>) -> i64 {
-    money.as_ref().map_or(0, |money| money.amount_minor)
 }
 
 /// Succeeded PSP transactions of `kind`, summed.
@@ -324,10 +314,7 @@ impl Orders {
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "checkout: PSP transactions unavailable for reconciliation");
-                CheckoutError::Unavailable {
-                    what: "the payment provider",
-                    reason: commerce_api::commerce::common::v1::ErrorReason::DependencyUnavailable,
-                }
+                psp_unavailable()
             })
     }
 }
