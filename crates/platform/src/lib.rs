@@ -4,7 +4,7 @@
 //! contract-driven authorization, tenant, rate limit, validation, RED metrics, logs); the admin
 //! port; the outbound call policy for dependencies ([`outbound`]: timeouts, retries with jitter
 //! for idempotent callees, circuit breaker); the tenant clock ([`clock`]); page tokens
-//! ([`page_token`]).
+//! ([`page_token`]); crash points for fault tests ([`failpoint`]).
 //!
 //! It knows nothing of commerce: services register themselves with their descriptor sets.
 
@@ -12,6 +12,7 @@ mod admin;
 mod api_error;
 pub mod clock;
 mod cors;
+pub mod failpoint;
 pub mod interceptors;
 pub mod outbound;
 pub mod page_token;

@@ -20,12 +20,12 @@ use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tower::ServiceBuilder;
 use tower::util::Either;
+use tower::{ServiceBuilder, ServiceExt as _};
 
 use crate::CorsConfig;
 use crate::admin;
-use crate::interceptors::{self, GrpcService, InterceptorConfig, Metrics};
+use crate::interceptors::{self, ClientAddress, GrpcService, InterceptorConfig, Metrics};
 
 /// Settings of the API port.
 #[derive(Debug, Clone)]
@@ -317,7 +317,7 @@ impl BoundServer {
         let mut connections = tokio::task::JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     // Accept errors (e.g. too many open files) are transient; keep serving.
@@ -327,10 +327,18 @@ impl BoundServer {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
+            // Every request learns the peer it came from (per-address limits, logs).
+            let service =
+                stack
+                    .clone()
+                    .map_request(move |mut request: Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(ClientAddress(peer));
+                        request
+                    });
             let connection = builder
                 .serve_connection_with_upgrades(
                     TokioIo::new(stream),
-                    TowerToHyperService::new(stack.clone()),
+                    TowerToHyperService::new(service),
                 )
                 .into_owned();
             let connection = graceful.watch(connection);

@@ -1,11 +1,17 @@
 //! What the interceptors learn about a call, left in the request's extensions for handlers.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 /// The call's request id (`x-request-id`, generated when absent); echoed in the response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub String);
+
+/// The peer address of the connection the call arrived on (set by the server for every request).
+/// Behind a proxy this is the proxy's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub SocketAddr);
 
 /// W3C trace context received with the call.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -37,7 +37,7 @@ use check::CheckLayer;
 
 pub use authenticate::{AuthConfig, AuthConfigError, Claims, mint_hs256};
 pub use authorize::TENANT_HEADER;
-pub use context::{Deadline, Principal, RequestId, Tenant, TraceContext};
+pub use context::{ClientAddress, Deadline, Principal, RequestId, Tenant, TraceContext};
 
 pub use idempotency::{
     IDEMPOTENCY_KEY_HEADER, IdempotencyConfig, IdempotencyContext, REPLAYED_HEADER, RecordedOutcome,
