@@ -178,6 +178,18 @@ struct ServeConfig {
     /// Seconds between loyalty sweeps (activation, expiry, hold expiry, tiers).
     #[arg(long, env = "COMMERCE_LOYALTY_SWEEP_SECONDS", default_value_t = 60)]
     loyalty_sweep_seconds: u64,
+    /// Seconds between repair sweeps of the event journal (proves paid orders and refunds had
+    /// their effect in loyalty; publishes again what a bus lost).
+    #[arg(long, env = "COMMERCE_EVENT_REPAIR_SECONDS", default_value_t = 30)]
+    event_repair_seconds: u64,
+    /// Seconds a journaled event may wait for its consumers before the repair sweep publishes it
+    /// again and loyalty reconciliation reports it missing.
+    #[arg(
+        long,
+        env = "COMMERCE_EVENT_REPAIR_AFTER_SECONDS",
+        default_value_t = 60
+    )]
+    event_repair_after_seconds: u64,
     #[command(flatten)]
     store: storage::StoreArgs,
     #[command(flatten)]
@@ -238,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", token(&args)?);
             Ok(())
         }
-        Command::Store(command) => ops::store(command),
+        Command::Store(command) => ops::store(command).await,
         Command::DeadLetters(command) => ops::dead_letters(command).await,
         Command::Idempotency(command) => ops::idempotency(command).await,
         Command::Loyalty(command) => ops::loyalty(command).await,
@@ -298,27 +310,49 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         None => None,
     };
     let bus: Arc<dyn events::Bus> = match &redis {
-        Some(redis) => Arc::new(events::RedisBus::new(redis.clone(), degraded.clone())),
+        Some(redis) => {
+            let bus = events::RedisBus::new(redis.clone(), degraded.clone());
+            warn_if_not_durable(&bus).await;
+            Arc::new(bus)
+        }
         None => Arc::new(events::MemoryBus::new()),
     };
+    // Loyalty's consumer group exists before the relay publishes anything, so an in-process bus
+    // knows from the first event that loyalty must settle it.
+    let checkout_stream = events::envelope::stream_of_package(loyalty::consumer::CHECKOUT_PACKAGE);
+    if let Err(error) = bus
+        .ensure_group(&checkout_stream, loyalty::consumer::GROUP)
+        .await
+    {
+        tracing::warn!(%error, "event consumer group not created yet; the consumer retries");
+    }
+    let journal = loyalty::consumer::expect_effects(events::Journal::new(store.clone()));
+    let repair_after = Duration::from_secs(config.event_repair_after_seconds.max(1));
     let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
     let relay = tokio::spawn(
         events::Relay::new(
             store.clone(),
             bus.clone(),
             fastpath::Locks::new(redis.clone(), degraded.clone()),
-            events::RelayConfig::default(),
+            events::RelayConfig {
+                drain: Duration::from_secs(config.shutdown_grace_seconds),
+                ..events::RelayConfig::default()
+            },
         )
+        .with_journal(journal.clone())
         .run(async {
             let _ = relay_stopped.await;
         }),
     );
     let clocks = Clocks::new(store.clone());
-    let loyalty = Arc::new(loyalty::Loyalty::new(
-        store.clone(),
-        clocks.clone(),
-        fastpath::Cache::new(redis.clone(), degraded.clone()),
-    ));
+    let loyalty = Arc::new(
+        loyalty::Loyalty::new(
+            store.clone(),
+            clocks.clone(),
+            fastpath::Cache::new(redis.clone(), degraded.clone()),
+        )
+        .with_event_journal(journal.clone(), repair_after),
+    );
     // The PSP simulator (its token grammar is in the `payments` crate), shared by checkout and
     // subscriptions; a real PSP adapter implements the same port.
     let psp: Arc<dyn payments::PaymentProvider> = Arc::new(payments::PspSimulator::new());
@@ -335,19 +369,47 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let stopped = |mut signal: tokio::sync::watch::Receiver<bool>| async move {
         let _ = signal.wait_for(|stop| *stop).await;
     };
+    // Consumers stop after the relay has drained (a signal of their own), so in process every
+    // event the relay publishes on the way out is still handled.
+    let (stop_consumers, consumers_stopped) = tokio::sync::watch::channel(false);
     let consumer = tokio::spawn(
         events::Consumer::new(
             bus.clone(),
             store.clone(),
             loyalty::CheckoutEvents::new(loyalty.clone()),
-            events::ConsumerConfig::new(
-                events::envelope::stream_of_package(loyalty::consumer::CHECKOUT_PACKAGE),
-                loyalty::consumer::GROUP,
-                format!("commerce-{}", std::process::id()),
-            ),
+            events::ConsumerConfig {
+                drain: Duration::from_secs(config.shutdown_grace_seconds),
+                ..events::ConsumerConfig::new(
+                    checkout_stream.clone(),
+                    loyalty::consumer::GROUP,
+                    format!("commerce-{}", std::process::id()),
+                )
+            },
         )
-        .run(stopped(background_stopped.clone())),
+        .run(stopped(consumers_stopped)),
     );
+    let repair = {
+        let (journal, bus) = (journal.clone(), bus.clone());
+        tokio::spawn(repeat_every(
+            "event repair sweep",
+            Duration::from_secs(config.event_repair_seconds.max(1)),
+            stopped(background_stopped.clone()),
+            move || {
+                let (journal, bus) = (journal.clone(), bus.clone());
+                async move {
+                    let report = journal.sweep(bus.as_ref(), repair_after).await?;
+                    if report.republished > 0 {
+                        tracing::warn!(
+                            republished = report.republished,
+                            confirmed = report.confirmed,
+                            "event repair sweep published events again"
+                        );
+                    }
+                    Ok::<_, events::SweepError>(())
+                }
+            },
+        ))
+    };
     let sweeper = {
         let loyalty = loyalty.clone();
         tokio::spawn(repeat_every(
@@ -402,13 +464,17 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let bound = server.bind().await?;
     print_banner(bound.local_addr(), bound.admin_addr(), &config.store);
     bound.serve(platform::termination_signal()).await?;
-    let _ = stop_relay.send(());
+    // Background rounds first (they emit events), then the relay drains the outbox, then the
+    // consumers handle what it published.
     let _ = stop_background.send(true);
-    let _ = relay.await;
-    let _ = consumer.await;
     let _ = sweeper.await;
     let _ = billing_runs.await;
     let _ = resolver.await;
+    let _ = repair.await;
+    let _ = stop_relay.send(());
+    let _ = relay.await;
+    let _ = stop_consumers.send(true);
+    let _ = consumer.await;
     eprintln!("commerce: stopped");
     Ok(())
 }
@@ -572,6 +638,22 @@ async fn warn_if_unreachable(redis: &fastpath::Redis, degraded: &fastpath::Degra
         eprintln!(
             "commerce: WARNING Redis unreachable ({error}); serving degraded on in-process fallbacks until it answers"
         );
+    }
+}
+
+/// The bus needs a Redis that keeps what it acknowledged; say so loudly when it does not.
+async fn warn_if_not_durable(bus: &events::RedisBus) {
+    match bus.persistence().await {
+        Ok(persistence) if persistence.append_only => {}
+        Ok(_) => eprintln!(
+            "commerce: WARNING Redis runs without appendonly: if it restarts, events not yet \
+             consumed and carts are lost. The repair sweep publishes lost paid-order and refund \
+             events again; carts are gone. Run Redis with `appendonly yes` (see docs/operations.md)."
+        ),
+        Err(error) => eprintln!(
+            "commerce: WARNING could not read Redis persistence settings ({error}); make sure it \
+             runs with `appendonly yes` (see docs/operations.md)"
+        ),
     }
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod shop;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -37,12 +38,54 @@ impl Drop for Running {
     }
 }
 
+impl Running {
+    /// Waits (at most `within`) for the process to exit — killed, stopped, or aborted at a
+    /// failpoint — and hands back its data directory, to start it again on the same files.
+    pub fn wait_exit(mut self, within: Duration) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "the server did not exit within {within:?}; stderr: {}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("dir"));
+        (status, dir)
+    }
+
+    /// Sends SIGTERM (a graceful stop).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+/// Runs a `commerce` subcommand (operator tools) with the test secret.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_commerce"))
+        .args(args)
+        .env("COMMERCE_JWT_HS256_SECRET", SECRET)
+        .output()
+        .expect("run commerce")
+}
+
 pub fn start() -> Running {
     start_in(tempfile::tempdir().expect("data dir"), &[])
 }
 
 /// Starts `commerce serve` with its store in `data_dir` and `extra` arguments.
 pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
+    start_with(data_dir, extra, &[])
+}
+
+/// [`start_in`] with extra environment variables (e.g. `COMMERCE_FAILPOINTS`).
+pub fn start_with(data_dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_commerce"))
         .arg("serve")
         .arg("--data-dir")
@@ -51,6 +94,7 @@ pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
         .args(["--shutdown-grace-seconds", "2"])
         .args(extra) // last, so they override the defaults above
         .env("COMMERCE_JWT_HS256_SECRET", SECRET)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
