@@ -7,7 +7,7 @@
 //! [`MEANINGS`], and an unknown one is still compared as an opaque value.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::value::{RuleScalar, list};
 use super::{FieldRules, Ignore, MessageRules, RuleValue};
@@ -179,15 +179,12 @@ fn compare_rules(
     changes: &mut Vec<RuleChange>,
 ) {
     compare_bounds(prefix, old, new, changes);
-    let names = old
+    let names: BTreeSet<&String> = old
         .keys()
         .chain(new.keys())
-        .filter(|name| !BOUND_RULES.contains(&name.as_str()));
-    let mut seen = std::collections::BTreeSet::new();
+        .filter(|name| !BOUND_RULES.contains(&name.as_str()))
+        .collect();
     for name in names {
-        if !seen.insert(name) {
-            continue;
-        }
         let (before, now) = (old.get(name), new.get(name));
         let Some(sample) = now.or(before) else {
             continue;
@@ -498,4 +495,408 @@ fn shown(value: Option<&RuleValue>) -> String {
 fn text_list<'a>(items: impl Iterator<Item = &'a String>) -> String {
     let quoted: Vec<String> = items.map(|item| format!("{item:?}")).collect();
     format!("[{}]", quoted.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::behaviour::validation::TypedRules;
+
+    fn int(value: i128) -> RuleValue {
+        RuleValue::One(RuleScalar::Int(value))
+    }
+
+    fn float(value: f64) -> RuleValue {
+        RuleValue::One(RuleScalar::Float(value))
+    }
+
+    fn text(value: &str) -> RuleValue {
+        RuleValue::One(RuleScalar::Text(value.to_owned()))
+    }
+
+    fn flag(value: bool) -> RuleValue {
+        RuleValue::One(RuleScalar::Bool(value))
+    }
+
+    fn texts(values: &[&str]) -> RuleValue {
+        RuleValue::Many(
+            values
+                .iter()
+                .map(|value| RuleScalar::Text((*value).to_owned()))
+                .collect(),
+        )
+    }
+
+    /// Rules of `kind` (`string`, `int32`, ...).
+    fn rules(kind: &str, entries: &[(&str, RuleValue)]) -> FieldRules {
+        FieldRules {
+            typed: Some(TypedRules {
+                kind: kind.to_owned(),
+                rules: entries
+                    .iter()
+                    .map(|(name, value)| ((*name).to_owned(), value.clone()))
+                    .collect(),
+            }),
+            ..FieldRules::default()
+        }
+    }
+
+    /// The reported changes of a field without presence, as `verdict: change`.
+    fn changes(old: &FieldRules, new: &FieldRules) -> Vec<String> {
+        compare_field(old, new, false)
+            .into_iter()
+            .map(|change| format!("{:?}: {}", change.verdict, change.change))
+            .collect()
+    }
+
+    /// Asserts `old → new` is breaking with exactly `expected`, and `new → old` is compatible.
+    fn tightening(old: FieldRules, new: FieldRules, expected: &str) {
+        assert_eq!(changes(&old, &new), [expected]);
+        assert_eq!(
+            changes(&new, &old),
+            Vec::<String>::new(),
+            "reverse of {expected}"
+        );
+    }
+
+    #[test]
+    fn lengths_and_counts_tighten_one_way_only() {
+        tightening(
+            rules("string", &[("max_len", int(64))]),
+            rules("string", &[("max_len", int(8))]),
+            "Tightened: max_len 64 → 8",
+        );
+        tightening(
+            rules("string", &[("min_len", int(1))]),
+            rules("string", &[("min_len", int(3))]),
+            "Tightened: min_len 1 → 3",
+        );
+        tightening(
+            rules("repeated", &[]),
+            rules("repeated", &[("max_items", int(10))]),
+            "Tightened: max_items unset → 10",
+        );
+        tightening(
+            rules("map", &[("min_pairs", int(0))]),
+            rules("map", &[("min_pairs", int(1))]),
+            "Tightened: min_pairs 0 → 1",
+        );
+        // A minimum of 0 is no rule at all.
+        assert!(
+            changes(
+                &FieldRules::default(),
+                &rules("string", &[("min_len", int(0))])
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_rule_on_a_field_that_had_none_is_a_tightening() {
+        tightening(
+            FieldRules::default(),
+            rules("string", &[("max_len", int(64))]),
+            "Tightened: max_len unset → 64",
+        );
+    }
+
+    #[test]
+    fn integer_bounds_compare_as_inclusive_values() {
+        // gt 5 and gte 6 accept the same integers.
+        assert!(
+            changes(
+                &rules("int32", &[("gt", int(5))]),
+                &rules("int32", &[("gte", int(6))])
+            )
+            .is_empty()
+        );
+        tightening(
+            rules("int64", &[("gte", int(0))]),
+            rules("int64", &[("gt", int(0))]),
+            "Tightened: gte 0 → gt 0",
+        );
+        tightening(
+            rules("int32", &[("gte", int(0)), ("lte", int(100))]),
+            rules("int32", &[("gte", int(0)), ("lte", int(50))]),
+            "Tightened: lte 100 → 50",
+        );
+        tightening(
+            rules("uint32", &[]),
+            rules("uint32", &[("lt", int(1000))]),
+            "Tightened: lt unset → 1000",
+        );
+    }
+
+    #[test]
+    fn float_bounds_keep_exclusiveness() {
+        tightening(
+            rules("double", &[("gte", float(0.0))]),
+            rules("double", &[("gt", float(0.0))]),
+            "Tightened: gte 0 → gt 0",
+        );
+        tightening(
+            rules("float", &[("lte", float(1.5))]),
+            rules("float", &[("lte", float(1.25))]),
+            "Tightened: lte 1.5 → 1.25",
+        );
+    }
+
+    #[test]
+    fn durations_bound_like_numbers() {
+        let seconds = |s: i128| RuleValue::One(RuleScalar::Duration(s * 1_000_000_000));
+        tightening(
+            rules("duration", &[("lte", seconds(3600))]),
+            rules("duration", &[("lte", seconds(60))]),
+            "Tightened: lte 3600s → 60s",
+        );
+    }
+
+    #[test]
+    fn a_changed_inverted_range_cannot_be_compared() {
+        let old = rules("int32", &[("gt", int(10)), ("lt", int(5))]);
+        let new = rules("int32", &[("gt", int(20)), ("lt", int(5))]);
+        assert_eq!(
+            changes(&old, &new),
+            ["Incomparable: range gt 10, lt 5 → gt 20, lt 5"]
+        );
+        assert!(changes(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn allow_lists_tighten_when_narrowed_deny_lists_when_grown() {
+        tightening(
+            rules("string", &[("in", texts(&["a", "b", "c"]))]),
+            rules("string", &[("in", texts(&["a", "b"]))]),
+            r#"Tightened: in ["a", "b", "c"] → ["a", "b"]"#,
+        );
+        tightening(
+            rules("string", &[]),
+            rules("string", &[("in", texts(&["a"]))]),
+            r#"Tightened: in unset → ["a"]"#,
+        );
+        tightening(
+            rules("string", &[("not_in", texts(&["x"]))]),
+            rules("string", &[("not_in", texts(&["x", "y"]))]),
+            r#"Tightened: not_in ["x"] → ["x", "y"]"#,
+        );
+    }
+
+    #[test]
+    fn const_is_exact() {
+        tightening(
+            rules("string", &[]),
+            rules("string", &[("const", text("v1"))]),
+            r#"Tightened: const unset → "v1""#,
+        );
+        assert_eq!(
+            changes(
+                &rules("string", &[("const", text("v1"))]),
+                &rules("string", &[("const", text("v2"))])
+            ),
+            [r#"Tightened: const "v1" → "v2""#]
+        );
+    }
+
+    #[test]
+    fn patterns_cannot_be_compared_once_changed() {
+        let old = rules("string", &[("pattern", text("^[a-z]+$"))]);
+        let new = rules("string", &[("pattern", text("^[a-z0-9]+$"))]);
+        // Even a wider pattern is reported: regular expressions are not compared.
+        assert_eq!(
+            changes(&old, &new),
+            [r#"Incomparable: pattern "^[a-z]+$" → "^[a-z0-9]+$""#]
+        );
+        tightening(
+            rules("string", &[]),
+            old.clone(),
+            r#"Tightened: pattern unset → "^[a-z]+$""#,
+        );
+    }
+
+    #[test]
+    fn prefixes_and_substrings_compare_by_containment() {
+        tightening(
+            rules("string", &[("prefix", text("ord_"))]),
+            rules("string", &[("prefix", text("ord_v2_"))]),
+            r#"Tightened: prefix "ord_" → "ord_v2_""#,
+        );
+        tightening(
+            rules("string", &[("contains", text("@"))]),
+            rules("string", &[("contains", text("@example"))]),
+            r#"Tightened: contains "@" → "@example""#,
+        );
+        tightening(
+            rules("string", &[("not_contains", text("--"))]),
+            rules("string", &[("not_contains", text("-"))]),
+            r#"Tightened: not_contains "--" → "-""#,
+        );
+    }
+
+    #[test]
+    fn formats_and_flags_tighten_when_switched_on() {
+        tightening(
+            rules("string", &[]),
+            rules("string", &[("uuid", flag(true))]),
+            "Tightened: uuid unset → true",
+        );
+        tightening(
+            rules("repeated", &[("unique", flag(false))]),
+            rules("repeated", &[("unique", flag(true))]),
+            "Tightened: unique false → true",
+        );
+        tightening(
+            rules("enum", &[]),
+            rules("enum", &[("defined_only", flag(true))]),
+            "Tightened: defined_only unset → true",
+        );
+        // `strict` is on when unset: setting it changes nothing, switching it off loosens.
+        let header = rules("string", &[("well_known_regex", int(1))]);
+        let strict = rules(
+            "string",
+            &[("well_known_regex", int(1)), ("strict", flag(true))],
+        );
+        assert!(changes(&header, &strict).is_empty());
+    }
+
+    #[test]
+    fn required_is_a_tightening() {
+        let required = FieldRules {
+            required: true,
+            ..FieldRules::default()
+        };
+        tightening(
+            FieldRules::default(),
+            required,
+            "Tightened: required false → true",
+        );
+    }
+
+    #[test]
+    fn new_cel_expressions_cannot_be_compared_and_removed_ones_loosen() {
+        let cel = FieldRules {
+            cel: BTreeSet::from(["this > 0".to_owned()]),
+            ..FieldRules::default()
+        };
+        tightening(
+            FieldRules::default(),
+            cel,
+            r#"Incomparable: cel [] → ["this > 0"]"#,
+        );
+    }
+
+    #[test]
+    fn ignore_that_applies_rules_to_more_values_is_a_tightening() {
+        let mut if_zero = rules("string", &[("min_len", int(3))]);
+        if_zero.ignore = Ignore::IfZeroValue;
+        let always_checked = rules("string", &[("min_len", int(3))]);
+        tightening(
+            if_zero.clone(),
+            always_checked.clone(),
+            "Tightened: ignore IGNORE_IF_ZERO_VALUE → IGNORE_UNSPECIFIED",
+        );
+        // A field with presence was never checked when unset: nothing changes.
+        assert!(compare_field(&if_zero, &always_checked, true).is_empty());
+
+        let mut switched_off = always_checked.clone();
+        switched_off.ignore = Ignore::Always;
+        tightening(
+            switched_off,
+            always_checked,
+            "Tightened: ignore IGNORE_ALWAYS → IGNORE_UNSPECIFIED",
+        );
+    }
+
+    #[test]
+    fn element_rules_are_compared_inside_their_list() {
+        let items = |max: i128| {
+            let mut nested = BTreeMap::new();
+            nested.insert(
+                "items".to_owned(),
+                RuleValue::Nested(Box::new(rules("string", &[("max_len", int(max))]))),
+            );
+            FieldRules {
+                typed: Some(TypedRules {
+                    kind: "repeated".to_owned(),
+                    rules: nested,
+                }),
+                ..FieldRules::default()
+            }
+        };
+        tightening(items(64), items(8), "Tightened: items.max_len 64 → 8");
+    }
+
+    #[test]
+    fn a_changed_rule_kind_cannot_be_compared() {
+        assert_eq!(
+            changes(&rules("string", &[]), &rules("bytes", &[])),
+            ["Incomparable: string rules → bytes rules"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_rule_is_compared_as_an_opaque_value() {
+        let old = rules("string", &[("(acme.rules.sku)", text("v1"))]);
+        let new = rules("string", &[("(acme.rules.sku)", text("v2"))]);
+        assert_eq!(
+            changes(&old, &new),
+            [r#"Incomparable: (acme.rules.sku) "v1" → "v2""#]
+        );
+        assert!(changes(&old, &FieldRules::default()).is_empty());
+    }
+
+    #[test]
+    fn examples_change_nothing() {
+        assert!(
+            changes(
+                &rules("string", &[("example", texts(&["a"]))]),
+                &rules("string", &[("example", texts(&["b"]))])
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn message_rules_new_oneof_rules_tighten_and_new_cel_is_incomparable() {
+        let members = BTreeSet::from(["email".to_owned(), "phone".to_owned()]);
+        let at_most_one = MessageRules {
+            oneofs: BTreeMap::from([(members.clone(), false)]),
+            ..MessageRules::default()
+        };
+        let exactly_one = MessageRules {
+            oneofs: BTreeMap::from([(members, true)]),
+            ..MessageRules::default()
+        };
+        let verdicts = |old: &MessageRules, new: &MessageRules| -> Vec<String> {
+            compare_message(old, new)
+                .into_iter()
+                .map(|change| format!("{:?}: {}", change.verdict, change.change))
+                .collect()
+        };
+        assert_eq!(
+            verdicts(&MessageRules::default(), &at_most_one),
+            [r#"Tightened: oneof ["email", "phone"] unset → at most one"#]
+        );
+        assert_eq!(
+            verdicts(&at_most_one, &exactly_one),
+            [r#"Tightened: oneof ["email", "phone"] required false → true"#]
+        );
+        assert!(verdicts(&exactly_one, &MessageRules::default()).is_empty());
+        let cel = MessageRules {
+            cel: BTreeSet::from(["this.a < this.b".to_owned()]),
+            ..MessageRules::default()
+        };
+        assert_eq!(
+            verdicts(&MessageRules::default(), &cel),
+            [r#"Incomparable: cel [] → ["this.a < this.b"]"#]
+        );
+        assert!(verdicts(&cel, &MessageRules::default()).is_empty());
+    }
+
+    #[test]
+    fn a_oneof_that_became_required_is_a_tightening() {
+        assert!(compare_oneof(false, true).is_some());
+        assert!(compare_oneof(true, false).is_none());
+    }
 }
