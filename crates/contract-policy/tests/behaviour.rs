@@ -398,6 +398,37 @@ fn a_raised_max_timeout_passes() {
     behaviour(&workspace).assert_passed();
 }
 
+fn place_order_rate_cost(text: &str, tokens: &str) -> String {
+    replace_once(
+        text,
+        "      max_timeout_ms: 30000\n",
+        &format!("      max_timeout_ms: 30000\n      rate_limit_tokens: {tokens}\n"),
+    )
+}
+
+#[test]
+fn a_rate_cost_more_than_doubled_fails_naming_the_rpc() {
+    let workspace = Workspace::copy();
+    workspace.edit(ORDER_SERVICE, |text| place_order_rate_cost(text, "5"));
+    let line = workspace.line_of(ORDER_SERVICE, "rpc PlaceOrder(");
+    assert_refused(
+        &behaviour(&workspace),
+        &[at(
+            ORDER_SERVICE,
+            line,
+            "rate-cost-raised",
+            "OrderService.PlaceOrder rate_limit_tokens 1 → 5",
+        )],
+    );
+}
+
+#[test]
+fn a_rate_cost_at_most_doubled_passes() {
+    let workspace = Workspace::copy();
+    workspace.edit(ORDER_SERVICE, |text| place_order_rate_cost(text, "2"));
+    behaviour(&workspace).assert_passed();
+}
+
 #[test]
 fn a_read_losing_no_side_effects_fails_naming_the_rpc() {
     let workspace = Workspace::copy();
