@@ -156,6 +156,49 @@ fn a_dropped_required_rule_passes() {
     behaviour(&workspace).assert_passed();
 }
 
+fn add_get_balance_field(text: &str, field: &str) -> String {
+    replace_once(
+        text,
+        "    min_len: 1\n    max_len: 64\n  }];\n}\n\n// Response of GetBalance.",
+        &format!(
+            "    min_len: 1\n    max_len: 64\n  }}];\n  // Region of the balance.\n  {field}\n}}\n\n// Response of GetBalance."
+        ),
+    )
+}
+
+#[test]
+fn a_new_field_that_requests_must_set_fails_naming_the_field() {
+    let workspace = Workspace::copy();
+    workspace.edit(MEMBER_SERVICE, |text| {
+        add_get_balance_field(
+            text,
+            "string region = 2 [(buf.validate.field).string.min_len = 1];",
+        )
+    });
+    let line = workspace.line_of(MEMBER_SERVICE, "string region = 2");
+    assert_refused(
+        &behaviour(&workspace),
+        &[at(
+            MEMBER_SERVICE,
+            line,
+            "validation-tightened",
+            "GetBalanceRequest.region min_len unset → 1 (new field)",
+        )],
+    );
+}
+
+#[test]
+fn a_new_field_that_requests_may_omit_passes() {
+    let workspace = Workspace::copy();
+    workspace.edit(MEMBER_SERVICE, |text| {
+        add_get_balance_field(
+            text,
+            "string region = 2 [(buf.validate.field).string.max_len = 16];",
+        )
+    });
+    behaviour(&workspace).assert_passed();
+}
+
 const DISPLAY_NAME: &str = "string display_name = 2 [(buf.validate.field).string.max_len = 120];";
 
 fn display_name_in(values: &str) -> String {

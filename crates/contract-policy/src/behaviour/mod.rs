@@ -5,6 +5,7 @@
 //! event registrations and deprecation schedules. Every element present in both images is
 //! compared (messages and services by full name, fields by number, RPCs and oneofs by name); a
 //! change that refuses a caller the release accepts is a [`Finding`]. Loosening is compatible.
+//! A field new in a released message is held too: its rules must accept requests that omit it.
 //!
 //! Only stable packages (`commerce.<area>.vN`) are held, as `buf breaking` holds them
 //! (`ignore_unstable_packages`): alpha and beta packages may change.
@@ -364,6 +365,8 @@ impl Comparison<'_> {
             }
         }
 
+        self.new_members(released, &current);
+
         for nested in released.child_messages() {
             if !nested.is_map_entry() {
                 self.message(&nested);
@@ -371,6 +374,41 @@ impl Comparison<'_> {
         }
         for nested in released.child_enums() {
             self.enumeration(&nested);
+        }
+    }
+
+    /// Fields and oneofs new in a released message: callers built against the release never set
+    /// them, so rules that refuse an unset value refuse those callers.
+    fn new_members(&mut self, released: &MessageDescriptor, current: &MessageDescriptor) {
+        for field in current.fields() {
+            if released.get_field(field.number()).is_some() {
+                continue;
+            }
+            let refusals = validation::refusals_of_unset(
+                &self.current_validate.field_rules(&field.options()),
+                field.supports_presence(),
+            );
+            for change in refusals {
+                self.report(
+                    verdict_rule(change.verdict),
+                    (&field.parent_file(), field.path()),
+                    field.full_name(),
+                    current.package_name(),
+                    format!("{} (new field)", change.change),
+                );
+            }
+        }
+        for oneof in current.oneofs().filter(|oneof| !oneof.is_synthetic()) {
+            let is_new = released.oneofs().all(|old| old.name() != oneof.name());
+            if is_new && self.current_validate.oneof_required(&oneof.options()) {
+                self.report(
+                    "validation-tightened",
+                    (&oneof.parent_file(), oneof.path()),
+                    oneof.full_name(),
+                    current.package_name(),
+                    "required false → true (new oneof)".to_owned(),
+                );
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 //! code does not know is still compared, as an opaque value.
 
 mod compare;
+mod unset;
 mod value;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use prost_reflect::{DescriptorPool, DynamicMessage, ExtensionDescriptor, Value};
 
 pub use compare::{Verdict, compare_field, compare_message, compare_oneof};
+pub use unset::refusals_of_unset;
 pub use value::RuleScalar;
 
 use crate::options::extension_message;
