@@ -83,6 +83,8 @@ fn a_tightened_max_len_fails_naming_the_field() {
             "GetBalanceRequest.member_id max_len 64 → 8",
         )],
     );
+    // The wire shape and the house rules are fine: only the behaviour step sees this break.
+    workspace.gate(&["breaking", "policy"]).assert_passed();
 }
 
 #[test]
@@ -309,6 +311,8 @@ fn an_added_scope_fails_naming_the_rpc() {
             "MemberService.GetBalance scopes [loyalty.members.read] → [loyalty.admin, loyalty.members.read]",
         )],
     );
+    // The wire shape and the house rules are fine: only the behaviour step sees this break.
+    workspace.gate(&["breaking", "policy"]).assert_passed();
 }
 
 #[test]
@@ -395,6 +399,8 @@ fn an_optional_key_becoming_required_fails_naming_the_rpc() {
             "PointsService.AccruePoints idempotency IDEMPOTENCY_KEY_OPTIONAL → IDEMPOTENCY_KEY_REQUIRED",
         )],
     );
+    // The wire shape and the house rules are fine: only the behaviour step sees this break.
+    workspace.gate(&["breaking", "policy"]).assert_passed();
 }
 
 #[test]
@@ -615,6 +621,39 @@ fn removing_a_deprecated_rpc_whose_removal_version_is_a_later_package_fails_afte
         "deprecated-removed-early",
         "OrderService.GetOrder deprecated (removal_version v2, sunset_date 2027-06-30) → removed",
     ]);
+}
+
+#[test]
+fn removing_a_deprecated_field_follows_the_schedule_in_its_comment() {
+    let mut workspace = Workspace::copy();
+    workspace.edit(MEMBER_SERVICE, |text| {
+        replace_once(
+            text,
+            "  // Name shown in apps.\n  string display_name = 2 [(buf.validate.field).string.max_len = 120];\n",
+            "  // Name shown in apps.\n  // Deprecated: use profile_name; removal in v1, sunset 2027-06-30.\n  string display_name = 2 [\n    deprecated = true,\n    (buf.validate.field).string.max_len = 120\n  ];\n",
+        )
+    });
+    workspace.release();
+    workspace.edit(MEMBER_SERVICE, |text| {
+        replace_once(
+            text,
+            "  // Name shown in apps.\n  // Deprecated: use profile_name; removal in v1, sunset 2027-06-30.\n  string display_name = 2 [\n    deprecated = true,\n    (buf.validate.field).string.max_len = 120\n  ];\n",
+            "  reserved 2;\n  reserved \"display_name\";\n",
+        )
+    });
+    workspace.on("2027-06-30");
+    let line = workspace.line_of(MEMBER_SERVICE, "message EnrollMemberRequest {");
+    assert_refused(
+        &behaviour(&workspace),
+        &[at(
+            MEMBER_SERVICE,
+            line,
+            "deprecated-removed-early",
+            "EnrollMemberRequest.display_name deprecated (removal_version v1, sunset_date 2027-06-30) → removed",
+        )],
+    );
+    workspace.on("2027-07-01");
+    behaviour(&workspace).assert_passed();
 }
 
 // ---- accepted breaks ----
