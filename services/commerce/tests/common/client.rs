@@ -87,13 +87,16 @@ impl Client {
         Resp: prost::Message + Default + 'static,
     {
         use tonic_types::StatusExt as _;
+        // A server being restarted refuses connections: report it like an unavailable call.
         let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()
             .connect()
             .await
-            .unwrap();
+            .map_err(|error| format!("UNAVAILABLE: connect: {error}"))?;
         let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.unwrap();
+        grpc.ready()
+            .await
+            .map_err(|error| format!("UNAVAILABLE: not ready: {error}"))?;
         let mut request = tonic::Request::new(request);
         request.metadata_mut().insert(
             "authorization",
