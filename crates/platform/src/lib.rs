@@ -4,7 +4,8 @@
 //! contract-driven authorization, tenant, rate limit, validation, RED metrics, logs); the admin
 //! port; the outbound call policy for dependencies ([`outbound`]: timeouts, retries with jitter
 //! for idempotent callees, circuit breaker); the tenant clock ([`clock`]); page tokens
-//! ([`page_token`]); crash points for fault tests ([`failpoint`]).
+//! ([`page_token`]); crash points for fault tests ([`failpoint`]); a service's own signed
+//! identity for calls to other services ([`identity`]).
 //!
 //! It knows nothing of commerce: services register themselves with their descriptor sets.
 
@@ -13,6 +14,7 @@ mod api_error;
 pub mod clock;
 mod cors;
 pub mod failpoint;
+pub mod identity;
 pub mod interceptors;
 pub mod outbound;
 pub mod page_token;
