@@ -1043,15 +1043,21 @@ impl Orders {
             self.loyalty.commit(tenant, &order.redemption_id).await?;
         }
         let now = self.now_ms(tenant).await?;
-        let entry = NewEntry::new(format!("checkout:capture:{order_id}"), now)
-            .transfer(
-                &money_account("revenue", &total.currency_code),
-                &money_account("psp", &total.currency_code),
-                &total.currency_code,
-                total.amount_minor,
-            )
-            .metadata("order_id", order_id)
-            .metadata("psp_reference", captured.id.as_str());
+        // The entry's content must not depend on the attempt: two captures of one order (the
+        // request path and the background round, two replicas, a retry after a crash) post
+        // the same entry, so the second finds it posted instead of conflicting with it.
+        let entry = NewEntry::new(
+            format!("checkout:capture:{order_id}"),
+            capture_due_ms(&order),
+        )
+        .transfer(
+            &money_account("revenue", &total.currency_code),
+            &money_account("psp", &total.currency_code),
+            &total.currency_code,
+            total.amount_minor,
+        )
+        .metadata("order_id", order_id)
+        .metadata("psp_reference", captured.id.as_str());
         self.update_order(tenant, order_id, now, Some(entry), |order| {
             let Some(payment) = order.payment.as_mut() else {
                 return Ok(None);
@@ -1183,9 +1189,15 @@ impl Orders {
                     .await
                 {
                     Ok(written) if written.new => Ok(()),
-                    // Already posted (cannot happen without the order change it came with,
-                    // but never leave the order behind its ledger).
+                    // Already posted by a concurrent attempt that changed the order too:
+                    // this commit then loses the race for the order, and the re-read finds
+                    // nothing left to change.
                     Ok(_) => self.store.commit(commit).await.map(drop),
+                    Err(ledger::LedgerError::EntryConflict { .. })
+                        if self.posted_as(tenant, entry).await? =>
+                    {
+                        self.store.commit(commit).await.map(drop)
+                    }
                     Err(ledger::LedgerError::Store(error)) => Err(error),
                     Err(error) => return Err(error.into()),
                 },
@@ -1207,6 +1219,19 @@ impl Orders {
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+
+    /// Whether the ledger holds `entry`'s id with the same postings for the same order — the
+    /// same money movement, recorded by an earlier attempt whose time or PSP reference was
+    /// stamped differently (entries written before captures took a deterministic time). The
+    /// movement is what counts: the order update goes ahead instead of failing for ever.
+    async fn posted_as(&self, tenant: &str, entry: &NewEntry) -> Result<bool, CheckoutError> {
+        let Some(posted) = self.ledger.entry(tenant, &entry.id).await? else {
+            return Ok(false);
+        };
+        Ok(posted.kind == ledger::EntryKind::Posted
+            && posted.postings == entry.postings
+            && posted.metadata.get("order_id") == entry.metadata.get("order_id"))
     }
 
     /// An order by id.
@@ -1593,6 +1618,29 @@ impl Orders {
                 psp_unavailable()
             })
     }
+}
+
+/// When the order's capture became due (unix ms on the tenant clock): when it was placed, or,
+/// for a location capturing on completion, when it was completed. Fixed once due, so every
+/// attempt at the capture stamps its ledger entry with the same time.
+fn capture_due_ms(order: &Order) -> i64 {
+    let on_completion = order
+        .payment
+        .as_ref()
+        .is_some_and(|payment| payment.capture_mode == CaptureMode::OnCompletion as i32);
+    let due = if on_completion {
+        order
+            .status_history
+            .iter()
+            .rev()
+            .find(|change| change.status == OrderStatus::Completed as i32)
+            .and_then(|change| change.change_time)
+    } else {
+        order.create_time
+    };
+    due.map_or(0, |time| {
+        time.seconds * 1000 + i64::from(time.nanos) / 1_000_000
+    })
 }
 
 /// What loyalty earns on: items after promotions and the reward, before tax, fees and tip.

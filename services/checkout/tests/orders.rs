@@ -562,3 +562,250 @@ async fn canceling_an_order_captured_on_completion_voids_its_authorization() {
     assert!(report.mismatches.is_empty(), "{:#?}", report.mismatches);
     assert_eq!(report.net_captured, [usd(0).unwrap()]);
 }
+
+/// An order captured on completion, authorized and moved to READY, paid with `token`; returns
+/// the engines and the order id.
+async fn ready_to_complete(world: &World, psp: &PspSimulator, token: &str) -> (Orders, String) {
+    capture_on_completion(world, 0).await;
+    let (quotes, orders) = engines(world, psp);
+    let placement = quoted(world, &quotes, "cart-1", token).await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    for status in [
+        OrderStatus::Accepted,
+        OrderStatus::InPreparation,
+        OrderStatus::Ready,
+    ] {
+        orders
+            .advance_status(TENANT, &order.order_id, status)
+            .await
+            .unwrap();
+    }
+    (orders, order.order_id)
+}
+
+/// One capture at the PSP, one `checkout:capture:<order>` entry with the order's total, and the
+/// order captured.
+async fn assert_captured_once(world: &World, psp: &PspSimulator, orders: &Orders, id: &str) {
+    use checkout::psp::TransactionKind;
+    let order = orders.order(TENANT, id).await.unwrap();
+    let payment = order.payment.unwrap();
+    assert_eq!(payment.status, PaymentStatus::Captured as i32);
+    assert_eq!(payment.captured_amount, usd(979));
+    let captures = psp
+        .transactions(Some(id))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.kind == TransactionKind::Capture && t.succeeded())
+        .count();
+    assert_eq!(captures, 1);
+    let ledger = ledger::Ledger::new(world.store.clone());
+    let entries: Vec<_> = ledger
+        .entries(TENANT, 0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.id.starts_with("checkout:capture:"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    assert_eq!(entries[0].id, format!("checkout:capture:{id}"));
+    let report = orders
+        .reconcile_payments(TENANT, checkout::reconcile::Period::default())
+        .await
+        .unwrap();
+    assert!(report.mismatches.is_empty(), "{:#?}", report.mismatches);
+}
+
+/// A real store whose next commit posting an order's capture entry waits until released, and
+/// which counts loads of orders — so a test can hold one capture's commit while another capture
+/// of the same order reads the order.
+struct GatedStore {
+    inner: Arc<dyn store::Store>,
+    armed: std::sync::atomic::AtomicBool,
+    held: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    order_loads: std::sync::atomic::AtomicUsize,
+}
+
+impl GatedStore {
+    fn new() -> Arc<Self> {
+        Arc::new(GatedStore {
+            inner: Arc::new(store::EmbeddedStore::in_memory().unwrap()),
+            armed: false.into(),
+            held: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+            order_loads: 0.into(),
+        })
+    }
+
+    fn order_loads(&self) -> usize {
+        self.order_loads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl store::Store for GatedStore {
+    async fn load(
+        &self,
+        key: &store::AggregateKey,
+    ) -> Result<Option<store::Versioned>, store::StoreError> {
+        if key.kind == "checkout_order" {
+            self.order_loads
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.load(key).await
+    }
+    async fn commit(&self, commit: store::Commit) -> Result<u64, store::StoreError> {
+        self.inner.commit(commit).await
+    }
+    async fn commit_all(&self, commits: Vec<store::Commit>) -> Result<Vec<u64>, store::StoreError> {
+        let capture = commits
+            .iter()
+            .any(|commit| commit.key.id.starts_with("checkout:capture:"));
+        if capture && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let released = self.release.notified();
+            self.held.notify_one();
+            released.await;
+        }
+        self.inner.commit_all(commits).await
+    }
+    async fn find(
+        &self,
+        tenant: &str,
+        kind: &str,
+        index: &store::IndexEntry,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, store::Versioned)>, store::StoreError> {
+        self.inner.find(tenant, kind, index, after_id, limit).await
+    }
+    async fn pending_events(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<store::PendingEvent>, store::StoreError> {
+        self.inner.pending_events(limit).await
+    }
+    async fn mark_delivered(
+        &self,
+        events: &[store::PendingEvent],
+    ) -> Result<(), store::StoreError> {
+        self.inner.mark_delivered(events).await
+    }
+    async fn idempotency_record(
+        &self,
+        tenant: &str,
+        method: &str,
+        key: &str,
+    ) -> Result<Option<store::IdempotencyRecord>, store::StoreError> {
+        self.inner.idempotency_record(tenant, method, key).await
+    }
+    async fn save_idempotency_record(
+        &self,
+        record: store::IdempotencyRecord,
+    ) -> Result<(), store::StoreError> {
+        self.inner.save_idempotency_record(record).await
+    }
+    async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, store::StoreError> {
+        self.inner.purge_expired_idempotency(now).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_path_and_another_replicas_round_capturing_one_order_at_once_post_one_entry() {
+    let gate = GatedStore::new();
+    let world = common::world_on(gate.clone(), None).await;
+    let psp = PspSimulator::new();
+    let (first, id) = ready_to_complete(&world, &psp, "tok_ok").await;
+    let (_, second) = engines(&world, &psp);
+    // Completing the order on one replica captures it on the request path; its commit is held
+    // back (as a busy store or the tenant's ledger queue would) ...
+    gate.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let held = gate.held.notified();
+    let completing = {
+        let (first, id) = (first.clone(), id.clone());
+        tokio::spawn(async move {
+            first
+                .advance_status(TENANT, &id, OrderStatus::Completed)
+                .await
+        })
+    };
+    held.await;
+    // ... while the other replica's background round, a second later on the tenant clock,
+    // captures the same order: the PSP replays the capture, and the round reads the order
+    // still authorized.
+    world
+        .clocks
+        .advance(TENANT, common::next_monday_noon_ms() + 1_000)
+        .await
+        .unwrap();
+    let loads = gate.order_loads();
+    let round = tokio::spawn(async move { second.settle_payments().await });
+    while gate.order_loads() < loads + 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.release.notify_one();
+    let completed = completing.await.unwrap().unwrap();
+    let round = round.await.unwrap().unwrap();
+    assert_eq!(
+        completed.payment.unwrap().status,
+        PaymentStatus::Captured as i32
+    );
+    assert_eq!(
+        round.captured, 1,
+        "the round's capture found the same capture posted and finished without an error"
+    );
+    assert_captured_once(&world, &psp, &first, &id).await;
+}
+
+#[tokio::test]
+async fn a_capture_repeated_after_its_ledger_entry_was_posted_finishes_the_order() {
+    use checkout::psp::{Behaviour, CaptureRequest, Outcome, TransactionKind};
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    psp.configure_for(
+        "tok_ok",
+        TransactionKind::Capture,
+        Behaviour::new(Outcome::Unavailable),
+    );
+    let (quotes, orders) = engines(&world, &psp);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    let payment = order.payment.clone().unwrap();
+    assert_eq!(payment.status, PaymentStatus::Authorized as i32);
+    // An earlier attempt captured at the PSP under the capture key and posted the ledger entry
+    // (stamped with that attempt's time), but the order never recorded the capture.
+    psp.configure_for("tok_ok", TransactionKind::Capture, Behaviour::succeed());
+    let captured = psp
+        .capture(CaptureRequest {
+            idempotency_key: format!("{}:capture", payment.payment_id),
+            authorization_id: payment.psp_reference.clone(),
+            amount: checkout::psp::Money::new("USD", 979),
+        })
+        .await
+        .unwrap();
+    let ledger = ledger::Ledger::new(world.store.clone());
+    for account in ["checkout:psp:USD", "checkout:revenue:USD"] {
+        ledger
+            .open_account(TENANT, account, "USD", None)
+            .await
+            .unwrap();
+    }
+    ledger
+        .post(
+            TENANT,
+            ledger::NewEntry::new(
+                format!("checkout:capture:{}", order.order_id),
+                common::next_monday_noon_ms() - 5_000,
+            )
+            .transfer("checkout:revenue:USD", "checkout:psp:USD", "USD", 979)
+            .metadata("order_id", order.order_id.as_str())
+            .metadata("psp_reference", captured.id.as_str()),
+        )
+        .await
+        .unwrap();
+    // The repeat finds its capture posted and finishes the order instead of failing forever.
+    let finished = orders.capture(TENANT, &order.order_id).await;
+    assert!(finished.is_ok(), "{finished:?}");
+    assert_captured_once(&world, &psp, &orders, &order.order_id).await;
+}
