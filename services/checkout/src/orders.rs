@@ -192,6 +192,48 @@ pub(crate) fn psp_unavailable() -> CheckoutError {
     }
 }
 
+/// What a PSP call that did not succeed means for checkout's caller (`operation`: `capture`,
+/// `void`, `refund`). Only "nothing happened" (the PSP unavailable, the breaker open, no time
+/// left) is `unavailable`, which tells clients to retry; an unknown outcome (the reply was
+/// lost) is `unavailable` with `PAYMENT_OUTCOME_UNKNOWN` — retrying with the same key is safe,
+/// the PSP replays what it did; a refusal is final, `failed_precondition` with the reason that
+/// names it.
+pub(crate) fn psp_failure(operation: &str, error: &OutboundError<PspError>) -> CheckoutError {
+    let refused = |reason, failure: &PspError| {
+        tracing::info!(%failure, operation, "checkout: the PSP refused");
+        precondition(
+            reason,
+            format!("the payment provider refused the {operation}: {failure}"),
+        )
+    };
+    match error {
+        OutboundError::Timeout | OutboundError::Failed(PspError::Timeout) => {
+            tracing::warn!(operation, "checkout: PSP outcome unknown");
+            CheckoutError::Unavailable {
+                what: "the payment provider",
+                reason: ErrorReason::PaymentOutcomeUnknown,
+            }
+        }
+        OutboundError::CircuitOpen { .. }
+        | OutboundError::DeadlineExceeded
+        | OutboundError::Failed(PspError::Unavailable) => {
+            tracing::warn!(%error, operation, "checkout: PSP unavailable");
+            psp_unavailable()
+        }
+        OutboundError::Failed(failure @ PspError::ExceedsCaptured) => {
+            refused(ErrorReason::RefundExceedsCaptured, failure)
+        }
+        OutboundError::Failed(failure @ PspError::Declined { .. }) => {
+            refused(ErrorReason::PaymentDeclined, failure)
+        }
+        OutboundError::Failed(PspError::CardDataRejected) => CheckoutError::Invalid {
+            field: "payment_token".into(),
+            message: "looks like a card number; send the PSP's token".into(),
+        },
+        OutboundError::Failed(failure) => refused(ErrorReason::PaymentRefused, failure),
+    }
+}
+
 fn precondition(reason: ErrorReason, message: impl Into<String>) -> CheckoutError {
     CheckoutError::Precondition {
         reason,
@@ -819,6 +861,19 @@ impl Orders {
                 }
                 Err(error) => {
                     let (message, reason) = match &error {
+                        // Nothing was charged (unavailable after every attempt, breaker open,
+                        // no time left): the placement stays where it is and the caller may
+                        // retry with the same key.
+                        other @ (OutboundError::Failed(PspError::Unavailable)
+                        | OutboundError::CircuitOpen { .. }
+                        | OutboundError::DeadlineExceeded
+                        | OutboundError::Timeout) => {
+                            tracing::warn!(error = %other, "checkout: PSP unavailable");
+                            return Err(CheckoutError::Unavailable {
+                                what: "the payment provider",
+                                reason: ErrorReason::DependencyUnavailable,
+                            });
+                        }
                         OutboundError::Failed(PspError::CardDataRejected) => (
                             "the payment token looks like card data".to_owned(),
                             ErrorReason::CardDataRejected,
@@ -836,14 +891,6 @@ impl Orders {
                                 ErrorReason::PaymentDeclined,
                             ),
                         },
-                        other => {
-                            // Nothing was charged (unavailable, breaker open): the caller may retry.
-                            tracing::warn!(error = %other, "checkout: PSP unavailable");
-                            return Err(CheckoutError::Unavailable {
-                                what: "the payment provider",
-                                reason: ErrorReason::DependencyUnavailable,
-                            });
-                        }
                     };
                     // Compensate: return the held reward.
                     if !order.redemption_id.is_empty()
@@ -1035,10 +1082,7 @@ impl Orders {
                 })
             })
             .await
-            .map_err(|error| {
-                tracing::warn!(%error, order = %order_id, "checkout: capture failed");
-                psp_unavailable()
-            })?;
+            .map_err(|error| psp_failure("capture", &error))?;
         if !order.redemption_id.is_empty() && !order.redemption_id.starts_with("pending:") {
             self.loyalty.commit(tenant, &order.redemption_id).await?;
         }
@@ -1402,13 +1446,7 @@ impl Orders {
                 })
             })
             .await
-            .map_err(|error| {
-                tracing::warn!(%error, order = %order_id, "checkout: refund failed");
-                CheckoutError::Unavailable {
-                    what: "the payment provider",
-                    reason: ErrorReason::DependencyUnavailable,
-                }
-            })?;
+            .map_err(|error| psp_failure("refund", &error))?;
         let now = self.now_ms(tenant).await?;
         let refund = commerce_api::commerce::checkout::v1::Refund {
             refund_id: refund_id.clone(),
@@ -1613,10 +1651,7 @@ impl Orders {
             })
             .await
             .map(drop)
-            .map_err(|error| {
-                tracing::warn!(%error, payment = %payment_id, "checkout: void failed");
-                psp_unavailable()
-            })
+            .map_err(|error| psp_failure("void", &error))
     }
 }
 

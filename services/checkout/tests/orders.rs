@@ -809,3 +809,154 @@ async fn a_capture_repeated_after_its_ledger_entry_was_posted_finishes_the_order
     assert!(finished.is_ok(), "{finished:?}");
     assert_captured_once(&world, &psp, &orders, &order.order_id).await;
 }
+
+/// The orders engine with a PSP policy whose breaker never opens (the tests below make the
+/// PSP fail on purpose) and short backoffs.
+fn patient(orders: Orders) -> Orders {
+    let mut policy = platform::outbound::OutboundPolicy::new("psp");
+    policy.breaker.failure_threshold = 1_000;
+    policy.backoff_base = Duration::from_millis(1);
+    policy.backoff_max = Duration::from_millis(5);
+    orders.with_psp_policy(policy)
+}
+
+fn failed_with<T: std::fmt::Debug>(result: Result<T, CheckoutError>, expected: ErrorReason) {
+    match result {
+        Err(CheckoutError::Precondition { reason, .. }) if reason == expected => {}
+        other => panic!("expected failed_precondition {expected:?}, got {other:?}"),
+    }
+}
+
+fn unavailable_with<T: std::fmt::Debug>(result: Result<T, CheckoutError>, expected: ErrorReason) {
+    match result {
+        Err(CheckoutError::Unavailable { reason, .. }) if reason == expected => {}
+        other => panic!("expected unavailable {expected:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_refund_the_psp_refuses_is_a_failed_precondition_never_a_retry_later() {
+    use checkout::psp::{Behaviour, RefundRequest, TransactionKind};
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    psp.configure("tok_refunds", Behaviour::succeed());
+    let (quotes, orders) = engines(&world, &psp);
+    let orders = patient(orders);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_refunds").await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    let capture_id = order.payment.clone().unwrap().psp_reference;
+    let cents = |minor| Money {
+        currency_code: "USD".into(),
+        amount_minor: minor,
+    };
+    // Part of the capture was refunded at the PSP behind the order's back (a dashboard, say):
+    // the PSP refuses a refund the order still thinks possible.
+    psp.refund(RefundRequest {
+        idempotency_key: "dashboard-refund".into(),
+        capture_id,
+        amount: checkout::psp::Money::new("USD", 500),
+    })
+    .await
+    .unwrap();
+    failed_with(
+        orders
+            .refund(TENANT, &order.order_id, Some(&cents(979)), "all", "r-1")
+            .await,
+        ErrorReason::RefundExceedsCaptured,
+    );
+    // An issuer's refusal is a decline.
+    psp.configure_for(
+        "tok_refunds",
+        TransactionKind::Refund,
+        Behaviour::decline("card_closed", true),
+    );
+    failed_with(
+        orders
+            .refund(TENANT, &order.order_id, Some(&cents(100)), "some", "r-2")
+            .await,
+        ErrorReason::PaymentDeclined,
+    );
+    // Only "nothing happened" is unavailable ...
+    psp.configure_for(
+        "tok_refunds",
+        TransactionKind::Refund,
+        Behaviour::new(checkout::psp::Outcome::Unavailable),
+    );
+    unavailable_with(
+        orders
+            .refund(TENANT, &order.order_id, Some(&cents(100)), "some", "r-3")
+            .await,
+        ErrorReason::DependencyUnavailable,
+    );
+    // ... and an unknown outcome says so, and is safe to retry with the same key.
+    psp.set_timeout_delay(Duration::from_millis(5));
+    psp.configure_for(
+        "tok_refunds",
+        TransactionKind::Refund,
+        Behaviour::new(checkout::psp::Outcome::Timeout),
+    );
+    unavailable_with(
+        orders
+            .refund(TENANT, &order.order_id, Some(&cents(100)), "some", "r-4")
+            .await,
+        ErrorReason::PaymentOutcomeUnknown,
+    );
+    psp.configure_for("tok_refunds", TransactionKind::Refund, Behaviour::succeed());
+    let (refunded, _) = orders
+        .refund(TENANT, &order.order_id, Some(&cents(100)), "some", "r-4")
+        .await
+        .unwrap();
+    assert_eq!(refunded.refunds.len(), 1);
+    assert_eq!(refunded.payment.unwrap().refunded_amount, usd(100));
+}
+
+#[tokio::test]
+async fn canceling_an_authorization_the_psp_already_captured_is_refused_not_retried() {
+    use checkout::psp::CaptureRequest;
+    let world = world(None).await;
+    capture_on_completion(&world, 0).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let orders = patient(orders);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    let payment = order.payment.clone().unwrap();
+    // Captured at the PSP by a capture the order has not recorded yet: the void is refused.
+    psp.capture(CaptureRequest {
+        idempotency_key: format!("{}:capture", payment.payment_id),
+        authorization_id: payment.psp_reference.clone(),
+        amount: checkout::psp::Money::new("USD", 979),
+    })
+    .await
+    .unwrap();
+    failed_with(
+        orders
+            .cancel(TENANT, &order.order_id, "customer left")
+            .await,
+        ErrorReason::PaymentRefused,
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_psp_fails_the_placement_as_unavailable_and_a_retry_places_it() {
+    use checkout::psp::{Behaviour, Outcome};
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    psp.configure("tok_flaky", Behaviour::new(Outcome::Unavailable));
+    let (quotes, orders) = engines(&world, &psp);
+    let orders = patient(orders);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_flaky").await;
+    // Every attempt found the PSP unavailable: nothing happened, so the caller may retry —
+    // not a decline that fails the placement for good.
+    unavailable_with(
+        orders.place(TENANT, &placement, "key-1").await,
+        ErrorReason::DependencyUnavailable,
+    );
+    psp.configure("tok_flaky", Behaviour::succeed());
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    assert_eq!(psp.authorization_count(&order.order_id), 1);
+    assert_eq!(
+        order.payment.unwrap().status,
+        PaymentStatus::Captured as i32
+    );
+}
