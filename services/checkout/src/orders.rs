@@ -54,7 +54,11 @@ use crate::quotes::{LoyaltyPort, Quotes};
 
 pub(crate) const ORDER: &str = "checkout_order";
 pub(crate) const PLACEMENT: &str = "checkout_placement";
+/// The caller's own order id (`external_order_id`), naming the order placed under it; empty
+/// data once a failed placement released it.
 const EXTERNAL: &str = "checkout_external_order";
+/// Which placement holds a cart (id: the cart id), see [`CartClaim`].
+const CART_CLAIM: &str = "checkout_cart_claim";
 /// The system tenant under which tenants with unresolved payments are listed.
 const SYSTEM_TENANT: &str = "_system";
 
@@ -90,6 +94,31 @@ pub(crate) struct PlacementRecord {
     /// [`Orders::with_abandon_after`].
     #[prost(int64, tag = "6")]
     pub(crate) started_ms: i64,
+}
+
+/// A cart places at most one order. The first placement of a cart claims it in the store, in
+/// the same commit that records the placement, so the claim holds across replicas and restarts
+/// (carts themselves may live in Redis); every other placement of the cart — whatever its
+/// idempotency key — is refused with `CART_ALREADY_ORDERED` before it reaches loyalty or the
+/// PSP. A placement that fails for good (declined, slot full, reward refused, rolled back)
+/// releases the claim in the commit that records the failure, so the cart can be placed again.
+/// A canceled order keeps its cart: the cart did place an order.
+#[derive(Clone, PartialEq, prost::Message)]
+struct CartClaim {
+    /// The placement (its key) holding the cart; empty once a failed placement released it.
+    #[prost(string, tag = "1")]
+    placement: String,
+    /// The order that placement makes.
+    #[prost(string, tag = "2")]
+    order_id: String,
+}
+
+/// Where a caller's own order id stands.
+enum ExternalId {
+    /// No order has it (`version`: of its released record, 0 when there is none).
+    Free { version: u64 },
+    /// The order placed under it.
+    Taken(Order),
 }
 
 /// The placement's index: every placement under `all` (reconciliation looks for authorizations
@@ -343,11 +372,19 @@ impl Orders {
                 decode::<PlacementRecord>(&stored.data, "placement")?,
             ),
             None => {
-                if let Some(order) = self.external(tenant, &placement.external_order_id).await? {
-                    return Ok(order);
-                }
+                // The caller's own order id first: a POS retrying under it gets its order back,
+                // whatever key it sends.
+                let external_version =
+                    match self.external(tenant, &placement.external_order_id).await? {
+                        ExternalId::Taken(order) => return Ok(order),
+                        ExternalId::Free { version } => version,
+                    };
+                // A cart places at most one order: refuse before any work (and long before
+                // the PSP) when another placement holds it.
+                let cart_version = self.cart_free(tenant, &placement.cart_id, key).await?;
                 let order = self.draft(tenant, placement, key).await?;
                 self.note_tenant(tenant).await?;
+                let order_id = order.order_id.clone();
                 let record = PlacementRecord {
                     step: Step::Started as i32,
                     order: Some(order),
@@ -355,21 +392,28 @@ impl Orders {
                     started_ms: self.now_ms(tenant).await?,
                     ..PlacementRecord::default()
                 };
-                let mut commits = vec![commit(
-                    placement_key.clone(),
-                    0,
-                    record.encode_to_vec(),
-                    placement_index(record.step),
-                )];
+                let claim = CartClaim {
+                    placement: key.to_owned(),
+                    order_id: order_id.clone(),
+                };
+                let mut commits = vec![
+                    commit(
+                        placement_key.clone(),
+                        0,
+                        record.encode_to_vec(),
+                        placement_index(record.step),
+                    ),
+                    commit(
+                        AggregateKey::new(tenant, CART_CLAIM, &placement.cart_id),
+                        cart_version,
+                        claim.encode_to_vec(),
+                        Vec::new(),
+                    ),
+                ];
                 if !placement.external_order_id.is_empty() {
-                    let order_id = record
-                        .order
-                        .as_ref()
-                        .map(|order| order.order_id.clone())
-                        .unwrap_or_default();
                     commits.push(commit(
                         AggregateKey::new(tenant, EXTERNAL, &placement.external_order_id),
-                        0,
+                        external_version,
                         order_id.into_bytes(),
                         Vec::new(),
                     ));
@@ -377,12 +421,14 @@ impl Orders {
                 match self.store.commit_all(commits).await {
                     Ok(_) => (1, record),
                     Err(store::StoreError::Conflict { .. }) => {
-                        // A concurrent attempt with this key (or this external id) won.
-                        if let Some(order) =
+                        // A concurrent attempt won: with this external id, for this cart, or
+                        // with this key (a retryable conflict).
+                        if let ExternalId::Taken(order) =
                             self.external(tenant, &placement.external_order_id).await?
                         {
                             return Ok(order);
                         }
+                        self.cart_free(tenant, &placement.cart_id, key).await?;
                         return Err(CheckoutError::Store(store::StoreError::Conflict {
                             key: placement_key.to_string(),
                             expected: 0,
@@ -629,32 +675,86 @@ impl Orders {
         Ok(())
     }
 
-    /// The order a caller's own order id already names.
-    async fn external(
-        &self,
-        tenant: &str,
-        external_id: &str,
-    ) -> Result<Option<Order>, CheckoutError> {
+    /// Where the caller's own order id stands: free, or the order placed under it.
+    async fn external(&self, tenant: &str, external_id: &str) -> Result<ExternalId, CheckoutError> {
         if external_id.is_empty() {
-            return Ok(None);
+            return Ok(ExternalId::Free { version: 0 });
         }
         let Some(claim) = self
             .store
             .load(&AggregateKey::new(tenant, EXTERNAL, external_id))
             .await?
         else {
-            return Ok(None);
+            return Ok(ExternalId::Free { version: 0 });
         };
+        if claim.data.is_empty() {
+            // Released by a placement that failed.
+            return Ok(ExternalId::Free {
+                version: claim.version,
+            });
+        }
         let order_id = String::from_utf8_lossy(&claim.data).into_owned();
         match self.order(tenant, &order_id).await {
-            Ok(order) => Ok(Some(order)),
-            // Claimed by a placement still running or failed: report it as in flight.
+            Ok(order) => Ok(ExternalId::Taken(order)),
+            // Claimed by a placement still running: report it as in flight.
             Err(CheckoutError::NotFound { .. }) => Err(CheckoutError::Precondition {
                 reason: ErrorReason::IdempotencyKeyInUse,
                 message: format!("order {external_id} is being placed by another request"),
             }),
             Err(error) => Err(error),
         }
+    }
+
+    /// The version of the cart's claim when placement `placement_id` may take it (0: never
+    /// claimed); `CART_ALREADY_ORDERED` naming the order when another placement holds it.
+    async fn cart_free(
+        &self,
+        tenant: &str,
+        cart_id: &str,
+        placement_id: &str,
+    ) -> Result<u64, CheckoutError> {
+        let key = AggregateKey::new(tenant, CART_CLAIM, cart_id);
+        let Some(stored) = self.store.load(&key).await? else {
+            return Ok(0);
+        };
+        let claim: CartClaim = decode(&stored.data, "cart claim")?;
+        if claim.placement.is_empty() || claim.placement == placement_id {
+            Ok(stored.version)
+        } else {
+            Err(CheckoutError::CartAlreadyOrdered {
+                cart_id: cart_id.to_owned(),
+                order_id: claim.order_id,
+            })
+        }
+    }
+
+    /// The commits that hand back what a failed placement held — its cart and the caller's
+    /// order id — so both can be placed again.
+    async fn releases(
+        &self,
+        key: &AggregateKey,
+        record: &PlacementRecord,
+    ) -> Result<Vec<Commit>, CheckoutError> {
+        let Some(order) = record.order.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let mut released = Vec::new();
+        let cart = AggregateKey::new(&key.tenant, CART_CLAIM, &order.cart_id);
+        if let Some(stored) = self.store.load(&cart).await? {
+            let claim: CartClaim = decode(&stored.data, "cart claim")?;
+            if claim.placement == key.id {
+                released.push(commit(cart, stored.version, Vec::new(), Vec::new()));
+            }
+        }
+        if !order.external_order_id.is_empty() {
+            let external = AggregateKey::new(&key.tenant, EXTERNAL, &order.external_order_id);
+            if let Some(stored) = self.store.load(&external).await?
+                && stored.data.as_ref() == order.order_id.as_bytes()
+            {
+                released.push(commit(external, stored.version, Vec::new(), Vec::new()));
+            }
+        }
+        Ok(released)
     }
 
     /// Re-prices the cart and builds the order to place.
@@ -800,7 +900,7 @@ impl Orders {
                 .strip_prefix("pending:")
                 .map(str::to_owned)
             {
-                let redemption = self
+                let held = self
                     .loyalty
                     .hold(
                         tenant,
@@ -809,8 +909,21 @@ impl Orders {
                         &order.order_id,
                         &key.id,
                     )
-                    .await?;
-                order.redemption_id = redemption;
+                    .await;
+                match held {
+                    Ok(redemption) => order.redemption_id = redemption,
+                    // Refused (too few points, reward gone, member unregistered): nothing is
+                    // held, the placement fails for good and hands its cart back.
+                    Err(CheckoutError::Precondition { reason, message }) => {
+                        order.redemption_id.clear();
+                        record.step = Step::Failed as i32;
+                        record.failure = message;
+                        record.failure_reason = reason as i32;
+                        record.order = Some(order);
+                        return self.save_placement(key, version, record).await;
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             record.step = Step::RewardHeld as i32;
         } else if step == Step::RewardHeld as i32 || step == Step::PaymentUnknown as i32 {
@@ -916,11 +1029,13 @@ impl Orders {
         record: PlacementRecord,
     ) -> Result<(u64, PlacementRecord), CheckoutError> {
         let index = placement_index(record.step);
-        let version = self
-            .store
-            .commit(commit(key.clone(), version, record.encode_to_vec(), index))
-            .await?;
-        Ok((version, record))
+        let mut commits = vec![commit(key.clone(), version, record.encode_to_vec(), index)];
+        if record.step == Step::Failed as i32 {
+            // Failed for good: the cart (and the caller's order id) go back in the same commit.
+            commits.extend(self.releases(key, &record).await?);
+        }
+        let versions = self.store.commit_all(commits).await?;
+        Ok((versions.first().copied().unwrap_or(version + 1), record))
     }
 
     async fn authorize(

@@ -960,3 +960,113 @@ async fn an_unavailable_psp_fails_the_placement_as_unavailable_and_a_retry_place
         PaymentStatus::Captured as i32
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_placements_of_one_cart_with_ten_keys_make_one_order_and_one_authorization() {
+    use checkout::psp::{Behaviour, TransactionKind};
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    // Authorizations take a moment, so the placements would overlap at the PSP if nothing
+    // stopped the losers before it.
+    psp.configure(
+        "tok_slow",
+        Behaviour::succeed().with_latency(Duration::from_millis(50)),
+    );
+    let (quotes, one_replica) = engines(&world, &psp);
+    let (_, other_replica) = engines(&world, &psp);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_slow").await;
+    let attempts = (0..10).map(|attempt| {
+        let orders = if attempt % 2 == 0 {
+            one_replica.clone()
+        } else {
+            other_replica.clone()
+        };
+        let placement = placement.clone();
+        tokio::spawn(async move {
+            orders
+                .place(TENANT, &placement, &format!("key-{attempt}"))
+                .await
+        })
+    });
+    let outcomes: Vec<_> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap())
+        .collect();
+    let placed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+    assert_eq!(placed.len(), 1, "{outcomes:#?}");
+    let order_id = placed[0].order_id.clone();
+    for outcome in &outcomes {
+        match outcome {
+            Ok(_) => {}
+            Err(CheckoutError::CartAlreadyOrdered {
+                cart_id,
+                order_id: named,
+            }) => {
+                assert_eq!(cart_id, &placement.cart_id);
+                assert_eq!(named, &order_id, "the refusal names the cart's order");
+            }
+            Err(other) => panic!("expected CART_ALREADY_ORDERED, got {other:?}"),
+        }
+    }
+    let authorizations = psp
+        .transactions(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.kind == TransactionKind::Authorization)
+        .count();
+    assert_eq!(authorizations, 1, "the losers never reached the PSP");
+    let (all, _) = one_replica
+        .orders(TENANT, "", "", &[], 50, "")
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    // The winner's key still answers its order.
+    assert_eq!(
+        one_replica
+            .place(TENANT, &placement, &placed[0].order_id.replace("ord", "x"))
+            .await
+            .map(|order| order.order_id),
+        Err(CheckoutError::CartAlreadyOrdered {
+            cart_id: placement.cart_id.clone(),
+            order_id: order_id.clone(),
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_declined_placement_leaves_the_cart_and_its_external_id_placeable() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let mut placement = quoted(&world, &quotes, "cart-1", "tok_decline_insufficient_funds").await;
+    placement.external_order_id = "pos-17".into();
+    failed_with(
+        orders.place(TENANT, &placement, "key-1").await,
+        ErrorReason::PaymentDeclined,
+    );
+    // The customer pays with another card: a new key, the same cart and the same POS id.
+    placement.payment_token = "tok_ok".into();
+    let order = orders.place(TENANT, &placement, "key-2").await.unwrap();
+    assert_eq!(order.external_order_id, "pos-17");
+    assert_eq!(psp.authorization_count(&order.order_id), 1);
+    // The POS retrying under its own id gets that order; another key without it is refused.
+    let again = orders.place(TENANT, &placement, "key-3").await.unwrap();
+    assert_eq!(again.order_id, order.order_id);
+    placement.external_order_id.clear();
+    assert_eq!(
+        orders.place(TENANT, &placement, "key-4").await,
+        Err(CheckoutError::CartAlreadyOrdered {
+            cart_id: placement.cart_id.clone(),
+            order_id: order.order_id.clone(),
+        })
+    );
+    // The declined key still answers its decline.
+    placement.payment_token = "tok_decline_insufficient_funds".into();
+    placement.external_order_id = "pos-17".into();
+    failed_with(
+        orders.place(TENANT, &placement, "key-1").await,
+        ErrorReason::PaymentDeclined,
+    );
+}

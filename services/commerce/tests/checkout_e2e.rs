@@ -205,6 +205,15 @@ async fn scenario(client: &Client) {
         .await
         .unwrap();
     assert_eq!(again.order.unwrap().order_id, order.order_id);
+    // The same cart under another key: a cart places one order.
+    let other_key: Result<co::PlaceOrderResponse, String> = client
+        .call(
+            "/commerce.checkout.v1.OrderService/PlaceOrder",
+            place(),
+            Some("order-2"),
+        )
+        .await;
+    assert_eq!(other_key.unwrap_err(), "CART_ALREADY_ORDERED");
     let payment = order.payment.clone().unwrap();
     assert_eq!(payment.status, co::PaymentStatus::Captured as i32);
     assert_eq!(payment.captured_amount, usd(1_960));

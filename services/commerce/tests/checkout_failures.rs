@@ -538,3 +538,71 @@ async fn reconciliation_names_a_refund_the_ledger_does_not_have() {
         report.mismatches
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_placement_hands_its_cart_back_and_the_cart_places_once() {
+    let world = world().await;
+    let placement = world.quoted("tok_ok").await;
+    world.store.fail_commits("checkout_order", 1);
+    let error = world
+        .orders
+        .place(TENANT, &placement, "k")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CheckoutError::Store(_)), "{error:?}");
+    // While that placement is unfinished it holds the cart: another key is refused before the
+    // PSP, naming the order being placed.
+    let held = world.orders.place(TENANT, &placement, "k2").await;
+    assert!(
+        matches!(&held, Err(CheckoutError::CartAlreadyOrdered { order_id, .. }) if order_id.starts_with("ord-")),
+        "{held:?}"
+    );
+    // Rolled back: the cart is free again, and places one order.
+    assert_eq!(world.orders.settle_payments().await.unwrap().abandoned, 1);
+    let order = world.orders.place(TENANT, &placement, "k3").await.unwrap();
+    assert_eq!(
+        order.payment.clone().unwrap().status,
+        PaymentStatus::Captured as i32
+    );
+    assert!(matches!(
+        world.orders.place(TENANT, &placement, "k4").await,
+        Err(CheckoutError::CartAlreadyOrdered { order_id, .. }) if order_id == order.order_id
+    ));
+    world.assert_settled("rolled back, then placed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reward_fails_the_placement_for_good_and_hands_its_cart_back() {
+    let world = world().await;
+    let placement = world.quoted("tok_ok").await;
+    // The member spent their points elsewhere since the quote.
+    world
+        .loyalty
+        .adjust(TENANT, &world.member, -60, "spent", "spent")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let refused = world.orders.place(TENANT, &placement, "k").await;
+        assert!(
+            matches!(
+                &refused,
+                Err(CheckoutError::Precondition {
+                    reason: ErrorReason::InsufficientPoints,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+    assert!(world.psp_transactions().await.is_empty(), "never charged");
+    // Nothing is left for the background round, and the cart places once the points are back.
+    assert_eq!(world.orders.settle_payments().await.unwrap().abandoned, 0);
+    world
+        .loyalty
+        .adjust(TENANT, &world.member, 60, "refund", "back")
+        .await
+        .unwrap();
+    let order = world.orders.place(TENANT, &placement, "k2").await.unwrap();
+    assert!(order.redemption_id.starts_with("rdm-"), "{order:?}");
+    world.assert_settled("reward refused, then placed").await;
+}
