@@ -204,14 +204,29 @@ fn order_index(order: &Order) -> Vec<IndexEntry> {
 }
 
 /// Whether the order's payment should be captured now: authorized, and placed by a location
-/// capturing on placement or completed.
+/// capturing on placement or completed — or, for an order with nothing to pay, not yet settled
+/// (its reward posted and `OrderPaid` sent; see [`settled_without_payment`]) and not canceled.
 fn capture_due(order: &Order) -> bool {
     let Some(payment) = order.payment.as_ref() else {
         return false;
     };
-    payment.status == PaymentStatus::Authorized as i32
-        && (payment.capture_mode != CaptureMode::OnCompletion as i32
-            || order.status == OrderStatus::Completed as i32)
+    match PaymentStatus::try_from(payment.status) {
+        Ok(PaymentStatus::Authorized) => {
+            payment.capture_mode != CaptureMode::OnCompletion as i32
+                || order.status == OrderStatus::Completed as i32
+        }
+        Ok(PaymentStatus::NotRequired) => {
+            !settled_without_payment(payment) && order.status != OrderStatus::Canceled as i32
+        }
+        _ => false,
+    }
+}
+
+/// Whether an order with nothing to pay (`PAYMENT_STATUS_NOT_REQUIRED`) has been settled: its
+/// `captured_amount` stays unset until the reward is posted and `OrderPaid` is sent, then
+/// records the zero captured — the marker the background round finishes unsettled ones by.
+fn settled_without_payment(payment: &Payment) -> bool {
+    payment.captured_amount.is_some()
 }
 
 pub(crate) fn psp_unavailable() -> CheckoutError {
@@ -926,6 +941,12 @@ impl Orders {
                 }
             }
             record.step = Step::RewardHeld as i32;
+        } else if step == Step::RewardHeld as i32 && total == 0 {
+            // Nothing to pay (a reward or promotion covers the order): no authorization — the
+            // PSP refuses zero amounts, and there is nothing to hold.
+            return self
+                .commit_order(tenant, key, version, record, order, String::new())
+                .await;
         } else if step == Step::RewardHeld as i32 || step == Step::PaymentUnknown as i32 {
             let authorized = if step == Step::PaymentUnknown as i32 {
                 // The last attempt's reply was lost: ask before acting.
@@ -1084,9 +1105,15 @@ impl Orders {
         }];
         if let Some(payment) = order.payment.as_mut() {
             payment.psp_reference = authorization_id.clone();
-            payment.status = PaymentStatus::Authorized as i32;
-            payment.captured_amount = money(&currency, 0);
             payment.refunded_amount = money(&currency, 0);
+            if authorization_id.is_empty() {
+                // Nothing to pay; settled (captured 0) once the reward is posted.
+                payment.status = PaymentStatus::NotRequired as i32;
+                payment.captured_amount = None;
+            } else {
+                payment.status = PaymentStatus::Authorized as i32;
+                payment.captured_amount = money(&currency, 0);
+            }
         }
         order.create_time = Some(timestamp_ms(now));
         order.update_time = Some(timestamp_ms(now));
@@ -1112,15 +1139,17 @@ impl Orders {
             Ok(promise) => promise,
             Err(full @ CheckoutError::SlotFull { .. }) => {
                 // Filled since the quote: compensate, nothing stays charged or held.
-                self.void_authorization(
-                    &order
-                        .payment
-                        .as_ref()
-                        .map(|p| p.payment_id.clone())
-                        .unwrap_or_default(),
-                    &authorization_id,
-                )
-                .await?;
+                if !authorization_id.is_empty() {
+                    self.void_authorization(
+                        &order
+                            .payment
+                            .as_ref()
+                            .map(|p| p.payment_id.clone())
+                            .unwrap_or_default(),
+                        &authorization_id,
+                    )
+                    .await?;
+                }
                 if !order.redemption_id.is_empty() {
                     self.loyalty.void(tenant, &order.redemption_id).await?;
                 }
@@ -1187,17 +1216,24 @@ impl Orders {
             .as_ref()
             .and_then(|totals| totals.total.clone())
             .unwrap_or_default();
-        let captured = self
-            .outbound
-            .call(Idempotent::Yes, |_| {
-                self.psp.capture(CaptureRequest {
-                    idempotency_key: format!("{}:capture", payment.payment_id),
-                    authorization_id: payment.psp_reference.clone(),
-                    amount: psp::Money::new(&total.currency_code, total.amount_minor),
+        // An order with nothing to pay settles without the PSP and without a money movement.
+        let nothing_to_pay = payment.status == PaymentStatus::NotRequired as i32;
+        let captured = if nothing_to_pay {
+            None
+        } else {
+            let captured = self
+                .outbound
+                .call(Idempotent::Yes, |_| {
+                    self.psp.capture(CaptureRequest {
+                        idempotency_key: format!("{}:capture", payment.payment_id),
+                        authorization_id: payment.psp_reference.clone(),
+                        amount: psp::Money::new(&total.currency_code, total.amount_minor),
+                    })
                 })
-            })
-            .await
-            .map_err(|error| psp_failure("capture", &error))?;
+                .await
+                .map_err(|error| psp_failure("capture", &error))?;
+            Some(captured)
+        };
         if !order.redemption_id.is_empty() && !order.redemption_id.starts_with("pending:") {
             self.loyalty.commit(tenant, &order.redemption_id).await?;
         }
@@ -1205,31 +1241,40 @@ impl Orders {
         // The entry's content must not depend on the attempt: two captures of one order (the
         // request path and the background round, two replicas, a retry after a crash) post
         // the same entry, so the second finds it posted instead of conflicting with it.
-        let entry = NewEntry::new(
-            format!("checkout:capture:{order_id}"),
-            capture_due_ms(&order),
-        )
-        .transfer(
-            &money_account("revenue", &total.currency_code),
-            &money_account("psp", &total.currency_code),
-            &total.currency_code,
-            total.amount_minor,
-        )
-        .metadata("order_id", order_id)
-        .metadata("psp_reference", captured.id.as_str());
-        self.update_order(tenant, order_id, now, Some(entry), |order| {
+        let entry = captured.as_ref().map(|captured| {
+            NewEntry::new(
+                format!("checkout:capture:{order_id}"),
+                capture_due_ms(&order),
+            )
+            .transfer(
+                &money_account("revenue", &total.currency_code),
+                &money_account("psp", &total.currency_code),
+                &total.currency_code,
+                total.amount_minor,
+            )
+            .metadata("order_id", order_id)
+            .metadata("psp_reference", captured.id.as_str())
+        });
+        self.update_order(tenant, order_id, now, entry, |order| {
             let Some(payment) = order.payment.as_mut() else {
                 return Ok(None);
             };
-            if payment.status != PaymentStatus::Authorized as i32 {
-                return Ok(None);
+            match &captured {
+                None if payment.status == PaymentStatus::NotRequired as i32
+                    && !settled_without_payment(payment) =>
+                {
+                    payment.captured_amount = money(&total.currency_code, 0);
+                }
+                Some(captured) if payment.status == PaymentStatus::Authorized as i32 => {
+                    payment.status = PaymentStatus::Captured as i32;
+                    payment.captured_amount = Some(Money {
+                        currency_code: total.currency_code.clone(),
+                        amount_minor: total.amount_minor,
+                    });
+                    payment.psp_reference.clone_from(&captured.id);
+                }
+                _ => return Ok(None),
             }
-            payment.status = PaymentStatus::Captured as i32;
-            payment.captured_amount = Some(Money {
-                currency_code: total.currency_code.clone(),
-                amount_minor: total.amount_minor,
-            });
-            payment.psp_reference.clone_from(&captured.id);
             Ok(Some(paid_event(order, now)))
         })
         .await
@@ -1525,6 +1570,14 @@ impl Orders {
             return Ok((order.clone(), done.clone()));
         }
         let payment = order.payment.clone().unwrap_or_default();
+        if payment.status == PaymentStatus::NotRequired as i32 {
+            return Err(precondition(
+                ErrorReason::RefundExceedsCaptured,
+                format!(
+                    "order {order_id} cost nothing: no payment was taken, so nothing can be refunded"
+                ),
+            ));
+        }
         let captured = minor(&payment.captured_amount);
         let left = captured - minor(&payment.refunded_amount);
         let currency = payment
@@ -1667,10 +1720,19 @@ impl Orders {
             _ => {}
         }
         if !order.redemption_id.is_empty() && !order.redemption_id.starts_with("pending:") {
-            if status == PaymentStatus::Authorized {
-                self.loyalty.void(tenant, &order.redemption_id).await?;
-            } else {
-                self.loyalty.reverse(tenant, &order.redemption_id).await?;
+            match status {
+                PaymentStatus::Authorized => {
+                    self.loyalty.void(tenant, &order.redemption_id).await?
+                }
+                // Nothing paid: the reward is held (not settled yet) or posted (settled) —
+                // and a settlement may be racing this cancel. Void, then reverse: whichever
+                // state the redemption is in, the other call is a no-op, and the points
+                // come back.
+                PaymentStatus::NotRequired => {
+                    self.loyalty.void(tenant, &order.redemption_id).await?;
+                    self.loyalty.reverse(tenant, &order.redemption_id).await?;
+                }
+                _ => self.loyalty.reverse(tenant, &order.redemption_id).await?,
             }
         }
         let now = self.now_ms(tenant).await?;
