@@ -1232,6 +1232,8 @@ impl Orders {
                 })
                 .await
                 .map_err(|error| psp_failure("capture", &error))?;
+            // Fault tests die here: captured at the PSP, not yet recorded on the order.
+            platform::failpoint::hit("checkout.capture.after_psp");
             Some(captured)
         };
         if !order.redemption_id.is_empty() && !order.redemption_id.starts_with("pending:") {

@@ -43,6 +43,12 @@ pub fn start() -> Running {
 
 /// Starts `commerce serve` with its store in `data_dir` and `extra` arguments.
 pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
+    start_with(data_dir, extra, &[])
+}
+
+/// Starts `commerce serve` with its store in `data_dir`, `extra` arguments and `env` variables
+/// (e.g. `COMMERCE_FAILPOINTS`).
+pub fn start_with(data_dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_commerce"))
         .arg("serve")
         .arg("--data-dir")
@@ -51,6 +57,7 @@ pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
         .args(["--shutdown-grace-seconds", "2"])
         .args(extra) // last, so they override the defaults above
         .env("COMMERCE_JWT_HS256_SECRET", SECRET)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -152,4 +159,14 @@ pub fn connect_json(
         status,
         serde_json::from_str(json).unwrap_or_else(|err| panic!("{err}: {response}")),
     )
+}
+
+/// A copy of a stopped server's data directory, to start the next server on the files it left.
+pub fn copy_of(data_dir: &std::path::Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().expect("data dir");
+    for file in std::fs::read_dir(data_dir).expect("data dir") {
+        let file = file.expect("file");
+        std::fs::copy(file.path(), copy.path().join(file.file_name())).expect("copy");
+    }
+    copy
 }
