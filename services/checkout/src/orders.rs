@@ -37,15 +37,16 @@ use std::time::Duration;
 use commerce_api::commerce::checkout::v1::{
     CaptureMode, Order, OrderCanceled, OrderLine, OrderPaid, OrderPlaced, OrderRefunded,
     OrderStatus, OrderStatusChange, OrderStatusChanged, OrderTipAdjusted, OrderTotals, PaidLine,
-    Payment, PaymentStatus, Quote,
+    Payment, PaymentStatus, PlaceOrderResponse, Quote, RefundOrderResponse,
 };
 use commerce_api::commerce::common::v1::{ErrorReason, Money};
 use ledger::{Ledger, NewEntry, Write};
 use platform::clock::Clocks;
+use platform::interceptors::IdempotencyContext;
 use platform::outbound::{Idempotent, Outbound, OutboundError, OutboundPolicy};
 use platform::page_token;
 use prost::Message as _;
-use store::{AggregateKey, Commit, IndexEntry, OutboxEvent, Pages, Store};
+use store::{AggregateKey, Commit, IdempotencyRecord, IndexEntry, OutboxEvent, Pages, Store};
 
 use crate::carts::Carts;
 use crate::error::CheckoutError;
@@ -138,6 +139,57 @@ fn placement_index(step: i32) -> Vec<IndexEntry> {
 /// The money ledger's account for `what` (`psp`, `revenue`) in `currency`.
 pub(crate) fn money_account(what: &str, currency: &str) -> String {
     format!("checkout:{what}:{currency}")
+}
+
+/// The response the commit that completes a call records under the call's idempotency key
+/// ([`IdempotencyContext::record`]): the idempotency layer replays it byte for byte, so a crash
+/// between that commit and the reply cannot make a retry run the call again. The handler
+/// answers with exactly the order that commit wrote.
+#[derive(Clone, Copy, Default)]
+enum Recorded<'a> {
+    /// Nothing (no key, or a background round).
+    #[default]
+    Nothing,
+    /// `PlaceOrderResponse` with the order.
+    PlaceOrder(&'a IdempotencyContext),
+    /// `RefundOrderResponse` with the order and its refund of this id.
+    RefundOrder(&'a IdempotencyContext, &'a str),
+}
+
+impl Recorded<'_> {
+    /// The record of the response carrying `order`, if any.
+    fn record(self, order: &Order) -> Option<IdempotencyRecord> {
+        match self {
+            Recorded::Nothing => None,
+            Recorded::PlaceOrder(context) => Some(context.record(&PlaceOrderResponse {
+                order: Some(order.clone()),
+            })),
+            Recorded::RefundOrder(context, refund_id) => Some(
+                context.record(&RefundOrderResponse {
+                    order: Some(order.clone()),
+                    refund: order
+                        .refunds
+                        .iter()
+                        .find(|refund| refund.refund_id == refund_id)
+                        .cloned(),
+                }),
+            ),
+        }
+    }
+}
+
+/// Where one step of the saga left the placement.
+enum Advanced {
+    /// Moved on (or failed for good): its new version and state.
+    Saved(u64, PlacementRecord),
+    /// The order was committed (and captured, when due): the placement's answer.
+    Placed(Order),
+}
+
+impl Advanced {
+    fn saved((version, record): (u64, PlacementRecord)) -> Self {
+        Advanced::Saved(version, record)
+    }
 }
 
 /// What one background round did.
@@ -374,6 +426,21 @@ impl Orders {
         placement: &Placement,
         key: &str,
     ) -> Result<Order, CheckoutError> {
+        self.place_recording(tenant, placement, key, None).await
+    }
+
+    /// [`Orders::place`], with the `PlaceOrderResponse` carrying the returned order recorded
+    /// under `idempotency` in the commit that completes the placement (the capture's, or the
+    /// order's own when nothing is captured yet). A call that finds the placement already done,
+    /// or fails, records nothing here: the idempotency layer records its answer.
+    pub async fn place_recording(
+        &self,
+        tenant: &str,
+        placement: &Placement,
+        key: &str,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<Order, CheckoutError> {
+        let recorded = idempotency.map_or(Recorded::Nothing, Recorded::PlaceOrder);
         if psp::looks_like_card_number(&placement.payment_token) {
             return Err(CheckoutError::Invalid {
                 field: "payment_token".into(),
@@ -454,7 +521,8 @@ impl Orders {
                 }
             }
         };
-        self.drive(tenant, &placement_key, version, record).await
+        self.drive(tenant, &placement_key, version, record, recorded)
+            .await
     }
 
     /// Runs a placement's saga from where it stands to an order or a final failure.
@@ -464,6 +532,7 @@ impl Orders {
         placement_key: &AggregateKey,
         mut version: u64,
         mut record: PlacementRecord,
+        recorded: Recorded<'_>,
     ) -> Result<Order, CheckoutError> {
         let key = placement_key.id.as_str();
         let mut lost_races = 0;
@@ -488,10 +557,11 @@ impl Orders {
                 _ => {}
             }
             match self
-                .advance(tenant, placement_key, version, record.clone())
+                .advance(tenant, placement_key, version, record.clone(), recorded)
                 .await
             {
-                Ok(next) => (version, record) = next,
+                Ok(Advanced::Saved(next_version, next)) => (version, record) = (next_version, next),
+                Ok(Advanced::Placed(order)) => return Ok(order),
                 // Another attempt moved the placement (or took the slot) first: re-read it and
                 // carry on from where it is now.
                 Err(error) if error.is_conflict() && lost_races < 16 => {
@@ -544,7 +614,10 @@ impl Orders {
         {
             let record: PlacementRecord = decode(&stored.data, "placement")?;
             let key = AggregateKey::new(tenant, PLACEMENT, &id);
-            match self.drive(tenant, &key, stored.version, record).await {
+            match self
+                .drive(tenant, &key, stored.version, record, Recorded::Nothing)
+                .await
+            {
                 Ok(_) | Err(CheckoutError::Precondition { .. }) => settled.payments_resolved += 1,
                 Err(error) => {
                     tracing::info!(%error, placement = %id, "checkout: payment still unresolved")
@@ -891,7 +964,8 @@ impl Orders {
         key: &AggregateKey,
         version: u64,
         mut record: PlacementRecord,
-    ) -> Result<(u64, PlacementRecord), CheckoutError> {
+        recorded: Recorded<'_>,
+    ) -> Result<Advanced, CheckoutError> {
         let mut order = record.order.clone().unwrap_or_default();
         let currency = order
             .totals
@@ -935,7 +1009,10 @@ impl Orders {
                         record.failure = message;
                         record.failure_reason = reason as i32;
                         record.order = Some(order);
-                        return self.save_placement(key, version, record).await;
+                        return self
+                            .save_placement(key, version, record)
+                            .await
+                            .map(Advanced::saved);
                     }
                     Err(error) => return Err(error),
                 }
@@ -945,7 +1022,7 @@ impl Orders {
             // Nothing to pay (a reward or promotion covers the order): no authorization — the
             // PSP refuses zero amounts, and there is nothing to hold.
             return self
-                .commit_order(tenant, key, version, record, order, String::new())
+                .commit_order(tenant, key, version, record, order, String::new(), recorded)
                 .await;
         } else if step == Step::RewardHeld as i32 || step == Step::PaymentUnknown as i32 {
             let authorized = if step == Step::PaymentUnknown as i32 {
@@ -977,7 +1054,15 @@ impl Orders {
             match authorized {
                 Ok(authorization) => {
                     return self
-                        .commit_order(tenant, key, version, record, order, authorization.id)
+                        .commit_order(
+                            tenant,
+                            key,
+                            version,
+                            record,
+                            order,
+                            authorization.id,
+                            recorded,
+                        )
                         .await;
                 }
                 Err(error)
@@ -1039,7 +1124,9 @@ impl Orders {
             }
         }
         record.order = Some(order);
-        self.save_placement(key, version, record).await
+        self.save_placement(key, version, record)
+            .await
+            .map(Advanced::saved)
     }
 
     /// Stores where a placement got to (compare-and-set on its version).
@@ -1080,7 +1167,9 @@ impl Orders {
     }
 
     /// Commits the authorized order with `OrderPlaced`, then captures, posts the reward hold
-    /// and marks it paid with `OrderPaid`.
+    /// and marks it paid with `OrderPaid`; returns the order as its last commit left it, which
+    /// recorded the response (`recorded`).
+    #[allow(clippy::too_many_arguments)]
     async fn commit_order(
         &self,
         tenant: &str,
@@ -1089,7 +1178,8 @@ impl Orders {
         mut record: PlacementRecord,
         mut order: Order,
         authorization_id: String,
-    ) -> Result<(u64, PlacementRecord), CheckoutError> {
+        recorded: Recorded<'_>,
+    ) -> Result<Advanced, CheckoutError> {
         let now = self.now_ms(tenant).await?;
         let currency = order
             .totals
@@ -1157,7 +1247,10 @@ impl Orders {
                 record.failure = full.to_string();
                 record.failure_reason = ErrorReason::SlotFull as i32;
                 record.order = Some(order);
-                return self.save_placement(key, version, record).await;
+                return self
+                    .save_placement(key, version, record)
+                    .await
+                    .map(Advanced::saved);
             }
             Err(error) => return Err(error),
         };
@@ -1179,6 +1272,11 @@ impl Orders {
                 order: Some(order.clone()),
             },
         )];
+        let capture_now = capture_due(&order);
+        if !capture_now {
+            // Nothing follows this commit: it completes the call.
+            created.idempotency = recorded.record(&order);
+        }
         let mut commits = vec![
             created,
             commit(
@@ -1191,14 +1289,20 @@ impl Orders {
         commits.extend(promise.reservation);
         self.store.commit_all(commits).await?;
         let _ = self.changes.send(format!("{tenant}/{}", order.order_id));
-        if capture_due(&order) {
+        if capture_now {
             // A failure leaves the order placed and authorized with its capture due: the
             // background round captures it under the same key, never twice.
-            if let Err(error) = self.capture(tenant, &order.order_id).await {
-                tracing::warn!(%error, order = %order.order_id, "checkout: capture failed; the background round retries it");
+            match self
+                .capture_recording(tenant, &order.order_id, recorded)
+                .await
+            {
+                Ok(captured) => return Ok(Advanced::Placed(captured)),
+                Err(error) => {
+                    tracing::warn!(%error, order = %order.order_id, "checkout: capture failed; the background round retries it");
+                }
             }
         }
-        Ok((version + 1, record))
+        Ok(Advanced::Placed(order))
     }
 
     /// Captures an order whose capture is due (see [`capture_due`]): its total now (with an
@@ -1206,6 +1310,17 @@ impl Orders {
     /// records the capture — with its money-ledger entry and `OrderPaid` — in one commit. Each
     /// step is idempotent, so a repeat after any failure finishes the job once.
     pub async fn capture(&self, tenant: &str, order_id: &str) -> Result<Order, CheckoutError> {
+        self.capture_recording(tenant, order_id, Recorded::Nothing)
+            .await
+    }
+
+    /// [`Orders::capture`], recording `recorded` in the commit that marks the order captured.
+    async fn capture_recording(
+        &self,
+        tenant: &str,
+        order_id: &str,
+        recorded: Recorded<'_>,
+    ) -> Result<Order, CheckoutError> {
         let order = self.order(tenant, order_id).await?;
         if !capture_due(&order) {
             return Ok(order);
@@ -1257,7 +1372,7 @@ impl Orders {
             .metadata("order_id", order_id)
             .metadata("psp_reference", captured.id.as_str())
         });
-        self.update_order(tenant, order_id, now, entry, |order| {
+        self.update_order(tenant, order_id, now, entry, recorded, |order| {
             let Some(payment) = order.payment.as_mut() else {
                 return Ok(None);
             };
@@ -1296,7 +1411,7 @@ impl Orders {
             ));
         }
         let now = self.now_ms(tenant).await?;
-        self.update_order(tenant, order_id, now, None, |order| {
+        self.update_order(tenant, order_id, now, None, Recorded::Nothing, |order| {
             let payment = order.payment.clone().unwrap_or_default();
             let mut totals = order.totals.clone().unwrap_or_default();
             let previous_tip = totals.tip.clone().unwrap_or_default();
@@ -1356,6 +1471,7 @@ impl Orders {
         order_id: &str,
         now: i64,
         posting: Option<NewEntry>,
+        recorded: Recorded<'_>,
         mut change: impl FnMut(&mut Order) -> Result<Option<E>, CheckoutError>,
     ) -> Result<Order, CheckoutError> {
         if let Some(entry) = &posting
@@ -1387,6 +1503,7 @@ impl Orders {
                 order_index(&order),
             );
             commit.events = vec![event(&key, stored.version + 1, now, &emitted)];
+            commit.idempotency = recorded.record(&order);
             let committed = match &posting {
                 None => self.store.commit(commit).await.map(drop),
                 Some(entry) => match self
@@ -1500,7 +1617,7 @@ impl Orders {
     ) -> Result<Order, CheckoutError> {
         let now = self.now_ms(tenant).await?;
         let order = self
-            .update_order(tenant, order_id, now, None, |order| {
+            .update_order(tenant, order_id, now, None, Recorded::Nothing, |order| {
                 let current = OrderStatus::try_from(order.status).unwrap_or_default();
                 if current == status {
                     return Ok(None);
@@ -1562,7 +1679,27 @@ impl Orders {
         reason: &str,
         key: &str,
     ) -> Result<(Order, commerce_api::commerce::checkout::v1::Refund), CheckoutError> {
+        self.refund_recording(tenant, order_id, amount, reason, key, None)
+            .await
+    }
+
+    /// [`Orders::refund`], with the `RefundOrderResponse` carrying the returned order and
+    /// refund recorded under `idempotency` in the commit that records the refund. A repeat that
+    /// finds the refund done, or a failure, records nothing here: the idempotency layer records
+    /// its answer.
+    pub async fn refund_recording(
+        &self,
+        tenant: &str,
+        order_id: &str,
+        amount: Option<&Money>,
+        reason: &str,
+        key: &str,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<(Order, commerce_api::commerce::checkout::v1::Refund), CheckoutError> {
         let refund_id = format!("rf-{}", &key[..key.len().min(24)]);
+        let recorded = idempotency.map_or(Recorded::Nothing, |context| {
+            Recorded::RefundOrder(context, &refund_id)
+        });
         let order = self.order(tenant, order_id).await?;
         if let Some(done) = order
             .refunds
@@ -1635,7 +1772,7 @@ impl Orders {
             .metadata("order_id", order_id)
             .metadata("psp_reference", refund.psp_reference.as_str());
         let order = self
-            .update_order(tenant, order_id, now, Some(entry), |order| {
+            .update_order(tenant, order_id, now, Some(entry), recorded, |order| {
                 if order.refunds.iter().any(|done| done.refund_id == refund_id) {
                     return Ok(None);
                 }
@@ -1738,7 +1875,7 @@ impl Orders {
             }
         }
         let now = self.now_ms(tenant).await?;
-        self.update_order(tenant, order_id, now, None, |order| {
+        self.update_order(tenant, order_id, now, None, Recorded::Nothing, |order| {
             if order.status == OrderStatus::Canceled as i32 {
                 return Ok(None);
             }

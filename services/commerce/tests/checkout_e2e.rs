@@ -768,3 +768,150 @@ async fn after_a_sigkill_the_psp_still_knows_every_payment_and_captures_due_at_t
         "{report}"
     );
 }
+
+/// A gRPC call with an idempotency key; returns whether the answer was a replay
+/// (`idempotent-replayed: true`) and the response, or the status.
+async fn keyed_grpc<Req, Resp>(
+    client: &Client,
+    path: &str,
+    request: Req,
+    key: &str,
+) -> Result<(bool, Resp), tonic::Status>
+where
+    Req: prost::Message + 'static,
+    Resp: prost::Message + Default + 'static,
+{
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", client.addr))
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    let mut request = tonic::Request::new(request);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", client.token).parse().unwrap(),
+    );
+    request
+        .metadata_mut()
+        .insert("idempotency-key", key.parse().unwrap());
+    let response = grpc
+        .unary(
+            request,
+            path.parse().unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await?;
+    let replayed = response
+        .metadata()
+        .get("idempotent-replayed")
+        .is_some_and(|value| value == "true");
+    Ok((replayed, response.into_inner()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placements_and_refunds_killed_between_their_commit_and_the_reply_replay_after_a_restart() {
+    let tenant = "shop-replay";
+    let armed = |point: &str| vec![("COMMERCE_FAILPOINTS", point.to_owned())];
+    let start = |data: tempfile::TempDir, env: Vec<(&'static str, String)>| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        common::start_with(data, &[], &env)
+    };
+    let mut server = start(
+        tempfile::tempdir().unwrap(),
+        armed("checkout.place_order.replying"),
+    );
+    let client = grpc_client(&server.addr, tenant);
+    let (counter, burger) = shop(&client, "counter", co::CaptureMode::OnPlacement).await;
+    let (table, steak) = shop(&client, "table", co::CaptureMode::OnCompletion).await;
+    let captured_now = quoted_cart(&client, &counter, &burger, "o1").await;
+    let captured_later = quoted_cart(&client, &table, &steak, "o2").await;
+
+    // 1. A placement captured at once dies after its capture's commit, before the reply.
+    let died =
+        keyed_grpc::<_, co::PlaceOrderResponse>(&client, PLACE, captured_now.clone(), "o1").await;
+    assert!(died.is_err(), "{died:?}");
+    assert!(!server.child.wait().unwrap().success());
+    let mut server = start(
+        common::copy_of(server.data_dir.path()),
+        armed("checkout.place_order.replying"),
+    );
+    let client = grpc_client(&server.addr, tenant);
+    // Its retry is a replay of the committed answer (the handler does not run again: the
+    // armed crash point would kill this server too).
+    let (replayed, first) =
+        keyed_grpc::<_, co::PlaceOrderResponse>(&client, PLACE, captured_now.clone(), "o1")
+            .await
+            .unwrap();
+    assert!(replayed, "the retry must replay the recorded answer");
+    let first = first.order.unwrap();
+    assert_eq!(
+        first.payment.clone().unwrap().status,
+        co::PaymentStatus::Captured as i32
+    );
+    assert_eq!(
+        first,
+        order(&client, &first.order_id).await,
+        "the final order"
+    );
+
+    // 2. A placement captured on completion dies after the order's commit.
+    let died =
+        keyed_grpc::<_, co::PlaceOrderResponse>(&client, PLACE, captured_later.clone(), "o2").await;
+    assert!(died.is_err(), "{died:?}");
+    assert!(!server.child.wait().unwrap().success());
+    let mut server = start(
+        common::copy_of(server.data_dir.path()),
+        armed("checkout.refund_order.replying"),
+    );
+    let client = grpc_client(&server.addr, tenant);
+    let (replayed, second) =
+        keyed_grpc::<_, co::PlaceOrderResponse>(&client, PLACE, captured_later.clone(), "o2")
+            .await
+            .unwrap();
+    assert!(replayed);
+    let second = second.order.unwrap();
+    assert_eq!(
+        second.payment.clone().unwrap().status,
+        co::PaymentStatus::Authorized as i32
+    );
+    assert_eq!(second, order(&client, &second.order_id).await);
+
+    // 3. A refund dies after its commit.
+    let refund = co::RefundOrderRequest {
+        order_id: first.order_id.clone(),
+        amount: usd(400),
+        reason: "cold".into(),
+    };
+    let died =
+        keyed_grpc::<_, co::RefundOrderResponse>(&client, REFUND, refund.clone(), "r1").await;
+    assert!(died.is_err(), "{died:?}");
+    assert!(!server.child.wait().unwrap().success());
+    let server = common::start_in(common::copy_of(server.data_dir.path()), &[]);
+    let client = grpc_client(&server.addr, tenant);
+    let (replayed, refunded) =
+        keyed_grpc::<_, co::RefundOrderResponse>(&client, REFUND, refund.clone(), "r1")
+            .await
+            .unwrap();
+    assert!(replayed);
+    let refunded_order = refunded.order.unwrap();
+    assert_eq!(refunded_order.refunds.len(), 1, "refunded once");
+    assert_eq!(refunded.refund.as_ref(), refunded_order.refunds.first());
+    assert_eq!(refunded_order, order(&client, &first.order_id).await);
+
+    // One order per key, and everything ties out.
+    let listed: co::ListOrdersResponse = client
+        .call(
+            "/commerce.checkout.v1.OrderService/ListOrders",
+            co::ListOrdersRequest::default(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.orders.len(), 2);
+    let (clean, report) = reconcile(&server.addr, tenant);
+    assert!(clean, "{report}");
+}
