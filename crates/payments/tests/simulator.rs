@@ -687,3 +687,53 @@ async fn a_call_whose_record_could_not_be_stored_is_never_reported_done_until_it
     let reopened = PspSimulator::durable(store_file(&path)).await.unwrap();
     assert_eq!(reopened.lookup("a-1").await.unwrap(), Some(found));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulator_on_mongodb_answers_as_before_after_it_is_reopened() {
+    let (uri, _server) = match std::env::var("MONGODB_URI") {
+        Ok(uri) => (uri, None),
+        Err(_) => {
+            let server = store::testing::MongoServer::start();
+            (server.uri(), Some(server))
+        }
+    };
+    let database = format!(
+        "psp_test_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let connect = || async {
+        let store: Arc<dyn store::Store> = Arc::new(
+            store::MongoStore::connect(&uri, &database, store::MongoOptions::default())
+                .await
+                .expect("connect"),
+        );
+        store
+    };
+    let (authorization, captured) = {
+        let psp = PspSimulator::durable(connect().await).await.unwrap();
+        let authorization = authorize(&psp, "a-1", "tok_ok", 1_000, "ord-1")
+            .await
+            .unwrap();
+        let captured = capture(&psp, "c-1", &authorization, 1_000).await.unwrap();
+        (authorization, captured)
+    };
+    let psp = PspSimulator::durable(connect().await).await.unwrap();
+    assert_eq!(
+        psp.lookup("a-1").await.unwrap(),
+        Some(authorization.clone())
+    );
+    assert_eq!(
+        capture(&psp, "c-1", &authorization, 1_000).await,
+        Ok(captured.clone())
+    );
+    assert_eq!(
+        refund(&psp, "r-1", &captured, 1_001).await,
+        Err(PspError::ExceedsCaptured)
+    );
+    refund(&psp, "r-1", &captured, 1_000).await.unwrap();
+    assert_eq!(ledger(&psp, "ord-1").await.len(), 3);
+}

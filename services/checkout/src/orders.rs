@@ -119,7 +119,7 @@ enum ExternalId {
     /// No order has it (`version`: of its released record, 0 when there is none).
     Free { version: u64 },
     /// The order placed under it.
-    Taken(Order),
+    Taken(Box<Order>),
 }
 
 /// The placement's index: every placement under `all` (reconciliation looks for authorizations
@@ -458,7 +458,7 @@ impl Orders {
                 // whatever key it sends.
                 let external_version =
                     match self.external(tenant, &placement.external_order_id).await? {
-                        ExternalId::Taken(order) => return Ok(order),
+                        ExternalId::Taken(order) => return Ok(*order),
                         ExternalId::Free { version } => version,
                     };
                 // A cart places at most one order: refuse before any work (and long before
@@ -508,7 +508,7 @@ impl Orders {
                         if let ExternalId::Taken(order) =
                             self.external(tenant, &placement.external_order_id).await?
                         {
-                            return Ok(order);
+                            return Ok(*order);
                         }
                         self.cart_free(tenant, &placement.cart_id, key).await?;
                         return Err(CheckoutError::Store(store::StoreError::Conflict {
@@ -783,7 +783,7 @@ impl Orders {
         }
         let order_id = String::from_utf8_lossy(&claim.data).into_owned();
         match self.order(tenant, &order_id).await {
-            Ok(order) => Ok(ExternalId::Taken(order)),
+            Ok(order) => Ok(ExternalId::Taken(Box::new(order))),
             // Claimed by a placement still running: report it as in flight.
             Err(CheckoutError::NotFound { .. }) => Err(CheckoutError::Precondition {
                 reason: ErrorReason::IdempotencyKeyInUse,
