@@ -268,16 +268,19 @@ fn all() -> IndexEntry {
     }
 }
 
-/// Writes `call` under its idempotency key. Written before (by an attempt whose reply was lost,
-/// or a replica sharing the store) counts as written: a key is recorded once.
+/// Writes `call` under its idempotency key. Already there from an earlier write of this call
+/// (whose acknowledgement was lost) counts as written. Another call under the key means a
+/// second simulator shares the store — one simulator per store: each keeps its state in
+/// memory and only the one that recorded a call knows it — and is refused.
 pub(crate) async fn write(store: &dyn Store, call: &StoredCall) -> Result<(), StoreError> {
     let key = call
         .request
         .as_ref()
         .map(|request| request.idempotency_key.clone())
         .unwrap_or_default();
+    let aggregate = AggregateKey::new(TENANT, KIND, key.clone());
     let commit = Commit {
-        key: AggregateKey::new(TENANT, KIND, key),
+        key: aggregate.clone(),
         expected_version: 0,
         data: prost::Message::encode_to_vec(call).into(),
         index: vec![all()],
@@ -285,7 +288,20 @@ pub(crate) async fn write(store: &dyn Store, call: &StoredCall) -> Result<(), St
         idempotency: None,
     };
     match store.commit(commit).await {
-        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Ok(_) => Ok(()),
+        Err(StoreError::Conflict { .. }) => {
+            let stored = store.load(&aggregate).await?;
+            let ours = stored
+                .and_then(|stored| <StoredCall as prost::Message>::decode(stored.data).ok())
+                .is_some_and(|stored| stored.transaction == call.transaction);
+            if ours {
+                Ok(())
+            } else {
+                Err(StoreError::Backend(format!(
+                    "PSP idempotency key {key} was recorded by another simulator on this store"
+                )))
+            }
+        }
         Err(error) => Err(error),
     }
 }

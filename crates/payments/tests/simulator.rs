@@ -737,3 +737,23 @@ async fn a_simulator_on_mongodb_answers_as_before_after_it_is_reopened() {
     refund(&psp, "r-1", &captured, 1_000).await.unwrap();
     assert_eq!(ledger(&psp, "ord-1").await.len(), 3);
 }
+
+#[tokio::test]
+async fn a_second_simulator_on_the_same_store_cannot_claim_a_key_the_first_recorded() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = store_file(&directory.path().join("store.redb"));
+    let first = PspSimulator::durable(store.clone()).await.unwrap();
+    let second = PspSimulator::durable(store.clone()).await.unwrap();
+    let recorded = authorize(&first, "a-1", "tok_ok", 1_000, "ord-1")
+        .await
+        .unwrap();
+    // The second does not know the key and acts, but cannot make its own transaction durable
+    // under it: its caller hears "outcome unknown", never a second success.
+    assert_eq!(
+        authorize(&second, "a-1", "tok_ok", 1_000, "ord-1").await,
+        Err(PspError::Timeout)
+    );
+    // Started on the store afterwards, a simulator knows the recorded one.
+    let restarted = PspSimulator::durable(store).await.unwrap();
+    assert_eq!(restarted.lookup("a-1").await.unwrap(), Some(recorded));
+}
