@@ -354,8 +354,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .with_event_journal(journal.clone(), repair_after),
     );
     // The PSP simulator (its token grammar is in the `payments` crate), shared by checkout and
-    // subscriptions; a real PSP adapter implements the same port.
-    let psp: Arc<dyn payments::PaymentProvider> = Arc::new(payments::PspSimulator::new());
+    // subscriptions; a real PSP adapter implements the same port. Its transactions live in the
+    // store beside ours, so after a restart it still knows what it authorized and captured.
+    let psp: Arc<dyn payments::PaymentProvider> = Arc::new(
+        payments::PspSimulator::durable(store.clone())
+            .await
+            .context("loading the PSP simulator's transactions from the store")?,
+    );
     let billing = Arc::new(subscriptions::Subscriptions::new(
         store.clone(),
         clocks.clone(),

@@ -84,7 +84,8 @@ pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
     start_with(data_dir, extra, &[])
 }
 
-/// [`start_in`] with extra environment variables (e.g. `COMMERCE_FAILPOINTS`).
+/// Starts `commerce serve` with its store in `data_dir`, `extra` arguments and `env` variables
+/// (e.g. `COMMERCE_FAILPOINTS`).
 pub fn start_with(data_dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_commerce"))
         .arg("serve")
@@ -196,4 +197,14 @@ pub fn connect_json(
         status,
         serde_json::from_str(json).unwrap_or_else(|err| panic!("{err}: {response}")),
     )
+}
+
+/// A copy of a stopped server's data directory, to start the next server on the files it left.
+pub fn copy_of(data_dir: &std::path::Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().expect("data dir");
+    for file in std::fs::read_dir(data_dir).expect("data dir") {
+        let file = file.expect("file");
+        std::fs::copy(file.path(), copy.path().join(file.file_name())).expect("copy");
+    }
+    copy
 }
