@@ -72,11 +72,11 @@ fn client_at(addr: &str) -> Client {
 /// An error the client retries with the same key: the server is down or restarting, or a
 /// duplicate of the request is still in flight.
 fn transient(error: &str) -> bool {
-    error.starts_with("UNAVAILABLE")
-        || error.contains("Unavailable")
-        || error.contains("transport error")
-        || error.contains("h2 protocol error") // the connection went away mid-call
-        || error.contains("Cancelled")
+    let lower = error.to_ascii_lowercase();
+    // The connection went away mid-call (refused, reset, GOAWAY, closed).
+    ["unavailable", "transport error", "h2 protocol error", "cancel", "connection"]
+        .iter()
+        .any(|marker| lower.contains(marker))
         || [
             "IDEMPOTENCY_KEY_IN_USE",
             "DEPENDENCY_UNAVAILABLE",
