@@ -177,9 +177,10 @@ impl PspService for PspApi {
     }
 }
 
-/// Where a [`RemotePsp`] gets the bearer token of each call (the calling service's own
-/// identity); `None` sends none.
-pub type Bearer = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+/// Where a [`RemotePsp`] gets the bearer token of a call to the PSP RPC at the given path
+/// (`/commerce.psp.v1.PspService/Authorize`): the calling service's own identity with the scopes
+/// that RPC demands; `None` sends none.
+pub type Bearer = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// The port's adapter to a PSP process, over any gRPC channel `T` (a plain tonic `Channel`, or
 /// the platform's balanced channel).
@@ -207,9 +208,9 @@ where
         PspServiceClient::new(self.channel.clone())
     }
 
-    fn request<M>(&self, message: M) -> Request<M> {
+    fn request<M>(&self, method: &str, message: M) -> Request<M> {
         let mut request = Request::new(message);
-        if let Some(token) = (self.bearer)()
+        if let Some(token) = (self.bearer)(&format!("/commerce.psp.v1.PspService/{method}"))
             && let Ok(value) = format!("Bearer {token}").parse()
         {
             request.metadata_mut().insert("authorization", value);
@@ -253,12 +254,15 @@ where
     T::Future: Send,
 {
     async fn authorize(&self, request: AuthorizeRequest) -> Result<Transaction, PspError> {
-        let call = self.request(wire::AuthorizeRequest {
-            idempotency_key: request.idempotency_key,
-            payment_token: request.payment_token,
-            amount: money_to_wire(&request.amount),
-            reference: request.reference,
-        });
+        let call = self.request(
+            "Authorize",
+            wire::AuthorizeRequest {
+                idempotency_key: request.idempotency_key,
+                payment_token: request.payment_token,
+                amount: money_to_wire(&request.amount),
+                reference: request.reference,
+            },
+        );
         let response = self
             .client()
             .authorize(call)
@@ -268,38 +272,50 @@ where
     }
 
     async fn capture(&self, request: CaptureRequest) -> Result<Transaction, PspError> {
-        let call = self.request(wire::CaptureRequest {
-            idempotency_key: request.idempotency_key,
-            authorization_id: request.authorization_id,
-            amount: money_to_wire(&request.amount),
-        });
+        let call = self.request(
+            "Capture",
+            wire::CaptureRequest {
+                idempotency_key: request.idempotency_key,
+                authorization_id: request.authorization_id,
+                amount: money_to_wire(&request.amount),
+            },
+        );
         let response = self.client().capture(call).await.map_err(mutation_failed)?;
         transaction(response.into_inner().transaction)
     }
 
     async fn void(&self, request: VoidRequest) -> Result<Transaction, PspError> {
-        let call = self.request(wire::VoidRequest {
-            idempotency_key: request.idempotency_key,
-            authorization_id: request.authorization_id,
-        });
+        let call = self.request(
+            "Void",
+            wire::VoidRequest {
+                idempotency_key: request.idempotency_key,
+                authorization_id: request.authorization_id,
+            },
+        );
         let response = self.client().void(call).await.map_err(mutation_failed)?;
         transaction(response.into_inner().transaction)
     }
 
     async fn refund(&self, request: RefundRequest) -> Result<Transaction, PspError> {
-        let call = self.request(wire::RefundRequest {
-            idempotency_key: request.idempotency_key,
-            capture_id: request.capture_id,
-            amount: money_to_wire(&request.amount),
-        });
+        let call = self.request(
+            "Refund",
+            wire::RefundRequest {
+                idempotency_key: request.idempotency_key,
+                capture_id: request.capture_id,
+                amount: money_to_wire(&request.amount),
+            },
+        );
         let response = self.client().refund(call).await.map_err(mutation_failed)?;
         transaction(response.into_inner().transaction)
     }
 
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<Transaction>, PspError> {
-        let call = self.request(wire::LookupTransactionRequest {
-            idempotency_key: idempotency_key.to_owned(),
-        });
+        let call = self.request(
+            "LookupTransaction",
+            wire::LookupTransactionRequest {
+                idempotency_key: idempotency_key.to_owned(),
+            },
+        );
         let response = self
             .client()
             .lookup_transaction(call)
@@ -315,11 +331,14 @@ where
         let mut all = Vec::new();
         let mut page_token = String::new();
         loop {
-            let call = self.request(wire::ListTransactionsRequest {
-                reference: reference.unwrap_or_default().to_owned(),
-                page_size: 1000,
-                page_token: page_token.clone(),
-            });
+            let call = self.request(
+                "ListTransactions",
+                wire::ListTransactionsRequest {
+                    reference: reference.unwrap_or_default().to_owned(),
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                },
+            );
             let page = self
                 .client()
                 .list_transactions(call)

@@ -61,7 +61,7 @@ async fn serve() -> Served {
     let channel = Channel::from_shared(addr.clone()).unwrap().connect_lazy();
     Served {
         simulator,
-        remote: RemotePsp::new(channel, Arc::new(|| None)),
+        remote: RemotePsp::new(channel, Arc::new(|_| None)),
         addr,
         process: Some(process),
     }
@@ -236,7 +236,7 @@ async fn a_psp_that_cannot_be_reached_did_nothing_and_one_that_dies_mid_call_may
         Channel::from_shared(psp.addr.clone())
             .unwrap()
             .connect_lazy(),
-        Arc::new(|| None),
+        Arc::new(|_| None),
     );
     assert_eq!(
         nothing_listens

@@ -98,6 +98,9 @@ impl Client {
             .await
             .map_err(|error| format!("UNAVAILABLE: not ready: {error}"))?;
         let mut request = tonic::Request::new(request);
+        // A deadline, as real callers send: it also bounds how long an idempotency key stays
+        // locked when the server dies mid-call.
+        request.set_timeout(std::time::Duration::from_secs(10));
         request.metadata_mut().insert(
             "authorization",
             format!("Bearer {}", self.token).parse().unwrap(),
