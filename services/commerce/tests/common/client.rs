@@ -125,3 +125,51 @@ impl Client {
         })
     }
 }
+
+/// Something that calls the platform's RPCs: one process ([`Client`]), or the processes of the
+/// split topology ([`Routed`]).
+pub trait Caller {
+    fn call<Req, Resp>(
+        &self,
+        path: &str,
+        request: Req,
+        key: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Resp, String>>
+    where
+        Req: ReflectMessage + prost::Message + 'static,
+        Resp: ReflectMessage + prost::Message + Default + 'static;
+}
+
+impl Caller for Client {
+    async fn call<Req, Resp>(&self, path: &str, request: Req, key: Option<&str>) -> Result<Resp, String>
+    where
+        Req: ReflectMessage + prost::Message + 'static,
+        Resp: ReflectMessage + prost::Message + Default + 'static,
+    {
+        Client::call(self, path, request, key).await
+    }
+}
+
+/// The split topology's processes: each call goes to the process serving its package.
+pub struct Routed {
+    pub checkout: Client,
+    pub loyalty: Client,
+    pub subscriptions: Client,
+}
+
+impl Caller for Routed {
+    async fn call<Req, Resp>(&self, path: &str, request: Req, key: Option<&str>) -> Result<Resp, String>
+    where
+        Req: ReflectMessage + prost::Message + 'static,
+        Resp: ReflectMessage + prost::Message + Default + 'static,
+    {
+        let client = if path.starts_with("/commerce.loyalty.") {
+            &self.loyalty
+        } else if path.starts_with("/commerce.subscriptions.") {
+            &self.subscriptions
+        } else {
+            &self.checkout
+        };
+        client.call(path, request, key).await
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod shop;
+pub mod split;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -87,13 +88,29 @@ pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
 /// Starts `commerce serve` with its store in `data_dir`, `extra` arguments and `env` variables
 /// (e.g. `COMMERCE_FAILPOINTS`).
 pub fn start_with(data_dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into()];
+    args.push(data_dir.path().to_str().expect("utf-8 path").to_owned());
+    args.extend(
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--shutdown-grace-seconds",
+            "2",
+        ]
+        .map(str::to_owned),
+    );
+    // Last, so they override the defaults above.
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    spawn(data_dir, &args, env)
+}
+
+/// Runs `commerce <args>` (a server that prints `… listening on http://ADDR` first) with the test
+/// secret and `env`, its files in `data_dir`.
+pub fn spawn(data_dir: tempfile::TempDir, args: &[String], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_commerce"))
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(data_dir.path())
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--shutdown-grace-seconds", "2"])
-        .args(extra) // last, so they override the defaults above
+        .args(args)
         .env("COMMERCE_JWT_HS256_SECRET", SECRET)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
@@ -122,8 +139,8 @@ pub fn start_with(data_dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &st
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let Some(addr) = first_line
         .trim()
-        .strip_prefix("commerce: listening on http://")
-        .map(str::to_owned)
+        .split_once("listening on http://")
+        .map(|(_, addr)| addr.to_owned())
     else {
         std::thread::sleep(Duration::from_millis(200));
         panic!(

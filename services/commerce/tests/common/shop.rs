@@ -5,7 +5,7 @@ use commerce_api::commerce::checkout::v1 as co;
 use commerce_api::commerce::common::v1::Money;
 use commerce_api::commerce::loyalty::v1 as lo;
 
-use super::client::Client;
+use super::client::Caller;
 
 pub fn usd(cents: i64) -> Option<Money> {
     Some(Money {
@@ -32,7 +32,7 @@ pub struct Placed {
 
 impl Shop {
     /// Creates the shop (idempotently: the same keys give the same objects).
-    pub async fn open(client: &Client) -> Result<Shop, String> {
+    pub async fn open(client: &impl Caller) -> Result<Shop, String> {
         let every_day = [1, 2, 3, 4, 5, 6, 7].map(|day| co::OpeningHours {
             day,
             open_minute: 0,
@@ -92,7 +92,12 @@ impl Shop {
 
     /// Places one order of `quantity` items with idempotency key `key` (its cart's keys derive
     /// from it, so a retry of the whole sequence reuses the same cart and order).
-    pub async fn place(&self, client: &Client, key: &str, quantity: i32) -> Result<Placed, String> {
+    pub async fn place(
+        &self,
+        client: &impl Caller,
+        key: &str,
+        quantity: i32,
+    ) -> Result<Placed, String> {
         let cart: co::CreateCartResponse = client
             .call(
                 "/commerce.checkout.v1.CartService/CreateCart",
@@ -147,7 +152,7 @@ impl Shop {
     }
 
     /// Every point the member ever earned.
-    pub async fn lifetime_points(&self, client: &Client) -> Result<i64, String> {
+    pub async fn lifetime_points(&self, client: &impl Caller) -> Result<i64, String> {
         let balance: lo::GetBalanceResponse = client
             .call(
                 "/commerce.loyalty.v1.MemberService/GetBalance",
