@@ -82,7 +82,8 @@ impl Endpoints {
             .collect()
     }
 
-    /// `Ok` when at least one endpoint's breaker would admit a call; otherwise why each refuses
+    /// `Ok` when at least one endpoint's breaker would admit a call (or holds a trial it has not
+    /// sent yet); otherwise why each refuses
     /// (empty: there are no endpoints) and the shortest wait until one might.
     pub(crate) fn admissible(&self) -> Result<(), Unadmissible> {
         let endpoints = self.read();
@@ -91,6 +92,9 @@ impl Endpoints {
         for endpoint in endpoints.values() {
             match endpoint.would_admit() {
                 Ok(()) => return Ok(()),
+                // The balancer reserved the trial when it found the endpoint ready, but nothing is
+                // in flight yet: the next call it routes there is the trial.
+                Err(Refusal::TrialInFlight) if endpoint.in_flight() == 0 => return Ok(()),
                 Err(refusal) => {
                     let wait = refusal.retry_after(endpoint.trial_retry_after());
                     retry_after = Some(retry_after.map_or(wait, |shortest| shortest.min(wait)));
@@ -288,6 +292,29 @@ mod tests {
             .map(|status| status.address)
             .collect();
         assert_eq!(known, ["http://127.0.0.1:2", "http://127.0.0.1:3"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_open_endpoint_whose_trial_is_reserved_but_unsent_still_admits_calls() {
+        let endpoints = Endpoints::new();
+        let (changes, _discovered) = mpsc::unbounded_channel();
+        let resolver = Resolver {
+            endpoints: endpoints.clone(),
+            changes,
+            settings: settings(),
+        };
+        resolver.apply(urls(&[1]));
+        let mut endpoint = endpoints.read().values().next().unwrap().clone();
+        endpoint.breaker().admit(1).unwrap().trip();
+        assert!(endpoints.admissible().is_err(), "open");
+        tokio::time::advance(BreakerConfig::default().open_for).await;
+        // The balancer polls the endpoint ready: that reserves the half-open trial.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(tower::Service::poll_ready(&mut endpoint, &mut cx).is_ready());
+        assert_eq!(endpoint.breaker_state(), BreakerState::HalfOpen);
+        assert!(endpoint.would_admit().is_err(), "the trial is taken");
+        assert!(endpoints.admissible().is_ok(), "but not sent: calls go on");
     }
 
     #[tokio::test]

@@ -102,6 +102,12 @@ impl EndpointService {
         &self.shared.address
     }
 
+    /// The endpoint's breaker.
+    #[cfg(test)]
+    pub(crate) fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.shared.breaker
+    }
+
     /// The breaker's state now.
     pub(crate) fn breaker_state(&self) -> BreakerState {
         self.shared.breaker.state()
