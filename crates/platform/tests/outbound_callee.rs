@@ -1079,3 +1079,23 @@ fn a_call_is_a_send_future_for_use_in_handlers() {
     let call = echo(&callee, &context);
     assert_send(&call);
 }
+
+#[tokio::test]
+async fn two_callees_for_the_same_replicas_report_each_endpoint_once() {
+    let replica = Replica::start("a").await;
+    let metrics = Metrics::default();
+    let first = callee(config(&replica.url()), &metrics);
+    let second = callee(config(&replica.url()), &metrics);
+    echo(&first, &CallContext::default()).await.unwrap();
+    echo(&second, &CallContext::default()).await.unwrap();
+    let text = metrics.encode();
+    let series = format!(
+        "outbound_endpoint_in_flight{{callee=\"echo\",endpoint=\"{}\"}}",
+        replica.url()
+    );
+    assert_eq!(text.matches(&series).count(), 1, "{text}");
+    assert!(text.contains(&format!(
+        "outbound_calls_total{{callee=\"echo\",method=\"{}\",code=\"ok\"}} 2",
+        ECHO.trim_start_matches('/')
+    )));
+}

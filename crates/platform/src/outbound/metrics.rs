@@ -150,9 +150,16 @@ impl Collector for CalleeList {
             .iter()
             .filter_map(|(callee, endpoints)| Some((callee.clone(), endpoints.upgrade()?)))
             .collect();
+        // Two `Callee`s for the same callee (rather than clones of one) would repeat a series,
+        // which makes the exposition invalid: the first one's endpoints are reported.
+        let mut reported = std::collections::HashSet::new();
         let statuses: Vec<(String, Vec<_>)> = callees
             .iter()
-            .map(|(callee, endpoints)| (callee.clone(), endpoints.statuses()))
+            .map(|(callee, endpoints)| {
+                let mut statuses = endpoints.statuses();
+                statuses.retain(|status| reported.insert((callee.clone(), status.address.clone())));
+                (callee.clone(), statuses)
+            })
             .collect();
         let mut states = encoder.encode_descriptor(
             "outbound_endpoint_breaker_state",
