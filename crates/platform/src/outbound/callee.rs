@@ -440,11 +440,13 @@ impl Callee {
 
         let mut number = 0;
         let mut failed_endpoint: Option<String> = None;
+        let mut last_error: Option<CallError> = None;
         loop {
             number += 1;
             let now = Instant::now();
             if deadline.is_some_and(|deadline| deadline <= now) {
-                return Err(deadline_exceeded());
+                // A retry's wait ended a timer tick past the deadline: the last answer stands.
+                return Err(last_error.unwrap_or_else(deadline_exceeded));
             }
             inner
                 .endpoints
@@ -512,6 +514,7 @@ impl Callee {
                 "retrying outbound call"
             );
             tokio::time::sleep(delay).await;
+            last_error = Some(error);
         }
     }
 
