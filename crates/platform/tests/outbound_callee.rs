@@ -956,6 +956,38 @@ async fn a_failing_replica_opens_only_its_own_breaker_and_calls_keep_succeeding(
 }
 
 #[tokio::test]
+async fn an_endpoint_that_refuses_connections_opens_its_breaker_on_the_first_refusal() {
+    let live = Replica::start("live").await;
+    // A port nothing listens on any more.
+    let refusing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}", refusing.local_addr().unwrap());
+    drop(refusing);
+    let metrics = Metrics::default();
+    let callee = callee(config(&format!("{},{dead}", live.url())), &metrics);
+    for _ in 0..20 {
+        assert_eq!(
+            echo(&callee, &CallContext::default()).await.unwrap(),
+            "live"
+        );
+    }
+    let dead_status = callee
+        .endpoints()
+        .into_iter()
+        .find(|endpoint| endpoint.address == dead)
+        .unwrap();
+    assert_eq!(dead_status.breaker, BreakerState::Open);
+    // One refused attempt (then retried on the live replica), not `failure_threshold` of them.
+    let retries = metric(
+        &metrics.encode(),
+        &format!(
+            "outbound_retries_total{{callee=\"echo\",method=\"{}\"}}",
+            ECHO.trim_start_matches('/')
+        ),
+    );
+    assert_eq!(retries, 1);
+}
+
+#[tokio::test]
 async fn every_breaker_open_fails_fast_with_unavailable_naming_the_callee_and_sends_nothing() {
     let replicas = [Replica::start("a").await, Replica::start("b").await];
     for replica in &replicas {

@@ -70,14 +70,16 @@ impl AttemptRecord {
         permit.settle(health_of(code));
     }
 
-    /// The response broke off (a reset stream, a body without trailers).
+    /// The response broke off (a connection lost mid-call, a reset stream, a body without
+    /// trailers): one failure.
     pub(crate) fn broke(&self) {
         if let Some(permit) = self.lock().permit.take() {
             permit.settle(Health::Unhealthy);
         }
     }
 
-    /// Nothing at the endpoint could be reached (refused, reset, unresolvable).
+    /// Nothing at the endpoint accepted the connection (refused, connect timeout): the breaker
+    /// opens at once.
     pub(crate) fn unreachable(&self) {
         if let Some(permit) = self.lock().permit.take() {
             permit.trip();

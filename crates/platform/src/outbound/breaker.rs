@@ -4,8 +4,8 @@
 //! After `failure_threshold` consecutive unhealthy outcomes it opens and admits nothing; after
 //! `open_for` it half-opens and admits one trial: a healthy trial closes it, an unhealthy one
 //! re-opens it. A business answer is a healthy dependency saying no: it resets the count. An
-//! endpoint that cannot be reached at all (connection refused or reset) is [tripped](Permit::trip):
-//! opened at once, since nothing at that address is answering.
+//! endpoint that refuses connections is [tripped](Permit::trip): opened at once, since nothing at
+//! that address is answering.
 //!
 //! Time is `tokio::time`, so tests can pause and advance it.
 

@@ -4,8 +4,9 @@
 //! Readiness is the breaker: while it is open the endpoint is not ready, so the balancer picks
 //! another; it becomes ready again when it half-opens (a timer) or its trial settles (a wake-up).
 //! Every call's outcome settles the breaker through the request's [`AttemptRecord`]: the status
-//! in the response headers (trailers-only) or trailers, a broken body, an unreachable endpoint
-//! (connection refused or reset — the breaker opens at once), or the attempt's timeout.
+//! in the response headers (trailers-only) or trailers, a connection lost mid-call or a broken
+//! body (one failure), an endpoint that refuses connections (the breaker opens at once), or the
+//! attempt's timeout.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -232,7 +233,7 @@ impl Service<Request<Body>> for EndpointService {
                         })
                     }))
                 }
-                Err(error) if timed_out(&error) => {
+                Err(error) if is_in_chain::<tonic::TimeoutExpired>(&error) => {
                     record.time_out();
                     Err(Status::deadline_exceeded(format!(
                         "{} endpoint {}: the attempt's time ran out",
@@ -241,7 +242,13 @@ impl Service<Request<Body>> for EndpointService {
                     .into())
                 }
                 Err(error) => {
-                    record.unreachable();
+                    if is_in_chain::<tonic::ConnectError>(&error) {
+                        // Nothing accepted the connection: nothing is answering at that address.
+                        record.unreachable();
+                    } else {
+                        // A connection lost mid-call: one failure, not proof the endpoint is gone.
+                        record.broke();
+                    }
                     Err(shared.unavailable(error_chain(&error)).into())
                 }
             }
@@ -250,11 +257,12 @@ impl Service<Request<Body>> for EndpointService {
     }
 }
 
-/// tonic's channel enforces the `grpc-timeout` we send and fails with `TimeoutExpired`.
-fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `error` or one of its sources is an `E`: tonic's channel fails with `TimeoutExpired`
+/// when the `grpc-timeout` we sent runs out, and wraps connection failures in `ConnectError`.
+fn is_in_chain<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(error) = source {
-        if error.is::<tonic::TimeoutExpired>() {
+        if error.is::<E>() {
             return true;
         }
         source = error.source();
@@ -364,7 +372,11 @@ mod tests {
                 Some(&self.0)
             }
         }
-        assert!(timed_out(&Wrapper(tonic::TimeoutExpired(()))));
-        assert!(!timed_out(&std::io::Error::other("connection refused")));
+        let wrapped = Wrapper(tonic::TimeoutExpired(()));
+        assert!(is_in_chain::<tonic::TimeoutExpired>(&wrapped));
+        assert!(!is_in_chain::<tonic::ConnectError>(&wrapped));
+        assert!(!is_in_chain::<tonic::TimeoutExpired>(
+            &std::io::Error::other("refused")
+        ));
     }
 }
