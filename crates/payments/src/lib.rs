@@ -73,7 +73,7 @@ use std::fmt;
 use async_trait::async_trait;
 
 pub use durable::StateError;
-pub use remote::{Bearer, PspApi, RemotePsp};
+pub use remote::{PspApi, RemotePsp};
 pub use simulator::{Behaviour, Outcome, PspSimulator};
 
 /// An amount of money: ISO-4217 currency code and integer minor units (no floats near money).

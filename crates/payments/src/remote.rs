@@ -2,7 +2,7 @@
 //! [`PspApi`] serves any [`PaymentProvider`] (the durable simulator, in `commerce psp serve`), and
 //! [`RemotePsp`] is the port's adapter that calls it, so every checkout and subscriptions replica
 //! charges one PSP. The adapter keeps the port's promises across the network: the simulator's own
-//! errors come back exactly (see [`crate::wire`]); a request that never reached the PSP is
+//! errors come back exactly (see `crate::wire`); a request that never reached the PSP is
 //! [`PspError::Unavailable`] (nothing happened), one whose reply was lost is [`PspError::Timeout`]
 //! (outcome unknown: retry with the same key or look it up) — never a guess that could charge twice.
 
@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use commerce_api::commerce::psp::v1::psp_service_client::PspServiceClient;
 use commerce_api::commerce::psp::v1::psp_service_server::PspService;
 use commerce_api::commerce::psp::v1::{self as wire};
+use platform::outbound::{CallContext, CallError, Callee, CalleeChannel};
 use tonic::{Request, Response, Status};
 
 use crate::wire::{
@@ -177,63 +178,61 @@ impl PspService for PspApi {
     }
 }
 
-/// Where a [`RemotePsp`] gets the bearer token of a call to the PSP RPC at the given path
-/// (`/commerce.psp.v1.PspService/Authorize`): the calling service's own identity with the scopes
-/// that RPC demands; `None` sends none.
-pub type Bearer = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
-
-/// The port's adapter to a PSP process, over any gRPC channel `T` (a plain tonic `Channel`, or
-/// the platform's balanced channel).
+/// The port's adapter to a PSP process, through the platform's outbound stack (balanced over the
+/// PSP's replicas, per-endpoint breakers, the inbound deadline sent on). It makes one attempt per
+/// call: retries belong to the caller's own policy, which knows what the port promises.
 #[derive(Clone)]
-pub struct RemotePsp<T> {
-    channel: T,
-    bearer: Bearer,
+pub struct RemotePsp {
+    callee: Callee,
 }
 
-impl<T> RemotePsp<T>
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: tonic::transport::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::transport::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    T::Future: Send,
-{
-    /// Calls the PSP on `channel`, authenticating each call with `bearer`.
-    pub fn new(channel: T, bearer: Bearer) -> Self {
-        RemotePsp { channel, bearer }
+impl RemotePsp {
+    /// Calls the PSP through `callee` (whose metadata hook authenticates the calls).
+    pub fn new(callee: Callee) -> Self {
+        RemotePsp { callee }
     }
 
-    fn client(&self) -> PspServiceClient<T> {
-        PspServiceClient::new(self.channel.clone())
-    }
-
-    fn request<M>(&self, method: &str, message: M) -> Request<M> {
-        let mut request = Request::new(message);
-        if let Some(token) = (self.bearer)(&format!("/commerce.psp.v1.PspService/{method}"))
-            && let Ok(value) = format!("Bearer {token}").parse()
-        {
-            request.metadata_mut().insert("authorization", value);
-        }
-        request
+    async fn call<M, R, F, Fut>(&self, method: &str, message: M, attempt: F) -> Result<R, CallError>
+    where
+        M: Clone,
+        F: FnMut(CalleeChannel, Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        self.callee
+            .unary(
+                &CallContext::current(),
+                &format!("/commerce.psp.v1.PspService/{method}"),
+                message,
+                None,
+                attempt,
+            )
+            .await
+            .map(Response::into_inner)
     }
 }
 
 /// A failed mutating call: what the PSP said, or — without an answer — nothing happened (never
-/// sent) or the outcome is unknown.
-fn mutation_failed(status: Status) -> PspError {
-    match status_to_failure(&status) {
-        Failure::Answered(error) => error,
-        Failure::Transport { sent: false } => PspError::Unavailable,
-        Failure::Transport { sent: true } => PspError::Timeout,
+/// sent) or the outcome is unknown (sent, and the answer lost).
+fn mutation_failed(error: CallError) -> PspError {
+    match &error {
+        CallError::Failed { status, .. } => match status_to_failure(status) {
+            Failure::Answered(answered) => answered,
+            Failure::Transport { sent: false } => PspError::Unavailable,
+            Failure::Transport { sent: true } => PspError::Timeout,
+        },
+        _ if error.outcome_unknown() => PspError::Timeout,
+        _ => PspError::Unavailable,
     }
 }
 
 /// A failed read changed nothing, whatever happened to it.
-fn read_failed(status: Status) -> PspError {
-    match status_to_failure(&status) {
-        Failure::Answered(error) => error,
-        Failure::Transport { .. } => PspError::Unavailable,
+fn read_failed(error: CallError) -> PspError {
+    match &error {
+        CallError::Failed { status, .. } => match status_to_failure(status) {
+            Failure::Answered(answered) => answered,
+            Failure::Transport { .. } => PspError::Unavailable,
+        },
+        _ => PspError::Unavailable,
     }
 }
 
@@ -244,84 +243,84 @@ fn transaction(found: Option<wire::Transaction>) -> Result<Transaction, PspError
 }
 
 #[async_trait]
-impl<T> PaymentProvider for RemotePsp<T>
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: tonic::transport::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::transport::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    T::Future: Send,
-{
+impl PaymentProvider for RemotePsp {
     async fn authorize(&self, request: AuthorizeRequest) -> Result<Transaction, PspError> {
-        let call = self.request(
-            "Authorize",
-            wire::AuthorizeRequest {
-                idempotency_key: request.idempotency_key,
-                payment_token: request.payment_token,
-                amount: money_to_wire(&request.amount),
-                reference: request.reference,
-            },
-        );
+        let message = wire::AuthorizeRequest {
+            idempotency_key: request.idempotency_key,
+            payment_token: request.payment_token,
+            amount: money_to_wire(&request.amount),
+            reference: request.reference,
+        };
         let response = self
-            .client()
-            .authorize(call)
+            .call("Authorize", message, |channel, request| async move {
+                PspServiceClient::new(channel).authorize(request).await
+            })
             .await
             .map_err(mutation_failed)?;
-        transaction(response.into_inner().transaction)
+        transaction(response.transaction)
     }
 
     async fn capture(&self, request: CaptureRequest) -> Result<Transaction, PspError> {
-        let call = self.request(
-            "Capture",
-            wire::CaptureRequest {
-                idempotency_key: request.idempotency_key,
-                authorization_id: request.authorization_id,
-                amount: money_to_wire(&request.amount),
-            },
-        );
-        let response = self.client().capture(call).await.map_err(mutation_failed)?;
-        transaction(response.into_inner().transaction)
+        let message = wire::CaptureRequest {
+            idempotency_key: request.idempotency_key,
+            authorization_id: request.authorization_id,
+            amount: money_to_wire(&request.amount),
+        };
+        let response = self
+            .call("Capture", message, |channel, request| async move {
+                PspServiceClient::new(channel).capture(request).await
+            })
+            .await
+            .map_err(mutation_failed)?;
+        transaction(response.transaction)
     }
 
     async fn void(&self, request: VoidRequest) -> Result<Transaction, PspError> {
-        let call = self.request(
-            "Void",
-            wire::VoidRequest {
-                idempotency_key: request.idempotency_key,
-                authorization_id: request.authorization_id,
-            },
-        );
-        let response = self.client().void(call).await.map_err(mutation_failed)?;
-        transaction(response.into_inner().transaction)
+        let message = wire::VoidRequest {
+            idempotency_key: request.idempotency_key,
+            authorization_id: request.authorization_id,
+        };
+        let response = self
+            .call("Void", message, |channel, request| async move {
+                PspServiceClient::new(channel).void(request).await
+            })
+            .await
+            .map_err(mutation_failed)?;
+        transaction(response.transaction)
     }
 
     async fn refund(&self, request: RefundRequest) -> Result<Transaction, PspError> {
-        let call = self.request(
-            "Refund",
-            wire::RefundRequest {
-                idempotency_key: request.idempotency_key,
-                capture_id: request.capture_id,
-                amount: money_to_wire(&request.amount),
-            },
-        );
-        let response = self.client().refund(call).await.map_err(mutation_failed)?;
-        transaction(response.into_inner().transaction)
+        let message = wire::RefundRequest {
+            idempotency_key: request.idempotency_key,
+            capture_id: request.capture_id,
+            amount: money_to_wire(&request.amount),
+        };
+        let response = self
+            .call("Refund", message, |channel, request| async move {
+                PspServiceClient::new(channel).refund(request).await
+            })
+            .await
+            .map_err(mutation_failed)?;
+        transaction(response.transaction)
     }
 
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<Transaction>, PspError> {
-        let call = self.request(
-            "LookupTransaction",
-            wire::LookupTransactionRequest {
-                idempotency_key: idempotency_key.to_owned(),
-            },
-        );
+        let message = wire::LookupTransactionRequest {
+            idempotency_key: idempotency_key.to_owned(),
+        };
         let response = self
-            .client()
-            .lookup_transaction(call)
+            .call(
+                "LookupTransaction",
+                message,
+                |channel, request| async move {
+                    PspServiceClient::new(channel)
+                        .lookup_transaction(request)
+                        .await
+                },
+            )
             .await
             .map_err(read_failed)?;
-        match response.into_inner().transaction {
+        match response.transaction {
             None => Ok(None),
             found => transaction(found).map(Some),
         }
@@ -331,20 +330,19 @@ where
         let mut all = Vec::new();
         let mut page_token = String::new();
         loop {
-            let call = self.request(
-                "ListTransactions",
-                wire::ListTransactionsRequest {
-                    reference: reference.unwrap_or_default().to_owned(),
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                },
-            );
+            let message = wire::ListTransactionsRequest {
+                reference: reference.unwrap_or_default().to_owned(),
+                page_size: 1000,
+                page_token: page_token.clone(),
+            };
             let page = self
-                .client()
-                .list_transactions(call)
+                .call("ListTransactions", message, |channel, request| async move {
+                    PspServiceClient::new(channel)
+                        .list_transactions(request)
+                        .await
+                })
                 .await
-                .map_err(read_failed)?
-                .into_inner();
+                .map_err(read_failed)?;
             for found in page.transactions {
                 all.push(transaction(Some(found))?);
             }

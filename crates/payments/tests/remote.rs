@@ -13,12 +13,12 @@ use payments::{
     AuthorizeRequest, CaptureRequest, Money, PaymentProvider, PspApi, PspError, PspSimulator,
     RefundRequest, RemotePsp, TransactionKind, TransactionStatus, VoidRequest,
 };
+use platform::outbound::{Callee, CalleeConfig};
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 
 struct Served {
     simulator: PspSimulator,
-    remote: RemotePsp<Channel>,
+    remote: RemotePsp,
     addr: String,
     /// The PSP process: its own runtime, so dropping it ends every connection at once.
     process: Option<tokio::runtime::Runtime>,
@@ -58,13 +58,26 @@ async fn serve() -> Served {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await;
     });
-    let channel = Channel::from_shared(addr.clone()).unwrap().connect_lazy();
     Served {
         simulator,
-        remote: RemotePsp::new(channel, Arc::new(|_| None)),
+        remote: remote_psp(&addr),
         addr,
         process: Some(process),
     }
+}
+
+/// The adapter as a service builds it: one attempt per call (the caller's policy retries).
+fn remote_psp(addr: &str) -> RemotePsp {
+    let mut config = CalleeConfig::new("psp", addr);
+    config.policy.max_attempts = 1;
+    config.policy.timeout = Duration::from_secs(10);
+    let callee = Callee::new(
+        config,
+        &commerce_api::DESCRIPTOR_POOL,
+        &platform::interceptors::Metrics::default(),
+    )
+    .unwrap();
+    RemotePsp::new(callee)
 }
 
 fn authorize(key: &str, token: &str, cents: i64) -> AuthorizeRequest {
@@ -232,12 +245,7 @@ async fn a_psp_that_cannot_be_reached_did_nothing_and_one_that_dies_mid_call_may
         psp.simulator.lookup("slow").await.unwrap().is_some(),
         "and indeed it acted"
     );
-    let nothing_listens = RemotePsp::new(
-        Channel::from_shared(psp.addr.clone())
-            .unwrap()
-            .connect_lazy(),
-        Arc::new(|_| None),
-    );
+    let nothing_listens = remote_psp(&psp.addr);
     assert_eq!(
         nothing_listens
             .authorize(authorize("never", "tok_ok", 500))

@@ -2,15 +2,14 @@
 //! process through its public contract (`commerce.loyalty.v1` — `GetReward`, `RedeemReward`,
 //! `CommitRedemption`, `VoidRedemption`, `ReverseRedemption`), never a private back door.
 //!
-//! Each call authenticates as checkout itself (the caller supplies the token for the tenant and
-//! the RPC: see [`Credentials`]) — a customer's token is never forwarded — and a hold carries the
+//! Each call goes through the platform's outbound stack ([`Callee`]): balanced over loyalty's
+//! replicas, within the inbound call's deadline, retried only where loyalty's contract allows.
+//! It authenticates as checkout itself (the callee's metadata hook signs a service token with the
+//! scopes the RPC demands) — a customer's token is never forwarded — and a hold carries the
 //! placement's idempotency key, so a retried hold cannot hold twice. Loyalty's refusals keep their
 //! stable reasons; anything else (loyalty down, slow, its breaker open) is
 //! [`CheckoutError::Unavailable`] naming loyalty, so an order that redeems a reward fails fast
 //! and nothing is charged.
-
-use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use commerce_api::commerce::common::v1::ErrorReason;
@@ -19,64 +18,66 @@ use commerce_api::commerce::loyalty::v1::{
     CommitRedemptionRequest, GetRewardRequest, RedeemRewardRequest, ReverseRedemptionRequest,
     Reward, VoidRedemptionRequest,
 };
+use platform::outbound::{CallContext, CallError, Callee, CalleeChannel};
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt as _;
 
 use crate::error::CheckoutError;
 use crate::quotes::LoyaltyPort;
 
-/// The token a call to loyalty's RPC `path` (`/commerce.loyalty.v1.RewardService/RedeemReward`)
-/// carries for `tenant`: checkout's own service token with the scopes that RPC demands.
-pub type Credentials = Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
-
 const SERVICE: &str = "/commerce.loyalty.v1.RewardService/";
 
-/// The loyalty port over a gRPC channel `T` to loyalty's replicas.
+/// The loyalty port through the platform's outbound stack (balanced over loyalty's replicas,
+/// per-endpoint breakers, the inbound deadline sent on, retries where loyalty's contract allows
+/// them). The callee's metadata hook signs each call with checkout's own service token.
 #[derive(Clone)]
-pub struct RemoteLoyalty<T> {
-    channel: T,
-    credentials: Credentials,
-    timeout: Duration,
+pub struct RemoteLoyalty {
+    callee: Callee,
 }
 
-impl<T> RemoteLoyalty<T>
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: tonic::transport::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::transport::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    T::Future: Send,
-{
-    /// Loyalty on `channel`; every call authenticated by `credentials` and given at most
-    /// `timeout` (sent as `grpc-timeout`).
-    pub fn new(channel: T, credentials: Credentials, timeout: Duration) -> Self {
-        RemoteLoyalty {
-            channel,
-            credentials,
-            timeout,
-        }
+impl RemoteLoyalty {
+    /// Loyalty behind `callee`.
+    pub fn new(callee: Callee) -> Self {
+        RemoteLoyalty { callee }
     }
 
-    fn client(&self) -> RewardServiceClient<T> {
-        RewardServiceClient::new(self.channel.clone())
-    }
-
-    fn request<M>(&self, tenant: &str, method: &str, message: M) -> Request<M> {
-        let mut request = Request::new(message);
-        request.set_timeout(self.timeout);
-        if let Some(token) = (self.credentials)(tenant, &format!("{SERVICE}{method}"))
-            && let Ok(value) = format!("Bearer {token}").parse()
-        {
-            request.metadata_mut().insert("authorization", value);
-        }
-        request
+    /// One call of `method` for `tenant`, within the inbound call's deadline (see
+    /// [`CallContext::current`]).
+    async fn call<M, R, F, Fut>(
+        &self,
+        tenant: &str,
+        method: &str,
+        message: M,
+        key: Option<&str>,
+        attempt: F,
+    ) -> Result<R, CallError>
+    where
+        M: Clone,
+        F: FnMut(CalleeChannel, Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let mut context = CallContext::current();
+        context.tenant = Some(tenant.to_owned());
+        self.callee
+            .unary(
+                &context,
+                &format!("{SERVICE}{method}"),
+                message,
+                key,
+                attempt,
+            )
+            .await
+            .map(tonic::Response::into_inner)
     }
 }
 
-/// Loyalty's answer as checkout reports it: its stable refusals as they are, anything else as
-/// loyalty being unavailable.
-fn failed(status: Status, resource: &'static str, id: &str) -> CheckoutError {
+/// Loyalty's answer as checkout reports it: its stable refusals as they are, anything else —
+/// loyalty down, slow, every replica's breaker open — as loyalty being unavailable.
+fn failed(error: CallError, resource: &'static str, id: &str) -> CheckoutError {
+    let CallError::Failed { status, .. } = &error else {
+        tracing::warn!(%error, "checkout: loyalty unavailable");
+        return unavailable();
+    };
     let reason = status
         .get_error_details()
         .error_info()
@@ -98,45 +99,48 @@ fn failed(status: Status, resource: &'static str, id: &str) -> CheckoutError {
             message: status.message().to_owned(),
         },
         _ => {
-            tracing::warn!(code = ?status.code(), message = status.message(), "checkout: loyalty unavailable");
-            CheckoutError::Unavailable {
-                what: "loyalty",
-                reason: ErrorReason::DependencyUnavailable,
-            }
+            tracing::warn!(%error, "checkout: loyalty unavailable");
+            unavailable()
         }
     }
 }
 
+fn unavailable() -> CheckoutError {
+    CheckoutError::Unavailable {
+        what: "loyalty",
+        reason: ErrorReason::DependencyUnavailable,
+    }
+}
+
 /// A void or reverse of a redemption already resolved (voided, lapsed, never posted) is done.
-fn already_resolved(status: &Status) -> bool {
-    status
+fn already_resolved(error: &CallError) -> bool {
+    matches!(error, CallError::Failed { status, .. } if status
         .get_error_details()
         .error_info()
-        .is_some_and(|info| info.reason == "REDEMPTION_ALREADY_RESOLVED")
+        .is_some_and(|info| info.reason == "REDEMPTION_ALREADY_RESOLVED"))
 }
 
 #[async_trait]
-impl<T> LoyaltyPort for RemoteLoyalty<T>
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: tonic::transport::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::transport::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    T::Future: Send,
-{
+impl LoyaltyPort for RemoteLoyalty {
     async fn reward(&self, tenant: &str, reward_id: &str) -> Result<Option<Reward>, CheckoutError> {
-        let request = self.request(
-            tenant,
-            "GetReward",
-            GetRewardRequest {
-                reward_id: reward_id.to_owned(),
-            },
-        );
-        match self.client().get_reward(request).await {
-            Ok(response) => Ok(response.into_inner().reward),
-            Err(status) if status.code() == Code::NotFound => Ok(None),
-            Err(status) => Err(failed(status, "reward", reward_id)),
+        let message = GetRewardRequest {
+            reward_id: reward_id.to_owned(),
+        };
+        let answer = self
+            .call(
+                tenant,
+                "GetReward",
+                message,
+                None,
+                |channel, request| async move {
+                    RewardServiceClient::new(channel).get_reward(request).await
+                },
+            )
+            .await;
+        match answer {
+            Ok(response) => Ok(response.reward),
+            Err(CallError::Failed { status, .. }) if status.code() == Code::NotFound => Ok(None),
+            Err(error) => Err(failed(error, "reward", reward_id)),
         }
     }
 
@@ -148,75 +152,98 @@ where
         order_id: &str,
         key: &str,
     ) -> Result<String, CheckoutError> {
-        let mut request = self.request(
-            tenant,
-            "RedeemReward",
-            RedeemRewardRequest {
-                member_id: member_id.to_owned(),
-                reward_id: reward_id.to_owned(),
-                order_id: order_id.to_owned(),
-            },
-        );
+        let message = RedeemRewardRequest {
+            member_id: member_id.to_owned(),
+            reward_id: reward_id.to_owned(),
+            order_id: order_id.to_owned(),
+        };
         // The placement's key: a retried hold is the same hold.
-        let key = key
-            .parse()
-            .map_err(|_| CheckoutError::invalid("idempotency-key", "not a valid header value"))?;
-        request.metadata_mut().insert("idempotency-key", key);
         let response = self
-            .client()
-            .redeem_reward(request)
+            .call(
+                tenant,
+                "RedeemReward",
+                message,
+                Some(key),
+                |channel, request| async move {
+                    RewardServiceClient::new(channel)
+                        .redeem_reward(request)
+                        .await
+                },
+            )
             .await
-            .map_err(|status| failed(status, "reward", reward_id))?;
+            .map_err(|error| failed(error, "reward", reward_id))?;
         Ok(response
-            .into_inner()
             .redemption
             .map(|redemption| redemption.redemption_id)
             .unwrap_or_default())
     }
 
     async fn commit(&self, tenant: &str, redemption_id: &str) -> Result<(), CheckoutError> {
-        let request = self.request(
+        let message = CommitRedemptionRequest {
+            redemption_id: redemption_id.to_owned(),
+        };
+        self.call(
             tenant,
             "CommitRedemption",
-            CommitRedemptionRequest {
-                redemption_id: redemption_id.to_owned(),
+            message,
+            None,
+            |channel, request| async move {
+                RewardServiceClient::new(channel)
+                    .commit_redemption(request)
+                    .await
             },
-        );
-        self.client()
-            .commit_redemption(request)
-            .await
-            .map(drop)
-            .map_err(|status| failed(status, "redemption", redemption_id))
+        )
+        .await
+        .map(drop)
+        .map_err(|error| failed(error, "redemption", redemption_id))
     }
 
     async fn void(&self, tenant: &str, redemption_id: &str) -> Result<(), CheckoutError> {
-        let request = self.request(
-            tenant,
-            "VoidRedemption",
-            VoidRedemptionRequest {
-                redemption_id: redemption_id.to_owned(),
-            },
-        );
-        match self.client().void_redemption(request).await {
+        let message = VoidRedemptionRequest {
+            redemption_id: redemption_id.to_owned(),
+        };
+        match self
+            .call(
+                tenant,
+                "VoidRedemption",
+                message,
+                None,
+                |channel, request| async move {
+                    RewardServiceClient::new(channel)
+                        .void_redemption(request)
+                        .await
+                },
+            )
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(status) if already_resolved(&status) => Ok(()),
-            Err(status) => Err(failed(status, "redemption", redemption_id)),
+            Err(error) if already_resolved(&error) => Ok(()),
+            Err(error) => Err(failed(error, "redemption", redemption_id)),
         }
     }
 
     async fn reverse(&self, tenant: &str, redemption_id: &str) -> Result<(), CheckoutError> {
-        let request = self.request(
-            tenant,
-            "ReverseRedemption",
-            ReverseRedemptionRequest {
-                redemption_id: redemption_id.to_owned(),
-                reason: "order canceled".into(),
-            },
-        );
-        match self.client().reverse_redemption(request).await {
+        let message = ReverseRedemptionRequest {
+            redemption_id: redemption_id.to_owned(),
+            reason: "order canceled".into(),
+        };
+        match self
+            .call(
+                tenant,
+                "ReverseRedemption",
+                message,
+                None,
+                |channel, request| async move {
+                    RewardServiceClient::new(channel)
+                        .reverse_redemption(request)
+                        .await
+                },
+            )
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(status) if already_resolved(&status) => Ok(()),
-            Err(status) => Err(failed(status, "redemption", redemption_id)),
+            Err(error) if already_resolved(&error) => Ok(()),
+            Err(error) => Err(failed(error, "redemption", redemption_id)),
         }
     }
 }

@@ -17,7 +17,7 @@ use service_module::{ServiceModule, Shared, Shutdown, Stage, Task};
 
 use crate::auth::AuthArgs;
 use crate::storage;
-use crate::topology::{PLATFORM_TENANT, Scopes, ServiceName, TopologyArgs, callee_channel};
+use crate::topology::{PLATFORM_TENANT, Scopes, ServiceName, TopologyArgs, signed_by};
 
 /// Configuration of `serve`; every flag can also come from the environment.
 #[derive(Args, Debug)]
@@ -183,13 +183,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
 
     // The modules, and how they reach each other.
-    let identity = topology.identity(
-        config.auth.jwt_issuer.clone(),
-        config.auth.jwt_audience.clone(),
-    )?;
-    let scopes = Scopes::from_contract()?;
-    let callee_timeout = Duration::from_millis(topology.callee_timeout_ms.max(1));
-    let psp = psp(topology, &shared, identity.as_ref(), &scopes).await?;
+    let metrics = platform::interceptors::Metrics::default();
+    let callees = Callees {
+        identity: topology.identity(
+            config.auth.jwt_issuer.clone(),
+            config.auth.jwt_audience.clone(),
+        )?,
+        scopes: Scopes::from_contract()?,
+        metrics: metrics.clone(),
+        timeout: Duration::from_millis(topology.callee_timeout_ms.max(1)),
+        hedge_after: topology.hedge_after_ms.map(Duration::from_millis),
+    };
+    let psp = psp(topology, &shared, &callees).await?;
     let mut modules: Vec<Box<dyn ServiceModule>> = Vec::new();
     let mut loyalty_in_process = None;
     if topology.runs(ServiceName::Loyalty) {
@@ -201,21 +206,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let loyalty_port: Arc<dyn checkout::LoyaltyPort> =
             match (&loyalty_in_process, &topology.loyalty_url) {
                 (Some(engine), _) => Arc::new(commerce::LoyaltyForCheckout(engine.clone())),
-                (None, Some(url)) => {
-                    let channel = callee_channel(url).await?;
-                    let (identity, scopes) = (identity.clone(), scopes.clone());
-                    let credentials: checkout::loyalty_remote::Credentials =
-                        Arc::new(move |tenant: &str, path: &str| {
-                            identity
-                                .as_ref()
-                                .and_then(|identity| identity.token(tenant, &scopes.of(path)).ok())
-                        });
-                    Arc::new(checkout::loyalty_remote::RemoteLoyalty::new(
-                        channel,
-                        credentials,
-                        callee_timeout,
-                    ))
-                }
+                (None, Some(url)) => Arc::new(checkout::loyalty_remote::RemoteLoyalty::new(
+                    callees.callee("loyalty", url, None, |_| {})?,
+                )),
                 (None, None) => {
                     unreachable!("checked: checkout without loyalty needs --loyalty-url")
                 }
@@ -309,6 +302,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     );
 
     let mut server = Server::new(server_config)
+        .metrics(metrics)
         .store(store)
         .fast_path(redis, degraded);
     for module in &modules {
@@ -339,27 +333,60 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How this process builds its callees: its identity (every call signed with it), the scopes
+/// each RPC demands, the admin registry their metrics go to, and the call policy.
+struct Callees {
+    identity: Option<Arc<platform::identity::ServiceIdentity>>,
+    scopes: Scopes,
+    metrics: platform::interceptors::Metrics,
+    timeout: Duration,
+    hedge_after: Option<Duration>,
+}
+
+impl Callees {
+    /// The callee `name` at `target`, its calls signed for `tenant` (the served call's tenant
+    /// when `None`), with the process's call policy as `adjust` changes it.
+    fn callee(
+        &self,
+        name: &str,
+        target: &str,
+        tenant: Option<&'static str>,
+        adjust: impl FnOnce(&mut platform::outbound::CalleeConfig),
+    ) -> anyhow::Result<platform::outbound::Callee> {
+        let mut config = platform::outbound::CalleeConfig::new(name, target);
+        config.policy.timeout = self.timeout;
+        config.hedge_after = self.hedge_after;
+        adjust(&mut config);
+        let callee =
+            platform::outbound::Callee::new(config, &commerce_api::DESCRIPTOR_POOL, &self.metrics)?;
+        let identity = self
+            .identity
+            .clone()
+            .context("calls to other services need --service-key-file")?;
+        Ok(callee.with_metadata_hook(signed_by(identity, self.scopes.clone(), tenant)))
+    }
+}
+
 /// The PSP the process charges through: the PSP process (`--psp-url`), or the simulator beside
 /// this process's store; none when no module of the process charges.
 async fn psp(
     topology: &TopologyArgs,
     shared: &Shared,
-    identity: Option<&Arc<platform::identity::ServiceIdentity>>,
-    scopes: &Scopes,
+    callees: &Callees,
 ) -> anyhow::Result<Option<Arc<dyn payments::PaymentProvider>>> {
     if !topology.runs(ServiceName::Checkout) && !topology.runs(ServiceName::Subscriptions) {
         return Ok(None);
     }
     match &topology.psp_url {
         Some(url) => {
-            let channel = callee_channel(url).await?;
-            let (identity, scopes) = (identity.cloned(), scopes.clone());
-            let bearer: payments::Bearer = Arc::new(move |path: &str| {
-                identity
-                    .as_ref()
-                    .and_then(|identity| identity.token(PLATFORM_TENANT, &scopes.of(path)).ok())
-            });
-            Ok(Some(Arc::new(payments::RemotePsp::new(channel, bearer))))
+            // One attempt per call, as long as the charging services' own PSP policy allows:
+            // that policy decides retries, by what the port promises (same key, or look the
+            // outcome up).
+            let callee = callees.callee("psp", url, Some(PLATFORM_TENANT), |config| {
+                config.policy.max_attempts = 1;
+                config.policy.timeout = Duration::from_secs(30);
+            })?;
+            Ok(Some(Arc::new(payments::RemotePsp::new(callee))))
         }
         None => {
             // The simulator (its token grammar is in the `payments` crate) keeps its state in the

@@ -55,8 +55,8 @@ pub struct TopologyArgs {
     )]
     pub services: Vec<ServiceName>,
     /// Loyalty, for a checkout process that does not run it: `http://host:port`, a
-    /// comma-separated list of them, or `dns:///host:port` (every address it resolves to is a
-    /// replica).
+    /// comma-separated list of them, or `dns:///host:port` (re-resolved every 10 s; every address
+    /// is a replica).
     #[arg(long, env = "COMMERCE_LOYALTY_URL")]
     pub loyalty_url: Option<String>,
     /// The PSP process (`commerce psp serve`), same forms as `--loyalty-url`. Unset, the PSP
@@ -75,6 +75,10 @@ pub struct TopologyArgs {
     /// deadline).
     #[arg(long, env = "COMMERCE_CALLEE_TIMEOUT_MS", default_value_t = 2000)]
     pub callee_timeout_ms: u64,
+    /// Hedge side-effect-free reads of other services: a second attempt on another replica after
+    /// this many milliseconds without an answer (the first answer wins). Off when unset.
+    #[arg(long, env = "COMMERCE_HEDGE_AFTER_MS")]
+    pub hedge_after_ms: Option<u64>,
     /// This process's name on the event bus (a consumer within each group); default: host name
     /// and process id.
     #[arg(long, env = "COMMERCE_INSTANCE")]
@@ -196,35 +200,26 @@ impl Scopes {
     }
 }
 
-/// A channel to a callee's replicas from its target: `http://host:port`, a comma-separated list
-/// (balanced per request), or `dns:///host:port` (every address it resolves to).
-pub async fn callee_channel(target: &str) -> anyhow::Result<tonic::transport::Channel> {
-    use tonic::transport::{Channel, Endpoint};
-    let urls: Vec<String> = match target.strip_prefix("dns:///") {
-        Some(host_port) => {
-            let (host, port) = host_port
-                .rsplit_once(':')
-                .with_context(|| format!("{target}: dns:/// needs host:port"))?;
-            let addresses = tokio::net::lookup_host((host, port.parse::<u16>()?))
-                .await
-                .with_context(|| format!("resolving {target}"))?;
-            addresses
-                .map(|address| format!("http://{address}"))
-                .collect()
-        }
-        None => target
-            .split(',')
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    };
-    if urls.is_empty() {
-        bail!("{target}: no address to call");
+/// Signs every call to a callee with this service's own token: for `tenant` when given (a
+/// process-wide callee such as the PSP), otherwise for the tenant of the call being served; with
+/// exactly the scopes the called RPC demands.
+pub fn signed_by(
+    identity: Arc<ServiceIdentity>,
+    scopes: Scopes,
+    tenant: Option<&'static str>,
+) -> impl platform::outbound::MetadataHook {
+    move |call: &platform::outbound::OutboundCall<'_>,
+          metadata: &mut tonic::metadata::MetadataMap| {
+        let tenant = tenant
+            .or(call.context.tenant.as_deref())
+            .ok_or_else(|| tonic::Status::internal("an outbound call serves no tenant"))?;
+        let token = identity
+            .token(tenant, &scopes.of(call.method))
+            .map_err(|error| tonic::Status::internal(error.to_string()))?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::internal("a service token is not a header value"))?;
+        metadata.insert("authorization", value);
+        Ok(())
     }
-    let endpoints = urls
-        .iter()
-        .map(|url| Endpoint::from_shared(url.clone()).with_context(|| format!("{url}: not a URL")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Channel::balance_list(endpoints.into_iter()))
 }

@@ -15,6 +15,14 @@ use tower::{Layer, Service};
 pub struct Next(Box<dyn FnOnce(Request<Body>) -> BoxFuture<'static, Response<Body>> + Send>);
 
 impl Next {
+    /// The rest of the stack as a function (tests of a single interceptor).
+    #[cfg(test)]
+    pub fn from_fn(
+        run: impl FnOnce(Request<Body>) -> BoxFuture<'static, Response<Body>> + Send + 'static,
+    ) -> Self {
+        Next(Box::new(run))
+    }
+
     /// Runs the rest of the stack.
     pub fn run(self, request: Request<Body>) -> BoxFuture<'static, Response<Body>> {
         (self.0)(request)

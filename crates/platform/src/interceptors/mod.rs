@@ -3,11 +3,13 @@
 //!
 //! request id + trace context → observe (RED metrics, logs) → load shedding → deadline →
 //! authentication → authorization (+ tenant) → rate limit → deprecation marks → validation →
-//! idempotency → handler.
+//! idempotency → call scope (the handler's outbound calls inherit its deadline and trace) →
+//! handler.
 
 mod around;
 mod authenticate;
 mod authorize;
+mod call_scope;
 mod check;
 mod context;
 mod deadline;
@@ -146,6 +148,7 @@ pub fn stack(
         .layer(AroundLayer(deprecation::Deprecations::new(metrics)))
         .layer(AroundLayer(validate::Validate::new(max_message_bytes)))
         .layer(AroundLayer(idempotency))
+        .layer(AroundLayer(call_scope::CallScope))
         .service(routes);
     Ok(BoxCloneService::new(service))
 }

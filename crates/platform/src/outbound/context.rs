@@ -29,10 +29,32 @@ pub struct CallContext {
     pub metadata: MetadataMap,
 }
 
+tokio::task_local! {
+    /// The inbound call the current task serves (set by the interceptor stack around every
+    /// handler), so domain code several calls deep reaches other services with the inbound
+    /// deadline and trace without passing them through every signature.
+    static CURRENT: CallContext;
+}
+
 impl CallContext {
+    /// The context of the inbound call this task serves; empty (no deadline, no trace) in a
+    /// background job or a task the handler spawned.
+    pub fn current() -> CallContext {
+        CURRENT.try_with(CallContext::clone).unwrap_or_default()
+    }
+
+    /// Runs `future` as serving this context ([`CallContext::current`] inside it).
+    pub async fn scope<F: std::future::Future>(self, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+
     /// The context of an inbound call, from what the interceptor stack left in its extensions.
     pub fn from_request<T>(request: &tonic::Request<T>) -> Self {
-        let extensions = request.extensions();
+        Self::from_extensions(request.extensions())
+    }
+
+    /// The context from an inbound request's extensions (see [`CallContext::from_request`]).
+    pub fn from_extensions(extensions: &http::Extensions) -> Self {
         CallContext {
             request_id: extensions.get::<RequestId>().map(|id| id.0.clone()),
             trace: extensions

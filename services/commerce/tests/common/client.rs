@@ -141,7 +141,12 @@ pub trait Caller {
 }
 
 impl Caller for Client {
-    async fn call<Req, Resp>(&self, path: &str, request: Req, key: Option<&str>) -> Result<Resp, String>
+    async fn call<Req, Resp>(
+        &self,
+        path: &str,
+        request: Req,
+        key: Option<&str>,
+    ) -> Result<Resp, String>
     where
         Req: ReflectMessage + prost::Message + 'static,
         Resp: ReflectMessage + prost::Message + Default + 'static,
@@ -158,7 +163,12 @@ pub struct Routed {
 }
 
 impl Caller for Routed {
-    async fn call<Req, Resp>(&self, path: &str, request: Req, key: Option<&str>) -> Result<Resp, String>
+    async fn call<Req, Resp>(
+        &self,
+        path: &str,
+        request: Req,
+        key: Option<&str>,
+    ) -> Result<Resp, String>
     where
         Req: ReflectMessage + prost::Message + 'static,
         Resp: ReflectMessage + prost::Message + Default + 'static,

@@ -44,7 +44,12 @@ impl Base {
         generate_key(keys.path(), "checkout");
         generate_key(keys.path(), "subscriptions");
         Base {
-            redis: fastpath::testing::RedisServer::start_with(&["--appendonly", "yes", "--dir", keys.path().to_str().unwrap()]),
+            redis: fastpath::testing::RedisServer::start_with(&[
+                "--appendonly",
+                "yes",
+                "--dir",
+                keys.path().to_str().unwrap(),
+            ]),
             mongo: store::testing::MongoServer::start(),
             keys,
             extra: extra.iter().map(|flag| (*flag).to_owned()).collect(),
@@ -52,7 +57,12 @@ impl Base {
     }
 
     fn jwks(&self) -> String {
-        self.keys.path().join("jwks.json").to_str().unwrap().to_owned()
+        self.keys
+            .path()
+            .join("jwks.json")
+            .to_str()
+            .unwrap()
+            .to_owned()
     }
 
     fn key(&self, service: &str) -> String {
