@@ -462,6 +462,7 @@ async fn checkout_end_to_end_over_connect_json_and_grpc() {
             addr: server.addr.clone(),
             token: common::token_for(tenant),
             tenant: tenant.into(),
+            timeout: None,
         };
         scenario(&client).await;
         // The operator command ties the tenant's orders, PSP transactions and money ledger out
@@ -630,6 +631,7 @@ fn grpc_client(addr: &str, tenant: &str) -> Client {
         addr: addr.to_owned(),
         token: common::token_for(tenant),
         tenant: tenant.into(),
+        timeout: None,
     }
 }
 

@@ -25,6 +25,7 @@ fn client(server: &Running) -> Client {
         addr: server.addr.clone(),
         token: common::dev_token(None),
         tenant: "demo".into(),
+        timeout: None,
     }
 }
 

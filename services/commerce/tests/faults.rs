@@ -66,6 +66,7 @@ fn client_at(addr: &str) -> Client {
         addr: addr.to_owned(),
         token: common::dev_token(None),
         tenant: "demo".into(),
+        timeout: None,
     }
 }
 

@@ -333,6 +333,7 @@ async fn loyalty_end_to_end_over_connect_json_and_grpc() {
             addr: server.addr.clone(),
             token: common::token_for(tenant),
             tenant: tenant.into(),
+            timeout: None,
         };
         scenario(&client, &bus).await;
     }

@@ -269,6 +269,7 @@ async fn a_year_of_renewals_survives_a_killed_server_over_connect_json_and_grpc(
             addr: server.addr.clone(),
             token: common::token_for(tenant),
             tenant: tenant.into(),
+            timeout: None,
         };
         ids.push(first_half(&client).await);
     }
@@ -294,6 +295,7 @@ async fn a_year_of_renewals_survives_a_killed_server_over_connect_json_and_grpc(
             addr: server2.addr.clone(),
             token: common::token_for(tenant),
             tenant: tenant.into(),
+            timeout: None,
         };
         second_half(&client, id).await;
     }
@@ -313,6 +315,7 @@ async fn a_billing_run_killed_in_the_middle_neither_skips_nor_double_bills() {
         addr: addr.to_owned(),
         token: common::token_for(tenant),
         tenant: tenant.into(),
+        timeout: None,
     };
     let first = client(&server.addr);
     first.advance_to(month_end(0)).await;

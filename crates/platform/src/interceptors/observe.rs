@@ -140,6 +140,14 @@ impl Around for Observe {
                 .get::<RequestId>()
                 .map(|id| id.0.clone())
                 .unwrap_or_default(),
+            // The deadline the caller sent (Connect's arrives translated), for tracing a slow
+            // call across services.
+            timeout: request
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
             started: Instant::now(),
             done: false,
         };
@@ -162,6 +170,7 @@ struct CallRecord {
     metrics: Metrics,
     method: String,
     request_id: String,
+    timeout: String,
     started: Instant,
     done: bool,
 }
@@ -193,6 +202,7 @@ impl CallRecord {
             code,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             request_id = %self.request_id,
+            grpc_timeout = %self.timeout,
             "rpc finished"
         );
     }

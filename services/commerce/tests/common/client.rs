@@ -13,11 +13,14 @@ pub enum Protocol {
     Grpc,
 }
 
+#[derive(Clone)]
 pub struct Client {
     pub protocol: Protocol,
     pub addr: String,
     pub token: String,
     pub tenant: String,
+    /// The deadline sent with gRPC calls; 10 s when unset.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Client {
@@ -100,7 +103,7 @@ impl Client {
         let mut request = tonic::Request::new(request);
         // A deadline, as real callers send: it also bounds how long an idempotency key stays
         // locked when the server dies mid-call.
-        request.set_timeout(std::time::Duration::from_secs(10));
+        request.set_timeout(self.timeout.unwrap_or(std::time::Duration::from_secs(10)));
         request.metadata_mut().insert(
             "authorization",
             format!("Bearer {}", self.token).parse().unwrap(),
@@ -156,6 +159,7 @@ impl Caller for Client {
 }
 
 /// The split topology's processes: each call goes to the process serving its package.
+#[derive(Clone)]
 pub struct Routed {
     pub checkout: Client,
     pub loyalty: Client,

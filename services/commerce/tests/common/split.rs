@@ -76,12 +76,16 @@ impl Base {
 
     /// Starts the PSP process, trusting the services' keys.
     pub fn start_psp(&self) -> Running {
-        let data_dir = tempfile::tempdir().unwrap();
+        self.start_psp_on(tempfile::tempdir().unwrap(), "127.0.0.1:0")
+    }
+
+    /// Starts the PSP process on `data_dir`'s files, listening on `addr`.
+    pub fn start_psp_on(&self, data_dir: tempfile::TempDir, addr: &str) -> Running {
         let args: Vec<String> = [
             "psp",
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            addr,
             "--admin-listen",
             "127.0.0.1:0",
             "--shutdown-grace-seconds",
@@ -184,11 +188,24 @@ impl Split {
         }
     }
 
-    /// Stops loyalty with SIGKILL and starts it again (on the shared database).
+    /// Stops the PSP with SIGKILL and starts it again on its files and at its address.
+    pub fn restart_psp(&mut self) {
+        let addr = self.psp.addr.clone();
+        let _ = self.psp.child.kill();
+        let placeholder = self.base.start_psp();
+        let (_, files) =
+            std::mem::replace(&mut self.psp, placeholder).wait_exit(Duration::from_secs(10));
+        let _ = self.psp.child.kill();
+        let _ = self.psp.child.wait();
+        self.psp = self.base.start_psp_on(files, &addr);
+    }
+
+    /// Stops loyalty with SIGKILL and starts it again at its address (on the shared database).
     pub fn restart_loyalty(&mut self) {
         let _ = self.loyalty.child.kill();
         let _ = self.loyalty.child.wait();
-        self.loyalty = self.base.start_service("loyalty", &[]);
+        let addr = self.loyalty.addr.clone();
+        self.loyalty = self.base.start_service("loyalty", &["--listen", &addr]);
     }
 
     /// A caller that reaches each package on its process (checkout replica `replica`).
@@ -198,6 +215,7 @@ impl Split {
             addr: running.addr.clone(),
             token: token.to_owned(),
             tenant: "demo".into(),
+            timeout: None,
         };
         Routed {
             checkout: client(&self.checkout[replica]),
