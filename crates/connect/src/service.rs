@@ -27,6 +27,8 @@ pub(crate) struct MethodInfo {
     /// `idempotency_level = NO_SIDE_EFFECTS`: may be called with GET.
     pub no_side_effects: bool,
     pub streaming: bool,
+    /// The caller may send more than one message (client and bidi streams).
+    pub client_streaming: bool,
 }
 
 /// Configuration of the Connect layer.
@@ -58,6 +60,7 @@ impl ConnectConfig {
                         output: method.output(),
                         no_side_effects,
                         streaming: method.is_client_streaming() || method.is_server_streaming(),
+                        client_streaming: method.is_client_streaming(),
                     },
                 );
             }

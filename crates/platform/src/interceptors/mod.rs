@@ -13,6 +13,7 @@ mod context;
 mod deadline;
 mod deprecation;
 mod errors;
+mod frame;
 mod idempotency;
 mod load_shed;
 mod observe;
@@ -144,7 +145,10 @@ pub fn stack(
         .option_layer(authorize)
         .option_layer(rate_limit)
         .layer(AroundLayer(deprecation::Deprecations::new(metrics)))
-        .layer(AroundLayer(validate::Validate::new(max_message_bytes)))
+        .layer(AroundLayer(validate::Validate::new(
+            pool,
+            max_message_bytes,
+        )))
         .layer(AroundLayer(idempotency))
         .service(routes);
     Ok(BoxCloneService::new(service))

@@ -10,7 +10,7 @@ use prost_reflect::{
 };
 
 /// Services every server hosts that need neither token nor tenant.
-const INFRASTRUCTURE_SERVICES: &[&str] = &[
+pub(super) const INFRASTRUCTURE_SERVICES: &[&str] = &[
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
