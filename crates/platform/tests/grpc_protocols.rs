@@ -334,6 +334,55 @@ async fn cors_preflight_allows_configured_origins_only() {
 }
 
 #[tokio::test]
+async fn cors_exposes_every_platform_header_a_browser_must_read() {
+    let server = TestServer::start().await;
+    let preflight = Request::options(server.url("/protocol.test.v1.EchoService/Charge"))
+        .header("origin", ALLOWED_ORIGIN)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,idempotency-key,if-none-match",
+        )
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let preflight = send(preflight, false).await;
+    assert_eq!(preflight.status, 200);
+    let allowed = preflight
+        .header("access-control-allow-headers")
+        .unwrap_or_default()
+        .to_owned();
+    for header in ["idempotency-key", "if-none-match"] {
+        assert!(allowed.contains(header), "{header} not in {allowed}");
+    }
+
+    // A replayed idempotent call: the browser must be able to read the replay mark.
+    let charge = || {
+        Request::post(server.url("/protocol.test.v1.EchoService/Charge"))
+            .header("origin", ALLOWED_ORIGIN)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "cors-replay-1")
+            .body(Full::new(Bytes::from(r#"{"account":"a","amount":"5"}"#)))
+            .unwrap()
+    };
+    assert_eq!(send(charge(), false).await.status, 200);
+    let replay = send(charge(), false).await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    let exposed = replay
+        .header("access-control-expose-headers")
+        .unwrap_or_default()
+        .to_owned();
+    for header in [
+        "idempotent-replayed",
+        "retry-after",
+        "etag",
+        "grpc-status-details-bin",
+        "x-request-id",
+    ] {
+        assert!(exposed.contains(header), "{header} not in {exposed}");
+    }
+}
+
+#[tokio::test]
 async fn shutdown_lets_an_in_flight_call_finish() {
     let mut server = TestServer::start_with_grace(Duration::from_secs(5)).await;
     let mut client = grpc_client(&server).await;
