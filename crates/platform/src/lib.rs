@@ -11,9 +11,11 @@
 mod admin;
 mod api_error;
 pub mod clock;
+mod connection;
 mod cors;
 pub mod failpoint;
 pub mod interceptors;
+mod listener;
 pub mod outbound;
 pub mod page_token;
 pub mod request;
@@ -22,5 +24,6 @@ mod shutdown;
 
 pub use api_error::ApiError;
 pub use cors::CorsConfig;
+pub use listener::ConnectionLimits;
 pub use server::{BoundServer, Server, ServerConfig, ServerError};
 pub use shutdown::termination_signal;

@@ -9,10 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use prost_reflect::DescriptorPool;
 use tokio::net::TcpListener;
 use tonic::body::Body;
@@ -25,7 +21,9 @@ use tower::{ServiceBuilder, ServiceExt as _};
 
 use crate::CorsConfig;
 use crate::admin;
+use crate::connection;
 use crate::interceptors::{self, ClientAddress, GrpcService, InterceptorConfig, Metrics};
+use crate::listener::{ConnectionLimits, Listener};
 
 /// Settings of the API port.
 #[derive(Debug, Clone)]
@@ -45,6 +43,8 @@ pub struct ServerConfig {
     /// Redis for the fast path (`redis://host:port/db`, or `redis+cluster://host:port,…` for a
     /// Redis Cluster); `None` keeps everything in process.
     pub redis_url: Option<String>,
+    /// Connection caps and timeouts of both ports (slow or idle clients, descriptor exhaustion).
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +57,7 @@ impl Default for ServerConfig {
             interceptors: InterceptorConfig::default(),
             admin_addr: None,
             redis_url: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -309,20 +310,25 @@ impl BoundServer {
             purge,
             ..
         } = self;
-        let admin_task =
-            admin.map(|listener| tokio::spawn(admin::serve(listener, metrics, degraded)));
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let graceful = GracefulShutdown::new();
+        let limits = config.connections;
+        let admin_task = admin.map(|listener| {
+            tokio::spawn(admin::serve(
+                Listener::new(listener, &limits, "admin"),
+                limits,
+                metrics,
+                degraded,
+            ))
+        });
+        let builder = Arc::new(connection::builder(&limits));
+        let mut listener = Listener::new(listener, &limits, "api");
+        // Flipped to true when shutdown begins: every connection then finishes gracefully.
+        let (stop_connections, connections_stop) = tokio::sync::watch::channel(false);
         // Owning the connection tasks lets shutdown end the ones that outlive the grace period.
         let mut connections = tokio::task::JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    // Accept errors (e.g. too many open files) are transient; keep serving.
-                    Err(_) => continue,
-                },
+            let (stream, peer, slot) = tokio::select! {
+                accepted = listener.accept() => accepted,
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                 () = &mut shutdown => break,
             };
@@ -335,15 +341,11 @@ impl BoundServer {
                         request.extensions_mut().insert(ClientAddress(peer));
                         request
                     });
-            let connection = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(stream),
-                    TowerToHyperService::new(service),
-                )
-                .into_owned();
-            let connection = graceful.watch(connection);
+            let (builder, stop) = (builder.clone(), connections_stop.clone());
             connections.spawn(async move {
-                let _ = connection.await;
+                // The slot is held (counted against the caps) until the connection ends.
+                let _slot = slot;
+                connection::serve(builder, stream, service, limits, stop).await;
             });
         }
         drop(listener);
@@ -355,7 +357,11 @@ impl BoundServer {
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
         }
-        let _ = tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await;
+        let _ = stop_connections.send(true);
+        let _ = tokio::time::timeout(config.shutdown_grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
         connections.abort_all();
         while connections.join_next().await.is_some() {}
         if let Some(admin_task) = admin_task {

@@ -43,7 +43,26 @@ pub fn start() -> Running {
 
 /// Starts `commerce serve` with its store in `data_dir` and `extra` arguments.
 pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_commerce"))
+    start_with(
+        Command::new(env!("CARGO_BIN_EXE_commerce")),
+        data_dir,
+        extra,
+    )
+}
+
+/// Starts `commerce serve` allowed at most `limit` open file descriptors (RLIMIT_NOFILE).
+pub fn start_with_file_limit(limit: u32, extra: &[&str]) -> Running {
+    let mut shell = Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_commerce"));
+    start_with(shell, tempfile::tempdir().expect("data dir"), extra)
+}
+
+/// Runs `command` (the binary, or something that execs it) with `serve` and the test defaults.
+fn start_with(mut command: Command, data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
+    let mut child = command
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir.path())
@@ -152,4 +171,20 @@ pub fn connect_json(
         status,
         serde_json::from_str(json).unwrap_or_else(|err| panic!("{err}: {response}")),
     )
+}
+
+/// The HTTP status of a Connect JSON call without credentials, or `None` when the connection
+/// fails or closes without an answer.
+pub fn connect_json_result(addr: &str, path: &str, body: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.get(9..12)?.parse().ok()
 }
