@@ -13,6 +13,7 @@ mod api_error;
 pub mod clock;
 mod connection;
 mod cors;
+mod drain;
 pub mod failpoint;
 pub mod interceptors;
 mod listener;

@@ -22,6 +22,7 @@ use tower::{ServiceBuilder, ServiceExt as _};
 use crate::CorsConfig;
 use crate::admin;
 use crate::connection;
+use crate::drain::{self, DrainBudget, DrainUnread};
 use crate::interceptors::{self, ClientAddress, GrpcService, InterceptorConfig, Metrics};
 use crate::listener::{ConnectionLimits, Listener};
 
@@ -320,6 +321,7 @@ impl BoundServer {
             ))
         });
         let builder = Arc::new(connection::builder(&limits));
+        let drain_budget = DrainBudget::for_messages_of(config.max_message_bytes);
         let mut listener = Listener::new(listener, &limits, "api");
         // Flipped to true when shutdown begins: every connection then finishes gracefully.
         let (stop_connections, connections_stop) = tokio::sync::watch::channel(false);
@@ -337,10 +339,12 @@ impl BoundServer {
             let service =
                 stack
                     .clone()
-                    .map_request(move |mut request: Request<hyper::body::Incoming>| {
+                    .map_request(move |mut request: Request<drain::ReturnedBody>| {
                         request.extensions_mut().insert(ClientAddress(peer));
                         request
                     });
+            // HTTP/1 clients still sending when an early answer comes must get to read it.
+            let service = DrainUnread::new(service, drain_budget);
             let (builder, stop) = (builder.clone(), connections_stop.clone());
             connections.spawn(async move {
                 // The slot is held (counted against the caps) until the connection ends.
