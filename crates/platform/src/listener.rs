@@ -187,44 +187,53 @@ impl Drop for Slot {
 }
 
 /// The pause after failed `accept`s: 10 ms, doubling up to 1 s, back to nothing after a success.
+/// Failures are reported at most once every 10 s (with how many went unreported): while the table
+/// is full, accepting alternates between a success (a descriptor freed) and new failures.
 #[derive(Debug, Default)]
 struct Backoff {
     /// Failures since the last success.
-    failures: u32,
-    started: Option<Instant>,
+    consecutive: u32,
+    last_report: Option<Instant>,
+    unreported: u64,
+    /// A warning went out and no recovery line yet.
+    reported: bool,
 }
 
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl Backoff {
     async fn failed(&mut self, listener: &str, error: &io::Error) {
-        if self.failures == 0 {
-            self.started = Some(Instant::now());
+        if self
+            .last_report
+            .is_none_or(|at| at.elapsed() >= REPORT_EVERY)
+        {
             tracing::warn!(
                 listener,
                 %error,
+                unreported_failures = self.unreported,
                 "accepting connections failed (too many open files?); pausing between attempts until it works again"
             );
+            self.last_report = Some(Instant::now());
+            self.unreported = 0;
+            self.reported = true;
+        } else {
+            self.unreported += 1;
         }
         let pause = FIRST_PAUSE
-            .saturating_mul(2u32.saturating_pow(self.failures.min(10)))
+            .saturating_mul(2u32.saturating_pow(self.consecutive.min(10)))
             .min(LONGEST_PAUSE);
-        self.failures = self.failures.saturating_add(1);
+        self.consecutive = self.consecutive.saturating_add(1);
         tokio::time::sleep(pause).await;
     }
 
     fn succeeded(&mut self, listener: &str) {
-        if self.failures > 0 {
-            tracing::info!(
-                listener,
-                failures = self.failures,
-                after_ms = self.started.map_or(0, |at| at.elapsed().as_millis() as u64),
-                "accepting connections again"
-            );
+        if self.reported {
+            tracing::info!(listener, "accepting connections again");
+            self.reported = false;
         }
-        self.failures = 0;
-        self.started = None;
+        self.consecutive = 0;
     }
 }
 
