@@ -33,7 +33,10 @@ pub struct ServerConfig {
     pub listen_addr: SocketAddr,
     /// Browser origins allowed by CORS.
     pub cors: CorsConfig,
-    /// How long in-flight calls and streams may run after shutdown begins.
+    /// After shutdown is asked for, how long health answers NOT_SERVING while the server still
+    /// accepts and serves, so probes and load balancers take it out before it closes its listener.
+    pub shutdown_delay: Duration,
+    /// How long in-flight unary calls may run once the server drains (after `shutdown_delay`).
     pub shutdown_grace: Duration,
     /// Largest Connect message, compressed or not.
     pub max_message_bytes: usize,
@@ -53,6 +56,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             cors: CorsConfig::default(),
+            // Embedders and tests stop at once; `commerce serve` defaults to a few seconds.
+            shutdown_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
             max_message_bytes: 4 * 1024 * 1024,
             interceptors: InterceptorConfig::default(),
@@ -197,6 +202,7 @@ impl Server {
             ),
         };
         let purge = tokio::spawn(purge_expired_idempotency(store.clone()));
+        let (drain_streams, draining) = tokio::sync::watch::channel(false);
         let grpc = interceptors::stack(
             self.routes.routes(),
             &pool,
@@ -207,6 +213,7 @@ impl Server {
                 redis,
                 degraded: degraded.clone(),
                 store,
+                draining,
             },
         )?;
         let stack = ServiceBuilder::new()
@@ -232,6 +239,7 @@ impl Server {
             service_names: self.service_names,
             config: self.config,
             purge,
+            drain_streams,
         })
     }
 }
@@ -280,6 +288,8 @@ pub struct BoundServer {
     service_names: Vec<&'static str>,
     config: ServerConfig,
     purge: tokio::task::JoinHandle<()>,
+    /// Ends open server streams when set.
+    drain_streams: tokio::sync::watch::Sender<bool>,
 }
 
 impl BoundServer {
@@ -295,9 +305,13 @@ impl BoundServer {
             .and_then(|admin| admin.local_addr().ok())
     }
 
-    /// Serves until `shutdown` completes, then: health flips to NOT_SERVING, no new connections are
-    /// accepted, open connections are told to finish (HTTP/2 GOAWAY) and in-flight calls and
-    /// streams get up to `shutdown_grace` to complete before the server returns.
+    /// Serves until `shutdown` completes, then shuts down in three steps:
+    ///
+    /// 1. health flips to NOT_SERVING, while the server keeps accepting and serving for
+    ///    `shutdown_delay`, so probes and load balancers see it and stop sending calls;
+    /// 2. the listener closes, open server streams end at once with UNAVAILABLE and a retry hint,
+    ///    and every connection is told to finish (HTTP/2 GOAWAY);
+    /// 3. in-flight unary calls get up to `shutdown_grace` to complete, then the server returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let BoundServer {
             listener,
@@ -309,6 +323,7 @@ impl BoundServer {
             service_names,
             config,
             purge,
+            drain_streams,
             ..
         } = self;
         let limits = config.connections;
@@ -328,11 +343,18 @@ impl BoundServer {
         // Owning the connection tasks lets shutdown end the ones that outlive the grace period.
         let mut connections = tokio::task::JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        // Set once shutdown is asked for: the end of the NOT_SERVING window.
+        let mut closing_at: Option<tokio::time::Instant> = None;
         loop {
             let (stream, peer, slot) = tokio::select! {
                 accepted = listener.accept() => accepted,
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-                () = &mut shutdown => break,
+                () = &mut shutdown, if closing_at.is_none() => {
+                    announce_not_serving(&health, &service_names).await;
+                    closing_at = Some(tokio::time::Instant::now() + config.shutdown_delay);
+                    continue;
+                }
+                () = sleep_until_set(closing_at) => break,
             };
             let _ = stream.set_nodelay(true);
             // Every request learns the peer it came from (per-address limits, logs).
@@ -353,14 +375,7 @@ impl BoundServer {
             });
         }
         drop(listener);
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        for name in service_names {
-            health
-                .set_service_status(name, ServingStatus::NotServing)
-                .await;
-        }
+        let _ = drain_streams.send(true);
         let _ = stop_connections.send(true);
         let _ = tokio::time::timeout(config.shutdown_grace, async {
             while connections.join_next().await.is_some() {}
@@ -373,5 +388,25 @@ impl BoundServer {
         }
         purge.abort();
         Ok(())
+    }
+}
+
+/// Health says NOT_SERVING for the server and each of its services.
+async fn announce_not_serving(health: &HealthReporter, service_names: &[&'static str]) {
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    for name in service_names {
+        health
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
+    }
+}
+
+/// Completes at `at`; never when unset.
+async fn sleep_until_set(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

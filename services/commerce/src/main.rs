@@ -124,7 +124,13 @@ struct ServeConfig {
     /// Browser origins allowed by CORS (comma-separated; `*` for any).
     #[arg(long, env = "COMMERCE_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
-    /// Seconds in-flight calls get to finish after SIGTERM/SIGINT.
+    /// Seconds after SIGTERM/SIGINT during which health answers NOT_SERVING while the server
+    /// still accepts and serves, so probes and load balancers take it out first (with a
+    /// Kubernetes preStop pause as long as this, it may be 0).
+    #[arg(long, env = "COMMERCE_SHUTDOWN_DELAY_SECONDS", default_value_t = 3)]
+    shutdown_delay_seconds: u64,
+    /// Seconds in-flight unary calls get to finish once the server drains (after the delay);
+    /// open server streams end at once with UNAVAILABLE and a retry hint.
     #[arg(long, env = "COMMERCE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     shutdown_grace_seconds: u64,
     /// Largest request message in bytes, on every protocol (before and after decompression).
@@ -333,6 +339,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         cors: CorsConfig {
             allowed_origins: config.cors_origins.clone(),
         },
+        shutdown_delay: Duration::from_secs(config.shutdown_delay_seconds),
         shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
         max_message_bytes: config.max_message_bytes,
         connections: config.connections.limits(),

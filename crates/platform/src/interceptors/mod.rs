@@ -1,7 +1,8 @@
 //! The interceptor stack of DESIGN.md, one small tower layer per concern, assembled in one place
 //! ([`stack`]) so the request path reads top to bottom:
 //!
-//! request id + trace context → observe (RED metrics, logs) → load shedding → deadline →
+//! request id + trace context → observe (RED metrics, logs) → end streams on shutdown → load
+//! shedding → deadline →
 //! authentication → authorization (+ tenant) → rate limit → deprecation marks → validation →
 //! idempotency → handler.
 
@@ -12,6 +13,7 @@ mod check;
 mod context;
 mod deadline;
 mod deprecation;
+mod end_streams;
 mod errors;
 mod frame;
 mod idempotency;
@@ -87,6 +89,8 @@ pub struct StackState {
     pub degraded: fastpath::Degraded,
     /// Where idempotent outcomes are recorded.
     pub store: Arc<dyn store::Store>,
+    /// Turns true when the server begins to drain: open server streams then end.
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Wraps `routes` in the interceptor stack, in DESIGN.md's order.
@@ -102,6 +106,7 @@ pub fn stack(
         redis,
         degraded,
         store,
+        draining,
     } = state;
     let idempotency = idempotency::Idempotency::new(
         store,
@@ -136,6 +141,8 @@ pub fn stack(
         // The id comes first so the metrics/log wrapper below can report it.
         .layer(request_id::RequestIdLayer)
         .layer(AroundLayer(observe::Observe::new(metrics.clone())))
+        // Inside observe, so a stream ended by shutdown is counted with its status.
+        .layer(AroundLayer(end_streams::EndStreams::new(pool, draining)))
         .layer(AroundLayer(load_shed::LoadShed::new(config.max_in_flight)))
         .layer(CheckLayer(policy::ResolvePolicy::new(policies)))
         .layer(AroundLayer(deadline::Deadlines::new(

@@ -40,6 +40,7 @@ impl TestServer {
             cors: CorsConfig {
                 allowed_origins: vec![ALLOWED_ORIGIN.to_owned()],
             },
+            shutdown_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),
             max_message_bytes: MAX_MESSAGE_BYTES,
             admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),

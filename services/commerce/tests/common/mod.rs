@@ -67,7 +67,12 @@ fn start_with(mut command: Command, data_dir: tempfile::TempDir, extra: &[&str])
         .arg("--data-dir")
         .arg(data_dir.path())
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--shutdown-grace-seconds", "2"])
+        .args([
+            "--shutdown-grace-seconds",
+            "2",
+            "--shutdown-delay-seconds",
+            "0",
+        ])
         .args(extra) // last, so they override the defaults above
         .env("COMMERCE_JWT_HS256_SECRET", SECRET)
         .stdout(Stdio::piped())
