@@ -180,9 +180,7 @@ impl Server {
                 .await;
         }
 
-        let connect = connect::ConnectLayer::new(
-            connect::ConnectConfig::new(&pool).max_message_bytes(self.config.max_message_bytes),
-        );
+        let connect = connect::ConnectLayer::new(connect_config(&pool, &self.config));
         let metrics = Metrics::default();
         let degraded = self.degraded.clone();
         let redis = match (self.redis.take(), &self.config.redis_url) {
@@ -242,6 +240,32 @@ impl Server {
             drain_streams,
         })
     }
+}
+
+/// The Connect layer's settings: the message limit, and HTTP caching of GET answers as each
+/// method's contract declares it.
+fn connect_config(pool: &DescriptorPool, config: &ServerConfig) -> connect::ConnectConfig {
+    let policies = interceptors::Policies::from_pool(pool);
+    let connect = connect::ConnectConfig::new(pool)
+        .max_message_bytes(config.max_message_bytes)
+        // A GET answer depends on the tenant (header or token) besides its URL; CORS adds
+        // `Origin` itself when it is on.
+        .vary([
+            http::HeaderName::from_static(interceptors::TENANT_HEADER),
+            http::header::AUTHORIZATION,
+        ]);
+    policies
+        .iter()
+        .filter_map(|(path, policy)| Some((path, policy.cache?)))
+        .fold(connect, |connect, (path, cache)| {
+            connect.get_caching(
+                path,
+                connect::GetCaching {
+                    max_age: cache.max_age,
+                    shared: cache.shared,
+                },
+            )
+        })
 }
 
 /// Drops expired idempotency records every few minutes (MongoDB's TTL index does it too).

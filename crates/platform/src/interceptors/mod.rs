@@ -46,7 +46,7 @@ pub use idempotency::{
     IDEMPOTENCY_KEY_HEADER, IdempotencyConfig, IdempotencyContext, REPLAYED_HEADER, RecordedOutcome,
 };
 pub use observe::Metrics;
-pub use policy::{DeprecationPolicy, MethodPolicy, Policies};
+pub use policy::{CacheRule, DeprecationPolicy, MethodPolicy, Policies};
 pub use rate_limit::RateLimitConfig;
 
 /// Settings of the interceptor stack.
