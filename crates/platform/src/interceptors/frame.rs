@@ -343,6 +343,63 @@ mod tests {
         assert_eq!(classify_overflow(&two, 100), FrameError::SecondMessage);
     }
 
+    mod properties {
+        //! Arbitrary bodies: the parser never panics, and what it accepts is exactly one
+        //! well-formed frame. CI runs proptest's default case count; by hand:
+        //! `PROPTEST_CASES=100000 cargo test -p platform --lib frame::tests::properties`.
+        use super::*;
+        use proptest::prelude::*;
+
+        const LIMIT: usize = 64;
+
+        /// Random bytes mixed with well-formed frames of any flags.
+        fn bodies() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..12),
+                (
+                    prop_oneof![Just(0u8), Just(1u8), any::<u8>()],
+                    proptest::collection::vec(any::<u8>(), 0..=LIMIT + 8)
+                )
+                    .prop_map(|(flags, data)| frame(flags, &data)),
+            ];
+            proptest::collection::vec(piece, 0..4).prop_map(|pieces| pieces.concat())
+        }
+
+        proptest! {
+            #[test]
+            fn whatever_is_accepted_is_exactly_one_uncompressed_frame(body in bodies()) {
+                if let Ok(message) = single_message(&body, Encoding::Identity, LIMIT) {
+                    prop_assert_eq!(body[0], 0);
+                    prop_assert_eq!(body.len(), HEADER_BYTES + message.len());
+                    prop_assert_eq!(
+                        u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize,
+                        message.len()
+                    );
+                    prop_assert_eq!(&body[HEADER_BYTES..], &message[..]);
+                    prop_assert!(message.len() <= LIMIT);
+                }
+            }
+
+            #[test]
+            fn gzip_bodies_are_accepted_only_as_one_frame_that_inflates_within_the_limit(
+                body in bodies(),
+                message in proptest::collection::vec(any::<u8>(), 0..2 * LIMIT),
+            ) {
+                // Garbage under gzip: never a panic, never more than the limit.
+                if let Ok(inflated) = single_message(&body, Encoding::Gzip, LIMIT) {
+                    prop_assert!(inflated.len() <= LIMIT);
+                }
+                let packed = frame(1, &connect::Compression::Gzip.compress(&message));
+                let verdict = single_message(&packed, Encoding::Gzip, LIMIT);
+                if message.len() <= LIMIT && packed.len() <= LIMIT + HEADER_BYTES {
+                    prop_assert_eq!(verdict, Ok(Bytes::from(message)));
+                } else {
+                    prop_assert_eq!(verdict, Err(FrameError::TooLarge { limit: LIMIT }));
+                }
+            }
+        }
+    }
+
     #[test]
     fn errors_carry_the_codes_the_protocols_document() {
         let domain = "test";

@@ -165,3 +165,70 @@ pub(super) async fn read(mut body: Body, max_bytes: usize) -> Result<Bytes, Fram
     }
     Ok(buffer.freeze())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The validation layer's reading and framing together: how a body arrives in chunks never
+    //! changes the verdict. By hand, longer:
+    //! `PROPTEST_CASES=100000 cargo test -p platform --lib validate::tests`.
+    use super::*;
+    use futures_util::stream;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use proptest::prelude::*;
+
+    const LIMIT: usize = 64;
+
+    fn verdict(chunks: Vec<Vec<u8>>) -> Result<Bytes, FrameError> {
+        let frames = stream::iter(
+            chunks
+                .into_iter()
+                .map(|chunk| Ok::<_, Status>(Frame::data(Bytes::from(chunk)))),
+        );
+        let body = Body::new(StreamBody::new(frames));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let whole = read(body, LIMIT).await?;
+            frame::single_message(&whole, Encoding::Identity, LIMIT)
+        })
+    }
+
+    fn bodies() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..12),
+            (
+                prop_oneof![Just(0u8), any::<u8>()],
+                proptest::collection::vec(any::<u8>(), 0..=LIMIT + 8)
+            )
+                .prop_map(|(flags, data)| {
+                    let mut framed = vec![flags];
+                    framed.extend_from_slice(&(data.len() as u32).to_be_bytes());
+                    framed.extend_from_slice(&data);
+                    framed
+                }),
+        ];
+        proptest::collection::vec(piece, 0..4).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn the_verdict_on_a_body_does_not_depend_on_how_it_was_split(
+            body in bodies(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut points: Vec<usize> = cuts.iter().map(|cut| cut % (body.len() + 1)).collect();
+            points.extend([0, body.len()]);
+            points.sort_unstable();
+            let chunks: Vec<Vec<u8>> =
+                points.windows(2).map(|piece| body[piece[0]..piece[1]].to_vec()).collect();
+            let split = verdict(chunks);
+            let whole = verdict(vec![body.clone()]);
+            prop_assert_eq!(&split, &whole);
+            if let Ok(message) = split {
+                prop_assert_eq!(body.len(), frame::HEADER_BYTES + message.len());
+            }
+        }
+    }
+}
