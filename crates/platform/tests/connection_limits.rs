@@ -225,3 +225,43 @@ async fn an_idle_http2_connection_is_closed_but_a_quiet_stream_keeps_its_connect
         "closed after {idle:?} idle"
     );
 }
+
+#[tokio::test]
+async fn a_header_section_over_the_limit_is_refused_on_http1_and_http2() {
+    let server = TestServer::start_configured(|config| {
+        config.connections = ConnectionLimits {
+            max_header_bytes: 16 * 1024,
+            ..ConnectionLimits::default()
+        };
+    })
+    .await;
+    let big = "a".repeat(32 * 1024);
+
+    // HTTP/1.1: 431 Request Header Fields Too Large instead of a call.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "POST /protocol.test.v1.EchoService/Echo HTTP/1.1\r\nHost: x\r\nx-big: {big}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 431"), "HTTP/1: {text}");
+
+    // HTTP/2: the stream is answered 431, and the connection still serves small requests.
+    let (mut sender, _ended) = http2_connection(&server).await;
+    let mut request = count_request(&server, 0);
+    request
+        .headers_mut()
+        .insert("x-big", http::HeaderValue::from_str(&big).unwrap());
+    let refused = sender
+        .send_request(request)
+        .await
+        .expect("an answer to the oversized request");
+    assert_eq!(refused.status(), 431, "HTTP/2");
+    let ok = sender
+        .send_request(count_request(&server, 0))
+        .await
+        .expect("a small request on the same connection");
+    assert_eq!(ok.status(), 200);
+}
