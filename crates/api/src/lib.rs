@@ -49,6 +49,13 @@ pub mod commerce {
             include!(concat!(env!("OUT_DIR"), "/commerce.loyalty.v1.rs"));
         }
     }
+    /// `commerce.psp.v1`: the PSP simulator's internal API (not part of the public contract).
+    pub mod psp {
+        #[allow(missing_docs, clippy::all)]
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/commerce.psp.v1.rs"));
+        }
+    }
     /// `commerce.subscriptions.v1`: plans, subscriptions, invoices, the tenant clock.
     pub mod subscriptions {
         #[allow(missing_docs, clippy::all)]

@@ -4,10 +4,22 @@
 //! It checks only files whose package starts with `commerce.`; imports (well-known types,
 //! `buf/validate`) are not ours to judge. It knows the rules, not the services: the same binary
 //! checks any version of the contracts.
+//!
+//! Besides the house rules over one image ([`check`]), it compares the working tree's image with
+//! the released one for behavioural breaks `buf breaking` cannot see ([`behaviour::compare`]):
+//! tightened validation, stricter RPC policy, events and early removals of deprecated elements.
+//! Intended breaks pass only through a reviewed entry of an [`AcceptedFile`].
 
+mod accepted;
+pub mod behaviour;
+mod options;
 mod rules;
 mod source;
 
+pub use accepted::{
+    ACCEPTED_FILE_RULES, AcceptedEntry, AcceptedFile, AcceptedFileError, Settlement, entry_template,
+};
+pub use behaviour::{BEHAVIOUR_RULES, Finding};
 pub use rules::{RULES, check};
 
 use std::fmt;

@@ -2,12 +2,15 @@
 
 use prost_reflect::{
     DescriptorPool, DynamicMessage, ExtensionDescriptor, FileDescriptor, Kind, MessageDescriptor,
-    MethodDescriptor, ReflectMessage as _, Value,
+    MethodDescriptor,
 };
 use prost_types::method_options::IdempotencyLevel;
 use regex::Regex;
 
 use crate::Violation;
+use crate::options::{
+    bool_field, enum_field, extension_message, message_field, string_field, string_list_field,
+};
 use crate::source;
 
 /// Every rule with what it demands, in the order they run.
@@ -474,68 +477,6 @@ fn has_field(message: &MessageDescriptor, name: &str, kind: Kind) -> bool {
     message
         .get_field_by_name(name)
         .is_some_and(|field| field.kind() == kind && !field.is_list())
-}
-
-fn extension_message(
-    options: &DynamicMessage,
-    extension: Option<&ExtensionDescriptor>,
-) -> Option<DynamicMessage> {
-    let extension = extension?;
-    if !options.has_extension(extension) {
-        return None;
-    }
-    match options.get_extension(extension).as_ref() {
-        Value::Message(message) => Some(message.clone()),
-        _ => None,
-    }
-}
-
-fn field_value(message: &DynamicMessage, name: &str) -> Option<Value> {
-    message
-        .get_field_by_name(name)
-        .map(|value| value.into_owned())
-}
-
-fn message_field(message: &DynamicMessage, name: &str) -> Option<DynamicMessage> {
-    let descriptor = message.descriptor().get_field_by_name(name)?;
-    if !message.has_field(&descriptor) {
-        return None;
-    }
-    match field_value(message, name)? {
-        Value::Message(inner) => Some(inner),
-        _ => None,
-    }
-}
-
-fn bool_field(message: &DynamicMessage, name: &str) -> bool {
-    matches!(field_value(message, name), Some(Value::Bool(true)))
-}
-
-fn enum_field(message: &DynamicMessage, name: &str) -> i32 {
-    match field_value(message, name) {
-        Some(Value::EnumNumber(number)) => number,
-        _ => 0,
-    }
-}
-
-fn string_field(message: &DynamicMessage, name: &str) -> String {
-    match field_value(message, name) {
-        Some(Value::String(text)) => text,
-        _ => String::new(),
-    }
-}
-
-fn string_list_field(message: &DynamicMessage, name: &str) -> Vec<String> {
-    match field_value(message, name) {
-        Some(Value::List(items)) => items
-            .into_iter()
-            .filter_map(|item| match item {
-                Value::String(text) => Some(text),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 #[cfg(test)]

@@ -3,134 +3,9 @@
 //!
 //! Needs the npm-installed buf CLI and `.deps/` (both set up by `scripts/test`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::{fs, io};
+mod common;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repository root")
-}
-
-/// A throw-away copy of the contract workspace (`proto/`, `buf.yaml`, `buf.gen.yaml`, `.deps`).
-struct Workspace {
-    dir: tempfile::TempDir,
-}
-
-impl Workspace {
-    fn copy() -> Self {
-        let repo = repo_root();
-        assert!(
-            repo.join("node_modules/.bin/buf").exists(),
-            "buf CLI missing: run scripts/test (it runs `npm ci`)"
-        );
-        if !repo
-            .join(".deps/protovalidate/buf/validate/validate.proto")
-            .exists()
-        {
-            let status = Command::new(repo.join("scripts/fetch-proto-deps"))
-                .status()
-                .expect("run fetch-proto-deps");
-            assert!(status.success(), "scripts/fetch-proto-deps failed");
-        }
-        let dir = tempfile::tempdir().expect("temp dir");
-        copy_dir(&repo.join("proto"), &dir.path().join("proto")).expect("copy proto/");
-        for file in ["buf.yaml", "buf.gen.yaml"] {
-            fs::copy(repo.join(file), dir.path().join(file)).expect("copy buf config");
-        }
-        std::os::unix::fs::symlink(repo.join(".deps"), dir.path().join(".deps"))
-            .expect("link .deps");
-        Workspace { dir }
-    }
-
-    /// Rewrites one file under `proto/commerce/`; the edit must change something.
-    fn edit(&self, file: &str, change: impl FnOnce(&str) -> String) -> &Self {
-        let path = self.dir.path().join("proto/commerce").join(file);
-        let before = fs::read_to_string(&path).expect("read proto");
-        let after = change(&before);
-        assert_ne!(before, after, "the edit of {file} changed nothing");
-        fs::write(&path, after).expect("write proto");
-        self
-    }
-
-    /// 1-based line of the first line containing `needle` in `file`.
-    fn line_of(&self, file: &str, needle: &str) -> usize {
-        let text = fs::read_to_string(self.dir.path().join("proto/commerce").join(file))
-            .expect("read proto");
-        text.lines()
-            .position(|line| line.contains(needle))
-            .expect("needle present")
-            + 1
-    }
-
-    fn gate(&self, steps: &[&str]) -> GateRun {
-        let repo = repo_root();
-        let output: Output = Command::new(repo.join("scripts/contract-gate"))
-            .args(steps)
-            .env("CONTRACT_ROOT", self.dir.path())
-            .env(
-                "CONTRACT_BASELINE",
-                repo.join("proto/releases/commerce-v1.binpb"),
-            )
-            .env("CONTRACT_POLICY_BIN", env!("CARGO_BIN_EXE_contract-policy"))
-            .output()
-            .expect("run scripts/contract-gate");
-        GateRun {
-            passed: output.status.success(),
-            text: format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ),
-        }
-    }
-}
-
-struct GateRun {
-    passed: bool,
-    text: String,
-}
-
-impl GateRun {
-    fn assert_passed(&self) {
-        assert!(self.passed, "gate should pass, but failed:\n{}", self.text);
-    }
-    fn assert_failed_mentioning(&self, needles: &[&str]) {
-        assert!(!self.passed, "gate should fail, but passed:\n{}", self.text);
-        for needle in needles {
-            assert!(
-                self.text.contains(needle),
-                "gate output does not mention {needle:?}:\n{}",
-                self.text
-            );
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
-    fs::create_dir_all(to)?;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
-}
-
-fn replace_once(text: &str, from: &str, to: &str) -> String {
-    assert_eq!(
-        text.matches(from).count(),
-        1,
-        "expected exactly one {from:?}"
-    );
-    text.replacen(from, to, 1)
-}
+use common::{Workspace, replace_once};
 
 const NEW_ORDER_RPC: &str = r#"  // Returns the printable receipt of an order.
   rpc GetOrderReceipt(GetOrderReceiptRequest) returns (GetOrderReceiptResponse) {
@@ -169,7 +44,7 @@ fn add_order_rpc(text: &str, rpc: &str, messages: &str) -> String {
 #[test]
 fn unchanged_contracts_pass_every_step() {
     Workspace::copy()
-        .gate(&["format", "lint", "breaking", "policy"])
+        .gate(&["format", "lint", "breaking", "behaviour", "policy"])
         .assert_passed();
 }
 

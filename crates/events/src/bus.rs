@@ -76,6 +76,22 @@ pub trait Bus: Send + Sync + 'static {
     /// Appends `message` to `stream`.
     async fn publish(&self, stream: &str, message: &BusMessage) -> Result<(), BusError>;
 
+    /// Whether a published message outlives this process: true when `publish` returning means
+    /// the bus holds it (Redis acknowledged the `XADD`), so the relay may forget it at once;
+    /// false for a bus in this process's memory, where it is safe only once every consumer group
+    /// has settled it ([`Bus::settled`]) — until then it stays in the store's outbox.
+    fn retains_messages(&self) -> bool {
+        true
+    }
+
+    /// Of `event_ids` published to `stream` by this process, the ones every consumer group of
+    /// the stream has settled (acknowledged after handling, or dead-lettered). Only asked of a
+    /// bus that does not retain messages.
+    async fn settled(&self, stream: &str, event_ids: &[String]) -> Result<Vec<String>, BusError> {
+        let _ = stream;
+        Ok(event_ids.to_vec())
+    }
+
     /// Creates `group` on `stream` (reading from the stream's beginning) unless it exists.
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError>;
 

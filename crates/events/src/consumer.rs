@@ -24,6 +24,12 @@ use store::{IdempotencyRecord, Store, StoreError, unix_now};
 use crate::bus::{Bus, BusError, Delivery};
 use crate::envelope;
 
+/// The idempotency-record method under which `group` records the events it processed (the
+/// record's key is the event id).
+pub fn processed_method(group: &str) -> String {
+    format!("consumer:{group}")
+}
+
 /// A handler's verdict on an event it could not handle.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
@@ -103,6 +109,10 @@ pub struct ConsumerConfig {
     pub dedup_retention: Duration,
     /// Pause when there is nothing to read.
     pub idle: Duration,
+    /// On shutdown, how long the consumer keeps handling what is already on the bus before it
+    /// stops (an in-process bus loses what is left; its events are published again at the next
+    /// start).
+    pub drain: Duration,
 }
 
 impl ConsumerConfig {
@@ -124,6 +134,7 @@ impl ConsumerConfig {
             max_deliveries: 5,
             dedup_retention: Duration::from_secs(90 * 24 * 3600),
             idle: Duration::from_millis(100),
+            drain: Duration::from_secs(5),
         }
     }
 }
@@ -199,13 +210,14 @@ impl<H: EventHandler> Consumer<H> {
         Ok(count)
     }
 
-    /// Polls until `shutdown` completes, backing off while the bus fails.
+    /// Polls until `shutdown` completes, backing off while the bus fails; then handles what is
+    /// left on the bus for at most [`ConsumerConfig::drain`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut pause = Duration::ZERO;
         loop {
             tokio::select! {
-                () = &mut shutdown => return,
+                () = &mut shutdown => break,
                 () = tokio::time::sleep(pause) => {}
             }
             pause = match self.poll_once().await {
@@ -217,6 +229,32 @@ impl<H: EventHandler> Consumer<H> {
                 }
             };
         }
+        let until = tokio::time::Instant::now() + self.config.drain;
+        while tokio::time::Instant::now() < until {
+            match tokio::time::timeout_at(until, self.poll_once()).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Moves a delivery to the dead-letter stream, saying so loudly: an event a consumer gives up
+    /// on has not had its effect.
+    async fn give_up(&self, delivery: &Delivery, error: &str) -> Result<(), BusError> {
+        let message = &delivery.message;
+        tracing::error!(
+            group = %self.config.group,
+            stream = %self.config.stream,
+            event_id = %message.event_id,
+            event_type = %message.event_type,
+            tenant = %message.tenant,
+            deliveries = delivery.deliveries,
+            %error,
+            "event dead-lettered: the consumer gave up on it (replay with `commerce dead-letters replay`)"
+        );
+        self.bus
+            .dead_letter(&self.config.stream, &self.config.group, delivery, error)
+            .await
     }
 
     /// Handles, skips or dead-letters one delivery, then acknowledges it. A store failure leaves
@@ -225,19 +263,14 @@ impl<H: EventHandler> Consumer<H> {
         let (stream, group) = (&self.config.stream, &self.config.group);
         let event = match envelope::open(&delivery.message.envelope) {
             Ok(event) => event,
-            Err(error) => {
-                return self
-                    .bus
-                    .dead_letter(stream, group, delivery, &error.to_string())
-                    .await;
-            }
+            Err(error) => return self.give_up(delivery, &error.to_string()).await,
         };
         if delivery.deliveries > self.config.max_deliveries {
             let error = format!(
                 "delivered {} times without being acknowledged",
                 delivery.deliveries
             );
-            return self.bus.dead_letter(stream, group, delivery, &error).await;
+            return self.give_up(delivery, &error).await;
         }
         let processed = self.processed(&event);
         match self
@@ -263,11 +296,11 @@ impl<H: EventHandler> Consumer<H> {
                     return self.bus.ack(stream, group, &delivery.id).await;
                 }
                 Err(HandlerError::Reject(error)) => {
-                    return self.bus.dead_letter(stream, group, delivery, &error).await;
+                    return self.give_up(delivery, &error).await;
                 }
                 Err(HandlerError::Retry(error)) if attempt >= self.config.max_attempts => {
                     let error = format!("gave up after {attempt} attempts: {error}");
-                    return self.bus.dead_letter(stream, group, delivery, &error).await;
+                    return self.give_up(delivery, &error).await;
                 }
                 Err(HandlerError::Retry(error)) => {
                     tracing::debug!(%error, attempt, event_id = %event.event_id, "retrying event");
@@ -282,7 +315,7 @@ impl<H: EventHandler> Consumer<H> {
         Processed {
             record: IdempotencyRecord {
                 tenant: event.tenant_id.clone(),
-                method: format!("consumer:{}", self.config.group),
+                method: processed_method(&self.config.group),
                 key: event.event_id.clone(),
                 request_digest: Bytes::from(event.event_id.clone()),
                 response: Bytes::new(),

@@ -1,9 +1,12 @@
 //! The in-process bus, for a single process without Redis: the same consumer-group semantics as
 //! Redis Streams (every group sees every message; pending until acknowledged; stale messages can
-//! be claimed; dead letters), kept in memory. Messages still in the store's outbox survive a
-//! restart; messages already on this bus do not — run with Redis where that matters.
+//! be claimed; dead letters), kept in memory. Nothing on it survives the process, so it does not
+//! *retain* messages ([`Bus::retains_messages`]): it tracks which consumer groups still owe each
+//! message a settlement, and the relay leaves an event in the store's outbox until every group
+//! has settled it ([`Bus::settled`]). A process that dies therefore publishes its unsettled
+//! events again when it restarts, and consumers, deduplicating by event id, apply each once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,8 @@ struct Stream {
     next_id: u64,
     entries: BTreeMap<u64, Entry>,
     groups: HashMap<String, Group>,
+    /// Event id → the groups that have not settled it yet (absent: settled by all).
+    unsettled: HashMap<String, HashSet<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,12 +88,32 @@ fn no_group(group: &str) -> BusError {
 impl Bus for MemoryBus {
     async fn publish(&self, stream: &str, message: &BusMessage) -> Result<(), BusError> {
         self.with(stream, |s| {
+            // Every group reading the stream owes the message a settlement; a stream nobody
+            // reads settles it at once.
+            if !s.groups.is_empty() {
+                s.unsettled
+                    .insert(message.event_id.clone(), s.groups.keys().cloned().collect());
+            }
             s.append(Entry {
                 message: message.clone(),
                 dead: None,
             })
         });
         Ok(())
+    }
+
+    fn retains_messages(&self) -> bool {
+        false
+    }
+
+    async fn settled(&self, stream: &str, event_ids: &[String]) -> Result<Vec<String>, BusError> {
+        Ok(self.with(stream, |s| {
+            event_ids
+                .iter()
+                .filter(|id| !s.unsettled.contains_key(*id))
+                .cloned()
+                .collect()
+        }))
     }
 
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
@@ -173,6 +198,15 @@ impl Bus for MemoryBus {
         self.with(stream, |s| {
             if let Some(group) = s.groups.get_mut(group) {
                 group.pending.remove(&id);
+            }
+            if let Some(entry) = s.entries.get(&id) {
+                let event_id = &entry.message.event_id;
+                if let Some(waiting) = s.unsettled.get_mut(event_id) {
+                    waiting.remove(group);
+                    if waiting.is_empty() {
+                        s.unsettled.remove(event_id);
+                    }
+                }
             }
             // Drop entries every group has handled, so the bus does not grow without bound.
             let handled_by_all = |entry_id: u64| {

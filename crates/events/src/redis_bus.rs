@@ -20,6 +20,14 @@ use crate::bus::{Bus, BusError, BusMessage, DeadLetter, Delivery, dead_letter_st
 /// Entries kept per stream (approximately); consumers must keep up within this window.
 const MAX_STREAM_LEN: usize = 1_000_000;
 
+/// How Redis keeps what it acknowledged, from `INFO persistence` (every node of a cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisPersistence {
+    /// Every node appends writes to its AOF (`appendonly yes`); without it a restart loses what
+    /// was written since the last snapshot, events on the bus included.
+    pub append_only: bool,
+}
+
 /// The Redis Streams bus.
 #[derive(Clone)]
 pub struct RedisBus {
@@ -33,6 +41,33 @@ impl RedisBus {
         RedisBus { redis, degraded }
     }
 
+    /// How Redis persists what it acknowledges (checked at start-up: a bus on a Redis that keeps
+    /// nothing loses unconsumed events when it restarts, and only the repair sweep brings back
+    /// the money-like ones).
+    pub async fn persistence(&self) -> Result<RedisPersistence, BusError> {
+        let result: redis::RedisResult<Value> = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut self.conn())
+            .await;
+        let reply = self.check(result)?;
+        let mut texts = Vec::new();
+        collect_text(&reply, &mut texts);
+        let flags: Vec<bool> = texts
+            .iter()
+            .flat_map(|text| text.lines())
+            .filter_map(|line| line.trim().strip_prefix("aof_enabled:"))
+            .map(|value| value.trim() == "1")
+            .collect();
+        if flags.is_empty() {
+            return Err(BusError(
+                "INFO persistence did not report aof_enabled".into(),
+            ));
+        }
+        Ok(RedisPersistence {
+            append_only: flags.iter().all(|enabled| *enabled),
+        })
+    }
+
     fn conn(&self) -> Redis {
         self.redis.clone()
     }
@@ -40,6 +75,19 @@ impl RedisBus {
     fn check<T>(&self, result: redis::RedisResult<T>) -> Result<T, BusError> {
         self.degraded.record(&result);
         result.map_err(|error| BusError(error.to_string()))
+    }
+}
+
+/// Every text in a reply (a cluster answers `INFO` with one text per node).
+fn collect_text(value: &Value, into: &mut Vec<String>) {
+    match value {
+        Value::BulkString(bytes) => into.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => into.push(text.clone()),
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().for_each(|item| collect_text(item, into))
+        }
+        Value::Map(pairs) => pairs.iter().for_each(|(_, item)| collect_text(item, into)),
+        _ => {}
     }
 }
 

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use commerce_api::commerce::checkout::v1::OrderPaid;
 use commerce_api::commerce::common::v1::EventEnvelope;
 use events::{
-    Bus, BusMessage, Consumer, ConsumerConfig, EventHandler, EventSource, HandlerError, MemoryBus,
-    Processed, RedisBus, Relay, RelayConfig, envelope,
+    Bus, BusMessage, Consumer, ConsumerConfig, EventHandler, EventSource, HandlerError, Journal,
+    MemoryBus, Processed, RedisBus, Relay, RelayConfig, envelope,
 };
 use store::{AggregateKey, Commit, EmbeddedStore, Store, StoreError};
 
@@ -175,12 +175,15 @@ async fn backbone(bus: Arc<dyn Bus>, locks: fastpath::Locks) {
         expected.push(rig.pay("o1", version).await);
     }
     assert_eq!(rig.relay.relay_once().await.unwrap(), 3);
+    drain(&consumer).await;
+    assert_eq!(rig.applied(), expected);
+    // In process the events left the outbox only now that the consumer settled them; Redis
+    // held them from the XADD on.
+    rig.relay.relay_once().await.unwrap();
     assert!(
         rig.store.pending_events(10).await.unwrap().is_empty(),
         "marked delivered"
     );
-    drain(&consumer).await;
-    assert_eq!(rig.applied(), expected);
 
     // The same event published again (a relay that crashed before marking) is applied once.
     let duplicate = BusMessage {
@@ -441,4 +444,317 @@ async fn events_wait_in_the_outbox_while_redis_is_down_and_flow_when_it_returns(
     assert!(lost.0.contains("NOGROUP"), "{lost}");
     drain(&consumer).await;
     assert_eq!(rig.applied(), [first, second]);
+}
+
+/// A memory bus with its consumer group, as `commerce serve` creates it before the relay runs.
+async fn in_process_bus() -> Arc<dyn Bus> {
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    bus.ensure_group(STREAM, "loyalty-accrual").await.unwrap();
+    bus
+}
+
+fn local_locks() -> fastpath::Locks {
+    fastpath::Locks::new(None, fastpath::Degraded::default())
+}
+
+#[tokio::test]
+async fn in_process_an_event_leaves_the_outbox_only_after_its_consumer_committed() {
+    let rig = rig(in_process_bus().await, local_locks());
+    let consumer = rig.consumer(config("c1"));
+    let paid = rig.pay("o1", 0).await;
+
+    assert_eq!(rig.relay.relay_once().await.unwrap(), 1, "published");
+    assert_eq!(
+        rig.relay.relay_once().await.unwrap(),
+        0,
+        "not published twice while in flight"
+    );
+    assert_eq!(
+        rig.store.pending_events(10).await.unwrap().len(),
+        1,
+        "still in the outbox: nothing handled it yet"
+    );
+    drain(&consumer).await;
+    assert_eq!(rig.applied(), std::slice::from_ref(&paid));
+    assert_eq!(rig.relay.relay_once().await.unwrap(), 1, "settled");
+    assert!(rig.store.pending_events(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn in_process_a_process_that_dies_before_its_consumer_ran_publishes_again_and_applies_once() {
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory().unwrap());
+    let recorder = Arc::new(Recorder {
+        store: Some(store.clone()),
+        ..Recorder::default()
+    });
+    // The first process publishes both events onto its memory bus and dies before its relay
+    // sees them settled; the bus goes with it, the store stays.
+    let first = Rig {
+        store: store.clone(),
+        bus: in_process_bus().await,
+        relay: Relay::new(
+            store.clone(),
+            in_process_bus().await,
+            local_locks(),
+            RelayConfig::default(),
+        ),
+        recorder: recorder.clone(),
+    };
+    let lost = first.pay("o1", 0).await;
+    let handled = first.pay("o2", 0).await;
+    assert_eq!(first.relay.relay_once().await.unwrap(), 2);
+    drop(first);
+    // o2 was handled before the kill: its effect committed with its processed-event record.
+    store
+        .commit(Commit {
+            key: AggregateKey::new("tenant-a", "applied", &handled),
+            expected_version: 0,
+            data: Bytes::from_static(b"o2"),
+            index: Vec::new(),
+            events: Vec::new(),
+            idempotency: Some(store::IdempotencyRecord {
+                tenant: "tenant-a".into(),
+                method: events::processed_method("loyalty-accrual"),
+                key: handled.clone(),
+                request_digest: Bytes::from(handled.clone()),
+                response: Bytes::new(),
+                expires_at: store::unix_now() + 3600,
+            }),
+        })
+        .await
+        .unwrap();
+
+    let bus = in_process_bus().await;
+    let second = Rig {
+        store: store.clone(),
+        bus: bus.clone(),
+        relay: Relay::new(store.clone(), bus, local_locks(), RelayConfig::default()),
+        recorder,
+    };
+    let consumer = second.consumer(config("c1"));
+    assert_eq!(
+        second.relay.relay_once().await.unwrap(),
+        2,
+        "published again"
+    );
+    drain(&consumer).await;
+    second.relay.relay_once().await.unwrap();
+    assert!(store.pending_events(10).await.unwrap().is_empty());
+    assert_eq!(
+        second.applied(),
+        [lost],
+        "the lost one applied now, the handled one not again"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_drains_the_relay_then_the_consumers() {
+    let rig = rig(in_process_bus().await, local_locks());
+    let mut ids = Vec::new();
+    for order in 0..20 {
+        ids.push(rig.pay(&format!("o{order}"), 0).await);
+    }
+    let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_consumer, consumer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(rig.relay.clone().run(async {
+        let _ = relay_stopped.await;
+    }));
+    let consumer = tokio::spawn(rig.consumer(config("c1")).run(async {
+        let _ = consumer_stopped.await;
+    }));
+    // Stop at once: nothing has had time to flow yet.
+    stop_relay.send(()).unwrap();
+    // The consumer keeps running while the relay drains (it waits for their settlement).
+    tokio::time::timeout(Duration::from_secs(10), relay)
+        .await
+        .expect("relay drained within its drain time")
+        .unwrap();
+    stop_consumer.send(()).unwrap();
+    consumer.await.unwrap();
+    assert!(rig.store.pending_events(100).await.unwrap().is_empty());
+    let mut applied = rig.applied();
+    applied.sort();
+    ids.sort();
+    assert_eq!(applied, ids);
+}
+
+/// A rig whose relay journals OrderPaid for the `loyalty-accrual` group.
+fn journaled_rig(bus: Arc<dyn Bus>, locks: fastpath::Locks) -> (Rig, Journal) {
+    let mut rig = rig(bus, locks);
+    let journal = Journal::new(rig.store.clone())
+        .expect("loyalty-accrual", &["commerce.checkout.v1.OrderPaid"]);
+    rig.relay = rig.relay.clone().with_journal(journal.clone());
+    (rig, journal)
+}
+
+fn missing_ids(missing: &[events::MissingEffect]) -> Vec<String> {
+    missing.iter().map(|m| m.event_id.clone()).collect()
+}
+
+#[tokio::test]
+async fn events_a_restarted_redis_forgot_are_found_by_the_repair_sweep_and_published_again() {
+    let mut redis = fastpath::testing::RedisServer::start();
+    let port = redis.port;
+    let connection = fastpath::connect(&redis.url()).await.unwrap();
+    let degraded = fastpath::Degraded::default();
+    let bus: Arc<dyn Bus> = Arc::new(RedisBus::new(connection.clone(), degraded.clone()));
+    let (rig, journal) = journaled_rig(
+        bus.clone(),
+        fastpath::Locks::new(Some(connection), degraded),
+    );
+    let consumer = rig.consumer(config("c1"));
+    consumer.poll_once().await.unwrap();
+
+    let kept = rig.pay("o1", 0).await;
+    rig.relay.relay_once().await.unwrap();
+    drain(&consumer).await;
+    // Published and acknowledged by Redis, so it left the outbox; then Redis restarts without
+    // persistence before the consumer read it.
+    let lost = rig.pay("o2", 0).await;
+    assert_eq!(rig.relay.relay_once().await.unwrap(), 1);
+    assert!(rig.store.pending_events(10).await.unwrap().is_empty());
+    redis.kill();
+    let _redis = fastpath::testing::RedisServer::start_on(port);
+    let mut polled = false;
+    for _ in 0..50 {
+        if consumer.poll_once().await.is_ok() {
+            polled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(polled, "the consumer recreated its group on the new Redis");
+    drain(&consumer).await;
+    assert_eq!(
+        rig.applied(),
+        std::slice::from_ref(&kept),
+        "the lost event never arrived"
+    );
+
+    let missing = journal
+        .missing("tenant-a", "loyalty-accrual", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(missing_ids(&missing), std::slice::from_ref(&lost));
+    assert_eq!(missing[0].event_type, "commerce.checkout.v1.OrderPaid");
+
+    // Within the grace period the sweep only confirms what was handled.
+    let patient = journal
+        .sweep(bus.as_ref(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        (patient.checked, patient.confirmed, patient.republished),
+        (2, 1, 0)
+    );
+    let report = journal.sweep(bus.as_ref(), Duration::ZERO).await.unwrap();
+    assert_eq!(
+        (report.checked, report.confirmed, report.republished),
+        (1, 0, 1)
+    );
+    drain(&consumer).await;
+    assert_eq!(rig.applied(), [kept, lost]);
+    let report = journal.sweep(bus.as_ref(), Duration::ZERO).await.unwrap();
+    assert_eq!((report.confirmed, report.republished), (1, 0));
+    assert!(
+        journal
+            .missing("tenant-a", "loyalty-accrual", Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn an_event_a_consumer_gives_up_on_is_logged_reported_and_republished_a_bounded_number_of_times()
+ {
+    let logs = Logs::default();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(logs.clone())
+            .finish(),
+    );
+    let bus = in_process_bus().await;
+    let (rig, journal) = journaled_rig(bus.clone(), local_locks());
+    let consumer = rig.consumer(config("c1"));
+    let refused = rig.pay("o1", 0).await;
+    rig.recorder.reject.lock().unwrap().push(refused.clone());
+    rig.relay.relay_once().await.unwrap();
+    drain(&consumer).await;
+    rig.relay.relay_once().await.unwrap();
+    assert!(
+        rig.store.pending_events(10).await.unwrap().is_empty(),
+        "a dead-lettered event is settled"
+    );
+    let line = logs.lines_with(&refused);
+    assert!(
+        line.iter().any(|line| line.contains("\"level\":\"ERROR\"")
+            && line.contains("dead-lettered")
+            && line.contains("not for us")
+            && line.contains("loyalty-accrual")),
+        "{line:?}"
+    );
+
+    let missing = journal
+        .missing("tenant-a", "loyalty-accrual", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(missing_ids(&missing), std::slice::from_ref(&refused));
+    let mut republished = 0;
+    for _ in 0..8 {
+        republished += journal
+            .sweep(bus.as_ref(), Duration::ZERO)
+            .await
+            .unwrap()
+            .republished;
+        drain(&consumer).await;
+    }
+    assert_eq!(republished, 5, "published again at most five times");
+    assert_eq!(
+        rig.recorder.attempts.lock().unwrap()[&refused],
+        6,
+        "the consumer saw each copy"
+    );
+    assert_eq!(
+        missing_ids(
+            &journal
+                .missing("tenant-a", "loyalty-accrual", Duration::ZERO)
+                .await
+                .unwrap()
+        ),
+        [refused],
+        "still reported"
+    );
+}
+
+/// Log lines written by a test's subscriber.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|line| line.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
 }

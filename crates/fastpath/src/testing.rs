@@ -27,6 +27,21 @@ impl RedisServer {
 
     /// Starts one on `port` (e.g. to restart after `kill`).
     pub fn start_on(port: u16) -> RedisServer {
+        Self::start_on_with(port, &[])
+    }
+
+    /// Starts one on a free port with `extra` settings (`--appendonly yes`, …), which override
+    /// the defaults (no snapshots, no append-only file).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on_with(port, extra)
+    }
+
+    fn start_on_with(port: u16, extra: &[&str]) -> RedisServer {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -38,6 +53,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server on PATH (scripts/test installs it)");

@@ -5,7 +5,10 @@
 //! Checkout never sees a card. The client tokenises the card with the PSP and hands checkout an
 //! opaque **payment token**; checkout authorises against that token, captures when the order is
 //! committed, voids when it is not, and refunds later. [`PaymentProvider`] is the port; the
-//! [`simulator`] is the in-memory adapter every test, demo and benchmark uses.
+//! [`simulator`] is the adapter every test, demo and benchmark uses — in memory, or kept in the
+//! store it runs beside ([`durable`]) so it survives a restart. [`PspApi`] serves it as a process
+//! of its own (internal contract `commerce.psp.v1`, `commerce psp serve`) and [`RemotePsp`] is
+//! the port's adapter to that process.
 //!
 //! # What the port promises callers
 //!
@@ -60,12 +63,17 @@
 //! [`simulator::PspSimulator::configure`] and [`simulator::PspSimulator::configure_for`]; a
 //! global latency (0 by default) is added to every reply.
 
+pub mod durable;
+mod remote;
 pub mod simulator;
+mod wire;
 
 use std::fmt;
 
 use async_trait::async_trait;
 
+pub use durable::StateError;
+pub use remote::{Bearer, PspApi, RemotePsp};
 pub use simulator::{Behaviour, Outcome, PspSimulator};
 
 /// An amount of money: ISO-4217 currency code and integer minor units (no floats near money).

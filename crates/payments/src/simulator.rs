@@ -6,6 +6,11 @@
 //! Everything a call does is decided and recorded atomically when the call arrives; latency and
 //! timeouts only delay the *reply*. So a caller that gives up while waiting is in the same
 //! position as one whose reply was lost — exactly the case the saga must handle.
+//!
+//! [`PspSimulator::new`] keeps everything in memory (tests, benchmarks); [`PspSimulator::durable`]
+//! also writes every recorded call to a store before replying and reads them back at start
+//! ([`crate::durable`]), so a restarted process answers lookups, replays and refunds of what it
+//! did before.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,8 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use super::durable::{self, Request, StateError, StoredCall};
 use super::{
-    AuthorizeRequest, CaptureRequest, Money, PaymentProvider, PspError, RefundRequest, Transaction,
+    AuthorizeRequest, CaptureRequest, PaymentProvider, PspError, RefundRequest, Transaction,
     TransactionKind, TransactionStatus, VoidRequest, looks_like_card_number,
 };
 
@@ -134,6 +140,8 @@ impl Behaviour {
 #[derive(Clone, Default)]
 pub struct PspSimulator {
     state: Arc<Mutex<State>>,
+    /// Where recorded calls are kept across restarts; `None` keeps them in memory only.
+    store: Option<Arc<dyn store::Store>>,
 }
 
 #[derive(Default)]
@@ -155,61 +163,62 @@ struct State {
     latency: Duration,
     timeout_delay: Option<Duration>,
     failing_reads: u32,
+    /// Whether recorded calls must be written to the store before their reply.
+    persistent: bool,
+    /// The next recorded call's position in the order of recording.
+    next_sequence: u64,
 }
 
 struct KeyRecord {
     request: Request,
     transaction: usize,
-}
-
-/// A request as the idempotency check compares it.
-#[derive(Clone, PartialEq, Eq)]
-enum Request {
-    Authorize(AuthorizeRequest),
-    Capture(CaptureRequest),
-    Void(VoidRequest),
-    Refund(RefundRequest),
-}
-
-impl Request {
-    fn idempotency_key(&self) -> &str {
-        match self {
-            Self::Authorize(r) => &r.idempotency_key,
-            Self::Capture(r) => &r.idempotency_key,
-            Self::Void(r) => &r.idempotency_key,
-            Self::Refund(r) => &r.idempotency_key,
-        }
-    }
-
-    fn kind(&self) -> TransactionKind {
-        match self {
-            Self::Authorize(_) => TransactionKind::Authorization,
-            Self::Capture(_) => TransactionKind::Capture,
-            Self::Void(_) => TransactionKind::Void,
-            Self::Refund(_) => TransactionKind::Refund,
-        }
-    }
-
-    fn amount(&self) -> Option<&Money> {
-        match self {
-            Self::Authorize(r) => Some(&r.amount),
-            Self::Capture(r) => Some(&r.amount),
-            Self::Void(_) => None,
-            Self::Refund(r) => Some(&r.amount),
-        }
-    }
+    sequence: u64,
+    /// True once the call is in the store (always, in memory). Its lock is held while the first
+    /// write is under way, so a replay or lookup of the key waits for it — nothing is answered
+    /// about a call before it is durable.
+    stored: Arc<tokio::sync::Mutex<bool>>,
 }
 
 /// What to reply, and after how long.
 struct Reply {
     delay: Duration,
     result: Result<Transaction, PspError>,
+    durability: Durability,
+}
+
+/// What must be durable before the reply goes out.
+enum Durability {
+    /// Nothing new (a refusal, an in-memory simulator).
+    Nothing,
+    /// The call was just recorded: write it (its lock, held, keeps replays waiting).
+    Write(tokio::sync::OwnedMutexGuard<bool>, StoredCall),
+    /// A replay or lookup of a recorded call: make sure its first write happened.
+    Await(Arc<tokio::sync::Mutex<bool>>, StoredCall),
 }
 
 impl PspSimulator {
-    /// An empty PSP: no transactions, nothing programmed, no latency.
+    /// An empty PSP: no transactions, nothing programmed, no latency; it forgets everything
+    /// when dropped.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A PSP whose transactions, consumed idempotency keys (with the request each was used for)
+    /// and authorisations' tokens live in `store` (see [`crate::durable`]): what it recorded
+    /// there before — by this process or one before it — is loaded now, and every call it
+    /// records from now on is written there before its reply is sent.
+    pub async fn durable(store: Arc<dyn store::Store>) -> Result<Self, StateError> {
+        let mut state = State {
+            persistent: true,
+            ..State::default()
+        };
+        for (call, request, transaction) in durable::read_all(store.as_ref()).await? {
+            state.restore(call.sequence, request, transaction);
+        }
+        Ok(Self {
+            state: Arc::new(Mutex::new(state)),
+            store: Some(store),
+        })
     }
 
     /// Programs `token` for every operation not programmed separately with
@@ -275,10 +284,44 @@ impl PspSimulator {
 
     async fn call(&self, request: Request) -> Result<Transaction, PspError> {
         let reply = self.lock().decide(request);
+        let result = match self.make_durable(reply.durability).await {
+            Ok(()) => reply.result,
+            Err(error) => {
+                // Recorded here but maybe not in the store: the outcome is unknown to the
+                // caller, who retries with the same key (the retry writes it again) or looks
+                // it up.
+                tracing::warn!(%error, "payments: the PSP simulator could not store a call");
+                Err(PspError::Timeout)
+            }
+        };
         if !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
         }
-        reply.result
+        result
+    }
+
+    /// Writes what `durability` asks for, or waits for the first write of it.
+    async fn make_durable(&self, durability: Durability) -> Result<(), store::StoreError> {
+        let Some(store) = self.store.as_deref() else {
+            return Ok(());
+        };
+        match durability {
+            Durability::Nothing => Ok(()),
+            Durability::Write(mut stored, call) => {
+                durable::write(store, &call).await?;
+                *stored = true;
+                Ok(())
+            }
+            Durability::Await(stored, call) => {
+                let mut stored = stored.lock().await;
+                if !*stored {
+                    // Its first write failed: write it now.
+                    durable::write(store, &call).await?;
+                    *stored = true;
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn read<T>(&self, read: impl FnOnce(&State) -> T) -> Result<T, PspError> {
@@ -307,6 +350,7 @@ impl State {
         let immediate = |result| Reply {
             delay: latency,
             result,
+            durability: Durability::Nothing,
         };
         if let Request::Authorize(authorize) = &request
             && looks_like_card_number(&authorize.payment_token)
@@ -317,11 +361,14 @@ impl State {
             return immediate(Err(error));
         }
         if let Some(record) = self.keys.get(request.idempotency_key()) {
-            return immediate(if record.request == request {
-                outcome_of(&self.ledger[record.transaction])
-            } else {
-                Err(PspError::IdempotencyKeyReused)
-            });
+            if record.request != request {
+                return immediate(Err(PspError::IdempotencyKeyReused));
+            }
+            return Reply {
+                delay: latency,
+                result: outcome_of(&self.ledger[record.transaction]),
+                durability: self.durability_of(record),
+            };
         }
 
         let (token, parent) = match self.token_and_parent(&request) {
@@ -347,7 +394,11 @@ impl State {
         };
         let delay = self.latency + behaviour.latency;
         let timeout_delay = delay + self.timeout_delay.unwrap_or(DEFAULT_TIMEOUT_DELAY);
-        let reply = |delay, result| Reply { delay, result };
+        let reply = |delay, result| Reply {
+            delay,
+            result,
+            durability: Durability::Nothing,
+        };
 
         match outcome {
             Outcome::Unavailable => return reply(delay, Err(PspError::Unavailable)),
@@ -364,11 +415,29 @@ impl State {
             },
             _ => TransactionStatus::Succeeded,
         };
-        let transaction = self.record(request, parent.as_ref(), status, token);
-        match outcome {
-            Outcome::ReplyLost => reply(timeout_delay, Err(PspError::Timeout)),
-            _ => reply(delay, outcome_of(&transaction)),
+        let (transaction, durability) = self.record(request, parent.as_ref(), status, token);
+        let (delay, result) = match outcome {
+            Outcome::ReplyLost => (timeout_delay, Err(PspError::Timeout)),
+            _ => (delay, outcome_of(&transaction)),
+        };
+        Reply {
+            delay,
+            result,
+            durability,
         }
+    }
+
+    /// What a replay (or lookup) of `record` must wait for before answering.
+    fn durability_of(&self, record: &KeyRecord) -> Durability {
+        if !self.persistent {
+            return Durability::Nothing;
+        }
+        let call = StoredCall::new(
+            record.sequence,
+            &record.request,
+            &self.ledger[record.transaction],
+        );
+        Durability::Await(record.stored.clone(), call)
     }
 
     /// The token whose behaviour applies, and the transaction the request acts on.
@@ -476,13 +545,15 @@ impl State {
         }
     }
 
+    /// Records a transaction for `request`; returns it with what must be stored before the
+    /// reply.
     fn record(
         &mut self,
         request: Request,
         parent: Option<&Transaction>,
         status: TransactionStatus,
         token: String,
-    ) -> Transaction {
+    ) -> (Transaction, Durability) {
         let kind = request.kind();
         let prefix = match kind {
             TransactionKind::Authorization => "auth",
@@ -514,15 +585,41 @@ impl State {
             parent_id: parent.map(|parent| parent.id.clone()),
             created_at_ms: now_ms(),
         };
+        let sequence = self.next_sequence;
+        let (stored, durability) = if self.persistent {
+            let stored = Arc::new(tokio::sync::Mutex::new(false));
+            let call = StoredCall::new(sequence, &request, &transaction);
+            let durability = match stored.clone().try_lock_owned() {
+                Ok(writing) => Durability::Write(writing, call),
+                // A lock made just now is free; were it not, wait for the write like a replay.
+                Err(_) => Durability::Await(stored.clone(), call),
+            };
+            (stored, durability)
+        } else {
+            (Arc::new(tokio::sync::Mutex::new(true)), Durability::Nothing)
+        };
+        self.insert(request, transaction.clone(), sequence, token, stored);
+        (transaction, durability)
+    }
+
+    /// Puts a recorded call into the ledger and the indexes, in recording order.
+    fn insert(
+        &mut self,
+        request: Request,
+        transaction: Transaction,
+        sequence: u64,
+        token: String,
+        stored: Arc<tokio::sync::Mutex<bool>>,
+    ) {
         let position = self.ledger.len();
         self.positions.insert(transaction.id.clone(), position);
-        if let Some(parent) = parent {
+        if let Some(parent) = &transaction.parent_id {
             self.children
-                .entry(parent.id.clone())
+                .entry(parent.clone())
                 .or_default()
                 .push(position);
         }
-        if kind == TransactionKind::Authorization {
+        if transaction.kind == TransactionKind::Authorization {
             self.tokens.insert(transaction.id.clone(), token);
         }
         self.keys.insert(
@@ -530,10 +627,22 @@ impl State {
             KeyRecord {
                 request,
                 transaction: position,
+                sequence,
+                stored,
             },
         );
-        self.ledger.push(transaction.clone());
-        transaction
+        self.ledger.push(transaction);
+        self.next_sequence = self.next_sequence.max(sequence + 1);
+    }
+
+    /// Puts back a call read from the store.
+    fn restore(&mut self, sequence: u64, request: Request, transaction: Transaction) {
+        let token = match &request {
+            Request::Authorize(authorize) => authorize.payment_token.clone(),
+            _ => String::new(),
+        };
+        let stored = Arc::new(tokio::sync::Mutex::new(true));
+        self.insert(request, transaction, sequence, token, stored);
     }
 }
 
@@ -604,13 +713,28 @@ impl PaymentProvider for PspSimulator {
     }
 
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<Transaction>, PspError> {
-        self.read(|state| {
-            state
-                .keys
-                .get(idempotency_key)
-                .map(|record| state.ledger[record.transaction].clone())
-        })
-        .await
+        let found = self
+            .read(|state| {
+                state.keys.get(idempotency_key).map(|record| {
+                    (
+                        state.ledger[record.transaction].clone(),
+                        state.durability_of(record),
+                    )
+                })
+            })
+            .await?;
+        let Some((transaction, durability)) = found else {
+            return Ok(None);
+        };
+        // Never report a call the store might not have: a caller acting on it could then
+        // outlive it across a restart.
+        match self.make_durable(durability).await {
+            Ok(()) => Ok(Some(transaction)),
+            Err(error) => {
+                tracing::warn!(%error, "payments: the PSP simulator could not store a call");
+                Err(PspError::Unavailable)
+            }
+        }
     }
 
     async fn transactions(&self, reference: Option<&str>) -> Result<Vec<Transaction>, PspError> {

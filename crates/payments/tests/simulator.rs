@@ -569,3 +569,191 @@ async fn the_port_is_object_safe() {
     );
     assert_eq!(psp.lookup("missing").await, Ok(None));
 }
+
+fn store_file(path: &std::path::Path) -> Arc<dyn store::Store> {
+    Arc::new(store::EmbeddedStore::open(path, store::EmbeddedOptions::default()).expect("store"))
+}
+
+#[tokio::test]
+async fn a_simulator_on_a_store_file_answers_as_before_after_it_is_reopened() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("store.redb");
+    let before = {
+        let psp = PspSimulator::durable(store_file(&path)).await.unwrap();
+        let authorization = authorize(&psp, "a-1", "tok_ok", 1_000, "ord-1")
+            .await
+            .unwrap();
+        let captured = capture(&psp, "c-1", &authorization, 800).await.unwrap();
+        let refunded = refund(&psp, "r-1", &captured, 300).await.unwrap();
+        let declined = authorize(&psp, "a-2", "tok_decline_insufficient_funds", 500, "ord-2").await;
+        let to_void = authorize(&psp, "a-3", "tok_ok", 700, "ord-3")
+            .await
+            .unwrap();
+        let voided = void(&psp, "v-3", &to_void).await.unwrap();
+        // Its captures follow its token's behaviour, after the restart too.
+        let slow = authorize(&psp, "a-4", "tok_latency_1", 200, "ord-4")
+            .await
+            .unwrap();
+        assert_eq!(
+            declined,
+            Err(PspError::Declined {
+                code: "insufficient_funds".into(),
+                hard: false
+            })
+        );
+        (authorization, captured, refunded, to_void, voided, slow)
+    };
+    let (authorization, captured, refunded, to_void, voided, slow) = before;
+    let everything_before = [authorization.clone(), captured.clone(), refunded.clone()];
+
+    let psp = PspSimulator::durable(store_file(&path)).await.unwrap();
+    // Lookups answer what was recorded.
+    for (key, recorded) in [
+        ("a-1", &authorization),
+        ("c-1", &captured),
+        ("r-1", &refunded),
+        ("a-3", &to_void),
+        ("v-3", &voided),
+        ("a-4", &slow),
+    ] {
+        assert_eq!(
+            psp.lookup(key).await.unwrap().as_ref(),
+            Some(recorded),
+            "{key}"
+        );
+    }
+    assert_eq!(psp.lookup("never-used").await.unwrap(), None);
+    // Idempotent replays answer as before — a decline too — and a reused key is still refused.
+    assert_eq!(
+        authorize(&psp, "a-1", "tok_ok", 1_000, "ord-1").await,
+        Ok(authorization.clone())
+    );
+    assert_eq!(
+        capture(&psp, "c-1", &authorization, 800).await,
+        Ok(captured.clone())
+    );
+    assert_eq!(
+        refund(&psp, "r-1", &captured, 300).await,
+        Ok(refunded.clone())
+    );
+    assert!(matches!(
+        authorize(&psp, "a-2", "tok_decline_insufficient_funds", 500, "ord-2").await,
+        Err(PspError::Declined { .. })
+    ));
+    assert_eq!(
+        authorize(&psp, "a-1", "tok_ok", 999, "ord-1").await,
+        Err(PspError::IdempotencyKeyReused)
+    );
+    // The money rules still know the past.
+    assert_eq!(
+        refund(&psp, "r-2", &captured, 501).await,
+        Err(PspError::ExceedsCaptured)
+    );
+    assert!(matches!(
+        capture(&psp, "c-3", &to_void, 700).await,
+        Err(PspError::InvalidRequest(_))
+    ));
+    let second_refund = refund(&psp, "r-2", &captured, 500).await.unwrap();
+    let slow_capture = capture(&psp, "c-4", &slow, 200).await.unwrap();
+    // The ledger comes back in the order recorded, and goes on from there.
+    let ledger = psp.transactions(None).await.unwrap();
+    assert_eq!(ledger[..3], everything_before[..]);
+    assert_eq!(ledger.len(), 9);
+    assert_eq!(ledger[7], second_refund);
+    assert_eq!(ledger[8], slow_capture);
+    assert_eq!(psp.authorization_count("ord-1"), 1);
+}
+
+#[tokio::test]
+async fn a_call_whose_record_could_not_be_stored_is_never_reported_done_until_it_is() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("store.redb");
+    let faulty = Arc::new(store::testing::FaultyStore::new(store_file(&path)));
+    let psp = PspSimulator::durable(faulty.clone()).await.unwrap();
+    faulty.fail_commits(payments::durable::KIND, 1);
+    // Acted, but not durable: the caller hears "outcome unknown", not success.
+    assert_eq!(
+        authorize(&psp, "a-1", "tok_ok", 1_000, "ord-1").await,
+        Err(PspError::Timeout)
+    );
+    // Asking again (a lookup, or a retry with the key) stores it first, then answers.
+    let found = psp.lookup("a-1").await.unwrap().expect("recorded");
+    assert_eq!(
+        authorize(&psp, "a-1", "tok_ok", 1_000, "ord-1").await,
+        Ok(found.clone())
+    );
+    drop(psp);
+    drop(faulty);
+    let reopened = PspSimulator::durable(store_file(&path)).await.unwrap();
+    assert_eq!(reopened.lookup("a-1").await.unwrap(), Some(found));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulator_on_mongodb_answers_as_before_after_it_is_reopened() {
+    let (uri, _server) = match std::env::var("MONGODB_URI") {
+        Ok(uri) => (uri, None),
+        Err(_) => {
+            let server = store::testing::MongoServer::start();
+            (server.uri(), Some(server))
+        }
+    };
+    let database = format!(
+        "psp_test_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let connect = || async {
+        let store: Arc<dyn store::Store> = Arc::new(
+            store::MongoStore::connect(&uri, &database, store::MongoOptions::default())
+                .await
+                .expect("connect"),
+        );
+        store
+    };
+    let (authorization, captured) = {
+        let psp = PspSimulator::durable(connect().await).await.unwrap();
+        let authorization = authorize(&psp, "a-1", "tok_ok", 1_000, "ord-1")
+            .await
+            .unwrap();
+        let captured = capture(&psp, "c-1", &authorization, 1_000).await.unwrap();
+        (authorization, captured)
+    };
+    let psp = PspSimulator::durable(connect().await).await.unwrap();
+    assert_eq!(
+        psp.lookup("a-1").await.unwrap(),
+        Some(authorization.clone())
+    );
+    assert_eq!(
+        capture(&psp, "c-1", &authorization, 1_000).await,
+        Ok(captured.clone())
+    );
+    assert_eq!(
+        refund(&psp, "r-1", &captured, 1_001).await,
+        Err(PspError::ExceedsCaptured)
+    );
+    refund(&psp, "r-1", &captured, 1_000).await.unwrap();
+    assert_eq!(ledger(&psp, "ord-1").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_second_simulator_on_the_same_store_cannot_claim_a_key_the_first_recorded() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = store_file(&directory.path().join("store.redb"));
+    let first = PspSimulator::durable(store.clone()).await.unwrap();
+    let second = PspSimulator::durable(store.clone()).await.unwrap();
+    let recorded = authorize(&first, "a-1", "tok_ok", 1_000, "ord-1")
+        .await
+        .unwrap();
+    // The second does not know the key and acts, but cannot make its own transaction durable
+    // under it: its caller hears "outcome unknown", never a second success.
+    assert_eq!(
+        authorize(&second, "a-1", "tok_ok", 1_000, "ord-1").await,
+        Err(PspError::Timeout)
+    );
+    // Started on the store afterwards, a simulator knows the recorded one.
+    let restarted = PspSimulator::durable(store).await.unwrap();
+    assert_eq!(restarted.lookup("a-1").await.unwrap(), Some(recorded));
+}

@@ -2,9 +2,11 @@
 //! and Connect on one port (HTTP/1.1 and cleartext HTTP/2) with health, reflection, CORS and
 //! graceful shutdown; the interceptor stack (request id, load shedding, deadlines, JWT auth,
 //! contract-driven authorization, tenant, rate limit, validation, RED metrics, logs); the admin
-//! port; the outbound call policy for dependencies ([`outbound`]: timeouts, retries with jitter
-//! for idempotent callees, circuit breaker); the tenant clock ([`clock`]); page tokens
-//! ([`page_token`]); crash points for fault tests ([`failpoint`]).
+//! port; the outbound call stack ([`outbound`]: balanced gRPC callees with per-endpoint breakers,
+//! deadline propagation, contract-driven retries and hedging; a breaker-guarded policy for other
+//! dependencies); the tenant clock ([`clock`]); page tokens ([`page_token`]); crash points for
+//! fault tests ([`failpoint`]); a service's own signed identity for calls to other services
+//! ([`identity`]).
 //!
 //! It knows nothing of commerce: services register themselves with their descriptor sets.
 
@@ -15,6 +17,7 @@ mod connection;
 mod cors;
 mod drain;
 pub mod failpoint;
+pub mod identity;
 pub mod interceptors;
 mod listener;
 pub mod outbound;

@@ -15,6 +15,17 @@ pub fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
         .ok_or_else(|| Status::internal("no tenant on the request"))
 }
 
+/// The stable id a call of `method` (`pkg.Service/Method`) with idempotency `key` for `tenant`
+/// makes ([`idempotency_id`]): a caller that reaches a service's engine in process uses it so it
+/// makes the very object the same call over the wire would.
+pub fn derived_id(tenant: &str, method: &str, key: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(format!("{tenant}\u{1f}{method}\u{1f}{key}").as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// A stable id derived from the request's idempotency key (tenant, method, key), so a create
 /// retried after a crash finds what the first attempt made; a fresh UUIDv7 when the call
 /// carries no key.

@@ -100,6 +100,7 @@ pub struct Server {
     routes: RoutesBuilder,
     descriptor_sets: Vec<&'static [u8]>,
     service_names: Vec<&'static str>,
+    metrics: Metrics,
 }
 
 impl Server {
@@ -113,7 +114,15 @@ impl Server {
             routes: Routes::builder(),
             descriptor_sets: Vec::new(),
             service_names: Vec::new(),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Exports `metrics` on the admin port (instead of a registry of its own), so what the
+    /// process's outbound callees count is scraped with its RPC metrics.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Registers a tonic service and the encoded descriptor set that describes it (used for
@@ -181,7 +190,7 @@ impl Server {
         }
 
         let connect = connect::ConnectLayer::new(connect_config(&pool, &self.config));
-        let metrics = Metrics::default();
+        let metrics = self.metrics.clone();
         let degraded = self.degraded.clone();
         let redis = match (self.redis.take(), &self.config.redis_url) {
             (Some(redis), _) => Some(redis),

@@ -8,6 +8,7 @@ use commerce_api::commerce::checkout::v1::{
     order_service_server::OrderService,
 };
 use platform::ApiError;
+use platform::interceptors::IdempotencyContext;
 use platform::request::{field_mask, idempotency_id, page_size, tenant};
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
@@ -412,6 +413,7 @@ impl OrderService for OrderApi {
     ) -> Reply<v1::PlaceOrderResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = request.extensions().get::<IdempotencyContext>().cloned();
         let body = request.into_inner();
         let placement = Placement {
             cart_id: body.cart_id,
@@ -420,11 +422,14 @@ impl OrderService for OrderApi {
             payment_token: body.payment_token,
             external_order_id: body.external_order_id,
         };
+        // The commit completing the placement recorded this very response for the key.
         let order = self
             .orders
-            .place(&tenant, &placement, &key)
+            .place_recording(&tenant, &placement, &key, idempotency.as_ref())
             .await
             .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("checkout.place_order.replying");
         Ok(Response::new(v1::PlaceOrderResponse { order: Some(order) }))
     }
 
@@ -471,18 +476,23 @@ impl OrderService for OrderApi {
     ) -> Reply<v1::RefundOrderResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = request.extensions().get::<IdempotencyContext>().cloned();
         let body = request.into_inner();
+        // The commit recording the refund recorded this very response for the key.
         let (order, refund) = self
             .orders
-            .refund(
+            .refund_recording(
                 &tenant,
                 &body.order_id,
                 body.amount.as_ref(),
                 &body.reason,
                 &key,
+                idempotency.as_ref(),
             )
             .await
             .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("checkout.refund_order.replying");
         Ok(Response::new(v1::RefundOrderResponse {
             order: Some(order),
             refund: Some(refund),

@@ -63,6 +63,14 @@ pub enum CheckoutError {
         /// The next slot with room (unix ms), if one was found.
         next_available_ms: Option<i64>,
     },
+    /// The cart has placed an order already (or is placing one): a cart places at most one.
+    #[error("cart {cart_id} has already placed order {order_id}")]
+    CartAlreadyOrdered {
+        /// The cart.
+        cart_id: String,
+        /// The order it placed (or is placing).
+        order_id: String,
+    },
     /// `expected_version` did not match.
     #[error("{resource} is at version {actual}, not {expected}")]
     VersionMismatch {
@@ -153,6 +161,13 @@ impl From<CheckoutError> for ApiError {
                     None => error,
                 }
             }
+            CheckoutError::CartAlreadyOrdered { cart_id, order_id } => ApiError::new(
+                Code::FailedPrecondition,
+                ErrorReason::CartAlreadyOrdered,
+                message,
+            )
+            .with_metadata("order_id", order_id)
+            .with_metadata("cart_id", cart_id),
             CheckoutError::VersionMismatch { .. } => {
                 ApiError::new(Code::Aborted, ErrorReason::ConcurrentModification, message)
             }
@@ -172,5 +187,33 @@ impl From<CheckoutError> for ApiError {
             }
             other => ApiError::internal(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CheckoutError, ERROR_DOMAIN};
+    use platform::ApiError;
+    use tonic_types::StatusExt as _;
+
+    #[test]
+    fn a_cart_already_ordered_names_the_order_in_its_error_info() {
+        let status = ApiError::from(CheckoutError::CartAlreadyOrdered {
+            cart_id: "cart-1".into(),
+            order_id: "ord-1".into(),
+        })
+        .into_status(ERROR_DOMAIN);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "CART_ALREADY_ORDERED");
+        assert_eq!(
+            info.metadata.get("order_id").map(String::as_str),
+            Some("ord-1")
+        );
+        assert_eq!(
+            info.metadata.get("cart_id").map(String::as_str),
+            Some("cart-1")
+        );
     }
 }

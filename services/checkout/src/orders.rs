@@ -37,15 +37,16 @@ use std::time::Duration;
 use commerce_api::commerce::checkout::v1::{
     CaptureMode, Order, OrderCanceled, OrderLine, OrderPaid, OrderPlaced, OrderRefunded,
     OrderStatus, OrderStatusChange, OrderStatusChanged, OrderTipAdjusted, OrderTotals, PaidLine,
-    Payment, PaymentStatus, Quote,
+    Payment, PaymentStatus, PlaceOrderResponse, Quote, RefundOrderResponse,
 };
 use commerce_api::commerce::common::v1::{ErrorReason, Money};
 use ledger::{Ledger, NewEntry, Write};
 use platform::clock::Clocks;
+use platform::interceptors::IdempotencyContext;
 use platform::outbound::{Idempotent, Outbound, OutboundError, OutboundPolicy};
 use platform::page_token;
 use prost::Message as _;
-use store::{AggregateKey, Commit, IndexEntry, OutboxEvent, Pages, Store};
+use store::{AggregateKey, Commit, IdempotencyRecord, IndexEntry, OutboxEvent, Pages, Store};
 
 use crate::carts::Carts;
 use crate::error::CheckoutError;
@@ -54,7 +55,11 @@ use crate::quotes::{LoyaltyPort, Quotes};
 
 pub(crate) const ORDER: &str = "checkout_order";
 pub(crate) const PLACEMENT: &str = "checkout_placement";
+/// The caller's own order id (`external_order_id`), naming the order placed under it; empty
+/// data once a failed placement released it.
 const EXTERNAL: &str = "checkout_external_order";
+/// Which placement holds a cart (id: the cart id), see [`CartClaim`].
+const CART_CLAIM: &str = "checkout_cart_claim";
 /// The system tenant under which tenants with unresolved payments are listed.
 const SYSTEM_TENANT: &str = "_system";
 
@@ -92,6 +97,31 @@ pub(crate) struct PlacementRecord {
     pub(crate) started_ms: i64,
 }
 
+/// A cart places at most one order. The first placement of a cart claims it in the store, in
+/// the same commit that records the placement, so the claim holds across replicas and restarts
+/// (carts themselves may live in Redis); every other placement of the cart — whatever its
+/// idempotency key — is refused with `CART_ALREADY_ORDERED` before it reaches loyalty or the
+/// PSP. A placement that fails for good (declined, slot full, reward refused, rolled back)
+/// releases the claim in the commit that records the failure, so the cart can be placed again.
+/// A canceled order keeps its cart: the cart did place an order.
+#[derive(Clone, PartialEq, prost::Message)]
+struct CartClaim {
+    /// The placement (its key) holding the cart; empty once a failed placement released it.
+    #[prost(string, tag = "1")]
+    placement: String,
+    /// The order that placement makes.
+    #[prost(string, tag = "2")]
+    order_id: String,
+}
+
+/// Where a caller's own order id stands.
+enum ExternalId {
+    /// No order has it (`version`: of its released record, 0 when there is none).
+    Free { version: u64 },
+    /// The order placed under it.
+    Taken(Box<Order>),
+}
+
 /// The placement's index: every placement under `all` (reconciliation looks for authorizations
 /// of failed ones), and the ones the background round works on under their `step`.
 fn placement_index(step: i32) -> Vec<IndexEntry> {
@@ -109,6 +139,57 @@ fn placement_index(step: i32) -> Vec<IndexEntry> {
 /// The money ledger's account for `what` (`psp`, `revenue`) in `currency`.
 pub(crate) fn money_account(what: &str, currency: &str) -> String {
     format!("checkout:{what}:{currency}")
+}
+
+/// The response the commit that completes a call records under the call's idempotency key
+/// ([`IdempotencyContext::record`]): the idempotency layer replays it byte for byte, so a crash
+/// between that commit and the reply cannot make a retry run the call again. The handler
+/// answers with exactly the order that commit wrote.
+#[derive(Clone, Copy, Default)]
+enum Recorded<'a> {
+    /// Nothing (no key, or a background round).
+    #[default]
+    Nothing,
+    /// `PlaceOrderResponse` with the order.
+    PlaceOrder(&'a IdempotencyContext),
+    /// `RefundOrderResponse` with the order and its refund of this id.
+    RefundOrder(&'a IdempotencyContext, &'a str),
+}
+
+impl Recorded<'_> {
+    /// The record of the response carrying `order`, if any.
+    fn record(self, order: &Order) -> Option<IdempotencyRecord> {
+        match self {
+            Recorded::Nothing => None,
+            Recorded::PlaceOrder(context) => Some(context.record(&PlaceOrderResponse {
+                order: Some(order.clone()),
+            })),
+            Recorded::RefundOrder(context, refund_id) => Some(
+                context.record(&RefundOrderResponse {
+                    order: Some(order.clone()),
+                    refund: order
+                        .refunds
+                        .iter()
+                        .find(|refund| refund.refund_id == refund_id)
+                        .cloned(),
+                }),
+            ),
+        }
+    }
+}
+
+/// Where one step of the saga left the placement.
+enum Advanced {
+    /// Moved on (or failed for good): its new version and state.
+    Saved(u64, PlacementRecord),
+    /// The order was committed (and captured, when due): the placement's answer.
+    Placed(Order),
+}
+
+impl Advanced {
+    fn saved((version, record): (u64, PlacementRecord)) -> Self {
+        Advanced::Saved(version, record)
+    }
 }
 
 /// What one background round did.
@@ -175,20 +256,77 @@ fn order_index(order: &Order) -> Vec<IndexEntry> {
 }
 
 /// Whether the order's payment should be captured now: authorized, and placed by a location
-/// capturing on placement or completed.
+/// capturing on placement or completed — or, for an order with nothing to pay, not yet settled
+/// (its reward posted and `OrderPaid` sent; see [`settled_without_payment`]) and not canceled.
 fn capture_due(order: &Order) -> bool {
     let Some(payment) = order.payment.as_ref() else {
         return false;
     };
-    payment.status == PaymentStatus::Authorized as i32
-        && (payment.capture_mode != CaptureMode::OnCompletion as i32
-            || order.status == OrderStatus::Completed as i32)
+    match PaymentStatus::try_from(payment.status) {
+        Ok(PaymentStatus::Authorized) => {
+            payment.capture_mode != CaptureMode::OnCompletion as i32
+                || order.status == OrderStatus::Completed as i32
+        }
+        Ok(PaymentStatus::NotRequired) => {
+            !settled_without_payment(payment) && order.status != OrderStatus::Canceled as i32
+        }
+        _ => false,
+    }
+}
+
+/// Whether an order with nothing to pay (`PAYMENT_STATUS_NOT_REQUIRED`) has been settled: its
+/// `captured_amount` stays unset until the reward is posted and `OrderPaid` is sent, then
+/// records the zero captured — the marker the background round finishes unsettled ones by.
+fn settled_without_payment(payment: &Payment) -> bool {
+    payment.captured_amount.is_some()
 }
 
 pub(crate) fn psp_unavailable() -> CheckoutError {
     CheckoutError::Unavailable {
         what: "the payment provider",
         reason: ErrorReason::DependencyUnavailable,
+    }
+}
+
+/// What a PSP call that did not succeed means for checkout's caller (`operation`: `capture`,
+/// `void`, `refund`). Only "nothing happened" (the PSP unavailable, the breaker open, no time
+/// left) is `unavailable`, which tells clients to retry; an unknown outcome (the reply was
+/// lost) is `unavailable` with `PAYMENT_OUTCOME_UNKNOWN` — retrying with the same key is safe,
+/// the PSP replays what it did; a refusal is final, `failed_precondition` with the reason that
+/// names it.
+pub(crate) fn psp_failure(operation: &str, error: &OutboundError<PspError>) -> CheckoutError {
+    let refused = |reason, failure: &PspError| {
+        tracing::info!(%failure, operation, "checkout: the PSP refused");
+        precondition(
+            reason,
+            format!("the payment provider refused the {operation}: {failure}"),
+        )
+    };
+    match error {
+        OutboundError::Timeout | OutboundError::Failed(PspError::Timeout) => {
+            tracing::warn!(operation, "checkout: PSP outcome unknown");
+            CheckoutError::Unavailable {
+                what: "the payment provider",
+                reason: ErrorReason::PaymentOutcomeUnknown,
+            }
+        }
+        OutboundError::CircuitOpen { .. }
+        | OutboundError::DeadlineExceeded
+        | OutboundError::Failed(PspError::Unavailable) => {
+            tracing::warn!(%error, operation, "checkout: PSP unavailable");
+            psp_unavailable()
+        }
+        OutboundError::Failed(failure @ PspError::ExceedsCaptured) => {
+            refused(ErrorReason::RefundExceedsCaptured, failure)
+        }
+        OutboundError::Failed(failure @ PspError::Declined { .. }) => {
+            refused(ErrorReason::PaymentDeclined, failure)
+        }
+        OutboundError::Failed(PspError::CardDataRejected) => CheckoutError::Invalid {
+            field: "payment_token".into(),
+            message: "looks like a card number; send the PSP's token".into(),
+        },
+        OutboundError::Failed(failure) => refused(ErrorReason::PaymentRefused, failure),
     }
 }
 
@@ -288,6 +426,21 @@ impl Orders {
         placement: &Placement,
         key: &str,
     ) -> Result<Order, CheckoutError> {
+        self.place_recording(tenant, placement, key, None).await
+    }
+
+    /// [`Orders::place`], with the `PlaceOrderResponse` carrying the returned order recorded
+    /// under `idempotency` in the commit that completes the placement (the capture's, or the
+    /// order's own when nothing is captured yet). A call that finds the placement already done,
+    /// or fails, records nothing here: the idempotency layer records its answer.
+    pub async fn place_recording(
+        &self,
+        tenant: &str,
+        placement: &Placement,
+        key: &str,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<Order, CheckoutError> {
+        let recorded = idempotency.map_or(Recorded::Nothing, Recorded::PlaceOrder);
         if psp::looks_like_card_number(&placement.payment_token) {
             return Err(CheckoutError::Invalid {
                 field: "payment_token".into(),
@@ -301,11 +454,19 @@ impl Orders {
                 decode::<PlacementRecord>(&stored.data, "placement")?,
             ),
             None => {
-                if let Some(order) = self.external(tenant, &placement.external_order_id).await? {
-                    return Ok(order);
-                }
+                // The caller's own order id first: a POS retrying under it gets its order back,
+                // whatever key it sends.
+                let external_version =
+                    match self.external(tenant, &placement.external_order_id).await? {
+                        ExternalId::Taken(order) => return Ok(*order),
+                        ExternalId::Free { version } => version,
+                    };
+                // A cart places at most one order: refuse before any work (and long before
+                // the PSP) when another placement holds it.
+                let cart_version = self.cart_free(tenant, &placement.cart_id, key).await?;
                 let order = self.draft(tenant, placement, key).await?;
                 self.note_tenant(tenant).await?;
+                let order_id = order.order_id.clone();
                 let record = PlacementRecord {
                     step: Step::Started as i32,
                     order: Some(order),
@@ -313,21 +474,28 @@ impl Orders {
                     started_ms: self.now_ms(tenant).await?,
                     ..PlacementRecord::default()
                 };
-                let mut commits = vec![commit(
-                    placement_key.clone(),
-                    0,
-                    record.encode_to_vec(),
-                    placement_index(record.step),
-                )];
+                let claim = CartClaim {
+                    placement: key.to_owned(),
+                    order_id: order_id.clone(),
+                };
+                let mut commits = vec![
+                    commit(
+                        placement_key.clone(),
+                        0,
+                        record.encode_to_vec(),
+                        placement_index(record.step),
+                    ),
+                    commit(
+                        AggregateKey::new(tenant, CART_CLAIM, &placement.cart_id),
+                        cart_version,
+                        claim.encode_to_vec(),
+                        Vec::new(),
+                    ),
+                ];
                 if !placement.external_order_id.is_empty() {
-                    let order_id = record
-                        .order
-                        .as_ref()
-                        .map(|order| order.order_id.clone())
-                        .unwrap_or_default();
                     commits.push(commit(
                         AggregateKey::new(tenant, EXTERNAL, &placement.external_order_id),
-                        0,
+                        external_version,
                         order_id.into_bytes(),
                         Vec::new(),
                     ));
@@ -335,12 +503,14 @@ impl Orders {
                 match self.store.commit_all(commits).await {
                     Ok(_) => (1, record),
                     Err(store::StoreError::Conflict { .. }) => {
-                        // A concurrent attempt with this key (or this external id) won.
-                        if let Some(order) =
+                        // A concurrent attempt won: with this external id, for this cart, or
+                        // with this key (a retryable conflict).
+                        if let ExternalId::Taken(order) =
                             self.external(tenant, &placement.external_order_id).await?
                         {
-                            return Ok(order);
+                            return Ok(*order);
                         }
+                        self.cart_free(tenant, &placement.cart_id, key).await?;
                         return Err(CheckoutError::Store(store::StoreError::Conflict {
                             key: placement_key.to_string(),
                             expected: 0,
@@ -351,7 +521,8 @@ impl Orders {
                 }
             }
         };
-        self.drive(tenant, &placement_key, version, record).await
+        self.drive(tenant, &placement_key, version, record, recorded)
+            .await
     }
 
     /// Runs a placement's saga from where it stands to an order or a final failure.
@@ -361,6 +532,7 @@ impl Orders {
         placement_key: &AggregateKey,
         mut version: u64,
         mut record: PlacementRecord,
+        recorded: Recorded<'_>,
     ) -> Result<Order, CheckoutError> {
         let key = placement_key.id.as_str();
         let mut lost_races = 0;
@@ -385,10 +557,11 @@ impl Orders {
                 _ => {}
             }
             match self
-                .advance(tenant, placement_key, version, record.clone())
+                .advance(tenant, placement_key, version, record.clone(), recorded)
                 .await
             {
-                Ok(next) => (version, record) = next,
+                Ok(Advanced::Saved(next_version, next)) => (version, record) = (next_version, next),
+                Ok(Advanced::Placed(order)) => return Ok(order),
                 // Another attempt moved the placement (or took the slot) first: re-read it and
                 // carry on from where it is now.
                 Err(error) if error.is_conflict() && lost_races < 16 => {
@@ -441,7 +614,10 @@ impl Orders {
         {
             let record: PlacementRecord = decode(&stored.data, "placement")?;
             let key = AggregateKey::new(tenant, PLACEMENT, &id);
-            match self.drive(tenant, &key, stored.version, record).await {
+            match self
+                .drive(tenant, &key, stored.version, record, Recorded::Nothing)
+                .await
+            {
                 Ok(_) | Err(CheckoutError::Precondition { .. }) => settled.payments_resolved += 1,
                 Err(error) => {
                     tracing::info!(%error, placement = %id, "checkout: payment still unresolved")
@@ -587,32 +763,86 @@ impl Orders {
         Ok(())
     }
 
-    /// The order a caller's own order id already names.
-    async fn external(
-        &self,
-        tenant: &str,
-        external_id: &str,
-    ) -> Result<Option<Order>, CheckoutError> {
+    /// Where the caller's own order id stands: free, or the order placed under it.
+    async fn external(&self, tenant: &str, external_id: &str) -> Result<ExternalId, CheckoutError> {
         if external_id.is_empty() {
-            return Ok(None);
+            return Ok(ExternalId::Free { version: 0 });
         }
         let Some(claim) = self
             .store
             .load(&AggregateKey::new(tenant, EXTERNAL, external_id))
             .await?
         else {
-            return Ok(None);
+            return Ok(ExternalId::Free { version: 0 });
         };
+        if claim.data.is_empty() {
+            // Released by a placement that failed.
+            return Ok(ExternalId::Free {
+                version: claim.version,
+            });
+        }
         let order_id = String::from_utf8_lossy(&claim.data).into_owned();
         match self.order(tenant, &order_id).await {
-            Ok(order) => Ok(Some(order)),
-            // Claimed by a placement still running or failed: report it as in flight.
+            Ok(order) => Ok(ExternalId::Taken(Box::new(order))),
+            // Claimed by a placement still running: report it as in flight.
             Err(CheckoutError::NotFound { .. }) => Err(CheckoutError::Precondition {
                 reason: ErrorReason::IdempotencyKeyInUse,
                 message: format!("order {external_id} is being placed by another request"),
             }),
             Err(error) => Err(error),
         }
+    }
+
+    /// The version of the cart's claim when placement `placement_id` may take it (0: never
+    /// claimed); `CART_ALREADY_ORDERED` naming the order when another placement holds it.
+    async fn cart_free(
+        &self,
+        tenant: &str,
+        cart_id: &str,
+        placement_id: &str,
+    ) -> Result<u64, CheckoutError> {
+        let key = AggregateKey::new(tenant, CART_CLAIM, cart_id);
+        let Some(stored) = self.store.load(&key).await? else {
+            return Ok(0);
+        };
+        let claim: CartClaim = decode(&stored.data, "cart claim")?;
+        if claim.placement.is_empty() || claim.placement == placement_id {
+            Ok(stored.version)
+        } else {
+            Err(CheckoutError::CartAlreadyOrdered {
+                cart_id: cart_id.to_owned(),
+                order_id: claim.order_id,
+            })
+        }
+    }
+
+    /// The commits that hand back what a failed placement held — its cart and the caller's
+    /// order id — so both can be placed again.
+    async fn releases(
+        &self,
+        key: &AggregateKey,
+        record: &PlacementRecord,
+    ) -> Result<Vec<Commit>, CheckoutError> {
+        let Some(order) = record.order.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let mut released = Vec::new();
+        let cart = AggregateKey::new(&key.tenant, CART_CLAIM, &order.cart_id);
+        if let Some(stored) = self.store.load(&cart).await? {
+            let claim: CartClaim = decode(&stored.data, "cart claim")?;
+            if claim.placement == key.id {
+                released.push(commit(cart, stored.version, Vec::new(), Vec::new()));
+            }
+        }
+        if !order.external_order_id.is_empty() {
+            let external = AggregateKey::new(&key.tenant, EXTERNAL, &order.external_order_id);
+            if let Some(stored) = self.store.load(&external).await?
+                && stored.data.as_ref() == order.order_id.as_bytes()
+            {
+                released.push(commit(external, stored.version, Vec::new(), Vec::new()));
+            }
+        }
+        Ok(released)
     }
 
     /// Re-prices the cart and builds the order to place.
@@ -734,7 +964,8 @@ impl Orders {
         key: &AggregateKey,
         version: u64,
         mut record: PlacementRecord,
-    ) -> Result<(u64, PlacementRecord), CheckoutError> {
+        recorded: Recorded<'_>,
+    ) -> Result<Advanced, CheckoutError> {
         let mut order = record.order.clone().unwrap_or_default();
         let currency = order
             .totals
@@ -758,7 +989,7 @@ impl Orders {
                 .strip_prefix("pending:")
                 .map(str::to_owned)
             {
-                let redemption = self
+                let held = self
                     .loyalty
                     .hold(
                         tenant,
@@ -767,10 +998,32 @@ impl Orders {
                         &order.order_id,
                         &key.id,
                     )
-                    .await?;
-                order.redemption_id = redemption;
+                    .await;
+                match held {
+                    Ok(redemption) => order.redemption_id = redemption,
+                    // Refused (too few points, reward gone, member unregistered): nothing is
+                    // held, the placement fails for good and hands its cart back.
+                    Err(CheckoutError::Precondition { reason, message }) => {
+                        order.redemption_id.clear();
+                        record.step = Step::Failed as i32;
+                        record.failure = message;
+                        record.failure_reason = reason as i32;
+                        record.order = Some(order);
+                        return self
+                            .save_placement(key, version, record)
+                            .await
+                            .map(Advanced::saved);
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             record.step = Step::RewardHeld as i32;
+        } else if step == Step::RewardHeld as i32 && total == 0 {
+            // Nothing to pay (a reward or promotion covers the order): no authorization — the
+            // PSP refuses zero amounts, and there is nothing to hold.
+            return self
+                .commit_order(tenant, key, version, record, order, String::new(), recorded)
+                .await;
         } else if step == Step::RewardHeld as i32 || step == Step::PaymentUnknown as i32 {
             let authorized = if step == Step::PaymentUnknown as i32 {
                 // The last attempt's reply was lost: ask before acting.
@@ -801,7 +1054,15 @@ impl Orders {
             match authorized {
                 Ok(authorization) => {
                     return self
-                        .commit_order(tenant, key, version, record, order, authorization.id)
+                        .commit_order(
+                            tenant,
+                            key,
+                            version,
+                            record,
+                            order,
+                            authorization.id,
+                            recorded,
+                        )
                         .await;
                 }
                 Err(error)
@@ -819,6 +1080,19 @@ impl Orders {
                 }
                 Err(error) => {
                     let (message, reason) = match &error {
+                        // Nothing was charged (unavailable after every attempt, breaker open,
+                        // no time left): the placement stays where it is and the caller may
+                        // retry with the same key.
+                        other @ (OutboundError::Failed(PspError::Unavailable)
+                        | OutboundError::CircuitOpen { .. }
+                        | OutboundError::DeadlineExceeded
+                        | OutboundError::Timeout) => {
+                            tracing::warn!(error = %other, "checkout: PSP unavailable");
+                            return Err(CheckoutError::Unavailable {
+                                what: "the payment provider",
+                                reason: ErrorReason::DependencyUnavailable,
+                            });
+                        }
                         OutboundError::Failed(PspError::CardDataRejected) => (
                             "the payment token looks like card data".to_owned(),
                             ErrorReason::CardDataRejected,
@@ -836,14 +1110,6 @@ impl Orders {
                                 ErrorReason::PaymentDeclined,
                             ),
                         },
-                        other => {
-                            // Nothing was charged (unavailable, breaker open): the caller may retry.
-                            tracing::warn!(error = %other, "checkout: PSP unavailable");
-                            return Err(CheckoutError::Unavailable {
-                                what: "the payment provider",
-                                reason: ErrorReason::DependencyUnavailable,
-                            });
-                        }
                     };
                     // Compensate: return the held reward.
                     if !order.redemption_id.is_empty()
@@ -858,7 +1124,9 @@ impl Orders {
             }
         }
         record.order = Some(order);
-        self.save_placement(key, version, record).await
+        self.save_placement(key, version, record)
+            .await
+            .map(Advanced::saved)
     }
 
     /// Stores where a placement got to (compare-and-set on its version).
@@ -869,11 +1137,13 @@ impl Orders {
         record: PlacementRecord,
     ) -> Result<(u64, PlacementRecord), CheckoutError> {
         let index = placement_index(record.step);
-        let version = self
-            .store
-            .commit(commit(key.clone(), version, record.encode_to_vec(), index))
-            .await?;
-        Ok((version, record))
+        let mut commits = vec![commit(key.clone(), version, record.encode_to_vec(), index)];
+        if record.step == Step::Failed as i32 {
+            // Failed for good: the cart (and the caller's order id) go back in the same commit.
+            commits.extend(self.releases(key, &record).await?);
+        }
+        let versions = self.store.commit_all(commits).await?;
+        Ok((versions.first().copied().unwrap_or(version + 1), record))
     }
 
     async fn authorize(
@@ -897,7 +1167,9 @@ impl Orders {
     }
 
     /// Commits the authorized order with `OrderPlaced`, then captures, posts the reward hold
-    /// and marks it paid with `OrderPaid`.
+    /// and marks it paid with `OrderPaid`; returns the order as its last commit left it, which
+    /// recorded the response (`recorded`).
+    #[allow(clippy::too_many_arguments)]
     async fn commit_order(
         &self,
         tenant: &str,
@@ -906,7 +1178,8 @@ impl Orders {
         mut record: PlacementRecord,
         mut order: Order,
         authorization_id: String,
-    ) -> Result<(u64, PlacementRecord), CheckoutError> {
+        recorded: Recorded<'_>,
+    ) -> Result<Advanced, CheckoutError> {
         let now = self.now_ms(tenant).await?;
         let currency = order
             .totals
@@ -922,9 +1195,15 @@ impl Orders {
         }];
         if let Some(payment) = order.payment.as_mut() {
             payment.psp_reference = authorization_id.clone();
-            payment.status = PaymentStatus::Authorized as i32;
-            payment.captured_amount = money(&currency, 0);
             payment.refunded_amount = money(&currency, 0);
+            if authorization_id.is_empty() {
+                // Nothing to pay; settled (captured 0) once the reward is posted.
+                payment.status = PaymentStatus::NotRequired as i32;
+                payment.captured_amount = None;
+            } else {
+                payment.status = PaymentStatus::Authorized as i32;
+                payment.captured_amount = money(&currency, 0);
+            }
         }
         order.create_time = Some(timestamp_ms(now));
         order.update_time = Some(timestamp_ms(now));
@@ -950,15 +1229,17 @@ impl Orders {
             Ok(promise) => promise,
             Err(full @ CheckoutError::SlotFull { .. }) => {
                 // Filled since the quote: compensate, nothing stays charged or held.
-                self.void_authorization(
-                    &order
-                        .payment
-                        .as_ref()
-                        .map(|p| p.payment_id.clone())
-                        .unwrap_or_default(),
-                    &authorization_id,
-                )
-                .await?;
+                if !authorization_id.is_empty() {
+                    self.void_authorization(
+                        &order
+                            .payment
+                            .as_ref()
+                            .map(|p| p.payment_id.clone())
+                            .unwrap_or_default(),
+                        &authorization_id,
+                    )
+                    .await?;
+                }
                 if !order.redemption_id.is_empty() {
                     self.loyalty.void(tenant, &order.redemption_id).await?;
                 }
@@ -966,7 +1247,10 @@ impl Orders {
                 record.failure = full.to_string();
                 record.failure_reason = ErrorReason::SlotFull as i32;
                 record.order = Some(order);
-                return self.save_placement(key, version, record).await;
+                return self
+                    .save_placement(key, version, record)
+                    .await
+                    .map(Advanced::saved);
             }
             Err(error) => return Err(error),
         };
@@ -988,6 +1272,11 @@ impl Orders {
                 order: Some(order.clone()),
             },
         )];
+        let capture_now = capture_due(&order);
+        if !capture_now {
+            // Nothing follows this commit: it completes the call.
+            created.idempotency = recorded.record(&order);
+        }
         let mut commits = vec![
             created,
             commit(
@@ -1000,14 +1289,20 @@ impl Orders {
         commits.extend(promise.reservation);
         self.store.commit_all(commits).await?;
         let _ = self.changes.send(format!("{tenant}/{}", order.order_id));
-        if capture_due(&order) {
+        if capture_now {
             // A failure leaves the order placed and authorized with its capture due: the
             // background round captures it under the same key, never twice.
-            if let Err(error) = self.capture(tenant, &order.order_id).await {
-                tracing::warn!(%error, order = %order.order_id, "checkout: capture failed; the background round retries it");
+            match self
+                .capture_recording(tenant, &order.order_id, recorded)
+                .await
+            {
+                Ok(captured) => return Ok(Advanced::Placed(captured)),
+                Err(error) => {
+                    tracing::warn!(%error, order = %order.order_id, "checkout: capture failed; the background round retries it");
+                }
             }
         }
-        Ok((version + 1, record))
+        Ok(Advanced::Placed(order))
     }
 
     /// Captures an order whose capture is due (see [`capture_due`]): its total now (with an
@@ -1015,6 +1310,17 @@ impl Orders {
     /// records the capture — with its money-ledger entry and `OrderPaid` — in one commit. Each
     /// step is idempotent, so a repeat after any failure finishes the job once.
     pub async fn capture(&self, tenant: &str, order_id: &str) -> Result<Order, CheckoutError> {
+        self.capture_recording(tenant, order_id, Recorded::Nothing)
+            .await
+    }
+
+    /// [`Orders::capture`], recording `recorded` in the commit that marks the order captured.
+    async fn capture_recording(
+        &self,
+        tenant: &str,
+        order_id: &str,
+        recorded: Recorded<'_>,
+    ) -> Result<Order, CheckoutError> {
         let order = self.order(tenant, order_id).await?;
         if !capture_due(&order) {
             return Ok(order);
@@ -1025,25 +1331,38 @@ impl Orders {
             .as_ref()
             .and_then(|totals| totals.total.clone())
             .unwrap_or_default();
-        let captured = self
-            .outbound
-            .call(Idempotent::Yes, |_| {
-                self.psp.capture(CaptureRequest {
-                    idempotency_key: format!("{}:capture", payment.payment_id),
-                    authorization_id: payment.psp_reference.clone(),
-                    amount: psp::Money::new(&total.currency_code, total.amount_minor),
+        // An order with nothing to pay settles without the PSP and without a money movement.
+        let nothing_to_pay = payment.status == PaymentStatus::NotRequired as i32;
+        let captured = if nothing_to_pay {
+            None
+        } else {
+            let captured = self
+                .outbound
+                .call(Idempotent::Yes, |_| {
+                    self.psp.capture(CaptureRequest {
+                        idempotency_key: format!("{}:capture", payment.payment_id),
+                        authorization_id: payment.psp_reference.clone(),
+                        amount: psp::Money::new(&total.currency_code, total.amount_minor),
+                    })
                 })
-            })
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, order = %order_id, "checkout: capture failed");
-                psp_unavailable()
-            })?;
+                .await
+                .map_err(|error| psp_failure("capture", &error))?;
+            // Fault tests die here: captured at the PSP, not yet recorded on the order.
+            platform::failpoint::hit("checkout.capture.after_psp");
+            Some(captured)
+        };
         if !order.redemption_id.is_empty() && !order.redemption_id.starts_with("pending:") {
             self.loyalty.commit(tenant, &order.redemption_id).await?;
         }
         let now = self.now_ms(tenant).await?;
-        let entry = NewEntry::new(format!("checkout:capture:{order_id}"), now)
+        // The entry's content must not depend on the attempt: two captures of one order (the
+        // request path and the background round, two replicas, a retry after a crash) post
+        // the same entry, so the second finds it posted instead of conflicting with it.
+        let entry = captured.as_ref().map(|captured| {
+            NewEntry::new(
+                format!("checkout:capture:{order_id}"),
+                capture_due_ms(&order),
+            )
             .transfer(
                 &money_account("revenue", &total.currency_code),
                 &money_account("psp", &total.currency_code),
@@ -1051,20 +1370,28 @@ impl Orders {
                 total.amount_minor,
             )
             .metadata("order_id", order_id)
-            .metadata("psp_reference", captured.id.as_str());
-        self.update_order(tenant, order_id, now, Some(entry), |order| {
+            .metadata("psp_reference", captured.id.as_str())
+        });
+        self.update_order(tenant, order_id, now, entry, recorded, |order| {
             let Some(payment) = order.payment.as_mut() else {
                 return Ok(None);
             };
-            if payment.status != PaymentStatus::Authorized as i32 {
-                return Ok(None);
+            match &captured {
+                None if payment.status == PaymentStatus::NotRequired as i32
+                    && !settled_without_payment(payment) =>
+                {
+                    payment.captured_amount = money(&total.currency_code, 0);
+                }
+                Some(captured) if payment.status == PaymentStatus::Authorized as i32 => {
+                    payment.status = PaymentStatus::Captured as i32;
+                    payment.captured_amount = Some(Money {
+                        currency_code: total.currency_code.clone(),
+                        amount_minor: total.amount_minor,
+                    });
+                    payment.psp_reference.clone_from(&captured.id);
+                }
+                _ => return Ok(None),
             }
-            payment.status = PaymentStatus::Captured as i32;
-            payment.captured_amount = Some(Money {
-                currency_code: total.currency_code.clone(),
-                amount_minor: total.amount_minor,
-            });
-            payment.psp_reference.clone_from(&captured.id);
             Ok(Some(paid_event(order, now)))
         })
         .await
@@ -1084,7 +1411,7 @@ impl Orders {
             ));
         }
         let now = self.now_ms(tenant).await?;
-        self.update_order(tenant, order_id, now, None, |order| {
+        self.update_order(tenant, order_id, now, None, Recorded::Nothing, |order| {
             let payment = order.payment.clone().unwrap_or_default();
             let mut totals = order.totals.clone().unwrap_or_default();
             let previous_tip = totals.tip.clone().unwrap_or_default();
@@ -1144,6 +1471,7 @@ impl Orders {
         order_id: &str,
         now: i64,
         posting: Option<NewEntry>,
+        recorded: Recorded<'_>,
         mut change: impl FnMut(&mut Order) -> Result<Option<E>, CheckoutError>,
     ) -> Result<Order, CheckoutError> {
         if let Some(entry) = &posting
@@ -1175,6 +1503,7 @@ impl Orders {
                 order_index(&order),
             );
             commit.events = vec![event(&key, stored.version + 1, now, &emitted)];
+            commit.idempotency = recorded.record(&order);
             let committed = match &posting {
                 None => self.store.commit(commit).await.map(drop),
                 Some(entry) => match self
@@ -1183,9 +1512,15 @@ impl Orders {
                     .await
                 {
                     Ok(written) if written.new => Ok(()),
-                    // Already posted (cannot happen without the order change it came with,
-                    // but never leave the order behind its ledger).
+                    // Already posted by a concurrent attempt that changed the order too:
+                    // this commit then loses the race for the order, and the re-read finds
+                    // nothing left to change.
                     Ok(_) => self.store.commit(commit).await.map(drop),
+                    Err(ledger::LedgerError::EntryConflict { .. })
+                        if self.posted_as(tenant, entry).await? =>
+                    {
+                        self.store.commit(commit).await.map(drop)
+                    }
                     Err(ledger::LedgerError::Store(error)) => Err(error),
                     Err(error) => return Err(error.into()),
                 },
@@ -1207,6 +1542,19 @@ impl Orders {
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+
+    /// Whether the ledger holds `entry`'s id with the same postings for the same order — the
+    /// same money movement, recorded by an earlier attempt whose time or PSP reference was
+    /// stamped differently (entries written before captures took a deterministic time). The
+    /// movement is what counts: the order update goes ahead instead of failing for ever.
+    async fn posted_as(&self, tenant: &str, entry: &NewEntry) -> Result<bool, CheckoutError> {
+        let Some(posted) = self.ledger.entry(tenant, &entry.id).await? else {
+            return Ok(false);
+        };
+        Ok(posted.kind == ledger::EntryKind::Posted
+            && posted.postings == entry.postings
+            && posted.metadata.get("order_id") == entry.metadata.get("order_id"))
     }
 
     /// An order by id.
@@ -1269,7 +1617,7 @@ impl Orders {
     ) -> Result<Order, CheckoutError> {
         let now = self.now_ms(tenant).await?;
         let order = self
-            .update_order(tenant, order_id, now, None, |order| {
+            .update_order(tenant, order_id, now, None, Recorded::Nothing, |order| {
                 let current = OrderStatus::try_from(order.status).unwrap_or_default();
                 if current == status {
                     return Ok(None);
@@ -1331,7 +1679,27 @@ impl Orders {
         reason: &str,
         key: &str,
     ) -> Result<(Order, commerce_api::commerce::checkout::v1::Refund), CheckoutError> {
+        self.refund_recording(tenant, order_id, amount, reason, key, None)
+            .await
+    }
+
+    /// [`Orders::refund`], with the `RefundOrderResponse` carrying the returned order and
+    /// refund recorded under `idempotency` in the commit that records the refund. A repeat that
+    /// finds the refund done, or a failure, records nothing here: the idempotency layer records
+    /// its answer.
+    pub async fn refund_recording(
+        &self,
+        tenant: &str,
+        order_id: &str,
+        amount: Option<&Money>,
+        reason: &str,
+        key: &str,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<(Order, commerce_api::commerce::checkout::v1::Refund), CheckoutError> {
         let refund_id = format!("rf-{}", &key[..key.len().min(24)]);
+        let recorded = idempotency.map_or(Recorded::Nothing, |context| {
+            Recorded::RefundOrder(context, &refund_id)
+        });
         let order = self.order(tenant, order_id).await?;
         if let Some(done) = order
             .refunds
@@ -1341,6 +1709,14 @@ impl Orders {
             return Ok((order.clone(), done.clone()));
         }
         let payment = order.payment.clone().unwrap_or_default();
+        if payment.status == PaymentStatus::NotRequired as i32 {
+            return Err(precondition(
+                ErrorReason::RefundExceedsCaptured,
+                format!(
+                    "order {order_id} cost nothing: no payment was taken, so nothing can be refunded"
+                ),
+            ));
+        }
         let captured = minor(&payment.captured_amount);
         let left = captured - minor(&payment.refunded_amount);
         let currency = payment
@@ -1377,13 +1753,7 @@ impl Orders {
                 })
             })
             .await
-            .map_err(|error| {
-                tracing::warn!(%error, order = %order_id, "checkout: refund failed");
-                CheckoutError::Unavailable {
-                    what: "the payment provider",
-                    reason: ErrorReason::DependencyUnavailable,
-                }
-            })?;
+            .map_err(|error| psp_failure("refund", &error))?;
         let now = self.now_ms(tenant).await?;
         let refund = commerce_api::commerce::checkout::v1::Refund {
             refund_id: refund_id.clone(),
@@ -1402,7 +1772,7 @@ impl Orders {
             .metadata("order_id", order_id)
             .metadata("psp_reference", refund.psp_reference.as_str());
         let order = self
-            .update_order(tenant, order_id, now, Some(entry), |order| {
+            .update_order(tenant, order_id, now, Some(entry), recorded, |order| {
                 if order.refunds.iter().any(|done| done.refund_id == refund_id) {
                     return Ok(None);
                 }
@@ -1489,14 +1859,23 @@ impl Orders {
             _ => {}
         }
         if !order.redemption_id.is_empty() && !order.redemption_id.starts_with("pending:") {
-            if status == PaymentStatus::Authorized {
-                self.loyalty.void(tenant, &order.redemption_id).await?;
-            } else {
-                self.loyalty.reverse(tenant, &order.redemption_id).await?;
+            match status {
+                PaymentStatus::Authorized => {
+                    self.loyalty.void(tenant, &order.redemption_id).await?
+                }
+                // Nothing paid: the reward is held (not settled yet) or posted (settled) —
+                // and a settlement may be racing this cancel. Void, then reverse: whichever
+                // state the redemption is in, the other call is a no-op, and the points
+                // come back.
+                PaymentStatus::NotRequired => {
+                    self.loyalty.void(tenant, &order.redemption_id).await?;
+                    self.loyalty.reverse(tenant, &order.redemption_id).await?;
+                }
+                _ => self.loyalty.reverse(tenant, &order.redemption_id).await?,
             }
         }
         let now = self.now_ms(tenant).await?;
-        self.update_order(tenant, order_id, now, None, |order| {
+        self.update_order(tenant, order_id, now, None, Recorded::Nothing, |order| {
             if order.status == OrderStatus::Canceled as i32 {
                 return Ok(None);
             }
@@ -1588,11 +1967,31 @@ impl Orders {
             })
             .await
             .map(drop)
-            .map_err(|error| {
-                tracing::warn!(%error, payment = %payment_id, "checkout: void failed");
-                psp_unavailable()
-            })
+            .map_err(|error| psp_failure("void", &error))
     }
+}
+
+/// When the order's capture became due (unix ms on the tenant clock): when it was placed, or,
+/// for a location capturing on completion, when it was completed. Fixed once due, so every
+/// attempt at the capture stamps its ledger entry with the same time.
+fn capture_due_ms(order: &Order) -> i64 {
+    let on_completion = order
+        .payment
+        .as_ref()
+        .is_some_and(|payment| payment.capture_mode == CaptureMode::OnCompletion as i32);
+    let due = if on_completion {
+        order
+            .status_history
+            .iter()
+            .rev()
+            .find(|change| change.status == OrderStatus::Completed as i32)
+            .and_then(|change| change.change_time)
+    } else {
+        order.create_time
+    };
+    due.map_or(0, |time| {
+        time.seconds * 1000 + i64::from(time.nanos) / 1_000_000
+    })
 }
 
 /// What loyalty earns on: items after promotions and the reward, before tax, fees and tip.

@@ -562,3 +562,511 @@ async fn canceling_an_order_captured_on_completion_voids_its_authorization() {
     assert!(report.mismatches.is_empty(), "{:#?}", report.mismatches);
     assert_eq!(report.net_captured, [usd(0).unwrap()]);
 }
+
+/// An order captured on completion, authorized and moved to READY, paid with `token`; returns
+/// the engines and the order id.
+async fn ready_to_complete(world: &World, psp: &PspSimulator, token: &str) -> (Orders, String) {
+    capture_on_completion(world, 0).await;
+    let (quotes, orders) = engines(world, psp);
+    let placement = quoted(world, &quotes, "cart-1", token).await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    for status in [
+        OrderStatus::Accepted,
+        OrderStatus::InPreparation,
+        OrderStatus::Ready,
+    ] {
+        orders
+            .advance_status(TENANT, &order.order_id, status)
+            .await
+            .unwrap();
+    }
+    (orders, order.order_id)
+}
+
+/// One capture at the PSP, one `checkout:capture:<order>` entry with the order's total, and the
+/// order captured.
+async fn assert_captured_once(world: &World, psp: &PspSimulator, orders: &Orders, id: &str) {
+    use checkout::psp::TransactionKind;
+    let order = orders.order(TENANT, id).await.unwrap();
+    let payment = order.payment.unwrap();
+    assert_eq!(payment.status, PaymentStatus::Captured as i32);
+    assert_eq!(payment.captured_amount, usd(979));
+    let captures = psp
+        .transactions(Some(id))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.kind == TransactionKind::Capture && t.succeeded())
+        .count();
+    assert_eq!(captures, 1);
+    let ledger = ledger::Ledger::new(world.store.clone());
+    let entries: Vec<_> = ledger
+        .entries(TENANT, 0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.id.starts_with("checkout:capture:"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    assert_eq!(entries[0].id, format!("checkout:capture:{id}"));
+    let report = orders
+        .reconcile_payments(TENANT, checkout::reconcile::Period::default())
+        .await
+        .unwrap();
+    assert!(report.mismatches.is_empty(), "{:#?}", report.mismatches);
+}
+
+/// A real store whose next commit posting an order's capture entry waits until released, and
+/// which counts loads of orders — so a test can hold one capture's commit while another capture
+/// of the same order reads the order.
+struct GatedStore {
+    inner: Arc<dyn store::Store>,
+    armed: std::sync::atomic::AtomicBool,
+    held: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    order_loads: std::sync::atomic::AtomicUsize,
+}
+
+impl GatedStore {
+    fn new() -> Arc<Self> {
+        Arc::new(GatedStore {
+            inner: Arc::new(store::EmbeddedStore::in_memory().unwrap()),
+            armed: false.into(),
+            held: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+            order_loads: 0.into(),
+        })
+    }
+
+    fn order_loads(&self) -> usize {
+        self.order_loads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl store::Store for GatedStore {
+    async fn load(
+        &self,
+        key: &store::AggregateKey,
+    ) -> Result<Option<store::Versioned>, store::StoreError> {
+        if key.kind == "checkout_order" {
+            self.order_loads
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.load(key).await
+    }
+    async fn commit(&self, commit: store::Commit) -> Result<u64, store::StoreError> {
+        self.inner.commit(commit).await
+    }
+    async fn commit_all(&self, commits: Vec<store::Commit>) -> Result<Vec<u64>, store::StoreError> {
+        let capture = commits
+            .iter()
+            .any(|commit| commit.key.id.starts_with("checkout:capture:"));
+        if capture && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let released = self.release.notified();
+            self.held.notify_one();
+            released.await;
+        }
+        self.inner.commit_all(commits).await
+    }
+    async fn find(
+        &self,
+        tenant: &str,
+        kind: &str,
+        index: &store::IndexEntry,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, store::Versioned)>, store::StoreError> {
+        self.inner.find(tenant, kind, index, after_id, limit).await
+    }
+    async fn pending_events(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<store::PendingEvent>, store::StoreError> {
+        self.inner.pending_events(limit).await
+    }
+    async fn mark_delivered(
+        &self,
+        events: &[store::PendingEvent],
+    ) -> Result<(), store::StoreError> {
+        self.inner.mark_delivered(events).await
+    }
+    async fn idempotency_record(
+        &self,
+        tenant: &str,
+        method: &str,
+        key: &str,
+    ) -> Result<Option<store::IdempotencyRecord>, store::StoreError> {
+        self.inner.idempotency_record(tenant, method, key).await
+    }
+    async fn save_idempotency_record(
+        &self,
+        record: store::IdempotencyRecord,
+    ) -> Result<(), store::StoreError> {
+        self.inner.save_idempotency_record(record).await
+    }
+    async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, store::StoreError> {
+        self.inner.purge_expired_idempotency(now).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_path_and_another_replicas_round_capturing_one_order_at_once_post_one_entry() {
+    let gate = GatedStore::new();
+    let world = common::world_on(gate.clone(), None).await;
+    let psp = PspSimulator::new();
+    let (first, id) = ready_to_complete(&world, &psp, "tok_ok").await;
+    let (_, second) = engines(&world, &psp);
+    // Completing the order on one replica captures it on the request path; its commit is held
+    // back (as a busy store or the tenant's ledger queue would) ...
+    gate.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let held = gate.held.notified();
+    let completing = {
+        let (first, id) = (first.clone(), id.clone());
+        tokio::spawn(async move {
+            first
+                .advance_status(TENANT, &id, OrderStatus::Completed)
+                .await
+        })
+    };
+    held.await;
+    // ... while the other replica's background round, a second later on the tenant clock,
+    // captures the same order: the PSP replays the capture, and the round reads the order
+    // still authorized.
+    world
+        .clocks
+        .advance(TENANT, common::next_monday_noon_ms() + 1_000)
+        .await
+        .unwrap();
+    let loads = gate.order_loads();
+    let round = tokio::spawn(async move { second.settle_payments().await });
+    while gate.order_loads() < loads + 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.release.notify_one();
+    let completed = completing.await.unwrap().unwrap();
+    let round = round.await.unwrap().unwrap();
+    assert_eq!(
+        completed.payment.unwrap().status,
+        PaymentStatus::Captured as i32
+    );
+    assert_eq!(
+        round.captured, 1,
+        "the round's capture found the same capture posted and finished without an error"
+    );
+    assert_captured_once(&world, &psp, &first, &id).await;
+}
+
+#[tokio::test]
+async fn a_capture_repeated_after_its_ledger_entry_was_posted_finishes_the_order() {
+    use checkout::psp::{Behaviour, CaptureRequest, Outcome, TransactionKind};
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    psp.configure_for(
+        "tok_ok",
+        TransactionKind::Capture,
+        Behaviour::new(Outcome::Unavailable),
+    );
+    let (quotes, orders) = engines(&world, &psp);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    let payment = order.payment.clone().unwrap();
+    assert_eq!(payment.status, PaymentStatus::Authorized as i32);
+    // An earlier attempt captured at the PSP under the capture key and posted the ledger entry
+    // (stamped with that attempt's time), but the order never recorded the capture.
+    psp.configure_for("tok_ok", TransactionKind::Capture, Behaviour::succeed());
+    let captured = psp
+        .capture(CaptureRequest {
+            idempotency_key: format!("{}:capture", payment.payment_id),
+            authorization_id: payment.psp_reference.clone(),
+            amount: checkout::psp::Money::new("USD", 979),
+        })
+        .await
+        .unwrap();
+    let ledger = ledger::Ledger::new(world.store.clone());
+    for account in ["checkout:psp:USD", "checkout:revenue:USD"] {
+        ledger
+            .open_account(TENANT, account, "USD", None)
+            .await
+            .unwrap();
+    }
+    ledger
+        .post(
+            TENANT,
+            ledger::NewEntry::new(
+                format!("checkout:capture:{}", order.order_id),
+                common::next_monday_noon_ms() - 5_000,
+            )
+            .transfer("checkout:revenue:USD", "checkout:psp:USD", "USD", 979)
+            .metadata("order_id", order.order_id.as_str())
+            .metadata("psp_reference", captured.id.as_str()),
+        )
+        .await
+        .unwrap();
+    // The repeat finds its capture posted and finishes the order instead of failing forever.
+    let finished = orders.capture(TENANT, &order.order_id).await;
+    assert!(finished.is_ok(), "{finished:?}");
+    assert_captured_once(&world, &psp, &orders, &order.order_id).await;
+}
+
+/// The orders engine with a PSP policy whose breaker never opens (the tests below make the
+/// PSP fail on purpose) and short backoffs.
+fn patient(orders: Orders) -> Orders {
+    let mut policy = platform::outbound::OutboundPolicy::new("psp");
+    policy.breaker.failure_threshold = 1_000;
+    policy.backoff_base = Duration::from_millis(1);
+    policy.backoff_max = Duration::from_millis(5);
+    orders.with_psp_policy(policy)
+}
+
+fn failed_with<T: std::fmt::Debug>(result: Result<T, CheckoutError>, expected: ErrorReason) {
+    match result {
+        Err(CheckoutError::Precondition { reason, .. }) if reason == expected => {}
+        other => panic!("expected failed_precondition {expected:?}, got {other:?}"),
+    }
+}
+
+fn unavailable_with<T: std::fmt::Debug>(result: Result<T, CheckoutError>, expected: ErrorReason) {
+    match result {
+        Err(CheckoutError::Unavailable { reason, .. }) if reason == expected => {}
+        other => panic!("expected unavailable {expected:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_refund_the_psp_refuses_is_a_failed_precondition_never_a_retry_later() {
+    use checkout::psp::{Behaviour, RefundRequest, TransactionKind};
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    psp.configure("tok_refunds", Behaviour::succeed());
+    let (quotes, orders) = engines(&world, &psp);
+    let orders = patient(orders);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_refunds").await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    let capture_id = order.payment.clone().unwrap().psp_reference;
+    let cents = |minor| Money {
+        currency_code: "USD".into(),
+        amount_minor: minor,
+    };
+    // Part of the capture was refunded at the PSP behind the order's back (a dashboard, say):
+    // the PSP refuses a refund the order still thinks possible.
+    psp.refund(RefundRequest {
+        idempotency_key: "dashboard-refund".into(),
+        capture_id,
+        amount: checkout::psp::Money::new("USD", 500),
+    })
+    .await
+    .unwrap();
+    failed_with(
+        orders
+            .refund(TENANT, &order.order_id, Some(&cents(979)), "all", "r-1")
+            .await,
+        ErrorReason::RefundExceedsCaptured,
+    );
+    // An issuer's refusal is a decline.
+    psp.configure_for(
+        "tok_refunds",
+        TransactionKind::Refund,
+        Behaviour::decline("card_closed", true),
+    );
+    failed_with(
+        orders
+            .refund(TENANT, &order.order_id, Some(&cents(100)), "some", "r-2")
+            .await,
+        ErrorReason::PaymentDeclined,
+    );
+    // Only "nothing happened" is unavailable ...
+    psp.configure_for(
+        "tok_refunds",
+        TransactionKind::Refund,
+        Behaviour::new(checkout::psp::Outcome::Unavailable),
+    );
+    unavailable_with(
+        orders
+            .refund(TENANT, &order.order_id, Some(&cents(100)), "some", "r-3")
+            .await,
+        ErrorReason::DependencyUnavailable,
+    );
+    // ... and an unknown outcome says so, and is safe to retry with the same key.
+    psp.set_timeout_delay(Duration::from_millis(5));
+    psp.configure_for(
+        "tok_refunds",
+        TransactionKind::Refund,
+        Behaviour::new(checkout::psp::Outcome::Timeout),
+    );
+    unavailable_with(
+        orders
+            .refund(TENANT, &order.order_id, Some(&cents(100)), "some", "r-4")
+            .await,
+        ErrorReason::PaymentOutcomeUnknown,
+    );
+    psp.configure_for("tok_refunds", TransactionKind::Refund, Behaviour::succeed());
+    let (refunded, _) = orders
+        .refund(TENANT, &order.order_id, Some(&cents(100)), "some", "r-4")
+        .await
+        .unwrap();
+    assert_eq!(refunded.refunds.len(), 1);
+    assert_eq!(refunded.payment.unwrap().refunded_amount, usd(100));
+}
+
+#[tokio::test]
+async fn canceling_an_authorization_the_psp_already_captured_is_refused_not_retried() {
+    use checkout::psp::CaptureRequest;
+    let world = world(None).await;
+    capture_on_completion(&world, 0).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let orders = patient(orders);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    let payment = order.payment.clone().unwrap();
+    // Captured at the PSP by a capture the order has not recorded yet: the void is refused.
+    psp.capture(CaptureRequest {
+        idempotency_key: format!("{}:capture", payment.payment_id),
+        authorization_id: payment.psp_reference.clone(),
+        amount: checkout::psp::Money::new("USD", 979),
+    })
+    .await
+    .unwrap();
+    failed_with(
+        orders
+            .cancel(TENANT, &order.order_id, "customer left")
+            .await,
+        ErrorReason::PaymentRefused,
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_psp_fails_the_placement_as_unavailable_and_a_retry_places_it() {
+    use checkout::psp::{Behaviour, Outcome};
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    psp.configure("tok_flaky", Behaviour::new(Outcome::Unavailable));
+    let (quotes, orders) = engines(&world, &psp);
+    let orders = patient(orders);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_flaky").await;
+    // Every attempt found the PSP unavailable: nothing happened, so the caller may retry —
+    // not a decline that fails the placement for good.
+    unavailable_with(
+        orders.place(TENANT, &placement, "key-1").await,
+        ErrorReason::DependencyUnavailable,
+    );
+    psp.configure("tok_flaky", Behaviour::succeed());
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    assert_eq!(psp.authorization_count(&order.order_id), 1);
+    assert_eq!(
+        order.payment.unwrap().status,
+        PaymentStatus::Captured as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_placements_of_one_cart_with_ten_keys_make_one_order_and_one_authorization() {
+    use checkout::psp::{Behaviour, TransactionKind};
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    // Authorizations take a moment, so the placements would overlap at the PSP if nothing
+    // stopped the losers before it.
+    psp.configure(
+        "tok_slow",
+        Behaviour::succeed().with_latency(Duration::from_millis(50)),
+    );
+    let (quotes, one_replica) = engines(&world, &psp);
+    let (_, other_replica) = engines(&world, &psp);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_slow").await;
+    let attempts = (0..10).map(|attempt| {
+        let orders = if attempt % 2 == 0 {
+            one_replica.clone()
+        } else {
+            other_replica.clone()
+        };
+        let placement = placement.clone();
+        tokio::spawn(async move {
+            orders
+                .place(TENANT, &placement, &format!("key-{attempt}"))
+                .await
+        })
+    });
+    let outcomes: Vec<_> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap())
+        .collect();
+    let placed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+    assert_eq!(placed.len(), 1, "{outcomes:#?}");
+    let order_id = placed[0].order_id.clone();
+    for outcome in &outcomes {
+        match outcome {
+            Ok(_) => {}
+            Err(CheckoutError::CartAlreadyOrdered {
+                cart_id,
+                order_id: named,
+            }) => {
+                assert_eq!(cart_id, &placement.cart_id);
+                assert_eq!(named, &order_id, "the refusal names the cart's order");
+            }
+            Err(other) => panic!("expected CART_ALREADY_ORDERED, got {other:?}"),
+        }
+    }
+    let authorizations = psp
+        .transactions(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.kind == TransactionKind::Authorization)
+        .count();
+    assert_eq!(authorizations, 1, "the losers never reached the PSP");
+    let (all, _) = one_replica
+        .orders(TENANT, "", "", &[], 50, "")
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    // The winner's key still answers its order.
+    assert_eq!(
+        one_replica
+            .place(TENANT, &placement, &placed[0].order_id.replace("ord", "x"))
+            .await
+            .map(|order| order.order_id),
+        Err(CheckoutError::CartAlreadyOrdered {
+            cart_id: placement.cart_id.clone(),
+            order_id: order_id.clone(),
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_declined_placement_leaves_the_cart_and_its_external_id_placeable() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let mut placement = quoted(&world, &quotes, "cart-1", "tok_decline_insufficient_funds").await;
+    placement.external_order_id = "pos-17".into();
+    failed_with(
+        orders.place(TENANT, &placement, "key-1").await,
+        ErrorReason::PaymentDeclined,
+    );
+    // The customer pays with another card: a new key, the same cart and the same POS id.
+    placement.payment_token = "tok_ok".into();
+    let order = orders.place(TENANT, &placement, "key-2").await.unwrap();
+    assert_eq!(order.external_order_id, "pos-17");
+    assert_eq!(psp.authorization_count(&order.order_id), 1);
+    // The POS retrying under its own id gets that order; another key without it is refused.
+    let again = orders.place(TENANT, &placement, "key-3").await.unwrap();
+    assert_eq!(again.order_id, order.order_id);
+    placement.external_order_id.clear();
+    assert_eq!(
+        orders.place(TENANT, &placement, "key-4").await,
+        Err(CheckoutError::CartAlreadyOrdered {
+            cart_id: placement.cart_id.clone(),
+            order_id: order.order_id.clone(),
+        })
+    );
+    // The declined key still answers its decline.
+    placement.payment_token = "tok_decline_insufficient_funds".into();
+    placement.external_order_id = "pos-17".into();
+    failed_with(
+        orders.place(TENANT, &placement, "key-1").await,
+        ErrorReason::PaymentDeclined,
+    );
+}

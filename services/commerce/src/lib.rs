@@ -3,8 +3,13 @@
 
 use std::sync::Arc;
 
-/// The loyalty service for checkout (reward values, redemption holds), in process.
+/// The loyalty service for checkout (reward values, redemption holds), in process: the same
+/// engine calls loyalty's handlers make, so the all-in-one and the split topology differ only in
+/// the transport (`checkout::loyalty_remote` is the other adapter).
 pub struct LoyaltyForCheckout(pub Arc<loyalty::Loyalty>);
+
+/// The RPC a hold is over the wire (its idempotency records are scoped by it).
+const REDEEM_REWARD: &str = "commerce.loyalty.v1.RewardService/RedeemReward";
 
 /// A loyalty refusal as checkout reports it: the same stable reason, or "unavailable".
 fn loyalty_failed(error: loyalty::LoyaltyError) -> checkout::error::CheckoutError {
@@ -60,8 +65,10 @@ impl checkout::LoyaltyPort for LoyaltyForCheckout {
         order_id: &str,
         key: &str,
     ) -> Result<String, checkout::error::CheckoutError> {
+        // The id RedeemReward over gRPC derives from the same key: both shapes make one hold.
+        let key = platform::request::derived_id(tenant, REDEEM_REWARD, key);
         self.0
-            .redeem(tenant, member_id, reward_id, order_id, key)
+            .redeem(tenant, member_id, reward_id, order_id, &key)
             .await
             .map(|redemption| redemption.redemption_id)
             .map_err(loyalty_failed)

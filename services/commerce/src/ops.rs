@@ -104,6 +104,10 @@ pub enum LoyaltyCommand {
         /// The tenant.
         #[arg(long)]
         tenant: String,
+        /// Seconds a paid order or refund may wait for loyalty before it is reported missing
+        /// (`accrual_missing`, `reversal_missing`).
+        #[arg(long, default_value_t = 60)]
+        settle_seconds: u64,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -184,13 +188,20 @@ pub async fn checkout(command: CheckoutCommand) -> anyhow::Result<()> {
 }
 
 pub async fn loyalty(command: LoyaltyCommand) -> anyhow::Result<()> {
-    let LoyaltyCommand::Reconcile { tenant, store } = command;
+    let LoyaltyCommand::Reconcile {
+        tenant,
+        settle_seconds,
+        store,
+    } = command;
+    let settle = std::time::Duration::from_secs(settle_seconds);
     let store = store.open().await?;
+    let journal = loyalty::consumer::expect_effects(events::Journal::new(store.clone()));
     let engine = loyalty::Loyalty::new(
         store.clone(),
         platform::clock::Clocks::new(store),
         fastpath::Cache::new(None, fastpath::Degraded::default()),
-    );
+    )
+    .with_event_journal(journal, settle);
     let report = engine.reconcile(&tenant).await?;
     println!(
         "tenant {tenant}: {} entries, {} accounts checked",
@@ -209,7 +220,8 @@ pub async fn loyalty(command: LoyaltyCommand) -> anyhow::Result<()> {
     bail!("{} problem(s) found", report.discrepancies.len())
 }
 
-pub fn store(command: StoreCommand) -> anyhow::Result<()> {
+pub async fn store(command: StoreCommand) -> anyhow::Result<()> {
+    use store::Store as _;
     match command {
         StoreCommand::Check(args) => {
             let path = args.embedded_path();
@@ -220,6 +232,12 @@ pub fn store(command: StoreCommand) -> anyhow::Result<()> {
             } else {
                 println!("{}: damaged pages were repaired", path.display());
             }
+            // Events committed but not yet handed on (a stopped server publishes them at its
+            // next start).
+            let opened = store::EmbeddedStore::open(&path, store::EmbeddedOptions::default())
+                .with_context(|| format!("opening {}", path.display()))?;
+            let waiting = opened.pending_events(usize::MAX).await?.len();
+            println!("outbox: {waiting} event(s) waiting for the relay");
         }
         StoreCommand::Compact(args) => {
             let path = args.embedded_path();

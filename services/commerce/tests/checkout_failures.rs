@@ -246,6 +246,11 @@ async fn world() -> World {
 impl World {
     /// A cart with a burger and the reward, quoted, to be paid with `token`.
     async fn quoted(&self, token: &str) -> Placement {
+        self.quoted_with(token, &self.reward).await
+    }
+
+    /// A cart with a burger and reward `reward`, quoted, to be paid with `token`.
+    async fn quoted_with(&self, token: &str, reward: &str) -> Placement {
         let cart = self
             .carts
             .create(TENANT, &self.location, "cust-1", None, "cart")
@@ -260,14 +265,14 @@ impl World {
             .await
             .unwrap();
         let selection = LoyaltyRewardSelection {
-            reward_id: self.reward.clone(),
+            reward_id: reward.to_owned(),
         };
         self.carts
             .set_loyalty_reward(TENANT, &cart.cart_id, &self.member, Some(selection))
             .await
             .unwrap();
         let quote = self.quotes.quote(TENANT, &cart.cart_id).await.unwrap();
-        assert_eq!(quote.reward_discount, usd(100), "the reward applies");
+        assert_ne!(quote.reward_discount, usd(0), "the reward applies");
         Placement {
             cart_id: cart.cart_id,
             quote_id: quote.quote_id,
@@ -537,4 +542,177 @@ async fn reconciliation_names_a_refund_the_ledger_does_not_have() {
         "{:#?}",
         report.mismatches
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_placement_hands_its_cart_back_and_the_cart_places_once() {
+    let world = world().await;
+    let placement = world.quoted("tok_ok").await;
+    world.store.fail_commits("checkout_order", 1);
+    let error = world
+        .orders
+        .place(TENANT, &placement, "k")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CheckoutError::Store(_)), "{error:?}");
+    // While that placement is unfinished it holds the cart: another key is refused before the
+    // PSP, naming the order being placed.
+    let held = world.orders.place(TENANT, &placement, "k2").await;
+    assert!(
+        matches!(&held, Err(CheckoutError::CartAlreadyOrdered { order_id, .. }) if order_id.starts_with("ord-")),
+        "{held:?}"
+    );
+    // Rolled back: the cart is free again, and places one order.
+    assert_eq!(world.orders.settle_payments().await.unwrap().abandoned, 1);
+    let order = world.orders.place(TENANT, &placement, "k3").await.unwrap();
+    assert_eq!(
+        order.payment.clone().unwrap().status,
+        PaymentStatus::Captured as i32
+    );
+    assert!(matches!(
+        world.orders.place(TENANT, &placement, "k4").await,
+        Err(CheckoutError::CartAlreadyOrdered { order_id, .. }) if order_id == order.order_id
+    ));
+    world.assert_settled("rolled back, then placed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reward_fails_the_placement_for_good_and_hands_its_cart_back() {
+    let world = world().await;
+    let placement = world.quoted("tok_ok").await;
+    // The member spent their points elsewhere since the quote.
+    world
+        .loyalty
+        .adjust(TENANT, &world.member, -60, "spent", "spent")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let refused = world.orders.place(TENANT, &placement, "k").await;
+        assert!(
+            matches!(
+                &refused,
+                Err(CheckoutError::Precondition {
+                    reason: ErrorReason::InsufficientPoints,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+    assert!(world.psp_transactions().await.is_empty(), "never charged");
+    // Nothing is left for the background round, and the cart places once the points are back.
+    assert_eq!(world.orders.settle_payments().await.unwrap().abandoned, 0);
+    world
+        .loyalty
+        .adjust(TENANT, &world.member, 60, "refund", "back")
+        .await
+        .unwrap();
+    let order = world.orders.place(TENANT, &placement, "k2").await.unwrap();
+    assert!(order.redemption_id.starts_with("rdm-"), "{order:?}");
+    world.assert_settled("reward refused, then placed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reward_covering_the_whole_order_places_it_without_the_psp() {
+    use commerce_api::commerce::loyalty::v1::RedemptionStatus;
+    let world = world().await;
+    let free_burger = Reward {
+        display_name: "Free burger".into(),
+        point_cost: 80,
+        benefit: Some(Benefit::AmountOff(usd(2_000).unwrap())),
+        active: true,
+        ..Reward::default()
+    };
+    let free_burger = world
+        .loyalty
+        .create_reward(TENANT, &free_burger, "free-burger")
+        .await
+        .unwrap()
+        .reward_id;
+    let placement = world.quoted_with("tok_ok", &free_burger).await;
+    assert_eq!(
+        Some(placement.expected_total.clone()),
+        usd(0),
+        "nothing to pay"
+    );
+    // Loyalty cannot post the reward at first: the order is placed, its payment settles later.
+    world.flaky.set("commit", true);
+    let order = world.orders.place(TENANT, &placement, "k").await.unwrap();
+    let payment = order.payment.clone().unwrap();
+    assert_eq!(payment.status, PaymentStatus::NotRequired as i32);
+    assert_eq!(payment.authorized_amount, usd(0));
+    assert!(payment.psp_reference.is_empty());
+    let paid_events = |events: &[store::PendingEvent]| {
+        events
+            .iter()
+            .filter(|event| event.event.event_type == "commerce.checkout.v1.OrderPaid")
+            .count()
+    };
+    assert_eq!(
+        paid_events(&world.store.pending_events(1_000).await.unwrap()),
+        0
+    );
+    world.flaky.set("commit", false);
+    assert_eq!(world.orders.settle_payments().await.unwrap().captured, 1);
+    let order = world.orders.order(TENANT, &order.order_id).await.unwrap();
+    assert_eq!(order.payment.clone().unwrap().captured_amount, usd(0));
+    assert_eq!(
+        paid_events(&world.store.pending_events(1_000).await.unwrap()),
+        1,
+        "OrderPaid went out once, for loyalty"
+    );
+    // No PSP call at all, the reward's points spent, nothing held.
+    assert!(world.psp_transactions().await.is_empty());
+    let redemption = world
+        .loyalty
+        .redemption(TENANT, &order.redemption_id)
+        .await
+        .unwrap();
+    assert_eq!(redemption.status, RedemptionStatus::Posted as i32);
+    let balance = world.loyalty.balance(TENANT, &world.member).await.unwrap();
+    assert_eq!((balance.available_points, balance.held_points), (20, 0));
+    // Nothing was paid, so nothing can be refunded.
+    let refund = world
+        .orders
+        .refund(TENANT, &order.order_id, None, "cold", "refund-1")
+        .await;
+    assert!(
+        matches!(
+            &refund,
+            Err(CheckoutError::Precondition {
+                reason: ErrorReason::RefundExceedsCaptured,
+                message,
+            }) if message.contains("no payment")
+        ),
+        "{refund:?}"
+    );
+    // Reconciliation expects no PSP transactions for it and finds none.
+    let report = world
+        .orders
+        .reconcile_payments(TENANT, Period::default())
+        .await
+        .unwrap();
+    assert!(report.mismatches.is_empty(), "{:#?}", report.mismatches);
+    assert_eq!(report.orders_checked, 1);
+    // Canceling gives the points back.
+    let canceled = world
+        .orders
+        .cancel(TENANT, &order.order_id, "changed their mind")
+        .await
+        .unwrap();
+    assert_eq!(
+        canceled.status,
+        commerce_api::commerce::checkout::v1::OrderStatus::Canceled as i32
+    );
+    let balance = world.loyalty.balance(TENANT, &world.member).await.unwrap();
+    assert_eq!((balance.available_points, balance.held_points), (100, 0));
+    assert!(world.psp_transactions().await.is_empty());
+    let report = world
+        .orders
+        .reconcile_payments(TENANT, Period::default())
+        .await
+        .unwrap();
+    assert!(report.mismatches.is_empty(), "{:#?}", report.mismatches);
+    let points = world.loyalty.reconcile(TENANT).await.unwrap();
+    assert!(points.clean, "{:#?}", points.discrepancies);
 }

@@ -20,6 +20,18 @@ pub const GROUP: &str = "loyalty-accrual";
 /// The package whose stream it reads.
 pub const CHECKOUT_PACKAGE: &str = "commerce.checkout.v1";
 
+/// The events whose effect loyalty must have (points earned, points reversed): the relay
+/// journals them and the repair sweep proves loyalty handled each (see `events::Journal`).
+pub const MUST_HANDLE: [&str; 2] = [
+    "commerce.checkout.v1.OrderPaid",
+    "commerce.checkout.v1.OrderRefunded",
+];
+
+/// `journal` expecting loyalty to handle [`MUST_HANDLE`].
+pub fn expect_effects(journal: events::Journal) -> events::Journal {
+    journal.expect(GROUP, &MUST_HANDLE)
+}
+
 /// Handles checkout's events.
 pub struct CheckoutEvents {
     engine: Arc<Loyalty>,
@@ -65,6 +77,8 @@ impl EventHandler for CheckoutEvents {
         let record = Some(processed.record());
         match event.event_type.rsplit('.').next().unwrap_or_default() {
             "OrderPaid" => {
+                // Fault tests kill the process here: the event was read, its effect not committed.
+                platform::failpoint::hit("loyalty.before-accrual");
                 let paid: OrderPaid = events::envelope::payload(event)
                     .map_err(|error| HandlerError::Reject(error.to_string()))?;
                 let Some(member_id) = self

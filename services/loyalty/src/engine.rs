@@ -31,6 +31,9 @@ pub struct Loyalty {
     pub(crate) ledger: Ledger,
     pub(crate) clocks: Clocks,
     pub(crate) balances: Cache,
+    /// The event journal reconciliation reads for paid orders and refunds loyalty has not
+    /// handled, and how long an event may wait for its consumer before it counts as missing.
+    pub(crate) journal: Option<(events::Journal, Duration)>,
 }
 
 /// A member as read, with the version its next commit must match.
@@ -135,7 +138,16 @@ impl Loyalty {
             store,
             clocks,
             balances,
+            journal: None,
         }
+    }
+
+    /// Reconciliation also reports checkout's paid orders and refunds that loyalty has not
+    /// handled `settle` after they were published (`journal` must expect them, see
+    /// [`crate::consumer::expect_effects`]).
+    pub fn with_event_journal(mut self, journal: events::Journal, settle: Duration) -> Self {
+        self.journal = Some((journal, settle));
+        self
     }
 
     /// The ledger (for operators and tests).

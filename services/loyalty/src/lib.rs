@@ -45,6 +45,7 @@ pub mod expiry;
 mod jobs;
 pub mod lots;
 pub mod members;
+pub mod module;
 pub mod points;
 mod program;
 mod reconcile;
@@ -61,6 +62,7 @@ pub use error::LoyaltyError;
 pub use expiry::{activates_at, expires_at, notice_at};
 pub use jobs::{DueReport, LoyaltyJobs};
 pub use lots::{Allocation, Lot, RedemptionError, ReversalPlan, UpcomingExpiry};
+pub use module::{LoyaltyArgs, LoyaltyModule};
 pub use program::default_program;
 pub use tiers::{CurrentTier, TierEvaluation};
 

@@ -3,9 +3,11 @@
 //! exactly the lots not yet activated, and the active account's available balance is the
 //! activated lots' points minus the deficit.
 
+use commerce_api::commerce::checkout::v1::{OrderPaid, OrderRefunded};
 use commerce_api::commerce::loyalty::v1::{LedgerDiscrepancy, ReconcileLedgerResponse};
 use ledger::Problem;
 
+use crate::consumer::GROUP;
 use crate::engine::{Loyalty, decode};
 use crate::error::LoyaltyError;
 use crate::records::{self, MemberRecord};
@@ -108,12 +110,50 @@ impl Loyalty {
                 );
             }
         }
+        discrepancies.extend(self.missing_effects(tenant).await?);
         Ok(ReconcileLedgerResponse {
             entries_checked: report.entries_checked as i64,
             accounts_checked: report.accounts_checked as i64,
             clean: discrepancies.is_empty(),
             discrepancies,
         })
+    }
+
+    /// Paid orders that earned nothing yet and refunds not yet reversed: checkout's events that
+    /// loyalty has not handled (lost by a bus, or given up on), from the event journal.
+    async fn missing_effects(&self, tenant: &str) -> Result<Vec<LedgerDiscrepancy>, LoyaltyError> {
+        let Some((journal, settle)) = &self.journal else {
+            return Ok(Vec::new());
+        };
+        let missing = journal.missing(tenant, GROUP, *settle).await?;
+        Ok(missing
+            .into_iter()
+            .map(|effect| {
+                let envelope = events::envelope::open(&effect.envelope).ok();
+                let (problem, subject) = match effect.event_type.rsplit('.').next() {
+                    Some("OrderPaid") => (
+                        "accrual_missing",
+                        envelope
+                            .and_then(|e| events::envelope::payload::<OrderPaid>(&e).ok())
+                            .map(|paid| paid.order_id),
+                    ),
+                    Some("OrderRefunded") => (
+                        "reversal_missing",
+                        envelope
+                            .and_then(|e| events::envelope::payload::<OrderRefunded>(&e).ok())
+                            .map(|refunded| refunded.refund_id),
+                    ),
+                    _ => ("effect_missing", None),
+                };
+                discrepancy(
+                    "",
+                    &effect.event_id,
+                    problem,
+                    subject.unwrap_or_default(),
+                    String::new(),
+                )
+            })
+            .collect())
     }
 
     async fn member_discrepancies(

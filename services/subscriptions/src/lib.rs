@@ -54,11 +54,13 @@ macro_rules! retrying {
 
 pub mod api;
 mod billing;
+mod clock_api;
 pub mod dunning;
 mod engine;
 pub mod error;
 mod invoices;
 mod lifecycle;
+pub mod module;
 pub mod periods;
 mod plans;
 pub mod proration;
@@ -71,6 +73,7 @@ pub use dunning::{DunningStep, FinalAction, InvalidRetryPolicy, RetryPolicy};
 pub use engine::Subscriptions;
 pub use error::{ERROR_DOMAIN, SubscriptionsError};
 pub use lifecycle::{Created, PlanChange, ProrationPreview};
+pub use module::{SubscriptionsArgs, SubscriptionsModule};
 pub use periods::{Period, PeriodError, next_period, period_containing, period_end};
 pub use proration::{Proration, ProrationError, prorate};
 pub use transitions::{

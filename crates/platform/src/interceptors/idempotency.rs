@@ -82,9 +82,7 @@ impl IdempotencyContext {
     /// A stable id derived from tenant, method and key (e.g. for a downstream call's own
     /// idempotency key, so retries reach the callee with the same one).
     pub fn derived_id(&self) -> String {
-        hex(&Sha256::digest(
-            format!("{}\u{1f}{}\u{1f}{}", self.tenant, self.method, self.key).as_bytes(),
-        ))
+        crate::request::derived_id(&self.tenant, &self.method, &self.key)
     }
 
     /// The record of a successful `response`, byte-identical to what this layer replays.
@@ -521,8 +519,4 @@ fn header(headers: &HeaderMap, name: &str) -> String {
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .to_owned()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

@@ -38,7 +38,7 @@ use tower::util::BoxCloneService;
 use around::AroundLayer;
 use check::CheckLayer;
 
-pub use authenticate::{AuthConfig, AuthConfigError, Claims, mint_hs256};
+pub use authenticate::{AuthConfig, AuthConfigError, Authenticate, Claims, mint_hs256};
 pub use authorize::TENANT_HEADER;
 pub use context::{ClientAddress, Deadline, Principal, RequestId, Tenant, TraceContext};
 

@@ -22,6 +22,7 @@ use tonic::body::Body;
 
 use super::around::{Around, Next};
 use super::context::RequestId;
+use crate::outbound::OutboundMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -40,7 +41,9 @@ struct CallerLabels {
     caller: String,
 }
 
-/// The RPC metrics, exported by the admin port's `/metrics`.
+/// The process's metrics, exported by the admin port's `/metrics`: the RPCs it serves and the
+/// calls it makes ([`outbound`](crate::outbound)). Clones share the registry, so the one given to
+/// the server ([`Server::metrics`](crate::Server::metrics)) is the one outbound callees use.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -48,6 +51,7 @@ pub struct Metrics {
     durations: Family<MethodLabels, Histogram>,
     in_flight: Gauge,
     deprecated_calls: Family<CallerLabels, Counter>,
+    outbound: OutboundMetrics,
 }
 
 impl Default for Metrics {
@@ -75,12 +79,14 @@ impl Default for Metrics {
             "Calls of deprecated RPCs by method and caller (tenant/subject), to see who must migrate",
             deprecated_calls.clone(),
         );
+        let outbound = OutboundMetrics::register(&mut registry);
         Metrics {
             registry: Arc::new(registry),
             calls,
             durations,
             in_flight,
             deprecated_calls,
+            outbound,
         }
     }
 }
@@ -94,6 +100,11 @@ impl Metrics {
                 caller: caller.to_owned(),
             })
             .inc();
+    }
+
+    /// The families outbound callees count into.
+    pub(crate) fn outbound(&self) -> &OutboundMetrics {
+        &self.outbound
     }
 
     /// The Prometheus text exposition of every metric.

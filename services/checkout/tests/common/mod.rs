@@ -45,7 +45,11 @@ pub fn next_monday_noon_ms() -> i64 {
 }
 
 pub async fn world(storage: Option<Arc<dyn CartStorage>>) -> World {
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory().unwrap());
+    world_on(Arc::new(EmbeddedStore::in_memory().unwrap()), storage).await
+}
+
+/// The same world on `store` (a wrapper around a real store, say).
+pub async fn world_on(store: Arc<dyn Store>, storage: Option<Arc<dyn CartStorage>>) -> World {
     let clocks = Clocks::new(store.clone());
     clocks.advance(TENANT, next_monday_noon_ms()).await.unwrap();
     let catalog = Catalog::new(store.clone(), clocks.clone());

@@ -87,14 +87,20 @@ impl Client {
         Resp: prost::Message + Default + 'static,
     {
         use tonic_types::StatusExt as _;
+        // A server being restarted refuses connections: report it like an unavailable call.
         let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()
             .connect()
             .await
-            .unwrap();
+            .map_err(|error| format!("UNAVAILABLE: connect: {error}"))?;
         let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.unwrap();
+        grpc.ready()
+            .await
+            .map_err(|error| format!("UNAVAILABLE: not ready: {error}"))?;
         let mut request = tonic::Request::new(request);
+        // A deadline, as real callers send: it also bounds how long an idempotency key stays
+        // locked when the server dies mid-call.
+        request.set_timeout(std::time::Duration::from_secs(10));
         request.metadata_mut().insert(
             "authorization",
             format!("Bearer {}", self.token).parse().unwrap(),
@@ -117,5 +123,63 @@ impl Client {
                 .error_info()
                 .map_or_else(|| status.to_string(), |info| info.reason.clone())
         })
+    }
+}
+
+/// Something that calls the platform's RPCs: one process ([`Client`]), or the processes of the
+/// split topology ([`Routed`]).
+pub trait Caller {
+    fn call<Req, Resp>(
+        &self,
+        path: &str,
+        request: Req,
+        key: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<Resp, String>>
+    where
+        Req: ReflectMessage + prost::Message + 'static,
+        Resp: ReflectMessage + prost::Message + Default + 'static;
+}
+
+impl Caller for Client {
+    async fn call<Req, Resp>(
+        &self,
+        path: &str,
+        request: Req,
+        key: Option<&str>,
+    ) -> Result<Resp, String>
+    where
+        Req: ReflectMessage + prost::Message + 'static,
+        Resp: ReflectMessage + prost::Message + Default + 'static,
+    {
+        Client::call(self, path, request, key).await
+    }
+}
+
+/// The split topology's processes: each call goes to the process serving its package.
+pub struct Routed {
+    pub checkout: Client,
+    pub loyalty: Client,
+    pub subscriptions: Client,
+}
+
+impl Caller for Routed {
+    async fn call<Req, Resp>(
+        &self,
+        path: &str,
+        request: Req,
+        key: Option<&str>,
+    ) -> Result<Resp, String>
+    where
+        Req: ReflectMessage + prost::Message + 'static,
+        Resp: ReflectMessage + prost::Message + Default + 'static,
+    {
+        let client = if path.starts_with("/commerce.loyalty.") {
+            &self.loyalty
+        } else if path.starts_with("/commerce.subscriptions.") {
+            &self.subscriptions
+        } else {
+            &self.checkout
+        };
+        client.call(path, request, key).await
     }
 }

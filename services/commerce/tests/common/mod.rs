@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod shop;
+pub mod split;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -37,44 +39,114 @@ impl Drop for Running {
     }
 }
 
+impl Running {
+    /// Waits (at most `within`) for the process to exit — killed, stopped, or aborted at a
+    /// failpoint — and hands back its data directory, to start it again on the same files.
+    pub fn wait_exit(mut self, within: Duration) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "the server did not exit within {within:?}; stderr: {}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("dir"));
+        (status, dir)
+    }
+
+    /// Sends SIGTERM (a graceful stop).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+/// Runs a `commerce` subcommand (operator tools) with the test secret.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_commerce"))
+        .args(args)
+        .env("COMMERCE_JWT_HS256_SECRET", SECRET)
+        .output()
+        .expect("run commerce")
+}
+
 pub fn start() -> Running {
     start_in(tempfile::tempdir().expect("data dir"), &[])
 }
 
 /// Starts `commerce serve` with its store in `data_dir` and `extra` arguments.
 pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
-    start_with(
-        Command::new(env!("CARGO_BIN_EXE_commerce")),
-        data_dir,
-        extra,
-    )
+    start_with(data_dir, extra, &[])
+}
+
+/// Starts `commerce serve` with its store in `data_dir`, `extra` arguments and `env` variables
+/// (e.g. `COMMERCE_FAILPOINTS`).
+pub fn start_with(data_dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Running {
+    let args = serve_args(&data_dir, extra);
+    spawn(data_dir, &args, env)
 }
 
 /// Starts `commerce serve` allowed at most `limit` open file descriptors (RLIMIT_NOFILE).
 pub fn start_with_file_limit(limit: u32, extra: &[&str]) -> Running {
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let args = serve_args(&data_dir, extra);
     let mut shell = Command::new("sh");
     shell
         .arg("-c")
         .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_commerce"));
-    start_with(shell, tempfile::tempdir().expect("data dir"), extra)
+    spawn_command(shell, data_dir, &args, &[])
 }
 
-/// Runs `command` (the binary, or something that execs it) with `serve` and the test defaults.
-fn start_with(mut command: Command, data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
-    let mut child = command
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(data_dir.path())
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args([
+/// `serve` with the test defaults, then `extra` (last, so they override the defaults).
+fn serve_args(data_dir: &tempfile::TempDir, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into()];
+    args.push(data_dir.path().to_str().expect("utf-8 path").to_owned());
+    args.extend(
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--shutdown-grace-seconds",
             "2",
             "--shutdown-delay-seconds",
             "0",
-        ])
-        .args(extra) // last, so they override the defaults above
+        ]
+        .map(str::to_owned),
+    );
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    args
+}
+
+/// Runs `commerce <args>` (a server that prints `… listening on http://ADDR` first) with the test
+/// secret and `env`, its files in `data_dir`.
+pub fn spawn(data_dir: tempfile::TempDir, args: &[String], env: &[(&str, &str)]) -> Running {
+    spawn_command(
+        Command::new(env!("CARGO_BIN_EXE_commerce")),
+        data_dir,
+        args,
+        env,
+    )
+}
+
+/// Runs `command` (the binary, or something that execs it) with `args`, as [`spawn`] does.
+fn spawn_command(
+    mut command: Command,
+    data_dir: tempfile::TempDir,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> Running {
+    let mut child = command
+        .args(args)
         .env("COMMERCE_JWT_HS256_SECRET", SECRET)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -101,8 +173,8 @@ fn start_with(mut command: Command, data_dir: tempfile::TempDir, extra: &[&str])
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let Some(addr) = first_line
         .trim()
-        .strip_prefix("commerce: listening on http://")
-        .map(str::to_owned)
+        .split_once("listening on http://")
+        .map(|(_, addr)| addr.to_owned())
     else {
         std::thread::sleep(Duration::from_millis(200));
         panic!(
@@ -176,6 +248,16 @@ pub fn connect_json(
         status,
         serde_json::from_str(json).unwrap_or_else(|err| panic!("{err}: {response}")),
     )
+}
+
+/// A copy of a stopped server's data directory, to start the next server on the files it left.
+pub fn copy_of(data_dir: &std::path::Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().expect("data dir");
+    for file in std::fs::read_dir(data_dir).expect("data dir") {
+        let file = file.expect("file");
+        std::fs::copy(file.path(), copy.path().join(file.file_name())).expect("copy");
+    }
+    copy
 }
 
 /// The HTTP status of a Connect JSON call without credentials, or `None` when the connection

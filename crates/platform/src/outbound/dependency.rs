@@ -1,4 +1,5 @@
-//! The outbound call policy: how a service calls a dependency (the PSP, another service).
+//! The whole-dependency call policy: how a service calls a dependency that is not a gRPC callee
+//! balanced over replicas (the PSP adapter, a tax hook).
 //!
 //! Every call through an [`Outbound`] gets
 //!
@@ -16,9 +17,9 @@
 //!   breaker, and it resets the count of consecutive failures.
 //!
 //! Retries and breaker state changes are logged as `tracing` events (target `outbound`) carrying
-//! the dependency name, the attempt number and the state. There are no Prometheus metrics yet:
-//! the RPC [`Metrics`](crate::interceptors::Metrics) registry is built privately for inbound RPCs
-//! and has no hook to register more.
+//! the dependency name, the attempt number and the state. For gRPC callees, use
+//! [`Callee`](super::Callee) instead: it adds balancing, per-endpoint breakers, contract-driven
+//! retries, hedging and metrics.
 //!
 //! Time is `tokio::time`, so tests can pause and advance it.
 //!
@@ -46,10 +47,12 @@
 //! ```
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Health};
 
 /// How a dependency is called.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,28 +95,9 @@ impl OutboundPolicy {
             .min(self.backoff_max)
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         let ceiling = u64::try_from(self.backoff_ceiling(attempt).as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(fastrand::u64(0..=ceiling))
-    }
-}
-
-/// When the circuit breaker opens and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerConfig {
-    /// Consecutive unhealthy outcomes that open the breaker (0 behaves as 1).
-    pub failure_threshold: u32,
-    /// How long it stays open before letting one trial call through.
-    pub open_for: Duration,
-}
-
-impl Default for BreakerConfig {
-    /// Opens after 5 consecutive failures, for 10 s.
-    fn default() -> Self {
-        BreakerConfig {
-            failure_threshold: 5,
-            open_for: Duration::from_secs(10),
-        }
     }
 }
 
@@ -186,27 +170,6 @@ impl<E> OutboundError<E> {
     }
 }
 
-/// The breaker's state, as a caller sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    /// Calls go through.
-    Closed,
-    /// Calls fail fast.
-    Open,
-    /// `open_for` has passed: the next call is the trial (or the trial is in flight).
-    HalfOpen,
-}
-
-impl BreakerState {
-    fn name(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half_open",
-        }
-    }
-}
-
 /// Calls one dependency under an [`OutboundPolicy`]. Cheap to clone; clones share the breaker.
 #[derive(Debug, Clone)]
 pub struct Outbound {
@@ -216,33 +179,16 @@ pub struct Outbound {
 #[derive(Debug)]
 struct Inner {
     policy: OutboundPolicy,
-    breaker: Mutex<Breaker>,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Breaker {
-    Closed { consecutive_failures: u32 },
-    Open { until: Instant },
-    HalfOpen { trial_in_flight: bool },
-}
-
-/// Whether an attempt's outcome says the dependency is healthy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Health {
-    Healthy,
-    Unhealthy,
+    breaker: Arc<CircuitBreaker>,
 }
 
 impl Outbound {
     /// A client of the dependency described by `policy`, its breaker closed.
     pub fn new(policy: OutboundPolicy) -> Self {
+        let breaker =
+            CircuitBreaker::new(policy.name.clone(), None, policy.breaker, policy.timeout);
         Outbound {
-            inner: Arc::new(Inner {
-                policy,
-                breaker: Mutex::new(Breaker::Closed {
-                    consecutive_failures: 0,
-                }),
-            }),
+            inner: Arc::new(Inner { policy, breaker }),
         }
     }
 
@@ -253,11 +199,7 @@ impl Outbound {
 
     /// The breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
-        match *self.inner.lock() {
-            Breaker::Closed { .. } => BreakerState::Closed,
-            Breaker::Open { until } if Instant::now() < until => BreakerState::Open,
-            Breaker::Open { .. } | Breaker::HalfOpen { .. } => BreakerState::HalfOpen,
-        }
+        self.inner.breaker.state()
     }
 
     /// Calls `attempt(n)` (n = 1, 2, ...) under the policy, with no deadline beyond the
@@ -311,7 +253,13 @@ impl Outbound {
             if deadline.is_some_and(|deadline| deadline <= now) {
                 return Err(OutboundError::DeadlineExceeded);
             }
-            let permit = self.inner.admit(number)?;
+            let permit =
+                self.inner
+                    .breaker
+                    .admit(number)
+                    .map_err(|refusal| OutboundError::CircuitOpen {
+                        retry_after: refusal.retry_after(self.inner.breaker.trial_retry_after()),
+                    })?;
             // The attempt ends at its own timeout or the caller's deadline, whichever is first.
             let timeout_at = now + policy.timeout;
             let cut_by_deadline = deadline.filter(|deadline| *deadline < timeout_at);
@@ -358,143 +306,6 @@ impl Outbound {
                 "retrying outbound call"
             );
             tokio::time::sleep(delay).await;
-        }
-    }
-}
-
-impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        // No code panics while holding the lock; a poisoned state is still a valid state.
-        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Lets attempt `number` through, or says how long the breaker stays open.
-    fn admit<E>(&self, number: u32) -> Result<Permit<'_>, OutboundError<E>> {
-        let mut breaker = self.lock();
-        let trial = match *breaker {
-            Breaker::Closed { .. } => false,
-            Breaker::Open { until } => {
-                let now = Instant::now();
-                if now < until {
-                    return Err(OutboundError::CircuitOpen {
-                        retry_after: until - now,
-                    });
-                }
-                true
-            }
-            // The trial settles within one attempt timeout.
-            Breaker::HalfOpen {
-                trial_in_flight: true,
-            } => {
-                return Err(OutboundError::CircuitOpen {
-                    retry_after: self.policy.timeout,
-                });
-            }
-            Breaker::HalfOpen {
-                trial_in_flight: false,
-            } => true,
-        };
-        if trial {
-            let was_open = matches!(*breaker, Breaker::Open { .. });
-            *breaker = Breaker::HalfOpen {
-                trial_in_flight: true,
-            };
-            drop(breaker);
-            if was_open {
-                self.log_change(BreakerState::HalfOpen, number, 0);
-            }
-        }
-        Ok(Permit {
-            inner: self,
-            trial,
-            number,
-            settled: false,
-        })
-    }
-
-    fn log_change(&self, state: BreakerState, attempt: u32, consecutive_failures: u32) {
-        let dependency = &self.policy.name;
-        let opened = state == BreakerState::Open;
-        let state = state.name();
-        if opened {
-            tracing::warn!(target: "outbound", %dependency, attempt, state, consecutive_failures, "circuit breaker state changed");
-        } else {
-            tracing::info!(target: "outbound", %dependency, attempt, state, "circuit breaker state changed");
-        }
-    }
-}
-
-/// One admitted attempt; its outcome updates the breaker. Dropped unsettled (the caller gave up,
-/// or its deadline cut the attempt), a trial frees the half-open slot for the next caller.
-struct Permit<'a> {
-    inner: &'a Inner,
-    trial: bool,
-    number: u32,
-    settled: bool,
-}
-
-impl Permit<'_> {
-    fn settle(mut self, health: Health) {
-        self.settled = true;
-        let inner = self.inner;
-        let mut breaker = inner.lock();
-        let threshold = inner.policy.breaker.failure_threshold.max(1);
-        let open = Breaker::Open {
-            until: Instant::now() + inner.policy.breaker.open_for,
-        };
-        let change = match (*breaker, health) {
-            (Breaker::Closed { .. }, Health::Healthy) => {
-                *breaker = Breaker::Closed {
-                    consecutive_failures: 0,
-                };
-                None
-            }
-            (
-                Breaker::Closed {
-                    consecutive_failures,
-                },
-                Health::Unhealthy,
-            ) => {
-                let failures = consecutive_failures.saturating_add(1);
-                if failures >= threshold {
-                    *breaker = open;
-                    Some((BreakerState::Open, failures))
-                } else {
-                    *breaker = Breaker::Closed {
-                        consecutive_failures: failures,
-                    };
-                    None
-                }
-            }
-            (Breaker::HalfOpen { .. }, Health::Healthy) if self.trial => {
-                *breaker = Breaker::Closed {
-                    consecutive_failures: 0,
-                };
-                Some((BreakerState::Closed, 0))
-            }
-            (Breaker::HalfOpen { .. }, Health::Unhealthy) if self.trial => {
-                *breaker = open;
-                Some((BreakerState::Open, 1))
-            }
-            // Outcomes of calls admitted before the breaker opened are stale: ignored.
-            _ => None,
-        };
-        drop(breaker);
-        if let Some((state, failures)) = change {
-            inner.log_change(state, self.number, failures);
-        }
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        if self.trial && !self.settled {
-            let mut breaker = self.inner.lock();
-            if let Breaker::HalfOpen { .. } = *breaker {
-                *breaker = Breaker::HalfOpen {
-                    trial_in_flight: false,
-                };
-            }
         }
     }
 }

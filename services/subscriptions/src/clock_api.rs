@@ -1,5 +1,6 @@
 //! `commerce.subscriptions.v1.ClockService`: reads and advances the caller's tenant clock
-//! ([`platform::clock::Clocks`]).
+//! ([`platform::clock::Clocks`]). Advancing runs every due job the process's modules registered
+//! (loyalty's sweep, then the billing run, in the all-in-one).
 
 use commerce_api::FILE_DESCRIPTOR_SET;
 use commerce_api::commerce::common::v1::ErrorReason;
@@ -16,8 +17,7 @@ use prost_types::Timestamp;
 use store::StoreError;
 use tonic::{Code, Request, Response, Status};
 
-/// `ErrorInfo.domain` of ClockService (its `error_domain` in the contract).
-const ERROR_DOMAIN: &str = "subscriptions.commerce.dev";
+use crate::ERROR_DOMAIN;
 
 /// The ClockService handlers.
 pub struct ClockApi {

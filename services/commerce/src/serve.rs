@@ -1,0 +1,506 @@
+//! `commerce serve`: the composition root. It opens what the process shares (store, Redis, the
+//! event bus, tenant clocks), builds the service modules `--services` names (see
+//! `service_module`), wires checkout to loyalty and both charging services to the PSP — in process
+//! or over gRPC — and runs them under one task set and one shutdown.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use platform::clock::Clocks;
+use platform::interceptors::{IdempotencyConfig, InterceptorConfig, RateLimitConfig};
+use platform::{ConnectionLimits, CorsConfig, Server, ServerConfig};
+use service_module::{ServiceModule, Shared, Shutdown, Stage, Task};
+
+use crate::auth::AuthArgs;
+use crate::storage;
+use crate::topology::{PLATFORM_TENANT, Scopes, ServiceName, TopologyArgs, callee_channel};
+
+/// Configuration of `serve`; every flag can also come from the environment.
+#[derive(Args, Debug)]
+pub struct ServeConfig {
+    /// Address of the API port (gRPC, gRPC-web, Connect); port 0 picks a free one.
+    #[arg(long, env = "COMMERCE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the admin port (`/metrics`, `/healthz`).
+    #[arg(long, env = "COMMERCE_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Browser origins allowed by CORS (comma-separated; `*` for any).
+    #[arg(long, env = "COMMERCE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Seconds after SIGTERM/SIGINT during which health answers NOT_SERVING while the server
+    /// still accepts and serves, so probes and load balancers take it out first (with a
+    /// Kubernetes preStop pause as long as this, it may be 0).
+    #[arg(long, env = "COMMERCE_SHUTDOWN_DELAY_SECONDS", default_value_t = 3)]
+    pub shutdown_delay_seconds: u64,
+    /// Seconds in-flight unary calls get to finish once the server drains (after the delay; open
+    /// server streams end at once with UNAVAILABLE and a retry hint); events then drain for up to
+    /// as long again.
+    #[arg(long, env = "COMMERCE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+    /// Largest request message in bytes, on every protocol (before and after decompression).
+    #[arg(long, env = "COMMERCE_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+    /// Calls in flight before new ones are shed with UNAVAILABLE.
+    #[arg(long, env = "COMMERCE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// Per-tenant rate limit: tokens per second.
+    #[arg(long, env = "COMMERCE_RATE_LIMIT_PER_SECOND", default_value_t = 200.0)]
+    pub rate_limit_per_second: f64,
+    /// Per-tenant rate limit: burst size.
+    #[arg(long, env = "COMMERCE_RATE_LIMIT_BURST", default_value_t = 400.0)]
+    pub rate_limit_burst: f64,
+    /// Redis for the fast path (shared rate limits, idempotency locks, event bus); unset keeps
+    /// everything in process.
+    #[arg(long, env = "COMMERCE_REDIS_URL")]
+    pub redis_url: Option<RedisUrl>,
+    /// How long idempotency keys are remembered, in hours.
+    #[arg(
+        long,
+        env = "COMMERCE_IDEMPOTENCY_RETENTION_HOURS",
+        default_value_t = 24
+    )]
+    pub idempotency_retention_hours: u64,
+    /// Seconds between repair sweeps of the event journal (proves paid orders and refunds had
+    /// their effect in loyalty; publishes again what a bus lost).
+    #[arg(long, env = "COMMERCE_EVENT_REPAIR_SECONDS", default_value_t = 30)]
+    pub event_repair_seconds: u64,
+    /// Seconds a journaled event may wait for its consumers before the repair sweep publishes it
+    /// again and loyalty reconciliation reports it missing.
+    #[arg(
+        long,
+        env = "COMMERCE_EVENT_REPAIR_AFTER_SECONDS",
+        default_value_t = 60
+    )]
+    pub event_repair_after_seconds: u64,
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    #[command(flatten)]
+    pub checkout: checkout::CheckoutArgs,
+    #[command(flatten)]
+    pub loyalty: loyalty::LoyaltyArgs,
+    #[command(flatten)]
+    pub subscriptions: subscriptions::SubscriptionsArgs,
+    #[command(flatten)]
+    pub store: storage::StoreArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Connection caps and timeouts of both ports (API and admin): slow, idle and greedy clients.
+#[derive(Args, Debug)]
+pub struct ConnectionArgs {
+    /// Seconds a client gets to send a request's headers; an HTTP/1 connection waiting for its
+    /// next request, and any connection before its first, is closed after it.
+    #[arg(
+        long,
+        env = "COMMERCE_HEADER_READ_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a connection may stay open with no call in flight and no bytes moving.
+    #[arg(long, env = "COMMERCE_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub idle_timeout_seconds: u64,
+    /// Open connections per port; more are closed at once (0: no cap).
+    #[arg(long, env = "COMMERCE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Open connections per client IP address and port (0: no cap). Behind a proxy every caller
+    /// shares its address: raise this there.
+    #[arg(
+        long,
+        env = "COMMERCE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_connections_per_address: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(
+        long,
+        env = "COMMERCE_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 200
+    )]
+    pub http2_max_concurrent_streams: u32,
+    /// Largest request header section in bytes (HTTP/2 header list, HTTP/1 head; at least 8 KiB
+    /// for HTTP/1).
+    #[arg(long, env = "COMMERCE_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: u32,
+    /// Seconds between HTTP/2 keep-alive pings (0: none).
+    #[arg(long, env = "COMMERCE_HTTP2_KEEPALIVE_SECONDS", default_value_t = 30)]
+    pub http2_keepalive_seconds: u64,
+    /// Seconds an HTTP/2 keep-alive ping may go unanswered before the connection is closed.
+    #[arg(
+        long,
+        env = "COMMERCE_HTTP2_KEEPALIVE_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub http2_keepalive_timeout_seconds: u64,
+}
+
+impl ConnectionArgs {
+    fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds.max(1)),
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            max_concurrent_streams: self.http2_max_concurrent_streams.max(1),
+            max_header_bytes: self.max_header_bytes,
+            keep_alive_interval: (self.http2_keepalive_seconds > 0)
+                .then(|| Duration::from_secs(self.http2_keepalive_seconds)),
+            keep_alive_timeout: Duration::from_secs(self.http2_keepalive_timeout_seconds.max(1)),
+        }
+    }
+}
+
+/// A Redis URL whose password never reaches the printed configuration.
+#[derive(Clone)]
+pub struct RedisUrl(pub String);
+
+impl std::str::FromStr for RedisUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(RedisUrl(url.to_owned()))
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // redis://user:password@host:port/db → redis://<credentials>@host:port/db
+        match self.0.split_once('@') {
+            Some((scheme_and_credentials, host)) => {
+                let scheme = scheme_and_credentials
+                    .split("://")
+                    .next()
+                    .unwrap_or("redis");
+                write!(f, "{scheme}://<credentials>@{host}")
+            }
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    crate::init_logging();
+    eprintln!("commerce: configuration {config:?}");
+    let topology = &config.topology;
+    topology.check(
+        config.redis_url.is_some(),
+        config.store.mongodb_uri.is_some(),
+    )?;
+    if config.auth.jwt_hs256_secret.is_none() {
+        eprintln!(
+            "commerce: WARNING no COMMERCE_JWT_HS256_SECRET set; accepting tokens signed with the development secret"
+        );
+    }
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let server_config = ServerConfig {
+        listen_addr: config.listen,
+        admin_addr: Some(config.admin_listen),
+        cors: CorsConfig {
+            allowed_origins: config.cors_origins.clone(),
+        },
+        shutdown_delay: Duration::from_secs(config.shutdown_delay_seconds),
+        shutdown_grace: grace,
+        max_message_bytes: config.max_message_bytes,
+        connections: config.connections.limits(),
+        // The connection made below is handed to the server (`fast_path`), not made twice.
+        redis_url: None,
+        interceptors: InterceptorConfig {
+            auth: Some(config.auth.config()?),
+            rate_limit: RateLimitConfig {
+                tokens_per_second: config.rate_limit_per_second,
+                burst: config.rate_limit_burst,
+            },
+            max_in_flight: config.max_in_flight,
+            default_timeout: None,
+            idempotency: IdempotencyConfig {
+                retention: Duration::from_secs(config.idempotency_retention_hours * 3600),
+                ..IdempotencyConfig::default()
+            },
+        },
+    };
+
+    // What every module of the process shares.
+    let store = config.store.open().await?;
+    let degraded = fastpath::Degraded::default();
+    let redis = match &config.redis_url {
+        Some(url) => {
+            let redis = fastpath::connect(&url.0)
+                .await
+                .context("connecting to Redis")?;
+            warn_if_unreachable(&redis, &degraded).await;
+            Some(redis)
+        }
+        None => None,
+    };
+    let bus: Arc<dyn events::Bus> = match &redis {
+        Some(redis) => {
+            let bus = events::RedisBus::new(redis.clone(), degraded.clone());
+            warn_if_not_durable(&bus).await;
+            Arc::new(bus)
+        }
+        None => Arc::new(events::MemoryBus::new()),
+    };
+    let shared = Shared {
+        store: store.clone(),
+        redis: redis.clone(),
+        degraded: degraded.clone(),
+        bus: bus.clone(),
+        clocks: Clocks::new(store.clone()),
+        instance: topology.instance(),
+        drain: grace,
+        repair_after: Duration::from_secs(config.event_repair_after_seconds.max(1)),
+    };
+
+    // The modules, and how they reach each other.
+    let identity = topology.identity(
+        config.auth.jwt_issuer.clone(),
+        config.auth.jwt_audience.clone(),
+    )?;
+    let scopes = Scopes::from_contract()?;
+    let callee_timeout = Duration::from_millis(topology.callee_timeout_ms.max(1));
+    let psp = psp(topology, &shared, identity.as_ref(), &scopes).await?;
+    let mut modules: Vec<Box<dyn ServiceModule>> = Vec::new();
+    let mut loyalty_in_process = None;
+    if topology.runs(ServiceName::Loyalty) {
+        let module = loyalty::LoyaltyModule::new(&config.loyalty, &shared);
+        loyalty_in_process = Some(module.engine());
+        modules.push(Box::new(module));
+    }
+    if topology.runs(ServiceName::Checkout) {
+        let loyalty_port: Arc<dyn checkout::LoyaltyPort> =
+            match (&loyalty_in_process, &topology.loyalty_url) {
+                (Some(engine), _) => Arc::new(commerce::LoyaltyForCheckout(engine.clone())),
+                (None, Some(url)) => {
+                    let channel = callee_channel(url).await?;
+                    let (identity, scopes) = (identity.clone(), scopes.clone());
+                    let credentials: checkout::loyalty_remote::Credentials =
+                        Arc::new(move |tenant: &str, path: &str| {
+                            identity
+                                .as_ref()
+                                .and_then(|identity| identity.token(tenant, &scopes.of(path)).ok())
+                        });
+                    Arc::new(checkout::loyalty_remote::RemoteLoyalty::new(
+                        channel,
+                        credentials,
+                        callee_timeout,
+                    ))
+                }
+                (None, None) => {
+                    unreachable!("checked: checkout without loyalty needs --loyalty-url")
+                }
+            };
+        let psp = psp.clone().context("checkout needs a PSP")?;
+        modules.push(Box::new(
+            checkout::CheckoutModule::new(&config.checkout, &shared, loyalty_port, psp)
+                .map_err(|error| anyhow::anyhow!("checkout: {error}"))?,
+        ));
+    }
+    if topology.runs(ServiceName::Subscriptions) {
+        let psp = psp.clone().context("subscriptions needs a PSP")?;
+        modules.push(Box::new(subscriptions::SubscriptionsModule::new(
+            &config.subscriptions,
+            &shared,
+            psp,
+        )));
+    }
+
+    // Advancing a tenant's clock runs every module's due jobs, in module order (loyalty's sweep
+    // before the billing run).
+    let clocks = modules
+        .iter()
+        .flat_map(|module| module.due_jobs())
+        .fold(shared.clocks.clone(), Clocks::with_jobs);
+    // Consumer groups exist before the relay publishes anything, so an in-process bus knows from
+    // the first event who must settle it.
+    for (stream, group) in modules.iter().flat_map(|module| module.consumer_groups()) {
+        if let Err(error) = bus.ensure_group(&stream, &group).await {
+            tracing::warn!(%error, %stream, %group, "consumer group not created yet; the consumer retries");
+        }
+    }
+    let journal = modules
+        .iter()
+        .fold(events::Journal::new(store.clone()), |journal, module| {
+            module.expect_effects(journal)
+        });
+
+    // Background work: the modules' tasks, the event repair sweep, the relay.
+    let (stop_background, background) = Shutdown::new();
+    let (stop_consumers, consumers) = Shutdown::new();
+    let mut background_tasks = Vec::new();
+    let mut consumer_tasks = Vec::new();
+    let repair = {
+        let (journal, bus, grace) = (journal.clone(), bus.clone(), shared.repair_after);
+        Task::every(
+            "event repair sweep",
+            Duration::from_secs(config.event_repair_seconds.max(1)),
+            move || {
+                let (journal, bus) = (journal.clone(), bus.clone());
+                async move {
+                    let report = journal.sweep(bus.as_ref(), grace).await?;
+                    if report.republished > 0 {
+                        tracing::warn!(
+                            republished = report.republished,
+                            confirmed = report.confirmed,
+                            "event repair sweep published events again"
+                        );
+                    }
+                    Ok::<_, events::SweepError>(())
+                }
+            },
+        )
+    };
+    for task in modules
+        .iter()
+        .flat_map(|module| module.tasks())
+        .chain(std::iter::once(repair))
+    {
+        let (shutdown, tasks) = match task.stage {
+            Stage::Background => (background.clone(), &mut background_tasks),
+            Stage::Consumer => (consumers.clone(), &mut consumer_tasks),
+        };
+        tasks.push(tokio::spawn((task.run)(shutdown)));
+    }
+    let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(
+        events::Relay::new(
+            store.clone(),
+            bus.clone(),
+            fastpath::Locks::new(redis.clone(), degraded.clone()),
+            events::RelayConfig {
+                drain: grace,
+                ..events::RelayConfig::default()
+            },
+        )
+        .with_journal(journal)
+        .run(async {
+            let _ = relay_stopped.await;
+        }),
+    );
+
+    let mut server = Server::new(server_config)
+        .store(store)
+        .fast_path(redis, degraded);
+    for module in &modules {
+        server = module.register(server, &clocks);
+    }
+    let bound = server.bind().await?;
+    print_banner(
+        bound.local_addr(),
+        bound.admin_addr(),
+        &config.store,
+        &modules,
+    );
+    bound.serve(platform::termination_signal()).await?;
+
+    // Background rounds first (they emit events), then the relay drains the outbox, then the
+    // consumers handle what it published.
+    let _ = stop_background.send(true);
+    for task in background_tasks {
+        let _ = task.await;
+    }
+    let _ = stop_relay.send(());
+    let _ = relay.await;
+    let _ = stop_consumers.send(true);
+    for task in consumer_tasks {
+        let _ = task.await;
+    }
+    eprintln!("commerce: stopped");
+    Ok(())
+}
+
+/// The PSP the process charges through: the PSP process (`--psp-url`), or the simulator beside
+/// this process's store; none when no module of the process charges.
+async fn psp(
+    topology: &TopologyArgs,
+    shared: &Shared,
+    identity: Option<&Arc<platform::identity::ServiceIdentity>>,
+    scopes: &Scopes,
+) -> anyhow::Result<Option<Arc<dyn payments::PaymentProvider>>> {
+    if !topology.runs(ServiceName::Checkout) && !topology.runs(ServiceName::Subscriptions) {
+        return Ok(None);
+    }
+    match &topology.psp_url {
+        Some(url) => {
+            let channel = callee_channel(url).await?;
+            let (identity, scopes) = (identity.cloned(), scopes.clone());
+            let bearer: payments::Bearer = Arc::new(move |path: &str| {
+                identity
+                    .as_ref()
+                    .and_then(|identity| identity.token(PLATFORM_TENANT, &scopes.of(path)).ok())
+            });
+            Ok(Some(Arc::new(payments::RemotePsp::new(channel, bearer))))
+        }
+        None => {
+            // The simulator (its token grammar is in the `payments` crate) keeps its state in the
+            // store it runs beside; a real PSP adapter implements the same port.
+            let simulator = payments::PspSimulator::durable(shared.store.clone())
+                .await
+                .context("loading the PSP simulator's state")?;
+            Ok(Some(Arc::new(simulator)))
+        }
+    }
+}
+
+/// Starting with Redis down is allowed (the fast path degrades), but worth saying out loud.
+async fn warn_if_unreachable(redis: &fastpath::Redis, degraded: &fastpath::Degraded) {
+    let mut connection = redis.clone();
+    let ping: Result<String, _> = redis::cmd("PING").query_async(&mut connection).await;
+    degraded.record(&ping);
+    if let Err(error) = ping {
+        eprintln!(
+            "commerce: WARNING Redis unreachable ({error}); serving degraded on in-process fallbacks until it answers"
+        );
+    }
+}
+
+/// The bus needs a Redis that keeps what it acknowledged; say so loudly when it does not.
+async fn warn_if_not_durable(bus: &events::RedisBus) {
+    match bus.persistence().await {
+        Ok(persistence) if persistence.append_only => {}
+        Ok(_) => eprintln!(
+            "commerce: WARNING Redis runs without appendonly: if it restarts, events not yet \
+             consumed and carts are lost. The repair sweep publishes lost paid-order and refund \
+             events again; carts are gone. Run Redis with `appendonly yes` (see docs/operations.md)."
+        ),
+        Err(error) => eprintln!(
+            "commerce: WARNING could not read Redis persistence settings ({error}); make sure it \
+             runs with `appendonly yes` (see docs/operations.md)"
+        ),
+    }
+}
+
+fn print_banner(
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    store: &storage::StoreArgs,
+    modules: &[Box<dyn ServiceModule>],
+) {
+    let url = format!("http://{addr}");
+    println!("commerce: listening on {url}");
+    println!(
+        "  protocols: gRPC (HTTP/2 cleartext), gRPC-web and Connect (HTTP/1.1 and HTTP/2) on this one port"
+    );
+    if let Some(admin) = admin {
+        println!("  admin:     http://{admin}/metrics (Prometheus), http://{admin}/healthz");
+    }
+    println!("  state:     {}", store.describe());
+    let names: Vec<&str> = modules.iter().map(|module| module.name()).collect();
+    println!("  services:  {}", names.join(", "));
+    println!(
+        "  auth:      JWT bearer; dev token: TOKEN=$(target/release/commerce token --tenant demo)"
+    );
+    println!("  try:");
+    println!("    npx buf curl --http2-prior-knowledge {url}/grpc.health.v1.Health/Check");
+    println!("    npx buf curl --http2-prior-knowledge --list-methods {url}");
+    println!(
+        "    curl -s -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"customerId\":\"c-1\",\"registered\":true}}' {url}/commerce.loyalty.v1.MemberService/EnrollMember"
+    );
+    println!(
+        "    curl -s -H 'commerce-tenant: demo' -H 'content-type: application/json' -d '{{}}' {url}/commerce.checkout.v1.MenuService/ListLocations"
+    );
+}
