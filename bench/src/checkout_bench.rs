@@ -110,7 +110,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .arg(work.path().join("data"))
             .args(["--rate-limit-per-second", "1000000"])
             .args(["--rate-limit-burst", "1000000"])
-            .args(["--shutdown-grace-seconds", "1"])
+            .args([
+                "--shutdown-grace-seconds",
+                "1",
+                "--shutdown-delay-seconds",
+                "0",
+            ])
             .env_remove("MONGODB_URI")
             .env_remove("COMMERCE_REDIS_URL")
             .env_remove("COMMERCE_PROMOTIONS_FILE")

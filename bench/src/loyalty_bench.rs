@@ -219,7 +219,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .args(["--redis-url", &redis_url])
             .args(["--rate-limit-per-second", "1000000"])
             .args(["--rate-limit-burst", "1000000"])
-            .args(["--shutdown-grace-seconds", "1"])
+            .args([
+                "--shutdown-grace-seconds",
+                "1",
+                "--shutdown-delay-seconds",
+                "0",
+            ])
             .env_remove("MONGODB_URI")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path)?),

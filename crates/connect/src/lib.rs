@@ -6,6 +6,7 @@
 //! It knows protobuf descriptors (for JSON and method shapes) and HTTP, nothing about the services
 //! behind it — and nothing about tonic: the inner service is any `Service<http::Request<BoxBody>>`.
 
+mod cache;
 mod code;
 mod codec;
 mod compression;
@@ -16,6 +17,7 @@ mod service;
 mod streaming;
 mod unary;
 
+pub use cache::GetCaching;
 pub use code::Code;
 pub use codec::Codec;
 pub use compression::Compression;

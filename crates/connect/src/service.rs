@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::{FutureExt as _, TryFutureExt as _};
-use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use prost_reflect::{DescriptorPool, MessageDescriptor};
@@ -17,7 +17,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::grpc::full;
-use crate::{BoxBody, BoxError, Code, Codec, ConnectError, streaming, unary};
+use crate::{BoxBody, BoxError, Code, Codec, ConnectError, GetCaching, streaming, unary};
 
 /// What the layer knows about one RPC.
 #[derive(Clone, Debug)]
@@ -27,6 +27,10 @@ pub(crate) struct MethodInfo {
     /// `idempotency_level = NO_SIDE_EFFECTS`: may be called with GET.
     pub no_side_effects: bool,
     pub streaming: bool,
+    /// The caller may send more than one message (client and bidi streams).
+    pub client_streaming: bool,
+    /// How caches may keep GET answers; `None`: not at all.
+    pub caching: Option<GetCaching>,
 }
 
 /// Configuration of the Connect layer.
@@ -35,6 +39,8 @@ pub struct ConnectConfig {
     pub(crate) methods: HashMap<String, MethodInfo>,
     pub(crate) max_message_bytes: usize,
     pub(crate) compress_min_bytes: usize,
+    /// Request headers every answer depends on, named in `Vary` of GET answers.
+    pub(crate) vary: Vec<HeaderName>,
 }
 
 impl ConnectConfig {
@@ -58,6 +64,8 @@ impl ConnectConfig {
                         output: method.output(),
                         no_side_effects,
                         streaming: method.is_client_streaming() || method.is_server_streaming(),
+                        client_streaming: method.is_client_streaming(),
+                        caching: None,
                     },
                 );
             }
@@ -66,7 +74,24 @@ impl ConnectConfig {
             methods,
             max_message_bytes: 4 * 1024 * 1024,
             compress_min_bytes: 1024,
+            vary: Vec::new(),
         }
+    }
+
+    /// Lets caches keep GET answers of the method at `path` (`/package.Service/Method`) as
+    /// `caching` says; without it they are `no-store`. Unknown paths are ignored.
+    pub fn get_caching(mut self, path: &str, caching: GetCaching) -> Self {
+        if let Some(method) = self.methods.get_mut(path) {
+            method.caching = Some(caching);
+        }
+        self
+    }
+
+    /// Request headers every answer depends on besides the URL (a tenant header, `Authorization`),
+    /// listed in `Vary` on GET answers together with `Accept-Encoding`.
+    pub fn vary(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.vary.extend(headers);
+        self
     }
 
     /// Largest request message accepted, compressed or inflated (default 4 MiB); larger →

@@ -153,6 +153,7 @@ fn request_frames(
     async_stream::stream! {
         let mut body = body;
         let mut decoder = envelope::Decoder::default();
+        let mut messages = 0usize;
         loop {
             let frame = match body.frame().await {
                 None => break,
@@ -171,13 +172,25 @@ fn request_frames(
                         yield Err(fail(&slot, too_large(config.max_message_bytes)));
                         return;
                     }
-                    Ok(Some(message)) => match translate_request_message(&call, &config, message) {
-                        Ok(grpc_frame) => yield Ok(Frame::data(grpc_frame)),
-                        Err(error) => {
-                            yield Err(fail(&slot, error));
-                            return;
+                    // A server stream takes exactly one request message; gRPC calls more a
+                    // cardinality violation (UNIMPLEMENTED), and the service would drop them.
+                    Ok(Some(_)) if messages == 1 && !call.method.client_streaming => {
+                        yield Err(fail(&slot, ConnectError::new(
+                            Code::Unimplemented,
+                            "a server-streaming call takes exactly one request message; more than one was sent",
+                        )));
+                        return;
+                    }
+                    Ok(Some(message)) => {
+                        messages += 1;
+                        match translate_request_message(&call, &config, message) {
+                            Ok(grpc_frame) => yield Ok(Frame::data(grpc_frame)),
+                            Err(error) => {
+                                yield Err(fail(&slot, error));
+                                return;
+                            }
                         }
-                    },
+                    }
                 }
             }
         }
@@ -200,8 +213,9 @@ fn translate_request_message(
     }
     let data = if message.flags & FLAG_COMPRESSED != 0 {
         if call.request_compression == Compression::Identity {
+            // The caller's mistake, not the server's: the bytes cannot be read.
             return Err(ConnectError::new(
-                Code::Internal,
+                Code::InvalidArgument,
                 "compressed message without connect-content-encoding",
             ));
         }

@@ -15,6 +15,7 @@ use http::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use http_body_util::BodyExt as _;
 
+use crate::cache;
 use crate::compression::{Compression, too_large};
 use crate::envelope;
 use crate::grpc::{self, full};
@@ -76,7 +77,8 @@ pub(crate) async fn serve_post(
     ) {
         Ok(call) => call,
         Err(error) => {
-            return error_response(call_compression(&parts.headers), Failure::from(error));
+            return error_response(call_compression(&parts.headers), Failure::from(error))
+                .map(full);
         }
     };
     let response_compression = call.response_compression;
@@ -91,6 +93,7 @@ pub(crate) async fn serve_post(
         config,
         with_deadline(call.timeout, exchange).await,
     )
+    .map(full)
 }
 
 pub(crate) async fn serve_get(
@@ -100,34 +103,40 @@ pub(crate) async fn serve_get(
     method: &MethodInfo,
 ) -> Response<BoxBody> {
     let (parts, _body) = request.into_parts();
-    let query = match GetQuery::parse(
+    let response = match get_call(upstream, config, &parts, method).await {
+        Ok(response) | Err(response) => response,
+    };
+    // Every GET answer, error or not, says how it may be cached.
+    cache::apply(&parts.headers, method.caching, &config.vary, response).map(full)
+}
+
+/// A GET call's answer (`Err` for one refused before the service was called).
+async fn get_call(
+    upstream: Upstream,
+    config: &ConnectConfig,
+    parts: &http::request::Parts,
+    method: &MethodInfo,
+) -> Result<Response<Bytes>, Response<Bytes>> {
+    let query = GetQuery::parse(
         parts.uri.query().unwrap_or_default(),
         config.max_message_bytes,
-    ) {
-        Ok(query) => query,
-        Err(error) => {
-            return error_response(Compression::Identity, Failure::from(error));
-        }
-    };
-    let call = match unary_call(
+    )
+    .map_err(|error| error_response(Compression::Identity, Failure::from(error)))?;
+    let call = unary_call(
         &parts.headers,
         method,
         query.codec,
         query.compression.as_deref(),
-    ) {
-        Ok(call) => call,
-        Err(error) => {
-            return error_response(Compression::Identity, Failure::from(error));
-        }
-    };
+    )
+    .map_err(|error| error_response(Compression::Identity, Failure::from(error)))?;
     let started = Instant::now();
-    let exchange = exchange(upstream, config, &parts, &query.message, &call, started);
-    finish(
+    let exchange = exchange(upstream, config, parts, &query.message, &call, started);
+    Ok(finish(
         query.codec,
         call.response_compression,
         config,
         with_deadline(call.timeout, exchange).await,
-    )
+    ))
 }
 
 /// Reads a whole request body, refusing it as soon as it grows past `max_bytes`.
@@ -249,7 +258,7 @@ fn finish(
     compression: Compression,
     config: &ConnectConfig,
     outcome: Result<Reply, Failure>,
-) -> Response<BoxBody> {
+) -> Response<Bytes> {
     let reply = match outcome {
         Ok(reply) => reply,
         Err(failure) => return error_response(compression, failure),
@@ -259,7 +268,7 @@ fn finish(
     } else {
         Compression::Identity
     };
-    let mut response = Response::new(full(compression.compress(&reply.message)));
+    let mut response = Response::new(Bytes::from(compression.compress(&reply.message)));
     let headers = response.headers_mut();
     grpc::copy_metadata(&reply.headers, headers, "");
     grpc::copy_metadata(&reply.trailers, headers, "trailer-");
@@ -273,14 +282,14 @@ fn finish(
     response
 }
 
-fn error_response(compression: Compression, failure: Failure) -> Response<BoxBody> {
+fn error_response(compression: Compression, failure: Failure) -> Response<Bytes> {
     let body = failure.error.to_json().to_string();
     let compression = if body.len() >= 1024 {
         compression
     } else {
         Compression::Identity
     };
-    let mut response = Response::new(full(compression.compress(body.as_bytes())));
+    let mut response = Response::new(Bytes::from(compression.compress(body.as_bytes())));
     *response.status_mut() = failure.error.code.http_status();
     let headers = response.headers_mut();
     grpc::copy_metadata(&failure.headers, headers, "");

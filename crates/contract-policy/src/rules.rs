@@ -48,6 +48,10 @@ pub const RULES: &[(&str, &str)] = &[
         "every message of an events.proto is registered with (commerce.api.v1.event) or is a part of one that is; registered events live in events.proto and say their aggregate and when they are emitted",
     ),
     (
+        "cache-public-reads-only",
+        "(commerce.api.v1.rpc).cache is set only on public RPCs with idempotency_level = NO_SIDE_EFFECTS",
+    ),
+    (
         "deprecation-names-replacement",
         "deprecated RPCs set (commerce.api.v1.rpc).deprecation {replacement, removal_version}; other deprecated elements say `Deprecated: use <replacement>` in their comment",
     ),
@@ -215,6 +219,28 @@ impl Checker {
                 method.path(),
                 "read-without-key",
                 format!("RPC {name} is NO_SIDE_EFFECTS but demands an idempotency key"),
+            );
+        }
+
+        let cached = policy
+            .as_ref()
+            .and_then(|policy| message_field(policy, "cache"))
+            .is_some();
+        // A cache in front must never keep an answer that had an effect, or one meant for one
+        // caller: a token-bearing answer in a shared cache is another caller's data.
+        let cache_problem = match (cached, no_side_effects, public) {
+            (true, false, _) => {
+                Some("may have side effects (no idempotency_level = NO_SIDE_EFFECTS)")
+            }
+            (true, true, false) => Some("needs a token (not auth: {public: true})"),
+            _ => None,
+        };
+        if let Some(problem) = cache_problem {
+            self.report(
+                file,
+                method.path(),
+                "cache-public-reads-only",
+                format!("RPC {name} declares (commerce.api.v1.rpc).cache but {problem}; only public side-effect-free reads may be cached"),
             );
         }
 

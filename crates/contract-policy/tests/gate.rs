@@ -241,3 +241,36 @@ fn a_deprecated_rpc_must_name_its_replacement() {
     });
     workspace.gate(&["policy"]).assert_passed();
 }
+
+#[test]
+fn a_cache_option_on_an_authenticated_or_mutating_rpc_fails_the_policy_check() {
+    let workspace = Workspace::copy();
+    let read = NEW_ORDER_RPC.replace(
+        "      auth: {\n        scopes: [\"checkout.orders.read\"]\n      }\n",
+        "      auth: {\n        scopes: [\"checkout.orders.read\"]\n      }\n      cache: {max_age_seconds: 60}\n",
+    );
+    assert_ne!(read, NEW_ORDER_RPC, "the cache option was added");
+    let write = r#"  // Reprints the receipt of an order.
+  rpc ReprintReceipt(ReprintReceiptRequest) returns (ReprintReceiptResponse) {
+    option (commerce.api.v1.rpc) = {
+      auth: {public: true}
+      idempotency: IDEMPOTENCY_NATURAL
+      cache: {max_age_seconds: 60}
+    };
+  }
+"#;
+    let messages = format!(
+        "{NEW_ORDER_RPC_MESSAGES}\n// Request of ReprintReceipt.\nmessage ReprintReceiptRequest {{\n  // The order.\n  string order_id = 1;\n}}\n\n// Response of ReprintReceipt.\nmessage ReprintReceiptResponse {{}}\n"
+    );
+    workspace.edit("checkout/v1/order_service.proto", |text| {
+        add_order_rpc(text, &format!("{read}{write}"), &messages)
+    });
+    let read_line = workspace.line_of("checkout/v1/order_service.proto", "rpc GetOrderReceipt(");
+    let write_line = workspace.line_of("checkout/v1/order_service.proto", "rpc ReprintReceipt(");
+    workspace.gate(&["policy"]).assert_failed_mentioning(&[
+        &format!("commerce/checkout/v1/order_service.proto:{read_line}: cache-public-reads-only:"),
+        "RPC commerce.checkout.v1.OrderService.GetOrderReceipt declares (commerce.api.v1.rpc).cache but needs a token",
+        &format!("commerce/checkout/v1/order_service.proto:{write_line}: cache-public-reads-only:"),
+        "RPC commerce.checkout.v1.OrderService.ReprintReceipt declares (commerce.api.v1.rpc).cache but may have side effects",
+    ]);
+}

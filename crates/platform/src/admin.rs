@@ -8,24 +8,34 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::interceptors::Metrics;
+use crate::listener::{ConnectionLimits, Listener};
 
-/// Serves the admin endpoints until the task is aborted.
-pub async fn serve(listener: TcpListener, metrics: Metrics, degraded: fastpath::Degraded) {
+/// Serves the admin endpoints until the task is aborted, within the same connection limits as the
+/// API port (HTTP/1 only: hyper's header-read timeout also closes idle keep-alive connections).
+pub async fn serve(
+    mut listener: Listener,
+    limits: ConnectionLimits,
+    metrics: Metrics,
+    degraded: fastpath::Degraded,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size((limits.max_header_bytes as usize).max(8192));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let (metrics, degraded) = (metrics.clone(), degraded.clone());
+        let (stream, _, slot) = listener.accept().await;
+        let (metrics, degraded, builder) = (metrics.clone(), degraded.clone(), builder.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request: Request<Incoming>| {
                 let (metrics, degraded) = (metrics.clone(), degraded.clone());
                 async move { Ok::<_, Infallible>(answer(&request, &metrics, &degraded)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -22,20 +22,31 @@ const ALLOWED_HEADERS: &[&str] = &[
     "x-grpc-web",
     "x-user-agent",
     "grpc-timeout",
+    // Revalidating a cached Connect GET answer.
+    "if-none-match",
 ];
 
-/// Response headers browsers may read: gRPC-web status lives in them.
+/// Response headers browsers may read: gRPC-web status lives in them, and every header the
+/// platform sets that a caller acts on (a replay mark, a retry delay, a cache validator). Headers
+/// CORS always exposes (`cache-control`, `content-type`, …) need no entry.
 const EXPOSED_HEADERS: &[&str] = &[
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",
     "grpc-encoding",
+    "grpc-accept-encoding",
     "connect-content-encoding",
+    "connect-accept-encoding",
     "content-encoding",
     "x-request-id",
     "retry-after",
     "deprecation",
     "sunset",
+    // Tells a first answer from a replay of an idempotent call.
+    "idempotent-replayed",
+    // Connect GET answers carry a validator for `If-None-Match`.
+    "etag",
+    "vary",
 ];
 
 /// Which browser origins may call the API.

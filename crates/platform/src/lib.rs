@@ -13,10 +13,13 @@
 mod admin;
 mod api_error;
 pub mod clock;
+mod connection;
 mod cors;
+mod drain;
 pub mod failpoint;
 pub mod identity;
 pub mod interceptors;
+mod listener;
 pub mod outbound;
 pub mod page_token;
 pub mod request;
@@ -25,5 +28,6 @@ mod shutdown;
 
 pub use api_error::ApiError;
 pub use cors::CorsConfig;
+pub use listener::ConnectionLimits;
 pub use server::{BoundServer, Server, ServerConfig, ServerError};
 pub use shutdown::termination_signal;

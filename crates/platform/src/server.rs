@@ -9,10 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use prost_reflect::DescriptorPool;
 use tokio::net::TcpListener;
 use tonic::body::Body;
@@ -25,7 +21,10 @@ use tower::{ServiceBuilder, ServiceExt as _};
 
 use crate::CorsConfig;
 use crate::admin;
+use crate::connection;
+use crate::drain::{self, DrainBudget, DrainUnread};
 use crate::interceptors::{self, ClientAddress, GrpcService, InterceptorConfig, Metrics};
+use crate::listener::{ConnectionLimits, Listener};
 
 /// Settings of the API port.
 #[derive(Debug, Clone)]
@@ -34,7 +33,10 @@ pub struct ServerConfig {
     pub listen_addr: SocketAddr,
     /// Browser origins allowed by CORS.
     pub cors: CorsConfig,
-    /// How long in-flight calls and streams may run after shutdown begins.
+    /// After shutdown is asked for, how long health answers NOT_SERVING while the server still
+    /// accepts and serves, so probes and load balancers take it out before it closes its listener.
+    pub shutdown_delay: Duration,
+    /// How long in-flight unary calls may run once the server drains (after `shutdown_delay`).
     pub shutdown_grace: Duration,
     /// Largest Connect message, compressed or not.
     pub max_message_bytes: usize,
@@ -45,6 +47,8 @@ pub struct ServerConfig {
     /// Redis for the fast path (`redis://host:port/db`, or `redis+cluster://host:port,…` for a
     /// Redis Cluster); `None` keeps everything in process.
     pub redis_url: Option<String>,
+    /// Connection caps and timeouts of both ports (slow or idle clients, descriptor exhaustion).
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -52,11 +56,14 @@ impl Default for ServerConfig {
         ServerConfig {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             cors: CorsConfig::default(),
+            // Embedders and tests stop at once; `commerce serve` defaults to a few seconds.
+            shutdown_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
             max_message_bytes: 4 * 1024 * 1024,
             interceptors: InterceptorConfig::default(),
             admin_addr: None,
             redis_url: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -182,9 +189,7 @@ impl Server {
                 .await;
         }
 
-        let connect = connect::ConnectLayer::new(
-            connect::ConnectConfig::new(&pool).max_message_bytes(self.config.max_message_bytes),
-        );
+        let connect = connect::ConnectLayer::new(connect_config(&pool, &self.config));
         let metrics = self.metrics.clone();
         let degraded = self.degraded.clone();
         let redis = match (self.redis.take(), &self.config.redis_url) {
@@ -204,6 +209,7 @@ impl Server {
             ),
         };
         let purge = tokio::spawn(purge_expired_idempotency(store.clone()));
+        let (drain_streams, draining) = tokio::sync::watch::channel(false);
         let grpc = interceptors::stack(
             self.routes.routes(),
             &pool,
@@ -214,6 +220,7 @@ impl Server {
                 redis,
                 degraded: degraded.clone(),
                 store,
+                draining,
             },
         )?;
         let stack = ServiceBuilder::new()
@@ -239,8 +246,35 @@ impl Server {
             service_names: self.service_names,
             config: self.config,
             purge,
+            drain_streams,
         })
     }
+}
+
+/// The Connect layer's settings: the message limit, and HTTP caching of GET answers as each
+/// method's contract declares it.
+fn connect_config(pool: &DescriptorPool, config: &ServerConfig) -> connect::ConnectConfig {
+    let policies = interceptors::Policies::from_pool(pool);
+    let connect = connect::ConnectConfig::new(pool)
+        .max_message_bytes(config.max_message_bytes)
+        // A GET answer depends on the tenant (header or token) besides its URL; CORS adds
+        // `Origin` itself when it is on.
+        .vary([
+            http::HeaderName::from_static(interceptors::TENANT_HEADER),
+            http::header::AUTHORIZATION,
+        ]);
+    policies
+        .iter()
+        .filter_map(|(path, policy)| Some((path, policy.cache?)))
+        .fold(connect, |connect, (path, cache)| {
+            connect.get_caching(
+                path,
+                connect::GetCaching {
+                    max_age: cache.max_age,
+                    shared: cache.shared,
+                },
+            )
+        })
 }
 
 /// Drops expired idempotency records every few minutes (MongoDB's TTL index does it too).
@@ -287,6 +321,8 @@ pub struct BoundServer {
     service_names: Vec<&'static str>,
     config: ServerConfig,
     purge: tokio::task::JoinHandle<()>,
+    /// Ends open server streams when set.
+    drain_streams: tokio::sync::watch::Sender<bool>,
 }
 
 impl BoundServer {
@@ -302,9 +338,13 @@ impl BoundServer {
             .and_then(|admin| admin.local_addr().ok())
     }
 
-    /// Serves until `shutdown` completes, then: health flips to NOT_SERVING, no new connections are
-    /// accepted, open connections are told to finish (HTTP/2 GOAWAY) and in-flight calls and
-    /// streams get up to `shutdown_grace` to complete before the server returns.
+    /// Serves until `shutdown` completes, then shuts down in three steps:
+    ///
+    /// 1. health flips to NOT_SERVING, while the server keeps accepting and serving for
+    ///    `shutdown_delay`, so probes and load balancers see it and stop sending calls;
+    /// 2. the listener closes, open server streams end at once with UNAVAILABLE and a retry hint,
+    ///    and every connection is told to finish (HTTP/2 GOAWAY);
+    /// 3. in-flight unary calls get up to `shutdown_grace` to complete, then the server returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let BoundServer {
             listener,
@@ -316,55 +356,64 @@ impl BoundServer {
             service_names,
             config,
             purge,
+            drain_streams,
             ..
         } = self;
-        let admin_task =
-            admin.map(|listener| tokio::spawn(admin::serve(listener, metrics, degraded)));
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let graceful = GracefulShutdown::new();
+        let limits = config.connections;
+        let admin_task = admin.map(|listener| {
+            tokio::spawn(admin::serve(
+                Listener::new(listener, &limits, "admin"),
+                limits,
+                metrics,
+                degraded,
+            ))
+        });
+        let builder = Arc::new(connection::builder(&limits));
+        let drain_budget = DrainBudget::for_messages_of(config.max_message_bytes);
+        let mut listener = Listener::new(listener, &limits, "api");
+        // Flipped to true when shutdown begins: every connection then finishes gracefully.
+        let (stop_connections, connections_stop) = tokio::sync::watch::channel(false);
         // Owning the connection tasks lets shutdown end the ones that outlive the grace period.
         let mut connections = tokio::task::JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        // Set once shutdown is asked for: the end of the NOT_SERVING window.
+        let mut closing_at: Option<tokio::time::Instant> = None;
         loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    // Accept errors (e.g. too many open files) are transient; keep serving.
-                    Err(_) => continue,
-                },
+            let (stream, peer, slot) = tokio::select! {
+                accepted = listener.accept() => accepted,
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-                () = &mut shutdown => break,
+                () = &mut shutdown, if closing_at.is_none() => {
+                    announce_not_serving(&health, &service_names).await;
+                    closing_at = Some(tokio::time::Instant::now() + config.shutdown_delay);
+                    continue;
+                }
+                () = sleep_until_set(closing_at) => break,
             };
             let _ = stream.set_nodelay(true);
             // Every request learns the peer it came from (per-address limits, logs).
             let service =
                 stack
                     .clone()
-                    .map_request(move |mut request: Request<hyper::body::Incoming>| {
+                    .map_request(move |mut request: Request<drain::ReturnedBody>| {
                         request.extensions_mut().insert(ClientAddress(peer));
                         request
                     });
-            let connection = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(stream),
-                    TowerToHyperService::new(service),
-                )
-                .into_owned();
-            let connection = graceful.watch(connection);
+            // HTTP/1 clients still sending when an early answer comes must get to read it.
+            let service = DrainUnread::new(service, drain_budget);
+            let (builder, stop) = (builder.clone(), connections_stop.clone());
             connections.spawn(async move {
-                let _ = connection.await;
+                // The slot is held (counted against the caps) until the connection ends.
+                let _slot = slot;
+                connection::serve(builder, stream, service, limits, stop).await;
             });
         }
         drop(listener);
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        for name in service_names {
-            health
-                .set_service_status(name, ServingStatus::NotServing)
-                .await;
-        }
-        let _ = tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await;
+        let _ = drain_streams.send(true);
+        let _ = stop_connections.send(true);
+        let _ = tokio::time::timeout(config.shutdown_grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
         connections.abort_all();
         while connections.join_next().await.is_some() {}
         if let Some(admin_task) = admin_task {
@@ -372,5 +421,25 @@ impl BoundServer {
         }
         purge.abort();
         Ok(())
+    }
+}
+
+/// Health says NOT_SERVING for the server and each of its services.
+async fn announce_not_serving(health: &HealthReporter, service_names: &[&'static str]) {
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    for name in service_names {
+        health
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
+    }
+}
+
+/// Completes at `at`; never when unset.
+async fn sleep_until_set(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

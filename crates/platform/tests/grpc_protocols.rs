@@ -334,6 +334,55 @@ async fn cors_preflight_allows_configured_origins_only() {
 }
 
 #[tokio::test]
+async fn cors_exposes_every_platform_header_a_browser_must_read() {
+    let server = TestServer::start().await;
+    let preflight = Request::options(server.url("/protocol.test.v1.EchoService/Charge"))
+        .header("origin", ALLOWED_ORIGIN)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,idempotency-key,if-none-match",
+        )
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let preflight = send(preflight, false).await;
+    assert_eq!(preflight.status, 200);
+    let allowed = preflight
+        .header("access-control-allow-headers")
+        .unwrap_or_default()
+        .to_owned();
+    for header in ["idempotency-key", "if-none-match"] {
+        assert!(allowed.contains(header), "{header} not in {allowed}");
+    }
+
+    // A replayed idempotent call: the browser must be able to read the replay mark.
+    let charge = || {
+        Request::post(server.url("/protocol.test.v1.EchoService/Charge"))
+            .header("origin", ALLOWED_ORIGIN)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "cors-replay-1")
+            .body(Full::new(Bytes::from(r#"{"account":"a","amount":"5"}"#)))
+            .unwrap()
+    };
+    assert_eq!(send(charge(), false).await.status, 200);
+    let replay = send(charge(), false).await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    let exposed = replay
+        .header("access-control-expose-headers")
+        .unwrap_or_default()
+        .to_owned();
+    for header in [
+        "idempotent-replayed",
+        "retry-after",
+        "etag",
+        "grpc-status-details-bin",
+        "x-request-id",
+    ] {
+        assert!(exposed.contains(header), "{header} not in {exposed}");
+    }
+}
+
+#[tokio::test]
 async fn shutdown_lets_an_in_flight_call_finish() {
     let mut server = TestServer::start_with_grace(Duration::from_secs(5)).await;
     let mut client = grpc_client(&server).await;
@@ -385,26 +434,140 @@ async fn health_watch_sees_not_serving_when_shutdown_begins() {
     serving.await.unwrap().expect("clean exit");
 }
 
+/// The ErrorInfo reason and whether a RetryInfo came with a `grpc-status-details-bin` value.
+fn reason_and_retry(details_bin: &str) -> (String, bool) {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(details_bin.trim_end_matches('='))
+        .unwrap();
+    let status = tonic_types::pb::Status::decode(bytes.as_slice()).unwrap();
+    let mut reason = String::new();
+    let mut retry = false;
+    for detail in status.details {
+        if detail.type_url.ends_with("google.rpc.ErrorInfo") {
+            reason = tonic_types::pb::ErrorInfo::decode(detail.value.as_slice())
+                .unwrap()
+                .reason;
+        }
+        retry |= detail.type_url.ends_with("google.rpc.RetryInfo");
+    }
+    (reason, retry)
+}
+
 #[tokio::test]
-async fn shutdown_gives_up_on_streams_after_the_grace_period() {
-    let mut server = TestServer::start_with_grace(Duration::from_millis(300)).await;
+async fn shutdown_ends_open_streams_at_once_with_unavailable_and_a_retry_hint_on_every_protocol() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let mut server = TestServer::start_configured(|config| {
+        config.shutdown_delay = Duration::from_millis(500);
+        config.shutdown_grace = Duration::from_secs(10);
+    })
+    .await;
+
+    // gRPC: a stream that would run for 100 s.
     let mut client = grpc_client(&server).await;
-    let mut stream = client
-        .count(pb::CountRequest {
-            up_to: 1000,
-            interval_millis: 50,
-            fail_at: 0,
+    let mut grpc_stream = client.count(LONG_COUNT).await.unwrap().into_inner();
+    assert_eq!(grpc_stream.next().await.unwrap().unwrap().number, 1);
+    // gRPC-web and Connect over HTTP/1.1, collected whole when they end.
+    let web = Request::post(server.url("/protocol.test.v1.EchoService/Count"))
+        .header("content-type", "application/grpc-web+proto")
+        .body(Full::new(Bytes::from(envelope(
+            0,
+            &LONG_COUNT.encode_to_vec(),
+        ))))
+        .unwrap();
+    let web = tokio::spawn(send(web, false));
+    let connect = Request::post(server.url("/protocol.test.v1.EchoService/Count"))
+        .header("content-type", "application/connect+json")
+        .body(Full::new(Bytes::from(envelope(
+            0,
+            br#"{"upTo": 1000, "intervalMillis": "100"}"#,
+        ))))
+        .unwrap();
+    let connect = tokio::spawn(send(connect, false));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let serving = server.begin_shutdown();
+    // During the window health answers NOT_SERVING on a new connection.
+    let channel = tonic::transport::Endpoint::from_shared(server.url(""))
+        .unwrap()
+        .connect()
+        .await
+        .expect("still accepting during the window");
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "protocol.test.v1.EchoService".into(),
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stream.next().await.unwrap().unwrap().number, 1);
-    let started = Instant::now();
-    server.begin_shutdown().await.unwrap().expect("clean exit");
-    let waited = started.elapsed();
+    assert_eq!(health.status, ServingStatus::NotServing as i32);
+
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), grpc_stream.next()).await {
+            Err(_) => panic!("the stream was held open"),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(status))) => break status,
+            Ok(None) => panic!("the stream ended ok"),
+        }
+    };
+    let ended = started.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let details = status.get_error_details();
+    assert_eq!(
+        details.error_info().map(|info| info.reason.as_str()),
+        Some("SERVER_SHUTTING_DOWN")
+    );
+    assert!(details.retry_info().is_some(), "a retry hint");
     assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
-        "waited {waited:?}"
+        ended >= Duration::from_millis(400) && ended < Duration::from_secs(3),
+        "ended {ended:?} after shutdown began (window 500 ms, grace 10 s)"
+    );
+
+    let web = tokio::time::timeout(Duration::from_secs(5), web)
+        .await
+        .expect("gRPC-web stream ended")
+        .unwrap();
+    let frames = envelopes(&web.body);
+    let (flags, trailer) = frames.last().expect("a trailer frame");
+    assert_eq!(*flags, 0x80);
+    let trailer = String::from_utf8(trailer.clone()).unwrap();
+    assert!(trailer.contains("grpc-status:14"), "{trailer}");
+    let details_bin = trailer
+        .split("\r\n")
+        .find_map(|line| line.strip_prefix("grpc-status-details-bin:"))
+        .expect("details");
+    assert_eq!(
+        reason_and_retry(details_bin.trim()),
+        ("SERVER_SHUTTING_DOWN".to_owned(), true)
+    );
+
+    let connect = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .expect("Connect stream ended")
+        .unwrap();
+    let frames = envelopes(&connect.body);
+    let (flags, end) = frames.last().expect("an end-stream message");
+    assert_eq!(*flags, 0x02);
+    let end: serde_json::Value = serde_json::from_slice(end).unwrap();
+    assert_eq!(end["error"]["code"], "unavailable", "{end}");
+    let types: Vec<&str> = end["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|detail| detail["type"].as_str())
+        .collect();
+    assert!(
+        types.contains(&"google.rpc.ErrorInfo") && types.contains(&"google.rpc.RetryInfo"),
+        "{end}"
+    );
+
+    serving.await.unwrap().expect("clean exit");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the server waited {:?} for streams it had ended",
+        started.elapsed()
     );
 }
 

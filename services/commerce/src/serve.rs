@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use clap::Args;
 use platform::clock::Clocks;
 use platform::interceptors::{IdempotencyConfig, InterceptorConfig, RateLimitConfig};
-use platform::{CorsConfig, Server, ServerConfig};
+use platform::{ConnectionLimits, CorsConfig, Server, ServerConfig};
 use service_module::{ServiceModule, Shared, Shutdown, Stage, Task};
 
 use crate::auth::AuthArgs;
@@ -31,13 +31,21 @@ pub struct ServeConfig {
     /// Browser origins allowed by CORS (comma-separated; `*` for any).
     #[arg(long, env = "COMMERCE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
-    /// Seconds in-flight calls get to finish after SIGTERM/SIGINT (events then drain for up to
-    /// as long again).
+    /// Seconds after SIGTERM/SIGINT during which health answers NOT_SERVING while the server
+    /// still accepts and serves, so probes and load balancers take it out first (with a
+    /// Kubernetes preStop pause as long as this, it may be 0).
+    #[arg(long, env = "COMMERCE_SHUTDOWN_DELAY_SECONDS", default_value_t = 3)]
+    pub shutdown_delay_seconds: u64,
+    /// Seconds in-flight unary calls get to finish once the server drains (after the delay; open
+    /// server streams end at once with UNAVAILABLE and a retry hint); events then drain for up to
+    /// as long again.
     #[arg(long, env = "COMMERCE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
-    /// Largest Connect message in bytes.
+    /// Largest request message in bytes, on every protocol (before and after decompression).
     #[arg(long, env = "COMMERCE_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
     /// Calls in flight before new ones are shed with UNAVAILABLE.
     #[arg(long, env = "COMMERCE_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
@@ -82,6 +90,70 @@ pub struct ServeConfig {
     pub store: storage::StoreArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
+}
+
+/// Connection caps and timeouts of both ports (API and admin): slow, idle and greedy clients.
+#[derive(Args, Debug)]
+pub struct ConnectionArgs {
+    /// Seconds a client gets to send a request's headers; an HTTP/1 connection waiting for its
+    /// next request, and any connection before its first, is closed after it.
+    #[arg(
+        long,
+        env = "COMMERCE_HEADER_READ_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a connection may stay open with no call in flight and no bytes moving.
+    #[arg(long, env = "COMMERCE_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub idle_timeout_seconds: u64,
+    /// Open connections per port; more are closed at once (0: no cap).
+    #[arg(long, env = "COMMERCE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Open connections per client IP address and port (0: no cap). Behind a proxy every caller
+    /// shares its address: raise this there.
+    #[arg(
+        long,
+        env = "COMMERCE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_connections_per_address: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(
+        long,
+        env = "COMMERCE_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 200
+    )]
+    pub http2_max_concurrent_streams: u32,
+    /// Largest request header section in bytes (HTTP/2 header list, HTTP/1 head; at least 8 KiB
+    /// for HTTP/1).
+    #[arg(long, env = "COMMERCE_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: u32,
+    /// Seconds between HTTP/2 keep-alive pings (0: none).
+    #[arg(long, env = "COMMERCE_HTTP2_KEEPALIVE_SECONDS", default_value_t = 30)]
+    pub http2_keepalive_seconds: u64,
+    /// Seconds an HTTP/2 keep-alive ping may go unanswered before the connection is closed.
+    #[arg(
+        long,
+        env = "COMMERCE_HTTP2_KEEPALIVE_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub http2_keepalive_timeout_seconds: u64,
+}
+
+impl ConnectionArgs {
+    fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds.max(1)),
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            max_concurrent_streams: self.http2_max_concurrent_streams.max(1),
+            max_header_bytes: self.max_header_bytes,
+            keep_alive_interval: (self.http2_keepalive_seconds > 0)
+                .then(|| Duration::from_secs(self.http2_keepalive_seconds)),
+            keep_alive_timeout: Duration::from_secs(self.http2_keepalive_timeout_seconds.max(1)),
+        }
+    }
 }
 
 /// A Redis URL whose password never reaches the printed configuration.
@@ -131,8 +203,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         cors: CorsConfig {
             allowed_origins: config.cors_origins.clone(),
         },
+        shutdown_delay: Duration::from_secs(config.shutdown_delay_seconds),
         shutdown_grace: grace,
         max_message_bytes: config.max_message_bytes,
+        connections: config.connections.limits(),
         // The connection made below is handed to the server (`fast_path`), not made twice.
         redis_url: None,
         interceptors: InterceptorConfig {

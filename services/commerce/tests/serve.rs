@@ -171,3 +171,125 @@ fn starts_with_redis_down_serves_on_fallbacks_and_reports_degraded_health() {
         "the operator is told"
     );
 }
+
+/// CPU time (user + system) the process `pid` has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat format")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second: u64 = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .expect("getconf")
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+fn get_healthz(admin: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(admin).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[test]
+fn running_out_of_file_descriptors_neither_spins_the_cpu_nor_stops_either_port() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    // A descriptor table of 64 and no connection caps: the table fills before any cap is reached.
+    let server = common::start_with_file_limit(
+        64,
+        &[
+            "--admin-listen",
+            &admin,
+            "--max-connections",
+            "0",
+            "--max-connections-per-address",
+            "0",
+            "--header-read-timeout-seconds",
+            "60",
+        ],
+    );
+    let pid = server.child.id();
+    // More connections than descriptors: the rest wait in the listen queues of both ports.
+    let failing = |listener: &str| {
+        server.stderr.lock().unwrap().lines().any(|line| {
+            line.contains("accepting connections failed")
+                && line.contains(&format!(r#""listener":"{listener}""#))
+        })
+    };
+    let wait_until_failing = |listener: &str| {
+        let started = Instant::now();
+        while !failing(listener) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "accept never failed on the {listener} port: {}",
+                server.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut held: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(&server.addr).expect("connect api"))
+        .collect();
+    wait_until_failing("api");
+    held.extend((0..5).map(|_| TcpStream::connect(&admin).expect("connect admin")));
+    wait_until_failing("admin");
+
+    // With the table full, accepting fails at once every time: it must pause, not spin.
+    let before = cpu_time(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_time(pid) - before;
+    assert!(
+        used < Duration::from_millis(500),
+        "the server burned {used:?} of CPU in 2 s with its descriptor table full"
+    );
+
+    // Descriptors free up: both ports answer again.
+    drop(held);
+    let started = Instant::now();
+    loop {
+        let health =
+            common::connect_json_result(&server.addr, "/grpc.health.v1.Health/Check", "{}");
+        let admin_health = get_healthz(&admin);
+        if health == Some(200)
+            && admin_health
+                .as_deref()
+                .is_some_and(|reply| reply.contains("200 OK"))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not answering again: api {health:?}, admin {admin_health:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let warnings = server
+        .stderr
+        .lock()
+        .unwrap()
+        .matches("accepting connections failed")
+        .count();
+    assert!(
+        warnings <= 4,
+        "logged once per burst, not per attempt: {warnings}"
+    );
+}

@@ -44,10 +44,17 @@ impl Deadlines {
 
 impl Around for Deadlines {
     fn around(&self, mut request: Request<Body>, next: Next) -> BoxFuture<'static, Response<Body>> {
-        let requested = request
-            .headers_mut()
-            .remove("grpc-timeout")
-            .and_then(|value| parse_grpc_timeout(value.to_str().ok()?));
+        // A timeout that cannot be read is refused, not ignored: the caller meant a deadline.
+        let requested = match request.headers_mut().remove("grpc-timeout") {
+            None => None,
+            Some(value) => match value.to_str().ok().and_then(parse_grpc_timeout) {
+                Some(timeout) => Some(timeout),
+                None => {
+                    return futures_util::future::ready(errors::response(malformed_timeout()))
+                        .boxed();
+                }
+            },
+        };
         // The policy was resolved once, earlier in the stack.
         let cap = request
             .extensions()
@@ -75,6 +82,16 @@ impl Around for Deadlines {
         }
         .boxed()
     }
+}
+
+/// The status of a call whose `grpc-timeout` is not 1–8 digits and a unit.
+fn malformed_timeout() -> Status {
+    errors::status(
+        Code::InvalidArgument,
+        ErrorReason::MalformedRequest,
+        PLATFORM_ERROR_DOMAIN,
+        "grpc-timeout must be 1 to 8 digits followed by a unit (H, M, S, m, u, n)",
+    )
 }
 
 /// The status of a call whose deadline passed, before its headers or during its body.

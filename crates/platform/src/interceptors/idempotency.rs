@@ -215,9 +215,11 @@ impl Idempotency {
             .unwrap_or_default();
         let deadline = request.extensions().get::<Deadline>().copied();
         let (mut parts, body) = request.into_parts();
-        let Some(body) = super::validate::read(body, self.max_message_bytes).await else {
-            // Unreadable or oversized: tonic reports it; nothing ran, so nothing is recorded.
-            return next.run(Request::from_parts(parts, Body::empty())).await;
+        // Validation already read and re-framed this body; a failure here is refused the same
+        // way (nothing ran, so nothing is recorded).
+        let body = match super::validate::read(body, self.max_message_bytes).await {
+            Ok(body) => body,
+            Err(error) => return errors::response(error.status(&domain)),
         };
         let context = IdempotencyContext {
             request_digest: Sha256::digest(&body).to_vec().into(),

@@ -1,7 +1,8 @@
 //! The interceptor stack of DESIGN.md, one small tower layer per concern, assembled in one place
 //! ([`stack`]) so the request path reads top to bottom:
 //!
-//! request id + trace context → observe (RED metrics, logs) → load shedding → deadline →
+//! request id + trace context → observe (RED metrics, logs) → end streams on shutdown → load
+//! shedding → deadline →
 //! authentication → authorization (+ tenant) → rate limit → deprecation marks → validation →
 //! idempotency → call scope (the handler's outbound calls inherit its deadline and trace) →
 //! handler.
@@ -14,7 +15,9 @@ mod check;
 mod context;
 mod deadline;
 mod deprecation;
+mod end_streams;
 mod errors;
+mod frame;
 mod idempotency;
 mod load_shed;
 mod observe;
@@ -45,7 +48,7 @@ pub use idempotency::{
     IDEMPOTENCY_KEY_HEADER, IdempotencyConfig, IdempotencyContext, REPLAYED_HEADER, RecordedOutcome,
 };
 pub use observe::Metrics;
-pub use policy::{DeprecationPolicy, MethodPolicy, Policies};
+pub use policy::{CacheRule, DeprecationPolicy, MethodPolicy, Policies};
 pub use rate_limit::RateLimitConfig;
 
 /// Settings of the interceptor stack.
@@ -88,6 +91,8 @@ pub struct StackState {
     pub degraded: fastpath::Degraded,
     /// Where idempotent outcomes are recorded.
     pub store: Arc<dyn store::Store>,
+    /// Turns true when the server begins to drain: open server streams then end.
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Wraps `routes` in the interceptor stack, in DESIGN.md's order.
@@ -103,6 +108,7 @@ pub fn stack(
         redis,
         degraded,
         store,
+        draining,
     } = state;
     let idempotency = idempotency::Idempotency::new(
         store,
@@ -137,6 +143,8 @@ pub fn stack(
         // The id comes first so the metrics/log wrapper below can report it.
         .layer(request_id::RequestIdLayer)
         .layer(AroundLayer(observe::Observe::new(metrics.clone())))
+        // Inside observe, so a stream ended by shutdown is counted with its status.
+        .layer(AroundLayer(end_streams::EndStreams::new(pool, draining)))
         .layer(AroundLayer(load_shed::LoadShed::new(config.max_in_flight)))
         .layer(CheckLayer(policy::ResolvePolicy::new(policies)))
         .layer(AroundLayer(deadline::Deadlines::new(
@@ -146,7 +154,10 @@ pub fn stack(
         .option_layer(authorize)
         .option_layer(rate_limit)
         .layer(AroundLayer(deprecation::Deprecations::new(metrics)))
-        .layer(AroundLayer(validate::Validate::new(max_message_bytes)))
+        .layer(AroundLayer(validate::Validate::new(
+            pool,
+            max_message_bytes,
+        )))
         .layer(AroundLayer(idempotency))
         .layer(AroundLayer(call_scope::CallScope))
         .service(routes);

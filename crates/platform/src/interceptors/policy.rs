@@ -10,7 +10,7 @@ use prost_reflect::{
 };
 
 /// Services every server hosts that need neither token nor tenant.
-const INFRASTRUCTURE_SERVICES: &[&str] = &[
+pub(super) const INFRASTRUCTURE_SERVICES: &[&str] = &[
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -44,6 +44,17 @@ pub struct MethodPolicy {
     pub unary_request: bool,
     /// Set when the contract deprecates the method.
     pub deprecation: Option<DeprecationPolicy>,
+    /// How HTTP caches may keep its Connect GET answers, from `(commerce.api.v1.rpc).cache`.
+    pub cache: Option<CacheRule>,
+}
+
+/// Cacheability of a public read, from `(commerce.api.v1.rpc).cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheRule {
+    /// How long an answer may be reused without asking again.
+    pub max_age: Duration,
+    /// Shared caches may keep it.
+    pub shared: bool,
 }
 
 /// How a deprecated method is retired, from `(commerce.api.v1.rpc).deprecation`.
@@ -99,6 +110,13 @@ impl Policies {
     pub fn get(&self, path: &str) -> Option<&Arc<MethodPolicy>> {
         self.by_path.get(path)
     }
+
+    /// Every policy, by request path.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<MethodPolicy>)> {
+        self.by_path
+            .iter()
+            .map(|(path, policy)| (path.as_str(), policy))
+    }
 }
 
 fn method_policy(
@@ -139,6 +157,12 @@ fn method_policy(
                 removal_version: string(&deprecation, "removal_version"),
                 sunset_date: Some(string(&deprecation, "sunset_date"))
                     .filter(|date| !date.is_empty()),
+            }),
+        cache: rpc
+            .and_then(|rpc| message(rpc, "cache"))
+            .map(|cache| CacheRule {
+                max_age: Duration::from_secs(u64::from(uint(&cache, "max_age_seconds"))),
+                shared: matches!(field(&cache, "shared"), Some(Value::Bool(true))),
             }),
     }
 }

@@ -30,16 +30,23 @@ impl TestServer {
     }
 
     pub async fn start_with_grace(shutdown_grace: Duration) -> TestServer {
-        let config = ServerConfig {
+        Self::start_configured(|config| config.shutdown_grace = shutdown_grace).await
+    }
+
+    /// A server with the test defaults, changed by `configure`.
+    pub async fn start_configured(configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let mut config = ServerConfig {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             cors: CorsConfig {
                 allowed_origins: vec![ALLOWED_ORIGIN.to_owned()],
             },
-            shutdown_grace,
+            shutdown_delay: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(5),
             max_message_bytes: MAX_MESSAGE_BYTES,
             admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             ..ServerConfig::default()
         };
+        configure(&mut config);
         let bound = Server::new(config)
             .add_service(
                 protocol_testkit::Echo::server(),

@@ -88,6 +88,24 @@ pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> Running {
 /// Starts `commerce serve` with its store in `data_dir`, `extra` arguments and `env` variables
 /// (e.g. `COMMERCE_FAILPOINTS`).
 pub fn start_with(data_dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Running {
+    let args = serve_args(&data_dir, extra);
+    spawn(data_dir, &args, env)
+}
+
+/// Starts `commerce serve` allowed at most `limit` open file descriptors (RLIMIT_NOFILE).
+pub fn start_with_file_limit(limit: u32, extra: &[&str]) -> Running {
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let args = serve_args(&data_dir, extra);
+    let mut shell = Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_commerce"));
+    spawn_command(shell, data_dir, &args, &[])
+}
+
+/// `serve` with the test defaults, then `extra` (last, so they override the defaults).
+fn serve_args(data_dir: &tempfile::TempDir, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into()];
     args.push(data_dir.path().to_str().expect("utf-8 path").to_owned());
     args.extend(
@@ -98,18 +116,34 @@ pub fn start_with(data_dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &st
             "127.0.0.1:0",
             "--shutdown-grace-seconds",
             "2",
+            "--shutdown-delay-seconds",
+            "0",
         ]
         .map(str::to_owned),
     );
-    // Last, so they override the defaults above.
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-    spawn(data_dir, &args, env)
+    args
 }
 
 /// Runs `commerce <args>` (a server that prints `… listening on http://ADDR` first) with the test
 /// secret and `env`, its files in `data_dir`.
 pub fn spawn(data_dir: tempfile::TempDir, args: &[String], env: &[(&str, &str)]) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_commerce"))
+    spawn_command(
+        Command::new(env!("CARGO_BIN_EXE_commerce")),
+        data_dir,
+        args,
+        env,
+    )
+}
+
+/// Runs `command` (the binary, or something that execs it) with `args`, as [`spawn`] does.
+fn spawn_command(
+    mut command: Command,
+    data_dir: tempfile::TempDir,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> Running {
+    let mut child = command
         .args(args)
         .env("COMMERCE_JWT_HS256_SECRET", SECRET)
         .envs(env.iter().copied())
@@ -224,4 +258,20 @@ pub fn copy_of(data_dir: &std::path::Path) -> tempfile::TempDir {
         std::fs::copy(file.path(), copy.path().join(file.file_name())).expect("copy");
     }
     copy
+}
+
+/// The HTTP status of a Connect JSON call without credentials, or `None` when the connection
+/// fails or closes without an answer.
+pub fn connect_json_result(addr: &str, path: &str, body: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.get(9..12)?.parse().ok()
 }

@@ -113,6 +113,8 @@ impl Base {
             "127.0.0.1:0",
             "--shutdown-grace-seconds",
             "2",
+            "--shutdown-delay-seconds",
+            "0",
             "--data-dir",
             data_dir.path().to_str().unwrap(),
             "--redis-url",

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file commerce/api/v1/options.proto.
  */
 export const file_commerce_api_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jb21tZXJjZS9hcGkvdjEvb3B0aW9ucy5wcm90bxIPY29tbWVyY2UuYXBpLnYxIiwKCkF1dGhQb2xpY3kSDgoGcHVibGljGAEgASgIEg4KBnNjb3BlcxgCIAMoCSJQCgtEZXByZWNhdGlvbhITCgtyZXBsYWNlbWVudBgBIAEoCRIXCg9yZW1vdmFsX3ZlcnNpb24YAiABKAkSEwoLc3Vuc2V0X2RhdGUYAyABKAkizwEKCVJwY1BvbGljeRIpCgRhdXRoGAEgASgLMhsuY29tbWVyY2UuYXBpLnYxLkF1dGhQb2xpY3kSMQoLaWRlbXBvdGVuY3kYAiABKA4yHC5jb21tZXJjZS5hcGkudjEuSWRlbXBvdGVuY3kSMQoLZGVwcmVjYXRpb24YAyABKAsyHC5jb21tZXJjZS5hcGkudjEuRGVwcmVjYXRpb24SGQoRcmF0ZV9saW1pdF90b2tlbnMYBCABKA0SFgoObWF4X3RpbWVvdXRfbXMYBSABKA0iJQoNU2VydmljZVBvbGljeRIUCgxlcnJvcl9kb21haW4YASABKAkiNgoLRXZlbnRQb2xpY3kSEQoJYWdncmVnYXRlGAEgASgJEhQKDGVtaXR0ZWRfd2hlbhgCIAEoCSIgCgtGaWVsZFBvbGljeRIRCglzZW5zaXRpdmUYASABKAgqfwoLSWRlbXBvdGVuY3kSGwoXSURFTVBPVEVOQ1lfVU5TUEVDSUZJRUQQABIcChhJREVNUE9URU5DWV9LRVlfUkVRVUlSRUQQARIcChhJREVNUE9URU5DWV9LRVlfT1BUSU9OQUwQAhIXChNJREVNUE9URU5DWV9OQVRVUkFMEAM6TgoDcnBjEh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMYtYcDIAEoCzIaLmNvbW1lcmNlLmFwaS52MS5ScGNQb2xpY3lSA3JwYzpbCgdzZXJ2aWNlEh8uZ29vZ2xlLnByb3RvYnVmLlNlcnZpY2VPcHRpb25zGLaHAyABKAsyHi5jb21tZXJjZS5hcGkudjEuU2VydmljZVBvbGljeVIHc2VydmljZTpVCgVldmVudBIfLmdvb2dsZS5wcm90b2J1Zi5NZXNzYWdlT3B0aW9ucxi3hwMgASgLMhwuY29tbWVyY2UuYXBpLnYxLkV2ZW50UG9saWN5UgVldmVudDpTCgVmaWVsZBIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMYuIcDIAEoCzIcLmNvbW1lcmNlLmFwaS52MS5GaWVsZFBvbGljeVIFZmllbGRiBnByb3RvMw", [file_google_protobuf_descriptor]);
+  fileDesc("Ch1jb21tZXJjZS9hcGkvdjEvb3B0aW9ucy5wcm90bxIPY29tbWVyY2UuYXBpLnYxIiwKCkF1dGhQb2xpY3kSDgoGcHVibGljGAEgASgIEg4KBnNjb3BlcxgCIAMoCSJQCgtEZXByZWNhdGlvbhITCgtyZXBsYWNlbWVudBgBIAEoCRIXCg9yZW1vdmFsX3ZlcnNpb24YAiABKAkSEwoLc3Vuc2V0X2RhdGUYAyABKAki/AEKCVJwY1BvbGljeRIpCgRhdXRoGAEgASgLMhsuY29tbWVyY2UuYXBpLnYxLkF1dGhQb2xpY3kSMQoLaWRlbXBvdGVuY3kYAiABKA4yHC5jb21tZXJjZS5hcGkudjEuSWRlbXBvdGVuY3kSMQoLZGVwcmVjYXRpb24YAyABKAsyHC5jb21tZXJjZS5hcGkudjEuRGVwcmVjYXRpb24SGQoRcmF0ZV9saW1pdF90b2tlbnMYBCABKA0SFgoObWF4X3RpbWVvdXRfbXMYBSABKA0SKwoFY2FjaGUYBiABKAsyHC5jb21tZXJjZS5hcGkudjEuQ2FjaGVQb2xpY3kiNgoLQ2FjaGVQb2xpY3kSFwoPbWF4X2FnZV9zZWNvbmRzGAEgASgNEg4KBnNoYXJlZBgCIAEoCCIlCg1TZXJ2aWNlUG9saWN5EhQKDGVycm9yX2RvbWFpbhgBIAEoCSI2CgtFdmVudFBvbGljeRIRCglhZ2dyZWdhdGUYASABKAkSFAoMZW1pdHRlZF93aGVuGAIgASgJIiAKC0ZpZWxkUG9saWN5EhEKCXNlbnNpdGl2ZRgBIAEoCCp/CgtJZGVtcG90ZW5jeRIbChdJREVNUE9URU5DWV9VTlNQRUNJRklFRBAAEhwKGElERU1QT1RFTkNZX0tFWV9SRVFVSVJFRBABEhwKGElERU1QT1RFTkNZX0tFWV9PUFRJT05BTBACEhcKE0lERU1QT1RFTkNZX05BVFVSQUwQAzpOCgNycGMSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxi1hwMgASgLMhouY29tbWVyY2UuYXBpLnYxLlJwY1BvbGljeVIDcnBjOlsKB3NlcnZpY2USHy5nb29nbGUucHJvdG9idWYuU2VydmljZU9wdGlvbnMYtocDIAEoCzIeLmNvbW1lcmNlLmFwaS52MS5TZXJ2aWNlUG9saWN5UgdzZXJ2aWNlOlUKBWV2ZW50Eh8uZ29vZ2xlLnByb3RvYnVmLk1lc3NhZ2VPcHRpb25zGLeHAyABKAsyHC5jb21tZXJjZS5hcGkudjEuRXZlbnRQb2xpY3lSBWV2ZW50OlMKBWZpZWxkEh0uZ29vZ2xlLnByb3RvYnVmLkZpZWxkT3B0aW9ucxi4hwMgASgLMhwuY29tbWVyY2UuYXBpLnYxLkZpZWxkUG9saWN5UgVmaWVsZGIGcHJvdG8z", [file_google_protobuf_descriptor]);
 
 /**
  * Who may call a method. Exactly one of `public` or a non-empty `scopes` must be set; the contract
@@ -126,6 +126,15 @@ export type RpcPolicy = Message<"commerce.api.v1.RpcPolicy"> & {
    * @generated from field: uint32 max_timeout_ms = 5;
    */
   maxTimeoutMs: number;
+
+  /**
+   * How HTTP caches may keep the method's answers to Connect GET requests. Only for public methods
+   * with `idempotency_level = NO_SIDE_EFFECTS` (the policy check refuses it elsewhere). Unset: GET
+   * answers say `Cache-Control: no-store`.
+   *
+   * @generated from field: commerce.api.v1.CachePolicy cache = 6;
+   */
+  cache?: CachePolicy | undefined;
 };
 
 /**
@@ -134,6 +143,37 @@ export type RpcPolicy = Message<"commerce.api.v1.RpcPolicy"> & {
  */
 export const RpcPolicySchema: GenMessage<RpcPolicy> = /*@__PURE__*/
   messageDesc(file_commerce_api_v1_options, 2);
+
+/**
+ * Cacheability of a side-effect-free public read served over Connect GET. Answers to callers that
+ * send a bearer token are never cached (`private, no-store`), whatever this says.
+ *
+ * @generated from message commerce.api.v1.CachePolicy
+ */
+export type CachePolicy = Message<"commerce.api.v1.CachePolicy"> & {
+  /**
+   * Seconds a cache may reuse an answer without asking again (`max-age`); 0 means it must
+   * revalidate every time (with `If-None-Match`, answered `304 Not Modified` when unchanged).
+   *
+   * @generated from field: uint32 max_age_seconds = 1;
+   */
+  maxAgeSeconds: number;
+
+  /**
+   * The answer is the same for every caller that sends the same tenant header, so shared caches
+   * (CDNs, proxies) may keep it (`public`); otherwise only the caller's own cache may (`private`).
+   *
+   * @generated from field: bool shared = 2;
+   */
+  shared: boolean;
+};
+
+/**
+ * Describes the message commerce.api.v1.CachePolicy.
+ * Use `create(CachePolicySchema)` to create a new message.
+ */
+export const CachePolicySchema: GenMessage<CachePolicy> = /*@__PURE__*/
+  messageDesc(file_commerce_api_v1_options, 3);
 
 /**
  * Per-service runtime policy.
@@ -155,7 +195,7 @@ export type ServicePolicy = Message<"commerce.api.v1.ServicePolicy"> & {
  * Use `create(ServicePolicySchema)` to create a new message.
  */
 export const ServicePolicySchema: GenMessage<ServicePolicy> = /*@__PURE__*/
-  messageDesc(file_commerce_api_v1_options, 3);
+  messageDesc(file_commerce_api_v1_options, 4);
 
 /**
  * Registration of a message as an event type that may travel on the event bus.
@@ -183,7 +223,7 @@ export type EventPolicy = Message<"commerce.api.v1.EventPolicy"> & {
  * Use `create(EventPolicySchema)` to create a new message.
  */
 export const EventPolicySchema: GenMessage<EventPolicy> = /*@__PURE__*/
-  messageDesc(file_commerce_api_v1_options, 4);
+  messageDesc(file_commerce_api_v1_options, 5);
 
 /**
  * Per-field runtime policy.
@@ -204,7 +244,7 @@ export type FieldPolicy = Message<"commerce.api.v1.FieldPolicy"> & {
  * Use `create(FieldPolicySchema)` to create a new message.
  */
 export const FieldPolicySchema: GenMessage<FieldPolicy> = /*@__PURE__*/
-  messageDesc(file_commerce_api_v1_options, 5);
+  messageDesc(file_commerce_api_v1_options, 6);
 
 /**
  * How retries of a mutating method are made safe.
