@@ -327,6 +327,10 @@ impl platform::outbound::Classify for PspError {
     fn retryable(&self) -> bool {
         self.is_retryable()
     }
+
+    fn outcome_unknown(&self) -> bool {
+        self.is_outcome_unknown()
+    }
 }
 
 #[cfg(test)]

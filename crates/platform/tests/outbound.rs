@@ -607,3 +607,63 @@ fn a_call_is_a_send_future_for_use_in_handlers() {
     let call = outbound.call(Idempotent::Yes, |_| answer(Ok("auth")));
     assert_send(&call);
 }
+
+/// A dependency whose reply can be lost: `Lost` may have acted, `Down` certainly did not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flaky {
+    Lost,
+    Down,
+}
+
+impl Classify for Flaky {
+    fn retryable(&self) -> bool {
+        true
+    }
+
+    fn outcome_unknown(&self) -> bool {
+        *self == Flaky::Lost
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_whose_first_attempt_may_have_acted_never_ends_as_nothing_happened() {
+    // A lost reply, then the dependency is down for the retries: the call may have been done.
+    let outbound = Outbound::new(policy());
+    let result = outbound
+        .call(Idempotent::Yes, |n| {
+            std::future::ready(Err::<(), _>(if n == 1 { Flaky::Lost } else { Flaky::Down }))
+        })
+        .await;
+    assert!(matches!(result, Err(OutboundError::Timeout)), "{result:?}");
+
+    // An attempt that timed out, then a breaker that opens: still unknown, not "circuit open".
+    let outbound = Outbound::new(OutboundPolicy {
+        breaker: BreakerConfig {
+            failure_threshold: 1,
+            open_for: Duration::from_secs(5),
+        },
+        ..policy()
+    });
+    let result: Result<(), _> = outbound
+        .call(Idempotent::Yes, |n| async move {
+            if n == 1 {
+                pending::<Result<(), Flaky>>().await
+            } else {
+                Err(Flaky::Down)
+            }
+        })
+        .await;
+    assert!(matches!(result, Err(OutboundError::Timeout)), "{result:?}");
+
+    // Nothing ever acted: the last error says so.
+    let outbound = Outbound::new(policy());
+    let result = outbound
+        .call(Idempotent::Yes, |_| {
+            std::future::ready(Err::<(), _>(Flaky::Down))
+        })
+        .await;
+    assert!(
+        matches!(result, Err(OutboundError::Failed(Flaky::Down))),
+        "{result:?}"
+    );
+}

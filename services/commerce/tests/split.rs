@@ -342,14 +342,25 @@ async fn with_loyalty_down_plain_orders_place_reward_orders_fail_fast_and_accrua
         shop.lifetime_points(&caller).await.unwrap() == 10 * placed
     })
     .await;
-    let retried: co::PlaceOrderResponse = caller
-        .call(
-            "/commerce.checkout.v1.OrderService/PlaceOrder",
-            with_reward,
-            Some("rewarded"),
-        )
-        .await
-        .unwrap();
+    // The client retries as RetryInfo says: checkout's breaker for loyalty half-opens within
+    // seconds of loyalty answering again.
+    let started = Instant::now();
+    let retried: co::PlaceOrderResponse = loop {
+        match caller
+            .call(
+                "/commerce.checkout.v1.OrderService/PlaceOrder",
+                with_reward.clone(),
+                Some("rewarded"),
+            )
+            .await
+        {
+            Err(error) if error == "DEPENDENCY_UNAVAILABLE" => {
+                assert!(started.elapsed() < SETTLE, "loyalty never reached again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            outcome => break outcome.unwrap(),
+        }
+    };
     assert!(retried.order.unwrap().redemption_id.starts_with("rdm-"));
     let payments = reconcile_payments(&caller).await;
     assert!(payments.mismatches.is_empty(), "{:?}", payments.mismatches);

@@ -121,6 +121,13 @@ pub trait Classify {
     fn counts_against_breaker(&self) -> bool {
         self.retryable()
     }
+
+    /// The dependency may have acted although the answer is an error (a lost reply): once one
+    /// attempt ends like this, a later attempt that fails without acting cannot say "nothing
+    /// happened", so the call ends as [`OutboundError::Timeout`] (outcome unknown). Default: no.
+    fn outcome_unknown(&self) -> bool {
+        false
+    }
 }
 
 /// gRPC dependencies: `UNAVAILABLE`, `DEADLINE_EXCEEDED` and `ABORTED` (a concurrent duplicate)
@@ -247,19 +254,38 @@ impl Outbound {
     {
         let policy = &self.inner.policy;
         let mut number = 0;
+        // An earlier attempt may have acted (timed out, or its reply was lost): a later one that
+        // fails without acting must not report "nothing happened".
+        let mut may_have_acted = false;
+        let unknown_if_acted = |error: OutboundError<E>, may_have_acted: bool| match error {
+            OutboundError::DeadlineExceeded | OutboundError::CircuitOpen { .. }
+                if may_have_acted =>
+            {
+                OutboundError::Timeout
+            }
+            OutboundError::Failed(error) if may_have_acted && error.retryable() => {
+                OutboundError::Timeout
+            }
+            other => other,
+        };
         loop {
             number += 1;
             let now = Instant::now();
             if deadline.is_some_and(|deadline| deadline <= now) {
-                return Err(OutboundError::DeadlineExceeded);
+                return Err(unknown_if_acted(
+                    OutboundError::DeadlineExceeded,
+                    may_have_acted,
+                ));
             }
-            let permit =
-                self.inner
-                    .breaker
-                    .admit(number)
-                    .map_err(|refusal| OutboundError::CircuitOpen {
+            let permit = match self.inner.breaker.admit(number) {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    let open = OutboundError::CircuitOpen {
                         retry_after: refusal.retry_after(self.inner.breaker.trial_retry_after()),
-                    })?;
+                    };
+                    return Err(unknown_if_acted(open, may_have_acted));
+                }
+            };
             // The attempt ends at its own timeout or the caller's deadline, whichever is first.
             let timeout_at = now + policy.timeout;
             let cut_by_deadline = deadline.filter(|deadline| *deadline < timeout_at);
@@ -275,9 +301,14 @@ impl Outbound {
                     } else {
                         Health::Healthy
                     });
+                    let acted = error.outcome_unknown();
                     if idempotent == Idempotent::No || !error.retryable() {
-                        return Err(OutboundError::Failed(error));
+                        return Err(unknown_if_acted(
+                            OutboundError::Failed(error),
+                            may_have_acted && !acted,
+                        ));
                     }
+                    may_have_acted |= acted;
                     OutboundError::Failed(error)
                 }
                 // The caller ran out of time, not the dependency: no verdict on its health.
@@ -287,15 +318,16 @@ impl Outbound {
                     if idempotent == Idempotent::No {
                         return Err(OutboundError::Timeout);
                     }
+                    may_have_acted = true;
                     OutboundError::Timeout
                 }
             };
             if number >= policy.max_attempts {
-                return Err(last);
+                return Err(unknown_if_acted(last, may_have_acted));
             }
             let delay = policy.backoff(number);
             if deadline.is_some_and(|deadline| Instant::now() + delay >= deadline) {
-                return Err(last);
+                return Err(unknown_if_acted(last, may_have_acted));
             }
             tracing::warn!(
                 target: "outbound",
