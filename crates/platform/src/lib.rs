@@ -29,5 +29,5 @@ mod shutdown;
 pub use api_error::ApiError;
 pub use cors::CorsConfig;
 pub use listener::ConnectionLimits;
-pub use server::{BoundServer, Server, ServerConfig, ServerError};
+pub use server::{BoundServer, ReadinessGate, Server, ServerConfig, ServerError};
 pub use shutdown::termination_signal;

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use prost_reflect::DescriptorPool;
 use tokio::net::TcpListener;
@@ -101,6 +102,29 @@ pub struct Server {
     descriptor_sets: Vec<&'static [u8]>,
     service_names: Vec<&'static str>,
     metrics: Metrics,
+    gates: Vec<ReadinessGate>,
+}
+
+/// Something that must answer before the server reports SERVING (its store, Redis, a callee):
+/// a name for the log and a check, `Ok` when it answers.
+#[derive(Clone)]
+pub struct ReadinessGate {
+    name: String,
+    check: Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>,
+}
+
+impl ReadinessGate {
+    /// A gate named `name` (`loyalty at http://…`) passed when `check` answers `Ok`.
+    pub fn new<F, Fut>(name: impl Into<String>, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        ReadinessGate {
+            name: name.into(),
+            check: Arc::new(move || Box::pin(check())),
+        }
+    }
 }
 
 impl Server {
@@ -115,7 +139,15 @@ impl Server {
             descriptor_sets: Vec::new(),
             service_names: Vec::new(),
             metrics: Metrics::default(),
+            gates: Vec::new(),
         }
+    }
+
+    /// Health reports NOT_SERVING until `gate` (and every other gate) has answered once, so a
+    /// readiness probe keeps traffic away until what the services need is reachable.
+    pub fn ready_when(mut self, gate: ReadinessGate) -> Self {
+        self.gates.push(gate);
+        self
     }
 
     /// Exports `metrics` on the admin port (instead of a registry of its own), so what the
@@ -183,10 +215,30 @@ impl Server {
             .add_service(health_service)
             .add_service(reflection.build_v1()?)
             .add_service(reflection_v1alpha(&self.descriptor_sets)?);
+        // Gates that answer at once leave the server SERVING from its first call; the others
+        // are waited for in the background, NOT_SERVING until they answer.
+        let mut closed = Vec::new();
+        for gate in std::mem::take(&mut self.gates) {
+            match tokio::time::timeout(Duration::from_secs(1), (gate.check)()).await {
+                Ok(Ok(())) => {}
+                _ => closed.push(gate),
+            }
+        }
+        let ready = if closed.is_empty() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status("", ready).await;
         for name in &self.service_names {
-            health
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
+            health.set_service_status(*name, ready).await;
+        }
+        if !closed.is_empty() {
+            tokio::spawn(open_gates(
+                closed,
+                health.clone(),
+                self.service_names.clone(),
+            ));
         }
 
         let connect = connect::ConnectLayer::new(connect_config(&pool, &self.config));
@@ -249,6 +301,38 @@ impl Server {
             drain_streams,
         })
     }
+}
+
+/// Checks every gate until all have answered, then reports every service SERVING; says once per
+/// gate what it is waiting for.
+async fn open_gates(gates: Vec<ReadinessGate>, health: HealthReporter, names: Vec<&'static str>) {
+    let mut waiting: Vec<(ReadinessGate, bool)> =
+        gates.into_iter().map(|gate| (gate, false)).collect();
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for (gate, said) in waiting {
+            match (gate.check)().await {
+                Ok(()) => tracing::info!(gate = %gate.name, "readiness: reachable"),
+                Err(error) => {
+                    if !said {
+                        tracing::warn!(gate = %gate.name, %error, "readiness: waiting (NOT_SERVING until it answers)");
+                    }
+                    still.push((gate, true));
+                }
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    health.set_service_status("", ServingStatus::Serving).await;
+    for name in names {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    tracing::info!("readiness: SERVING");
 }
 
 /// The Connect layer's settings: the message limit, and HTTP caching of GET answers as each

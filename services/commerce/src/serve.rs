@@ -267,6 +267,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         timeout: Duration::from_millis(topology.callee_timeout_ms.max(1)),
         hedge_after: topology.hedge_after_ms.map(Duration::from_millis),
+        built: std::sync::Mutex::default(),
     };
     let psp = psp(topology, &shared, &callees).await?;
     let mut modules: Vec<Box<dyn ServiceModule>> = Vec::new();
@@ -375,10 +376,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }),
     );
 
-    let mut server = Server::new(server_config)
-        .metrics(metrics)
-        .store(store)
-        .fast_path(redis, degraded);
+    let mut server = Server::new(server_config).metrics(metrics);
+    for gate in own_gates(&store, &redis).into_iter().chain(callees.gates()) {
+        server = server.ready_when(gate);
+    }
+    let mut server = server.store(store).fast_path(redis, degraded);
     for module in &modules {
         server = module.register(server, &clocks);
     }
@@ -415,6 +417,8 @@ struct Callees {
     metrics: platform::interceptors::Metrics,
     timeout: Duration,
     hedge_after: Option<Duration>,
+    /// Every callee built, so readiness waits for each to answer.
+    built: std::sync::Mutex<Vec<platform::outbound::Callee>>,
 }
 
 impl Callees {
@@ -437,8 +441,88 @@ impl Callees {
             .identity
             .clone()
             .context("calls to other services need --service-key-file")?;
-        Ok(callee.with_metadata_hook(signed_by(identity, self.scopes.clone(), tenant)))
+        let callee = callee.with_metadata_hook(signed_by(identity, self.scopes.clone(), tenant));
+        self.built
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(callee.clone());
+        Ok(callee)
     }
+
+    /// A readiness gate per callee: its health check answers SERVING.
+    fn gates(&self) -> Vec<platform::ReadinessGate> {
+        let built = self
+            .built
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        built
+            .into_iter()
+            .map(|callee| {
+                platform::ReadinessGate::new(format!("callee {}", callee.name()), move || {
+                    let callee = callee.clone();
+                    async move { callee_serving(&callee).await }
+                })
+            })
+            .collect()
+    }
+}
+
+/// Whether a callee's health check answers SERVING.
+async fn callee_serving(callee: &platform::outbound::Callee) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let context = platform::outbound::CallContext {
+        tenant: Some(PLATFORM_TENANT.to_owned()),
+        ..platform::outbound::CallContext::default()
+    }
+    .with_deadline(std::time::Instant::now() + Duration::from_secs(1));
+    let response = callee
+        .unary(
+            &context,
+            "/grpc.health.v1.Health/Check",
+            HealthCheckRequest::default(),
+            None,
+            |channel, request| async move { HealthClient::new(channel).check(request).await },
+        )
+        .await
+        .map_err(|error| error.to_string())?;
+    match response.into_inner().status() {
+        ServingStatus::Serving => Ok(()),
+        status => Err(format!("{} reports {status:?}", callee.name())),
+    }
+}
+
+/// Readiness of what the process itself depends on: its store answers a read, and Redis (when
+/// configured) a PING.
+fn own_gates(
+    store: &Arc<dyn store::Store>,
+    redis: &Option<fastpath::Redis>,
+) -> Vec<platform::ReadinessGate> {
+    let store = store.clone();
+    let mut gates = vec![platform::ReadinessGate::new("store", move || {
+        let store = store.clone();
+        async move {
+            store
+                .load(&store::AggregateKey::new("_system", "readiness", "probe"))
+                .await
+                .map(drop)
+                .map_err(|error| error.to_string())
+        }
+    })];
+    if let Some(redis) = redis.clone() {
+        gates.push(platform::ReadinessGate::new("redis", move || {
+            let mut redis = redis.clone();
+            async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut redis)
+                    .await
+                    .map(drop)
+                    .map_err(|error| error.to_string())
+            }
+        }));
+    }
+    gates
 }
 
 /// The PSP the process charges through: the PSP process (`--psp-url`), or the simulator beside

@@ -651,3 +651,54 @@ async fn loyalty_refuses_forged_expired_and_wrong_scope_service_tokens_and_user_
         "RESOURCE_NOT_FOUND"
     );
 }
+
+/// The health status a server reports for `service` ("" for the whole server).
+async fn health(addr: &str, service: &str) -> i32 {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_replica_is_not_serving_until_loyalty_answers() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let base = common::split::Base::start(&[]);
+    let psp = base.start_psp();
+    let loyalty_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let loyalty_addr = format!("127.0.0.1:{loyalty_port}");
+    let checkout =
+        base.start_checkout_at(&format!("http://{loyalty_addr}"), &common::split::url(&psp));
+    for service in ["", "commerce.checkout.v1.OrderService"] {
+        assert_eq!(
+            health(&checkout.addr, service).await,
+            ServingStatus::NotServing as i32,
+            "{service:?} while loyalty does not answer"
+        );
+    }
+    let _loyalty = base.start_service("loyalty", &["--listen", &loyalty_addr]);
+    let logs = checkout.stderr.clone();
+    eventually_or(
+        "checkout SERVING once loyalty answers",
+        || logs.lock().unwrap().clone(),
+        || async {
+            health(&checkout.addr, "commerce.checkout.v1.OrderService").await
+                == ServingStatus::Serving as i32
+        },
+    )
+    .await;
+}

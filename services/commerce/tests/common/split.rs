@@ -39,7 +39,8 @@ fn generate_key(dir: &std::path::Path, service: &str) {
 }
 
 impl Base {
-    fn start(extra: &[&str]) -> Base {
+    /// Redis, the database and the keys, with `extra` flags for every service process.
+    pub fn start(extra: &[&str]) -> Base {
         let keys = tempfile::tempdir().unwrap();
         generate_key(keys.path(), "checkout");
         generate_key(keys.path(), "subscriptions");
@@ -139,13 +140,18 @@ impl Base {
 
     /// Starts a checkout replica calling `loyalty` and `psp`.
     pub fn start_checkout(&self, loyalty: &Running, psp: &Running) -> Running {
+        self.start_checkout_at(&url(loyalty), &url(psp))
+    }
+
+    /// Starts a checkout replica calling loyalty at `loyalty` and the PSP at `psp` (URLs).
+    pub fn start_checkout_at(&self, loyalty: &str, psp: &str) -> Running {
         self.start_service(
             "checkout",
             &[
                 "--loyalty-url",
-                &url(loyalty),
+                loyalty,
                 "--psp-url",
-                &url(psp),
+                psp,
                 "--service-key-file",
                 &self.key("checkout"),
                 "--service-name",
