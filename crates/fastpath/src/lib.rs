@@ -7,6 +7,7 @@
 mod cache;
 mod connection;
 mod degraded;
+mod expiring;
 mod gcra;
 mod lock;
 mod records;
@@ -16,6 +17,6 @@ pub mod testing;
 pub use cache::Cache;
 pub use connection::{Redis, connect};
 pub use degraded::Degraded;
-pub use gcra::{Decision, GcraLimit, RateLimiter};
+pub use gcra::{DEFAULT_LOCAL_KEYS, Decision, GcraLimit, RateLimiter};
 pub use lock::{LockGuard, Locks};
 pub use records::{RecordError, TtlRecords};
