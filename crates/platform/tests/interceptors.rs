@@ -211,6 +211,65 @@ async fn calls_without_a_valid_token_are_unauthenticated_with_a_stable_reason() 
     );
 }
 
+/// An HS256 token with `claims` as given (time claims included), signed with the server's secret.
+fn signed(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tokens_not_valid_yet_or_issued_in_the_future_are_refused_as_invalid() {
+    let api = start(RateLimitConfig::default()).await;
+    let body = json!({"orderId": "o-1"});
+    let claims = |extra: serde_json::Value| {
+        let mut claims = json!({
+            "sub": "pos-7",
+            "tenant": "tenant-a",
+            "scope": "checkout.orders.read",
+            "exp": now() + 3600,
+        });
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        signed(claims)
+    };
+    for (what, extra) in [
+        ("nbf an hour ahead", json!({"nbf": now() + 3600})),
+        ("nbf not a time", json!({"nbf": "tomorrow"})),
+        ("iat an hour ahead", json!({"iat": now() + 3600})),
+    ] {
+        let reply = call(&api, GET_ORDER, body.clone(), &[bearer(&claims(extra))]).await;
+        assert_eq!(
+            (reply.status, error_info(&reply).1.as_str()),
+            (401, "TOKEN_INVALID"),
+            "{what}: {reply:?}"
+        );
+    }
+    // Past or present times, and clocks a couple of seconds apart, are fine.
+    for (what, extra) in [
+        (
+            "nbf and iat in the past",
+            json!({"nbf": now() - 60, "iat": now() - 60}),
+        ),
+        (
+            "nbf and iat within the leeway",
+            json!({"nbf": now() + 2, "iat": now() + 2}),
+        ),
+        (
+            "fractional times",
+            json!({"nbf": now() as f64 - 0.5, "iat": now() as f64 - 0.5}),
+        ),
+    ] {
+        let reply = call(&api, GET_ORDER, body.clone(), &[bearer(&claims(extra))]).await;
+        assert_eq!(reply.status, 501, "{what}: {reply:?}");
+    }
+}
+
 #[tokio::test]
 async fn scopes_come_from_the_contract() {
     let api = start(RateLimitConfig::default()).await;
