@@ -144,7 +144,7 @@ struct ServeConfig {
     #[arg(
         long,
         env = "COMMERCE_ANONYMOUS_CLIENT_RATE_LIMIT_PER_SECOND",
-        default_value_t = 10.0,
+        default_value_t = 50.0,
         value_parser = positive
     )]
     anonymous_client_rate_limit_per_second: f64,
@@ -152,7 +152,7 @@ struct ServeConfig {
     #[arg(
         long,
         env = "COMMERCE_ANONYMOUS_CLIENT_RATE_LIMIT_BURST",
-        default_value_t = 20.0,
+        default_value_t = 100.0,
         value_parser = positive
     )]
     anonymous_client_rate_limit_burst: f64,
@@ -161,7 +161,7 @@ struct ServeConfig {
     #[arg(
         long,
         env = "COMMERCE_ANONYMOUS_TENANT_RATE_LIMIT_PER_SECOND",
-        default_value_t = 100.0,
+        default_value_t = 200.0,
         value_parser = positive
     )]
     anonymous_tenant_rate_limit_per_second: f64,
@@ -169,7 +169,7 @@ struct ServeConfig {
     #[arg(
         long,
         env = "COMMERCE_ANONYMOUS_TENANT_RATE_LIMIT_BURST",
-        default_value_t = 200.0,
+        default_value_t = 400.0,
         value_parser = positive
     )]
     anonymous_tenant_rate_limit_burst: f64,

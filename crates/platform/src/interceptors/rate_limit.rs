@@ -74,13 +74,16 @@ pub struct AnonymousRateLimitConfig {
 impl Default for AnonymousRateLimitConfig {
     fn default() -> Self {
         AnonymousRateLimitConfig {
+            // Generous for one address (many customers can share one behind a carrier NAT), yet a
+            // quarter of a tenant's anonymous budget, so one address cannot take it all.
             per_client: RateLimitConfig {
-                tokens_per_second: 10.0,
-                burst: 20.0,
+                tokens_per_second: 50.0,
+                burst: 100.0,
             },
+            // As much as the tenant's signed-in callers get by default, and apart from it.
             per_tenant: RateLimitConfig {
-                tokens_per_second: 100.0,
-                burst: 200.0,
+                tokens_per_second: 200.0,
+                burst: 400.0,
             },
             trusted_proxies: TrustedProxies::default(),
         }
