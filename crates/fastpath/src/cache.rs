@@ -16,7 +16,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::expiring::{ExpiringMap, WhenFull};
 use crate::{Degraded, Redis};
+
+/// Values the in-process cache keeps at most; expired ones are forgotten first, then those
+/// expiring soonest (a cache may always forget: the next read loads again).
+const MAX_LOCAL_VALUES: usize = 50_000;
 
 /// Whether a put replaces a cached value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +34,8 @@ enum Fill {
 #[derive(Clone)]
 pub struct Cache {
     redis: Option<Redis>,
-    local: Arc<Mutex<HashMap<String, (Bytes, Instant)>>>,
+    local: Arc<Mutex<ExpiringMap<Bytes>>>,
+    /// One gate per key being loaded right now (removed when its load ends, however it ends).
     loading: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Keys whose Redis copy may be older than the store (a write-through or invalidation failed).
     stale: Arc<Mutex<HashSet<String>>>,
@@ -41,7 +47,10 @@ impl Cache {
     pub fn new(redis: Option<Redis>, degraded: Degraded) -> Self {
         Cache {
             redis,
-            local: Arc::default(),
+            local: Arc::new(Mutex::new(ExpiringMap::new(
+                MAX_LOCAL_VALUES,
+                WhenFull::EvictSoonestToExpire,
+            ))),
             loading: Arc::default(),
             stale: Arc::default(),
             degraded,
@@ -69,6 +78,13 @@ impl Cache {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             loading.entry(key.to_owned()).or_default().clone()
         };
+        // The gate leaves the map when this load ends — also when the loader fails (a key that
+        // does not exist, asked for by anyone) or the caller goes away — so the map holds only
+        // keys being loaded right now.
+        let _gate_entry = GateEntry {
+            loading: &self.loading,
+            key,
+        };
         let _turn = gate.lock().await;
         // Whoever held the gate before us may have filled the cache.
         if let Some(value) = self.get(key).await {
@@ -77,10 +93,6 @@ impl Cache {
         let value = load().await?;
         // Only if absent: a write-through that landed while we loaded holds the newer value.
         self.put(key, &value, ttl, Fill::IfAbsent).await;
-        self.loading
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(key);
         Ok(value)
     }
 
@@ -169,8 +181,7 @@ impl Cache {
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 local
-                    .get(key)
-                    .filter(|(_, expires)| *expires > Instant::now())
+                    .get(key, Instant::now())
                     .map(|(value, _)| value.clone())
             }
         }
@@ -200,12 +211,88 @@ impl Cache {
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 let now = Instant::now();
-                let live = local.get(key).is_some_and(|(_, expires)| *expires > now);
+                let live = local.get(key, now).is_some();
                 if fill == Fill::Always || !live {
-                    local.insert(key.to_owned(), (value.clone(), now + ttl));
+                    match now.checked_add(ttl) {
+                        Some(expires) => {
+                            local.insert(key, value.clone(), expires, now);
+                        }
+                        None => {
+                            local.remove(key);
+                        }
+                    }
                 }
                 true
             }
         }
+    }
+}
+
+/// Removes a key's load gate from the map when dropped. Waiters already queued on the gate still
+/// hold it and take their turns; a caller arriving later makes a new gate and finds the value
+/// the first load cached.
+struct GateEntry<'a> {
+    loading: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: &'a str,
+}
+
+impl Drop for GateEntry<'_> {
+    fn drop(&mut self) {
+        self.loading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn loads_that_fail_or_are_abandoned_leave_no_gate_behind() {
+        let cache = Cache::new(None, Degraded::default());
+        for i in 0..1000 {
+            let result = cache
+                .get_or_load(
+                    &format!("no-such-member-{i}"),
+                    Duration::from_secs(60),
+                    || async { Err::<Bytes, _>("not found") },
+                )
+                .await;
+            assert!(result.is_err());
+        }
+        let abandoned = cache.get_or_load("slow", Duration::from_secs(60), || async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, ()>(Bytes::new())
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), abandoned)
+                .await
+                .is_err()
+        );
+        assert_eq!(cache.loading.lock().unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_local_cache_keeps_a_bounded_number_of_values() {
+        let cache = Cache::new(None, Degraded::default());
+        for i in 0..(MAX_LOCAL_VALUES + 10_000) {
+            cache
+                .write_through(
+                    &format!("k{i}"),
+                    &Bytes::from_static(b"v"),
+                    Duration::from_secs(60),
+                )
+                .await;
+        }
+        assert!(cache.local.lock().unwrap().len() <= MAX_LOCAL_VALUES);
+        let newest = format!("k{}", MAX_LOCAL_VALUES + 9_999);
+        let value = cache
+            .get_or_load(&newest, Duration::from_secs(60), || async {
+                Err::<Bytes, _>("must come from the cache")
+            })
+            .await;
+        assert_eq!(value.as_deref(), Ok(&b"v"[..]));
     }
 }

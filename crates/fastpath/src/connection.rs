@@ -3,12 +3,15 @@
 //! themselves, and answer `redis::aio::ConnectionLike`, so callers write commands, scripts and
 //! pipelines once and never ask which kind they hold.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
+
+use crate::outage::{self, Outage};
 
 /// The URL scheme that selects Redis Cluster (see [`connect`]).
 pub(crate) const CLUSTER_SCHEME: &str = "redis+cluster://";
@@ -19,8 +22,18 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_millis(500);
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A Redis connection shared by the fast-path parts; cheap to clone, reconnects by itself.
+///
+/// Every clone shares what is known about Redis being reachable: after a call finds it
+/// unreachable, calls fail at once (no call waits on a Redis already known to be down) until a
+/// background probe reaches it again — see [`Redis::is_down`].
 #[derive(Clone)]
-pub enum Redis {
+pub struct Redis {
+    connection: Connection,
+    outage: Arc<Outage>,
+}
+
+#[derive(Clone)]
+enum Connection {
     /// One Redis server.
     Single(ConnectionManager),
     /// A Redis Cluster: each command goes to the node owning its key's slot.
@@ -29,18 +42,59 @@ pub enum Redis {
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Redis::Single(_) => "Redis::Single",
-            Redis::Cluster(_) => "Redis::Cluster",
+        f.write_str(match self.connection {
+            Connection::Single(_) => "Redis::Single",
+            Connection::Cluster(_) => "Redis::Cluster",
         })
     }
 }
 
-impl ConnectionLike for Redis {
+impl Redis {
+    fn new(connection: Connection) -> Self {
+        Redis {
+            connection,
+            outage: Arc::default(),
+        }
+    }
+
+    /// Whether this is a Redis Cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connection, Connection::Cluster(_))
+    }
+
+    /// True while Redis is known to be unreachable: from the first call that could not reach it
+    /// until a background `PING` (every 250 ms, bounded by the same short timeout) is answered.
+    /// Meanwhile every command fails at once, without touching the network.
+    pub fn is_down(&self) -> bool {
+        self.outage.is_down()
+    }
+
+    /// Notes a failed call; the first one that finds Redis unreachable starts the probe.
+    fn failed(&self, error: &RedisError) {
+        // The probe needs a runtime; outside one, calls simply keep trying Redis.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.outage.begins_outage(error) {
+            let connection = self.connection.clone();
+            runtime.spawn(outage::probe(Arc::downgrade(&self.outage), move || {
+                let mut connection = connection.clone();
+                async move {
+                    connection
+                        .req_packed_command(&redis::cmd("PING"))
+                        .await
+                        .map(|_| ())
+                }
+            }));
+        }
+    }
+}
+
+impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Redis::Single(connection) => connection.req_packed_command(cmd),
-            Redis::Cluster(connection) => connection.req_packed_command(cmd),
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
         }
     }
 
@@ -51,16 +105,60 @@ impl ConnectionLike for Redis {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Redis::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
-            Redis::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Connection::Single(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            Connection::Cluster(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Redis::Single(connection) => connection.get_db(),
-            Redis::Cluster(connection) => connection.get_db(),
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
         }
+    }
+}
+
+impl ConnectionLike for Redis {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        if self.is_down() {
+            return Box::pin(std::future::ready(Err(outage::known_down())));
+        }
+        Box::pin(async move {
+            let result = self.connection.req_packed_command(cmd).await;
+            if let Err(error) = &result {
+                self.failed(error);
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        if self.is_down() {
+            return Box::pin(std::future::ready(Err(outage::known_down())));
+        }
+        Box::pin(async move {
+            let result = self
+                .connection
+                .req_packed_commands(pipeline, offset, count)
+                .await;
+            if let Err(error) = &result {
+                self.failed(error);
+            }
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.connection.get_db()
     }
 }
 
@@ -79,8 +177,12 @@ impl ConnectionLike for Redis {
 /// only when its keys share a hash slot, e.g. through a `{hash tag}`.
 pub async fn connect(url: &str) -> Result<Redis, RedisError> {
     match url.strip_prefix(CLUSTER_SCHEME) {
-        Some(nodes) => connect_cluster(nodes).await.map(Redis::Cluster),
-        None => connect_single(url).await.map(Redis::Single),
+        Some(nodes) => connect_cluster(nodes)
+            .await
+            .map(|cluster| Redis::new(Connection::Cluster(cluster))),
+        None => connect_single(url)
+            .await
+            .map(|single| Redis::new(Connection::Single(single))),
     }
 }
 

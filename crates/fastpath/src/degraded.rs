@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Shared flag: set when a Redis call failed and a fallback answered, cleared by the next success.
+/// While the connection knows Redis is down ([`crate::Redis::is_down`]) every call fails at once,
+/// so the flag stays set until the probe has reached Redis and a call has succeeded again.
 #[derive(Debug, Clone, Default)]
 pub struct Degraded(Arc<AtomicBool>);
 

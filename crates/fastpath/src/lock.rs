@@ -1,11 +1,17 @@
 //! Locks with expiry: `SET key token NX PX ttl` to take, a compare-and-delete script to release,
 //! so a holder whose lock expired can never release someone else's. In process without Redis.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::expiring::{ExpiringMap, WhenFull};
 use crate::{Degraded, Redis};
+
+/// Locks held in process at most. A lock lives only while a call holds it, so the live ones are
+/// bounded by the calls in flight; expired ones (a holder that never released) are forgotten.
+/// Should this many ever be live at once, a new lock is refused as busy (`None`) rather than
+/// evicting one: evicting would let two holders in.
+const MAX_LOCAL_LOCKS: usize = 100_000;
 
 const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -23,7 +29,7 @@ pub struct LockGuard {
 #[derive(Clone)]
 pub struct Locks {
     redis: Option<Redis>,
-    local: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    local: Arc<Mutex<ExpiringMap<String>>>,
     degraded: Degraded,
 }
 
@@ -37,7 +43,10 @@ impl Locks {
     pub fn new(redis: Option<Redis>, degraded: Degraded) -> Self {
         Locks {
             redis,
-            local: Arc::default(),
+            local: Arc::new(Mutex::new(ExpiringMap::new(
+                MAX_LOCAL_LOCKS,
+                WhenFull::Refuse,
+            ))),
             degraded,
         }
     }
@@ -71,11 +80,15 @@ impl Locks {
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 let now = Instant::now();
-                if held.get(&key).is_some_and(|(_, expires)| *expires > now) {
+                if held.get(&key, now).is_some() {
                     return Ok(None);
                 }
-                held.insert(key.clone(), (token.clone(), now + ttl));
-                Ok(Some(LockGuard { key, token }))
+                let Some(expires) = now.checked_add(ttl) else {
+                    return Ok(None); // a TTL no clock can hold: never granted
+                };
+                Ok(held
+                    .insert(&key, token.clone(), expires, now)
+                    .then_some(LockGuard { key, token }))
             }
         }
     }
@@ -98,14 +111,54 @@ impl Locks {
                     .local
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                let ours = held.get(&guard.key).is_some_and(|(token, expires)| {
-                    *token == guard.token && *expires > Instant::now()
-                });
+                let ours = held
+                    .get(&guard.key, Instant::now())
+                    .is_some_and(|(token, _)| *token == guard.token);
                 if ours {
                     held.remove(&guard.key);
                 }
                 Ok(ours)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn locks_never_released_are_forgotten_once_expired() {
+        let locks = Locks::new(None, Degraded::default());
+        for i in 0..20_000 {
+            // Holders that vanish without releasing (a crashed call): 1 ms locks.
+            let guard = locks
+                .try_acquire(
+                    &format!("idempotency:t:m:key-{i}"),
+                    Duration::from_millis(1),
+                )
+                .await
+                .unwrap();
+            assert!(guard.is_some());
+            if i % 1000 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let held = locks.local.lock().unwrap().len();
+        assert!(held <= 2048, "{held} locks kept");
+        let live = locks
+            .try_acquire("held", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("free");
+        assert!(
+            locks
+                .try_acquire("held", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_none(),
+            "a live lock still excludes"
+        );
+        assert!(locks.release(&live).await.unwrap());
     }
 }

@@ -73,6 +73,26 @@ impl RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Freezes it (SIGSTOP): connections stay open and new ones are even accepted by the kernel,
+    /// but nothing is answered — a hung Redis rather than a dead one.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill {signal} failed");
+    }
 }
 
 impl Drop for RedisServer {

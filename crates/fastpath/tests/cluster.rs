@@ -13,7 +13,7 @@ use fastpath::{Cache, Decision, Degraded, GcraLimit, Locks, RateLimiter, Redis};
 
 async fn connect(cluster: &RedisCluster) -> Redis {
     let redis = fastpath::connect(&cluster.url()).await.unwrap();
-    assert!(matches!(redis, Redis::Cluster(_)), "{redis:?}");
+    assert!(redis.is_cluster(), "{redis:?}");
     redis
 }
 

@@ -16,7 +16,9 @@ use commerce_api::commerce::checkout::v1::order_service_server::{
 use common::{Reply, send};
 use http::Request;
 use http_body_util::Full;
-use platform::interceptors::{AuthConfig, Claims, InterceptorConfig, RateLimitConfig, mint_hs256};
+use platform::interceptors::{
+    AnonymousRateLimitConfig, AuthConfig, Claims, InterceptorConfig, RateLimitConfig, mint_hs256,
+};
 use platform::{Server, ServerConfig};
 use prost::Message as _;
 use serde_json::json;
@@ -40,6 +42,14 @@ async fn start(rate_limit: RateLimitConfig) -> Api {
 }
 
 async fn start_with_redis(rate_limit: RateLimitConfig, redis_url: Option<String>) -> Api {
+    start_with(rate_limit, AnonymousRateLimitConfig::default(), redis_url).await
+}
+
+async fn start_with(
+    rate_limit: RateLimitConfig,
+    anonymous_rate_limit: AnonymousRateLimitConfig,
+    redis_url: Option<String>,
+) -> Api {
     let config = ServerConfig {
         listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -50,6 +60,7 @@ async fn start_with_redis(rate_limit: RateLimitConfig, redis_url: Option<String>
                 ..AuthConfig::default()
             }),
             rate_limit,
+            anonymous_rate_limit,
             ..InterceptorConfig::default()
         },
         redis_url,
@@ -198,6 +209,65 @@ async fn calls_without_a_valid_token_are_unauthenticated_with_a_stable_reason() 
         (reply.status, error_info(&reply).1.as_str()),
         (401, "TOKEN_INVALID")
     );
+}
+
+/// An HS256 token with `claims` as given (time claims included), signed with the server's secret.
+fn signed(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tokens_not_valid_yet_or_issued_in_the_future_are_refused_as_invalid() {
+    let api = start(RateLimitConfig::default()).await;
+    let body = json!({"orderId": "o-1"});
+    let claims = |extra: serde_json::Value| {
+        let mut claims = json!({
+            "sub": "pos-7",
+            "tenant": "tenant-a",
+            "scope": "checkout.orders.read",
+            "exp": now() + 3600,
+        });
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        signed(claims)
+    };
+    for (what, extra) in [
+        ("nbf an hour ahead", json!({"nbf": now() + 3600})),
+        ("nbf not a time", json!({"nbf": "tomorrow"})),
+        ("iat an hour ahead", json!({"iat": now() + 3600})),
+    ] {
+        let reply = call(&api, GET_ORDER, body.clone(), &[bearer(&claims(extra))]).await;
+        assert_eq!(
+            (reply.status, error_info(&reply).1.as_str()),
+            (401, "TOKEN_INVALID"),
+            "{what}: {reply:?}"
+        );
+    }
+    // Past or present times, and clocks a couple of seconds apart, are fine.
+    for (what, extra) in [
+        (
+            "nbf and iat in the past",
+            json!({"nbf": now() - 60, "iat": now() - 60}),
+        ),
+        (
+            "nbf and iat within the leeway",
+            json!({"nbf": now() + 2, "iat": now() + 2}),
+        ),
+        (
+            "fractional times",
+            json!({"nbf": now() as f64 - 0.5, "iat": now() as f64 - 0.5}),
+        ),
+    ] {
+        let reply = call(&api, GET_ORDER, body.clone(), &[bearer(&claims(extra))]).await;
+        assert_eq!(reply.status, 501, "{what}: {reply:?}");
+    }
 }
 
 #[tokio::test]
@@ -575,5 +645,166 @@ async fn replicas_sharing_redis_share_each_tenants_limit_and_degrade_to_local_li
     assert!(
         String::from_utf8_lossy(&health.body).starts_with("degraded"),
         "{health:?}"
+    );
+}
+
+const LIST_LOCATIONS: &str = "MenuService/ListLocations";
+
+/// An anonymous (public, no token) call under `tenant`, forwarded for `client` by the proxy the
+/// test stands for.
+async fn anonymous(api: &Api, tenant: &str, client: &str) -> Reply {
+    call(
+        api,
+        LIST_LOCATIONS,
+        json!({}),
+        &[
+            ("commerce-tenant", tenant.into()),
+            ("x-forwarded-for", client.into()),
+        ],
+    )
+    .await
+}
+
+/// Asserts `reply` is RESOURCE_EXHAUSTED / RATE_LIMITED for `budget`, with a retry hint.
+fn assert_limited(reply: &Reply, budget: &str) {
+    let (code, reason, metadata) = error_info(reply);
+    assert_eq!(
+        (reply.status, code.as_str(), reason.as_str()),
+        (429, "resource_exhausted", "RATE_LIMITED"),
+        "{reply:?}"
+    );
+    assert_eq!(metadata.get("limit").map(String::as_str), Some(budget));
+    assert!(
+        reply.json()["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["type"] == "google.rpc.RetryInfo"),
+        "{reply:?}"
+    );
+}
+
+/// Limits that never refill within a test, so counts are exact.
+fn slow(burst: f64) -> RateLimitConfig {
+    RateLimitConfig {
+        tokens_per_second: 0.01,
+        burst,
+    }
+}
+
+#[tokio::test]
+async fn x_forwarded_for_names_anonymous_clients_only_behind_a_trusted_proxy() {
+    let behind_proxy = start_with(
+        RateLimitConfig::default(),
+        AnonymousRateLimitConfig {
+            per_client: slow(2.0),
+            per_tenant: slow(100.0),
+            trusted_proxies: "127.0.0.1".parse().unwrap(),
+        },
+        None,
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            anonymous(&behind_proxy, "tenant-a", "198.51.100.1")
+                .await
+                .status,
+            501
+        );
+    }
+    assert_limited(
+        &anonymous(&behind_proxy, "tenant-a", "198.51.100.1").await,
+        "anonymous_client",
+    );
+    // The client's budget spans tenants.
+    assert_limited(
+        &anonymous(&behind_proxy, "tenant-b", "198.51.100.1").await,
+        "anonymous_client",
+    );
+    // Another client behind the same proxy has its own budget; a forged entry left of the
+    // proxy's does not buy the first client a new one.
+    assert_eq!(
+        anonymous(&behind_proxy, "tenant-a", "198.51.100.2")
+            .await
+            .status,
+        501
+    );
+    assert_limited(
+        &anonymous(&behind_proxy, "tenant-a", "203.0.113.66, 198.51.100.1").await,
+        "anonymous_client",
+    );
+
+    // Without a trusted proxy the header is the caller's own word: ignored, the peer counts.
+    let direct = start_with(
+        RateLimitConfig::default(),
+        AnonymousRateLimitConfig {
+            per_client: slow(2.0),
+            per_tenant: slow(100.0),
+            ..AnonymousRateLimitConfig::default()
+        },
+        None,
+    )
+    .await;
+    assert_eq!(
+        anonymous(&direct, "tenant-a", "198.51.100.1").await.status,
+        501
+    );
+    assert_eq!(
+        anonymous(&direct, "tenant-a", "198.51.100.2").await.status,
+        501
+    );
+    assert_limited(
+        &anonymous(&direct, "tenant-a", "198.51.100.3").await,
+        "anonymous_client",
+    );
+}
+
+#[tokio::test]
+async fn anonymous_callers_of_a_tenant_share_a_budget_apart_from_its_signed_in_callers() {
+    let api = start_with(
+        slow(3.0),
+        AnonymousRateLimitConfig {
+            per_client: slow(10.0),
+            per_tenant: slow(3.0),
+            trusted_proxies: "127.0.0.0/8".parse().unwrap(),
+        },
+        None,
+    )
+    .await;
+    for client in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        assert_eq!(anonymous(&api, "tenant-a", client).await.status, 501);
+    }
+    assert_limited(
+        &anonymous(&api, "tenant-a", "198.51.100.4").await,
+        "anonymous_tenant",
+    );
+    // Other tenants' anonymous budgets are their own.
+    assert_eq!(
+        anonymous(&api, "tenant-b", "198.51.100.4").await.status,
+        501
+    );
+
+    // The tenant's signed-in callers still have their whole budget, on public methods too…
+    let auth = [bearer(&token("checkout.orders.read", now() + 60))];
+    for _ in 0..2 {
+        assert_eq!(
+            call(&api, LIST_LOCATIONS, json!({}), &auth).await.status,
+            501
+        );
+    }
+    assert_eq!(
+        call(&api, GET_ORDER, json!({"orderId": "o-1"}), &auth)
+            .await
+            .status,
+        501
+    );
+    // …and only that budget: it is spent now, while anonymous calls stay refused by their own.
+    assert_limited(
+        &call(&api, GET_ORDER, json!({"orderId": "o-1"}), &auth).await,
+        "tenant",
+    );
+    assert_limited(
+        &anonymous(&api, "tenant-a", "198.51.100.5").await,
+        "anonymous_tenant",
     );
 }

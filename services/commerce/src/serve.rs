@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use platform::clock::Clocks;
-use platform::interceptors::{IdempotencyConfig, InterceptorConfig, RateLimitConfig};
+use platform::interceptors::{
+    AnonymousRateLimitConfig, IdempotencyConfig, InterceptorConfig, RateLimitConfig, TrustedProxies,
+};
 use platform::{ConnectionLimits, CorsConfig, Server, ServerConfig};
 use service_module::{ServiceModule, Shared, Shutdown, Stage, Task};
 
@@ -49,12 +51,49 @@ pub struct ServeConfig {
     /// Calls in flight before new ones are shed with UNAVAILABLE.
     #[arg(long, env = "COMMERCE_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
-    /// Per-tenant rate limit: tokens per second.
-    #[arg(long, env = "COMMERCE_RATE_LIMIT_PER_SECOND", default_value_t = 200.0)]
+    /// Per-tenant rate limit of authenticated calls: tokens per second.
+    #[arg(long, env = "COMMERCE_RATE_LIMIT_PER_SECOND", default_value_t = 200.0, value_parser = positive)]
     pub rate_limit_per_second: f64,
-    /// Per-tenant rate limit: burst size.
-    #[arg(long, env = "COMMERCE_RATE_LIMIT_BURST", default_value_t = 400.0)]
+    /// Per-tenant rate limit of authenticated calls: burst size.
+    #[arg(long, env = "COMMERCE_RATE_LIMIT_BURST", default_value_t = 400.0, value_parser = positive)]
     pub rate_limit_burst: f64,
+    /// Anonymous calls (public methods without a token) per client address: tokens per second.
+    #[arg(
+        long,
+        env = "COMMERCE_ANONYMOUS_CLIENT_RATE_LIMIT_PER_SECOND",
+        default_value_t = 50.0,
+        value_parser = positive
+    )]
+    pub anonymous_client_rate_limit_per_second: f64,
+    /// Anonymous calls per client address: burst size.
+    #[arg(
+        long,
+        env = "COMMERCE_ANONYMOUS_CLIENT_RATE_LIMIT_BURST",
+        default_value_t = 100.0,
+        value_parser = positive
+    )]
+    pub anonymous_client_rate_limit_burst: f64,
+    /// Anonymous calls per tenant (all clients together, apart from the tenant's authenticated
+    /// limit): tokens per second.
+    #[arg(
+        long,
+        env = "COMMERCE_ANONYMOUS_TENANT_RATE_LIMIT_PER_SECOND",
+        default_value_t = 200.0,
+        value_parser = positive
+    )]
+    pub anonymous_tenant_rate_limit_per_second: f64,
+    /// Anonymous calls per tenant: burst size.
+    #[arg(
+        long,
+        env = "COMMERCE_ANONYMOUS_TENANT_RATE_LIMIT_BURST",
+        default_value_t = 400.0,
+        value_parser = positive
+    )]
+    pub anonymous_tenant_rate_limit_burst: f64,
+    /// Proxies whose `X-Forwarded-For` names the client of anonymous calls (comma-separated
+    /// addresses or CIDR ranges); unset: the header is ignored and the peer address counts.
+    #[arg(long, env = "COMMERCE_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
     /// Redis for the fast path (shared rate limits, idempotency locks, event bus); unset keeps
     /// everything in process.
     #[arg(long, env = "COMMERCE_REDIS_URL")]
@@ -156,6 +195,14 @@ impl ConnectionArgs {
     }
 }
 
+/// A rate or burst: a finite number above zero.
+fn positive(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(number) if number.is_finite() && number > 0.0 => Ok(number),
+        _ => Err(format!("{value:?} is not a number above zero")),
+    }
+}
+
 /// A Redis URL whose password never reaches the printed configuration.
 #[derive(Clone)]
 pub struct RedisUrl(pub String);
@@ -214,6 +261,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             rate_limit: RateLimitConfig {
                 tokens_per_second: config.rate_limit_per_second,
                 burst: config.rate_limit_burst,
+            },
+            anonymous_rate_limit: AnonymousRateLimitConfig {
+                per_client: RateLimitConfig {
+                    tokens_per_second: config.anonymous_client_rate_limit_per_second,
+                    burst: config.anonymous_client_rate_limit_burst,
+                },
+                per_tenant: RateLimitConfig {
+                    tokens_per_second: config.anonymous_tenant_rate_limit_per_second,
+                    burst: config.anonymous_tenant_rate_limit_burst,
+                },
+                trusted_proxies: config.trusted_proxies.clone(),
             },
             max_in_flight: config.max_in_flight,
             default_timeout: None,

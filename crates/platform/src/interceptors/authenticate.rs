@@ -1,6 +1,11 @@
 //! JWT bearer authentication: HS256 with a shared secret (local use) and RS256/ES256 with public
 //! keys from a JWKS document. A valid token becomes a [`Principal`]; a bad one is refused here
 //! with UNAUTHENTICATED. Whether a token is *required* is the authorization layer's call.
+//!
+//! Time claims, each with [`CLOCK_LEEWAY_SECONDS`] of leeway for clocks that disagree a little:
+//! `exp` in the past → `TOKEN_EXPIRED` (getting a fresh token helps); `nbf` in the future or
+//! `iat` in the future → `TOKEN_INVALID` (the token is not usable as issued — a fresh one from the
+//! same issuer would be no better; the issuer's clock or the token is wrong).
 
 use commerce_api::commerce::common::v1::ErrorReason;
 use std::collections::BTreeSet;
@@ -76,6 +81,19 @@ pub struct Claims {
     pub scope: String,
     /// Expiry (seconds since the epoch).
     pub exp: u64,
+}
+
+/// Seconds by which a token's time claims may disagree with this server's clock.
+const CLOCK_LEEWAY_SECONDS: u64 = 5;
+
+/// What is decoded from a token: the claims the platform uses and the time claims it checks.
+#[derive(Deserialize)]
+struct TokenClaims {
+    #[serde(flatten)]
+    claims: Claims,
+    /// Issued at (seconds since the epoch; a JSON number, possibly fractional).
+    #[serde(default)]
+    iat: Option<f64>,
 }
 
 struct JwksKey {
@@ -172,7 +190,9 @@ impl Authenticate {
             _ => return Err(invalid("token algorithm not accepted")),
         };
         let mut validation = Validation::new(header.alg);
-        validation.leeway = 5;
+        validation.leeway = CLOCK_LEEWAY_SECONDS;
+        // Off by default in jsonwebtoken: a token that is not valid yet must not be accepted.
+        validation.validate_nbf = true;
         if let Some(issuer) = &keys.issuer {
             validation.set_issuer(&[issuer]);
         }
@@ -180,18 +200,26 @@ impl Authenticate {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
         }
-        let claims = decode::<Claims>(token, key, &validation)
+        let TokenClaims { claims, iat } = decode::<TokenClaims>(token, key, &validation)
             .map_err(|err| match err.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature
-                | jsonwebtoken::errors::ErrorKind::ImmatureSignature => errors::status(
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => errors::status(
                     Code::Unauthenticated,
                     ErrorReason::TokenExpired,
                     PLATFORM_ERROR_DOMAIN,
-                    "token expired or not yet valid",
+                    "token expired",
                 ),
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    invalid("token not valid yet: its nbf is in the future")
+                }
                 _ => invalid("token signature or claims invalid"),
             })?
             .claims;
+        let latest_issue = jsonwebtoken::get_current_timestamp() + CLOCK_LEEWAY_SECONDS;
+        if iat.is_some_and(|iat| iat > latest_issue as f64) {
+            return Err(invalid(
+                "token issued in the future: its iat is ahead of this server's clock",
+            ));
+        }
         if claims.tenant.is_empty() || claims.sub.is_empty() {
             return Err(invalid("token lacks a sub or tenant claim"));
         }

@@ -12,6 +12,7 @@ mod authenticate;
 mod authorize;
 mod call_scope;
 mod check;
+mod client_address;
 mod context;
 mod deadline;
 mod deprecation;
@@ -42,6 +43,7 @@ use check::CheckLayer;
 
 pub use authenticate::{AuthConfig, AuthConfigError, Authenticate, Claims, mint_hs256};
 pub use authorize::TENANT_HEADER;
+pub use client_address::{FORWARDED_FOR_HEADER, InvalidTrustedProxy, TrustedProxies};
 pub use context::{ClientAddress, Deadline, Principal, RequestId, Tenant, TraceContext};
 
 pub use idempotency::{
@@ -49,7 +51,7 @@ pub use idempotency::{
 };
 pub use observe::Metrics;
 pub use policy::{CacheRule, DeprecationPolicy, MethodPolicy, Policies};
-pub use rate_limit::RateLimitConfig;
+pub use rate_limit::{AnonymousRateLimitConfig, RateLimitConfig};
 
 /// Settings of the interceptor stack.
 #[derive(Debug, Clone)]
@@ -57,8 +59,12 @@ pub struct InterceptorConfig {
     /// Token verification; `None` runs open (no authentication, authorization or rate limit) —
     /// for protocol tests only, never for a deployed service.
     pub auth: Option<AuthConfig>,
-    /// Per-tenant rate limit (GCRA; in Redis when the server has a Redis URL).
+    /// Per-tenant rate limit of authenticated calls (GCRA; in Redis when the server has a Redis
+    /// URL).
     pub rate_limit: RateLimitConfig,
+    /// Limits of anonymous calls (public methods without a token): per client address and per
+    /// tenant, apart from the tenant's authenticated limit.
+    pub anonymous_rate_limit: AnonymousRateLimitConfig,
     /// Calls allowed in flight before shedding load.
     pub max_in_flight: usize,
     /// Deadline for calls that set none; `None` for no default.
@@ -72,6 +78,7 @@ impl Default for InterceptorConfig {
         InterceptorConfig {
             auth: None,
             rate_limit: RateLimitConfig::default(),
+            anonymous_rate_limit: AnonymousRateLimitConfig::default(),
             max_in_flight: 1024,
             default_timeout: None,
             idempotency: IdempotencyConfig::default(),
@@ -130,11 +137,22 @@ pub fn stack(
     // Without authentication there is no tenant, so no rate limit either (open mode, tests only).
     let (authenticate, authorize, rate_limit) = match &config.auth {
         Some(auth) => {
-            let limiter = fastpath::RateLimiter::new(config.rate_limit.limit(), redis, degraded);
+            let limiter = |limit: &RateLimitConfig| {
+                fastpath::RateLimiter::new(limit.limit(), redis.clone(), degraded.clone())
+            };
+            let anonymous = &config.anonymous_rate_limit;
+            let limiters = rate_limit::Limiters {
+                tenants: limiter(&config.rate_limit),
+                anonymous_clients: limiter(&anonymous.per_client),
+                anonymous_tenants: limiter(&anonymous.per_tenant),
+            };
             (
                 Some(CheckLayer(authenticate::Authenticate::new(auth)?)),
                 Some(CheckLayer(authorize::Authorize::new(known_methods))),
-                Some(AroundLayer(rate_limit::RateLimit::new(Arc::new(limiter)))),
+                Some(AroundLayer(rate_limit::RateLimit::new(
+                    limiters,
+                    anonymous.trusted_proxies.clone(),
+                ))),
             )
         }
         None => (None, None, None),
