@@ -74,6 +74,13 @@ pub enum LoyaltyError {
         /// Version it is at.
         actual: i64,
     },
+    /// A concurrent call of the same operation wrote its ledger entry first (the entry id names
+    /// the operation); the operation re-reads and answers as a repeat.
+    #[error("ledger entry {entry_id} was written concurrently")]
+    EntryRaced {
+        /// The entry.
+        entry_id: String,
+    },
     /// Too many writers raced for the same member; the caller may retry.
     #[error("contended: {0}")]
     Contended(String),
@@ -109,6 +116,7 @@ impl LoyaltyError {
         matches!(
             self,
             LoyaltyError::Store(StoreError::Conflict { .. })
+                | LoyaltyError::EntryRaced { .. }
                 | LoyaltyError::Ledger(LedgerError::Store(StoreError::Conflict { .. }))
         )
     }
@@ -163,13 +171,13 @@ impl From<LoyaltyError> for ApiError {
             LoyaltyError::VersionMismatch { .. } => {
                 ApiError::new(Code::Aborted, ErrorReason::ConcurrentModification, message)
             }
-            LoyaltyError::Contended(_) | LoyaltyError::Store(StoreError::Conflict { .. }) => {
-                ApiError::new(
-                    Code::Aborted,
-                    ErrorReason::ConcurrentModification,
-                    "the member changed concurrently too often; retry",
-                )
-            }
+            LoyaltyError::Contended(_)
+            | LoyaltyError::EntryRaced { .. }
+            | LoyaltyError::Store(StoreError::Conflict { .. }) => ApiError::new(
+                Code::Aborted,
+                ErrorReason::ConcurrentModification,
+                "the member changed concurrently too often; retry",
+            ),
             LoyaltyError::Store(StoreError::Backend(detail)) => {
                 tracing::warn!(%detail, "loyalty: store unavailable");
                 ApiError::new(
