@@ -4,7 +4,8 @@
 //! contract-driven authorization, tenant, rate limit, validation, RED metrics, logs); the admin
 //! port; the outbound call policy for dependencies ([`outbound`]: timeouts, retries with jitter
 //! for idempotent callees, circuit breaker); the tenant clock ([`clock`]); page tokens
-//! ([`page_token`]); crash points for fault tests ([`failpoint`]).
+//! ([`page_token`]); crash points for fault tests ([`failpoint`]); the bounds of money and points
+//! amounts ([`limits`]).
 //!
 //! It knows nothing of commerce: services register themselves with their descriptor sets.
 
@@ -14,6 +15,7 @@ pub mod clock;
 mod cors;
 pub mod failpoint;
 pub mod interceptors;
+pub mod limits;
 pub mod outbound;
 pub mod page_token;
 pub mod request;

@@ -7,6 +7,7 @@ pub mod carts;
 pub mod catalog;
 pub mod error;
 pub mod hours;
+mod limits;
 pub mod orders;
 pub mod pricing;
 pub mod promotions;

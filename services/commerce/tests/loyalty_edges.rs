@@ -1,5 +1,6 @@
 //! Loyalty at its edges, through the running binary: duplicates of one accrual racing each other
-//! (one accrual, every other call a replay, never `internal`).
+//! (one accrual, every other call a replay, never `internal`), and amounts past the contract's
+//! bounds (refused at the edge; the tenant keeps accruing).
 
 mod common;
 
@@ -115,4 +116,42 @@ async fn twenty_concurrent_accrue_points_for_one_order_accrue_once_and_never_fai
             .unwrap();
         assert!(report.clean, "{protocol:?}: {report:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn int64_max_eligible_amounts_are_refused_at_the_edge_and_the_tenant_still_accrues() {
+    let server = common::start();
+    let client = Client {
+        protocol: Protocol::Grpc,
+        addr: server.addr.clone(),
+        token: common::token_for("overflow"),
+        tenant: "overflow".into(),
+    };
+    let member = enroll(&client, "c-attacker").await;
+    // The attack: ~100 of these overflowed `loyalty:issued` and every later accrual of
+    // the tenant failed as `internal`.
+    for n in 0..120 {
+        let refused = accrue(&client, &member, &format!("o-{n}"), i64::MAX).await;
+        assert_eq!(refused.unwrap_err(), "VALIDATION_FAILED");
+    }
+    let over_bound = accrue(&client, &member, "o-over", 1_000_000_000_001).await;
+    assert_eq!(over_bound.unwrap_err(), "VALIDATION_FAILED");
+    let adjusted: Result<v1::AdjustPointsResponse, String> = client
+        .call(
+            "/commerce.loyalty.v1.PointsService/AdjustPoints",
+            v1::AdjustPointsRequest {
+                member_id: member.clone(),
+                points: 4_000_000_000_000_000_000,
+                reason: "attack".into(),
+            },
+            Some("adjust-attack"),
+        )
+        .await;
+    assert_eq!(adjusted.unwrap_err(), "VALIDATION_FAILED");
+
+    let ordinary = accrue(&client, &member, "o-ordinary", 1_250).await.unwrap();
+    assert!(ordinary.accrued_now);
+    assert_eq!(ordinary.entry.unwrap().active_delta, 12);
+    let balance = balance(&client, &member).await;
+    assert_eq!((balance.active_points, balance.lifetime_points), (12, 12));
 }

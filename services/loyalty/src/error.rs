@@ -61,6 +61,15 @@ pub enum LoyaltyError {
         /// What is wrong.
         message: String,
     },
+    /// Points computed from valid inputs (an accrual's earnings, a running sum) would pass their
+    /// bound; nothing was written.
+    #[error("{what} would exceed {limit}")]
+    OutOfRange {
+        /// What was computed.
+        what: String,
+        /// The bound.
+        limit: String,
+    },
     /// A page token this list did not give out.
     #[error("the page token was not issued by this list")]
     InvalidPageToken,
@@ -162,6 +171,10 @@ impl From<LoyaltyError> for ApiError {
                 format!("{field}: {message}"),
             )
             .with_field_violation(field, message),
+            LoyaltyError::OutOfRange { what, limit } => ApiError::out_of_range(what, limit),
+            LoyaltyError::Ledger(LedgerError::AmountOutOfRange { account, .. }) => {
+                ApiError::out_of_range(format!("balance of {account}"), i64::MAX)
+            }
             LoyaltyError::InvalidPageToken => ApiError::new(
                 Code::InvalidArgument,
                 ErrorReason::InvalidPageToken,

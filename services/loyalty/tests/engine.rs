@@ -82,6 +82,81 @@ async fn twenty_concurrent_accruals_of_one_order_make_one_entry_and_nineteen_rep
     world.assert_reconciled().await;
 }
 
+#[tokio::test]
+async fn int64_max_eligible_amounts_are_refused_by_the_engine_and_the_tenant_still_accrues() {
+    // The attack, straight at the engine (no validation in front): a hundred accruals
+    // of i64::MAX would have earned ~9.2×10^18 points and overflowed `loyalty:issued`.
+    let world = World::new().await;
+    let member = world.member("c-1", true).await;
+    for n in 0..100 {
+        let attack = PaidOrder {
+            member_id: member.clone(),
+            order_id: format!("o-attack-{n}"),
+            currency_code: "USD".into(),
+            lines: Vec::new(),
+            eligible_minor: i64::MAX,
+            paid_at: None,
+        };
+        let refused = world.engine.accrue(TENANT, &attack, None).await;
+        assert!(
+            matches!(&refused, Err(LoyaltyError::Invalid { field, .. }) if field == "eligible_amount.amount_minor"),
+            "{refused:?}"
+        );
+    }
+    // Valid inputs whose points multiply past 10^9 per accrual: out of range, nothing written.
+    world
+        .program(|program| {
+            let earning = program.earning.as_mut().unwrap();
+            earning.points = 1_000_000;
+            earning.per_spend.as_mut().unwrap().amount_minor = 1;
+        })
+        .await;
+    let multiplied = PaidOrder {
+        member_id: member.clone(),
+        order_id: "o-multiplied".into(),
+        currency_code: "USD".into(),
+        lines: Vec::new(),
+        eligible_minor: 1_001,
+        paid_at: None,
+    };
+    assert!(matches!(
+        world.engine.accrue(TENANT, &multiplied, None).await,
+        Err(LoyaltyError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        world
+            .engine
+            .adjust(TENANT, &member, i64::MAX, "attack", "k-attack")
+            .await,
+        Err(LoyaltyError::Invalid { .. })
+    ));
+    let balance = world.balance(&member).await;
+    assert_eq!((balance.active_points, balance.lifetime_points), (0, 0));
+    assert!(
+        world
+            .engine
+            .ledger()
+            .entries(TENANT, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The tenant's next ordinary accrual works, at the largest allowed size too.
+    world
+        .program(|program| {
+            simple_program(program, 0, 0);
+            program.earning.as_mut().unwrap().points = 1;
+        })
+        .await;
+    assert_eq!(world.accrue(&member, "o-ordinary", 1_250).await, 12);
+    assert_eq!(
+        world.accrue(&member, "o-largest", 100_000_000_000).await,
+        1_000_000_000
+    );
+    world.assert_reconciled().await;
+}
+
 /// The checkout event for `order`, as the relay publishes it.
 fn order_paid(member: &str, order: &str, cents: i64) -> BusMessage {
     let paid = OrderPaid {

@@ -59,6 +59,7 @@ mod engine;
 pub mod error;
 mod invoices;
 mod lifecycle;
+mod limits;
 pub mod periods;
 mod plans;
 pub mod proration;
