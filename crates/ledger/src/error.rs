@@ -9,9 +9,19 @@ use crate::model::HoldStatus;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
     /// The request is malformed (empty or zero postings, bad names, a hold expiring before it
-    /// starts, an amount that would overflow a balance).
+    /// starts).
     #[error("invalid ledger request: {0}")]
     Invalid(String),
+    /// A posting is larger than [`crate::model::MAX_AMOUNT`], or the entry would take a balance
+    /// beyond what 64 bits hold. Refused before anything is written, so one entry can never
+    /// leave a shared account (a tenant's issuer, say) unable to take the next one.
+    #[error("amount out of range for {account}: {detail}")]
+    AmountOutOfRange {
+        /// The account whose posting or balance is out of range.
+        account: String,
+        /// What is out of range.
+        detail: String,
+    },
     /// The entry's postings do not sum to zero in `unit`.
     #[error("entry does not balance in {unit}")]
     Unbalanced {

@@ -602,8 +602,12 @@ impl Ledger {
         }
 
         let held = resolving.map_or(&[][..], |hold| &hold.postings);
-        let changes = model::effects(&draft.kind, &draft.postings, held)
-            .ok_or_else(|| LedgerError::Invalid(format!("entry {} overflows", draft.id)))?;
+        let changes = model::effects(&draft.kind, &draft.postings, held).ok_or_else(|| {
+            LedgerError::AmountOutOfRange {
+                account: draft.id.clone(),
+                detail: "the entry's amounts per account overflow 64 bits".into(),
+            }
+        })?;
         for (name, change) in &changes {
             commits.push(self.account_change(tenant, name, change, draft).await?);
         }
@@ -742,7 +746,10 @@ impl Ledger {
         let before = account.balances;
         let after = before
             .plus(change_by)
-            .ok_or_else(|| LedgerError::Invalid(format!("balance of {name} would overflow")))?;
+            .ok_or_else(|| LedgerError::AmountOutOfRange {
+                account: name.to_owned(),
+                detail: format!("its balances {before:?} would overflow 64 bits"),
+            })?;
         // Only a change that lowers the available balance is held to the floor, so releasing a
         // hold or crediting is always possible.
         if let Some(floor) = account.floor

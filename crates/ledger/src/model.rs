@@ -18,6 +18,12 @@ pub const GENESIS: Hash = [0; 32];
 /// Most postings in one entry, so that one entry stays one modest transaction.
 pub const MAX_POSTINGS: usize = 64;
 
+/// Largest magnitude of one posting: 10^15 units. A thousand times the largest amount any
+/// contract accepts (10^12 minor units; points operations are 10^9), so no legitimate entry is
+/// ever refused — while it takes over 9,000 postings of this size to overflow an account, so a
+/// caller that forgot its own bounds still cannot exhaust a shared account with one entry.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
+
 /// One line of an entry: `amount` (in minor units of `unit`) added to `account`'s balance.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Posting {
@@ -164,13 +170,17 @@ impl Balances {
         self.posted.saturating_sub(self.pending_debits)
     }
 
-    /// `self + change`, or `None` on overflow.
+    /// `self + change`, or `None` on overflow — including when the result's available balance
+    /// (posted − pending debits) would not fit, so [`Balances::available`] of any written
+    /// balance is exact.
     pub fn plus(&self, change: &Balances) -> Option<Balances> {
-        Some(Balances {
+        let sum = Balances {
             posted: self.posted.checked_add(change.posted)?,
             pending_debits: self.pending_debits.checked_add(change.pending_debits)?,
             pending_credits: self.pending_credits.checked_add(change.pending_credits)?,
-        })
+        };
+        sum.posted.checked_sub(sum.pending_debits)?;
+        Some(sum)
     }
 }
 
@@ -242,6 +252,15 @@ pub(crate) fn check_postings(postings: &[Posting]) -> Result<(), LedgerError> {
                 "zero posting to {}",
                 posting.account
             )));
+        }
+        if !(-MAX_AMOUNT..=MAX_AMOUNT).contains(&posting.amount) {
+            return Err(LedgerError::AmountOutOfRange {
+                account: posting.account.clone(),
+                detail: format!(
+                    "a posting moves at most {MAX_AMOUNT} {}, not {}",
+                    posting.unit, posting.amount
+                ),
+            });
         }
     }
     match unbalanced_unit(postings) {
@@ -352,6 +371,92 @@ pub(crate) fn effects(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Values that crowd the edges of i64 (where overflow lives) as well as ordinary ones.
+    fn near_bounds() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            (i64::MAX - (1 << 20))..=i64::MAX,
+            i64::MIN..=(i64::MIN + (1 << 20)),
+            -(1i64 << 20)..(1 << 20),
+            (MAX_AMOUNT - 5)..=(MAX_AMOUNT + 5),
+            (-MAX_AMOUNT - 5)..=(-MAX_AMOUNT + 5),
+            any::<i64>(),
+        ]
+    }
+
+    fn balances() -> impl Strategy<Value = Balances> {
+        (near_bounds(), near_bounds(), near_bounds()).prop_map(
+            |(posted, pending_debits, pending_credits)| Balances {
+                posted,
+                pending_debits,
+                pending_credits,
+            },
+        )
+    }
+
+    fn fits(value: i128) -> bool {
+        i64::try_from(value).is_ok()
+    }
+
+    proptest! {
+        /// `plus` is exact where the true (i128) sums and the available balance fit in i64,
+        /// and refuses otherwise — never wraps, never panics.
+        #[test]
+        fn balances_add_exactly_or_refuse(current in balances(), change in balances()) {
+            let posted = i128::from(current.posted) + i128::from(change.posted);
+            let debits = i128::from(current.pending_debits) + i128::from(change.pending_debits);
+            let credits =
+                i128::from(current.pending_credits) + i128::from(change.pending_credits);
+            let representable =
+                fits(posted) && fits(debits) && fits(credits) && fits(posted - debits);
+            match current.plus(&change) {
+                Some(sum) => {
+                    prop_assert!(representable);
+                    prop_assert_eq!(i128::from(sum.posted), posted);
+                    prop_assert_eq!(i128::from(sum.pending_debits), debits);
+                    prop_assert_eq!(i128::from(sum.pending_credits), credits);
+                    prop_assert_eq!(i128::from(sum.available()), posted - debits);
+                }
+                None => prop_assert!(!representable),
+            }
+        }
+
+        /// A posting is accepted only within ±MAX_AMOUNT, and an accepted entry's effects (a
+        /// hold reserving, a post releasing it) are the exact i128 sums.
+        #[test]
+        fn postings_are_bounded_and_effects_are_exact(amount in near_bounds()) {
+            let postings = [p("a", amount.saturating_neg()), p("b", amount)];
+            let checked = check_postings(&postings);
+            let in_bounds = amount != 0
+                && amount != i64::MIN
+                && (-MAX_AMOUNT..=MAX_AMOUNT).contains(&amount);
+            prop_assert_eq!(checked.is_ok(), in_bounds, "{:?}", checked);
+            if amount == 0 {
+                return Ok(());
+            }
+            if !in_bounds {
+                let is_range_error = matches!(
+                    checked,
+                    Err(LedgerError::AmountOutOfRange { .. } | LedgerError::Unbalanced { .. })
+                );
+                prop_assert!(is_range_error);
+                return Ok(());
+            }
+            let hold = effects(&EntryKind::Hold { expires_at: 1 }, &postings, &[]).unwrap();
+            let magnitude = amount.abs();
+            let debited = if amount > 0 { "a" } else { "b" };
+            prop_assert_eq!(hold[debited].pending_debits, magnitude);
+            let post = effects(
+                &EntryKind::HoldPosted { hold_id: "h".into() },
+                &postings,
+                &postings,
+            )
+            .unwrap();
+            prop_assert_eq!(post[debited].pending_debits, -magnitude);
+            prop_assert_eq!(post[debited].posted, -magnitude);
+        }
+    }
 
     fn p(account: &str, amount: i64) -> Posting {
         Posting {

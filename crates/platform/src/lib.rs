@@ -6,7 +6,7 @@
 //! deadline propagation, contract-driven retries and hedging; a breaker-guarded policy for other
 //! dependencies); the tenant clock ([`clock`]); page tokens ([`page_token`]); crash points for
 //! fault tests ([`failpoint`]); a service's own signed identity for calls to other services
-//! ([`identity`]).
+//! ([`identity`]); the bounds of money and points amounts ([`limits`]).
 //!
 //! It knows nothing of commerce: services register themselves with their descriptor sets.
 
@@ -20,6 +20,7 @@ pub mod failpoint;
 pub mod identity;
 pub mod interceptors;
 mod listener;
+pub mod limits;
 pub mod outbound;
 pub mod page_token;
 pub mod request;

@@ -554,6 +554,8 @@ impl OrderService for OrderApi {
         let tenant = tenant(&request)?;
         let body = request.into_inner();
         let tip = body.tip.unwrap_or_default();
+        // The tip is added to the order's total: bound it before any arithmetic sees it.
+        crate::limits::amount("tip", &tip).map_err(fail)?;
         let order = self
             .orders
             .adjust_tip(&tenant, &body.order_id, &tip)

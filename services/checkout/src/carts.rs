@@ -19,6 +19,7 @@ use store::{AggregateKey, Commit, Store, StoreError};
 
 use crate::catalog::{self, Catalog};
 use crate::error::CheckoutError;
+use crate::limits;
 use crate::promotions::Promotions;
 
 /// Extra time an expired cart is kept, so callers get `CART_EXPIRED` rather than `NOT_FOUND`.
@@ -331,6 +332,7 @@ impl Carts {
         choice: &LineChoice,
         id_key: &str,
     ) -> Result<(Cart, String), CheckoutError> {
+        limits::line(choice.quantity, &choice.modifiers)?;
         let line_id = format!("line-{}", &id_key[..id_key.len().min(16)]);
         let cart = change_cart!(self, tenant, cart_id, |cart| {
             if !cart
@@ -362,6 +364,7 @@ impl Carts {
         line_id: &str,
         choice: &LineChoice,
     ) -> Result<Cart, CheckoutError> {
+        limits::line(choice.quantity, &choice.modifiers)?;
         change_cart!(self, tenant, cart_id, |cart| {
             let index = cart
                 .lines
@@ -475,6 +478,9 @@ impl Carts {
         cart_id: &str,
         tip: Option<Tip>,
     ) -> Result<Cart, CheckoutError> {
+        if let Some(tip) = &tip {
+            limits::cart_tip(tip)?;
+        }
         change_cart!(self, tenant, cart_id, |cart| {
             if let Some(Tip {
                 kind: Some(tip::Kind::Amount(amount)),

@@ -17,6 +17,7 @@ use store::{AggregateKey, Commit, IndexEntry, Pages, Store, StoreError, Versione
 
 use crate::error::CheckoutError;
 use crate::hours;
+use crate::limits;
 
 const LOCATION: &str = "checkout_location";
 const ITEM: &str = "checkout_item";
@@ -652,12 +653,7 @@ pub fn offer(item: &MenuItem, location: &Location) -> Offer {
 }
 
 fn check_money(field: &str, money: &Money) -> Result<(), CheckoutError> {
-    if money.amount_minor < 0 {
-        return Err(CheckoutError::invalid(
-            format!("{field}.amount_minor"),
-            "must not be negative",
-        ));
-    }
+    limits::amount(field, money)?;
     if money.currency_code.len() != 3
         || !money.currency_code.bytes().all(|b| b.is_ascii_uppercase())
     {
@@ -724,6 +720,7 @@ fn check_group(field: &str, group: &ModifierGroup, currency: &str) -> Result<(),
 
 /// Rules of a location the contract's field constraints cannot state.
 fn check_location(location: &Location) -> Result<(), CheckoutError> {
+    limits::location(location)?;
     if hours::zone(&location.time_zone).is_none() {
         return Err(CheckoutError::invalid(
             "location.time_zone",

@@ -81,6 +81,15 @@ pub enum CheckoutError {
         /// Version it is at.
         actual: i64,
     },
+    /// An amount computed from valid inputs (a cart's total) would pass its bound; nothing was
+    /// written.
+    #[error("{what} would exceed {limit}")]
+    OutOfRange {
+        /// What was computed.
+        what: String,
+        /// The bound.
+        limit: String,
+    },
     /// A page token this list did not give out.
     #[error(transparent)]
     PageToken(#[from] platform::page_token::InvalidPageToken),
@@ -171,6 +180,7 @@ impl From<CheckoutError> for ApiError {
             CheckoutError::VersionMismatch { .. } => {
                 ApiError::new(Code::Aborted, ErrorReason::ConcurrentModification, message)
             }
+            CheckoutError::OutOfRange { what, limit } => ApiError::out_of_range(what, limit),
             CheckoutError::PageToken(invalid) => invalid.into(),
             CheckoutError::Store(StoreError::Conflict { .. }) => ApiError::new(
                 Code::Aborted,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod hours;
 pub mod loyalty_remote;
 pub mod module;
+mod limits;
 pub mod orders;
 pub mod pricing;
 pub mod promotions;

@@ -86,7 +86,10 @@ impl From<PricingError> for CheckoutError {
     fn from(error: PricingError) -> Self {
         match error {
             PricingError::Invalid { field, message } => CheckoutError::Invalid { field, message },
-            PricingError::Overflow => CheckoutError::invalid("cart", "amounts overflow 64 bits"),
+            PricingError::Overflow => CheckoutError::OutOfRange {
+                what: "cart amounts".into(),
+                limit: i64::MAX.to_string(),
+            },
         }
     }
 }
@@ -232,6 +235,7 @@ impl Quotes {
         };
         let tax = tax_with_deadline(hook, &request, self.tax_timeout).await?;
         let priced = pricing::finish(allocated, &tax.into_tax_source())?;
+        crate::limits::total(priced.total_minor)?;
 
         let mut quote = Quote {
             quote_id: uuid::Uuid::now_v7().to_string(),

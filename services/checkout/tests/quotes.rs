@@ -169,3 +169,95 @@ async fn a_closed_store_or_an_empty_cart_cannot_be_quoted() {
         })
     ));
 }
+
+#[tokio::test]
+async fn amounts_past_their_bounds_are_refused_by_the_engines_without_validation() {
+    use checkout::Catalog;
+    use commerce_api::commerce::checkout::v1::{Location, MenuItem, Tip, tip};
+    let world = world(None).await;
+    let catalog = Catalog::new(world.store.clone(), world.clocks.clone());
+    // The location: 100000 % tip headroom would let a $10.89 order authorize $10,900.89.
+    let location = Location {
+        display_name: "Greedy".into(),
+        time_zone: "UTC".into(),
+        currency_code: "USD".into(),
+        fulfillment_modes: vec![FulfillmentMode::Pickup as i32],
+        tip_headroom_percent: 100_000,
+        ..Location::default()
+    };
+    let refused = catalog.create_location(TENANT, &location, "greedy").await;
+    assert!(
+        matches!(&refused, Err(CheckoutError::Invalid { field, .. }) if field == "location.tip_headroom_percent"),
+        "{refused:?}"
+    );
+    let priceless = MenuItem {
+        sku: "X-1".into(),
+        display_name: "Everything".into(),
+        base_price: usd(i64::MAX),
+        active: true,
+        ..MenuItem::default()
+    };
+    assert!(matches!(
+        catalog.create_item(TENANT, &priceless, "x").await,
+        Err(CheckoutError::Invalid { field, .. }) if field == "item.base_price.amount_minor"
+    ));
+
+    // Quantities of -5 and 1,000,000 (the bypass) and a tip of i64::MAX.
+    let cart = world
+        .carts
+        .create(TENANT, &world.location, "", None, "bounds")
+        .await
+        .unwrap();
+    for quantity in [-5, 1_000_000] {
+        let choice = LineChoice {
+            quantity,
+            ..LineChoice::default()
+        };
+        assert!(matches!(
+            world.carts.add_line(TENANT, &cart.cart_id, &world.burger, &choice, "l").await,
+            Err(CheckoutError::Invalid { field, .. }) if field == "quantity"
+        ));
+    }
+    let tip = Tip {
+        kind: Some(tip::Kind::Amount(usd(i64::MAX).unwrap())),
+    };
+    assert!(matches!(
+        world.carts.set_tip(TENANT, &cart.cart_id, Some(tip)).await,
+        Err(CheckoutError::Invalid { field, .. }) if field == "tip.amount.amount_minor"
+    ));
+    assert!(
+        world
+            .carts
+            .get(TENANT, &cart.cart_id)
+            .await
+            .unwrap()
+            .lines
+            .is_empty()
+    );
+
+    // Each price at the bound, but 99 of them: a total past 10^12 is out of range, not a charge.
+    let largest = MenuItem {
+        sku: "X-2".into(),
+        display_name: "Largest".into(),
+        base_price: usd(platform::limits::MAX_AMOUNT_MINOR),
+        active: true,
+        ..MenuItem::default()
+    };
+    let largest = catalog
+        .create_item(TENANT, &largest, "largest")
+        .await
+        .unwrap();
+    let choice = LineChoice {
+        quantity: 99,
+        ..LineChoice::default()
+    };
+    world
+        .carts
+        .add_line(TENANT, &cart.cart_id, &largest.item_id, &choice, "big")
+        .await
+        .unwrap();
+    assert!(matches!(
+        quotes(&world, None).quote(TENANT, &cart.cart_id).await,
+        Err(CheckoutError::OutOfRange { .. })
+    ));
+}

@@ -49,6 +49,8 @@ impl CheckoutEvents {
 fn verdict(error: LoyaltyError) -> HandlerError {
     match error {
         LoyaltyError::Invalid { .. }
+        | LoyaltyError::OutOfRange { .. }
+        | LoyaltyError::Ledger(ledger::LedgerError::AmountOutOfRange { .. })
         | LoyaltyError::AccrualConflict { .. }
         | LoyaltyError::NotFound { .. } => HandlerError::Reject(error.to_string()),
         LoyaltyError::Store(store::StoreError::IdempotencyKeyTaken(_)) => {

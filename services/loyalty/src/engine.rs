@@ -250,14 +250,28 @@ impl Loyalty {
         write: Write,
         commits: Vec<Commit>,
     ) -> Result<Written, LoyaltyError> {
-        match self
+        let written = match self
             .ledger
             .write_with(tenant, write.clone(), commits.clone())
             .await
         {
             Err(LedgerError::UnknownAccount { .. }) => {
                 self.open_accounts(tenant, member_id).await?;
-                Ok(self.ledger.write_with(tenant, write, commits).await?)
+                self.ledger.write_with(tenant, write, commits).await
+            }
+            outcome => outcome,
+        };
+        match written {
+            // The entry's id names the operation (`accrual:<order>`, `adjust:<key>`…), so it
+            // existing means a concurrent call of the same operation committed first — with its
+            // own member change, records and events, none of ours. That is a lost race, not a
+            // fault: the operation re-reads and its own check (the accrual record, the entry)
+            // answers as a repeat.
+            Ok(written) if !written.new => Err(LoyaltyError::EntryRaced {
+                entry_id: written.entry.id,
+            }),
+            Err(LedgerError::EntryConflict { id }) => {
+                Err(LoyaltyError::EntryRaced { entry_id: id })
             }
             outcome => Ok(outcome?),
         }

@@ -61,6 +61,15 @@ pub enum LoyaltyError {
         /// What is wrong.
         message: String,
     },
+    /// Points computed from valid inputs (an accrual's earnings, a running sum) would pass their
+    /// bound; nothing was written.
+    #[error("{what} would exceed {limit}")]
+    OutOfRange {
+        /// What was computed.
+        what: String,
+        /// The bound.
+        limit: String,
+    },
     /// A page token this list did not give out.
     #[error("the page token was not issued by this list")]
     InvalidPageToken,
@@ -73,6 +82,13 @@ pub enum LoyaltyError {
         expected: i64,
         /// Version it is at.
         actual: i64,
+    },
+    /// A concurrent call of the same operation wrote its ledger entry first (the entry id names
+    /// the operation); the operation re-reads and answers as a repeat.
+    #[error("ledger entry {entry_id} was written concurrently")]
+    EntryRaced {
+        /// The entry.
+        entry_id: String,
     },
     /// Too many writers raced for the same member; the caller may retry.
     #[error("contended: {0}")]
@@ -109,6 +125,7 @@ impl LoyaltyError {
         matches!(
             self,
             LoyaltyError::Store(StoreError::Conflict { .. })
+                | LoyaltyError::EntryRaced { .. }
                 | LoyaltyError::Ledger(LedgerError::Store(StoreError::Conflict { .. }))
         )
     }
@@ -154,6 +171,10 @@ impl From<LoyaltyError> for ApiError {
                 format!("{field}: {message}"),
             )
             .with_field_violation(field, message),
+            LoyaltyError::OutOfRange { what, limit } => ApiError::out_of_range(what, limit),
+            LoyaltyError::Ledger(LedgerError::AmountOutOfRange { account, .. }) => {
+                ApiError::out_of_range(format!("balance of {account}"), i64::MAX)
+            }
             LoyaltyError::InvalidPageToken => ApiError::new(
                 Code::InvalidArgument,
                 ErrorReason::InvalidPageToken,
@@ -163,13 +184,13 @@ impl From<LoyaltyError> for ApiError {
             LoyaltyError::VersionMismatch { .. } => {
                 ApiError::new(Code::Aborted, ErrorReason::ConcurrentModification, message)
             }
-            LoyaltyError::Contended(_) | LoyaltyError::Store(StoreError::Conflict { .. }) => {
-                ApiError::new(
-                    Code::Aborted,
-                    ErrorReason::ConcurrentModification,
-                    "the member changed concurrently too often; retry",
-                )
-            }
+            LoyaltyError::Contended(_)
+            | LoyaltyError::EntryRaced { .. }
+            | LoyaltyError::Store(StoreError::Conflict { .. }) => ApiError::new(
+                Code::Aborted,
+                ErrorReason::ConcurrentModification,
+                "the member changed concurrently too often; retry",
+            ),
             LoyaltyError::Store(StoreError::Backend(detail)) => {
                 tracing::warn!(%detail, "loyalty: store unavailable");
                 ApiError::new(

@@ -43,6 +43,7 @@ mod engine;
 pub mod error;
 pub mod expiry;
 mod jobs;
+mod limits;
 pub mod lots;
 pub mod members;
 pub mod module;

@@ -12,6 +12,7 @@ use crate::earning::{self, EligibleLine};
 use crate::engine::{Change, Loyalty, commit, decode, seconds, timestamp};
 use crate::error::LoyaltyError;
 use crate::expiry;
+use crate::limits;
 use crate::lots;
 use crate::records::{self, AccrualRecord, LotRecord, QualifyingRecord, RefundRecord};
 use crate::wallet;
@@ -101,12 +102,7 @@ impl Loyalty {
         order: &PaidOrder,
         processed: Option<IdempotencyRecord>,
     ) -> Result<(PointsEntry, bool), LoyaltyError> {
-        if order.eligible_minor < 0 || order.lines.iter().any(|line| line.amount_minor < 0) {
-            return Err(LoyaltyError::invalid(
-                "eligible_amount",
-                "must not be negative",
-            ));
-        }
+        limits::paid_order(order)?;
         let accrual_key = records::key(tenant, records::ACCRUAL, &order.order_id);
         let (entry, accrued_now) = retrying!({
             if let Some(stored) = self.store.load(&accrual_key).await? {
@@ -149,7 +145,7 @@ impl Loyalty {
             let earned =
                 earning::earn_points(&program, &order.currency_code, &eligible, paid_at, tier)
                     .map_err(|error| LoyaltyError::invalid("lines", error.to_string()))?;
-            let points = earned.total;
+            let points = limits::earned(earned.total)?;
             let entry_id = format!("accrual:{}", order.order_id);
             let activates_at = expiry::activates_at(program.pending_days, paid_at);
             let at_once = activates_at <= now;
@@ -200,7 +196,8 @@ impl Loyalty {
                     },
                     now,
                 );
-                record.lifetime_points += points;
+                record.lifetime_points =
+                    limits::add("lifetime_points", record.lifetime_points, points)?;
                 change.entries.push(entry.clone());
                 change.emit(&PointsAccrued {
                     member_id: state.id().to_owned(),
@@ -251,6 +248,7 @@ impl Loyalty {
         refund: &Refund,
         processed: Option<IdempotencyRecord>,
     ) -> Result<PointsEntry, LoyaltyError> {
+        limits::refund(&refund.amount)?;
         let accrual_key = records::key(tenant, records::ACCRUAL, &refund.order_id);
         let entry = retrying!({
             let stored =
@@ -282,13 +280,9 @@ impl Loyalty {
                 ));
             }
             let cumulative = match refund.amount {
-                RefundAmount::ThisRefund(amount) if amount < 0 => {
-                    return Err(LoyaltyError::invalid(
-                        "refunded_amount",
-                        "must not be negative",
-                    ));
+                RefundAmount::ThisRefund(amount) => {
+                    limits::add("refunded_amount", accrual.refunded_minor, amount)?
                 }
-                RefundAmount::ThisRefund(amount) => accrual.refunded_minor.saturating_add(amount),
                 RefundAmount::Cumulative(total) => total.max(accrual.refunded_minor),
             };
             let points = earning::reversal_for_refund(
@@ -311,7 +305,8 @@ impl Loyalty {
             wallet::take(&mut record, &plan.from_active);
             wallet::take(&mut record, &plan.from_pending);
             record.deficit += plan.negative_balance;
-            record.lifetime_points -= points;
+            record.lifetime_points =
+                limits::add("lifetime_points", record.lifetime_points, -points)?;
             let entry_id = format!("refund:{}", refund.refund_id);
             let moved = from_active + from_pending;
             let entry = PointsEntry {
@@ -408,9 +403,7 @@ impl Loyalty {
         reason: &str,
         entry_key: &str,
     ) -> Result<PointsEntry, LoyaltyError> {
-        if points == 0 {
-            return Err(LoyaltyError::invalid("points", "must not be zero"));
-        }
+        limits::adjustment(points)?;
         let entry_id = format!("adjust:{entry_key}");
         let entry = retrying!({
             let state = self.load_member(tenant, member_id).await?;

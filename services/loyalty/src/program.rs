@@ -141,6 +141,7 @@ fn check(program: &LoyaltyProgram) -> Result<(), LoyaltyError> {
             "must be positive",
         ));
     }
+    crate::limits::program(program)?;
     if program.expiry.is_none() {
         return Err(LoyaltyError::invalid("program.expiry", "is required"));
     }

@@ -10,6 +10,7 @@ use ledger::{NewEntry, Write};
 
 use crate::engine::{Change, Loyalty, MemberState, commit, decode, seconds, timestamp_ms};
 use crate::error::LoyaltyError;
+use crate::limits;
 use crate::lots;
 use crate::members::Page;
 use crate::records::{self, RedemptionRecord};
@@ -110,6 +111,7 @@ impl Loyalty {
         reward: &Reward,
         id_key: &str,
     ) -> Result<Reward, LoyaltyError> {
+        limits::reward(reward)?;
         let reward_id = format!("rwd-{}", &id_key[..id_key.len().min(32)]);
         let key = records::key(tenant, records::REWARD, &reward_id);
         if let Some(stored) = self.store.load(&key).await? {
@@ -198,12 +200,7 @@ impl Loyalty {
             if set("end_time") {
                 reward.end_time = update.end_time;
             }
-            if reward.point_cost <= 0 {
-                return Err(LoyaltyError::invalid(
-                    "reward.point_cost",
-                    "must be positive",
-                ));
-            }
+            limits::reward(&reward)?;
             reward.version = stored.version as i64 + 1;
             self.store
                 .commit(commit(

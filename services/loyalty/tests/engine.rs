@@ -38,6 +38,125 @@ async fn an_order_accrues_once_and_a_changed_repeat_is_a_conflict() {
     world.assert_reconciled().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_accruals_of_one_order_make_one_entry_and_nineteen_replays() {
+    // On wall time every attempt reads another now, so a late racer's ledger entry differs from
+    // the winner's in its time: that must end as a replay, never as a failure.
+    let world = World::on_wall_clock().await;
+    let member = world.member("c-1", true).await;
+    let order = PaidOrder {
+        member_id: member.clone(),
+        order_id: "o-race".into(),
+        currency_code: "USD".into(),
+        lines: Vec::new(),
+        eligible_minor: 2_500,
+        paid_at: None,
+    };
+    let calls = (0..20).map(|_| {
+        let (engine, order) = (world.engine.clone(), order.clone());
+        tokio::spawn(async move { engine.accrue(TENANT, &order, None).await })
+    });
+    let outcomes: Vec<_> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|joined| joined.expect("accrue task"))
+        .collect();
+    let mut accrued_now = 0;
+    for outcome in &outcomes {
+        match outcome {
+            Ok((entry, now)) => {
+                assert_eq!(entry.entry_id, "accrual:o-race");
+                assert_eq!(entry.active_delta, 25);
+                accrued_now += usize::from(*now);
+            }
+            // Still in progress after every attempt: retryable, and it must say so.
+            Err(LoyaltyError::Contended(_)) => {}
+            Err(error) => panic!("a duplicate accrual failed: {error:?}"),
+        }
+    }
+    assert_eq!(accrued_now, 1, "{outcomes:?}");
+    let entries = world.engine.ledger().entries(TENANT, 0, 100).await.unwrap();
+    let accruals = entries.iter().filter(|e| e.id == "accrual:o-race").count();
+    assert_eq!(accruals, 1);
+    assert_eq!(world.balance(&member).await.lifetime_points, 25);
+    world.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn int64_max_eligible_amounts_are_refused_by_the_engine_and_the_tenant_still_accrues() {
+    // The attack, straight at the engine (no validation in front): a hundred accruals
+    // of i64::MAX would have earned ~9.2×10^18 points and overflowed `loyalty:issued`.
+    let world = World::new().await;
+    let member = world.member("c-1", true).await;
+    for n in 0..100 {
+        let attack = PaidOrder {
+            member_id: member.clone(),
+            order_id: format!("o-attack-{n}"),
+            currency_code: "USD".into(),
+            lines: Vec::new(),
+            eligible_minor: i64::MAX,
+            paid_at: None,
+        };
+        let refused = world.engine.accrue(TENANT, &attack, None).await;
+        assert!(
+            matches!(&refused, Err(LoyaltyError::Invalid { field, .. }) if field == "eligible_amount.amount_minor"),
+            "{refused:?}"
+        );
+    }
+    // Valid inputs whose points multiply past 10^9 per accrual: out of range, nothing written.
+    world
+        .program(|program| {
+            let earning = program.earning.as_mut().unwrap();
+            earning.points = 1_000_000;
+            earning.per_spend.as_mut().unwrap().amount_minor = 1;
+        })
+        .await;
+    let multiplied = PaidOrder {
+        member_id: member.clone(),
+        order_id: "o-multiplied".into(),
+        currency_code: "USD".into(),
+        lines: Vec::new(),
+        eligible_minor: 1_001,
+        paid_at: None,
+    };
+    assert!(matches!(
+        world.engine.accrue(TENANT, &multiplied, None).await,
+        Err(LoyaltyError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        world
+            .engine
+            .adjust(TENANT, &member, i64::MAX, "attack", "k-attack")
+            .await,
+        Err(LoyaltyError::Invalid { .. })
+    ));
+    let balance = world.balance(&member).await;
+    assert_eq!((balance.active_points, balance.lifetime_points), (0, 0));
+    assert!(
+        world
+            .engine
+            .ledger()
+            .entries(TENANT, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The tenant's next ordinary accrual works, at the largest allowed size too.
+    world
+        .program(|program| {
+            simple_program(program, 0, 0);
+            program.earning.as_mut().unwrap().points = 1;
+        })
+        .await;
+    assert_eq!(world.accrue(&member, "o-ordinary", 1_250).await, 12);
+    assert_eq!(
+        world.accrue(&member, "o-largest", 100_000_000_000).await,
+        1_000_000_000
+    );
+    world.assert_reconciled().await;
+}
+
 /// The checkout event for `order`, as the relay publishes it.
 fn order_paid(member: &str, order: &str, cents: i64) -> BusMessage {
     let paid = OrderPaid {

@@ -308,10 +308,12 @@ impl Subscriptions {
                 ..line
             })
             .collect();
-        let subtotal: i64 = lines
-            .iter()
-            .map(|line| line.amount.as_ref().map_or(0, |m| m.amount_minor))
-            .sum();
+        let subtotal = crate::limits::sum(
+            "invoice subtotal",
+            lines
+                .iter()
+                .map(|line| line.amount.as_ref().map_or(0, |m| m.amount_minor)),
+        )?;
         let status = next_invoice(InvoiceStatus::Draft, InvoiceAction::Finalize)?;
         let number = counter.last_number + 1;
         let invoice = Invoice {
@@ -577,7 +579,7 @@ impl Subscriptions {
                     plan_version: sub.plan_version,
                     ..InvoiceLine::default()
                 });
-                record.credit_minor -= credit;
+                record.credit_minor = crate::limits::add("credit", record.credit_minor, -credit)?;
             }
             let (invoice, invoice_commits) = self
                 .invoice_commits(

@@ -55,6 +55,15 @@ pub enum SubscriptionsError {
         /// The net now.
         actual: i64,
     },
+    /// A sum of valid amounts (an invoice subtotal, a customer's credit) would not fit in 64
+    /// bits; nothing was written.
+    #[error("{what} would exceed {limit}")]
+    OutOfRange {
+        /// What was computed.
+        what: String,
+        /// The bound.
+        limit: String,
+    },
     /// A page token this list did not give out.
     #[error("the page token was not issued by this list")]
     InvalidPageToken,
@@ -171,6 +180,10 @@ impl From<SubscriptionsError> for ApiError {
                 message,
             )
             .with_metadata("net_minor", actual.to_string()),
+            SubscriptionsError::OutOfRange { what, limit } => ApiError::out_of_range(what, limit),
+            SubscriptionsError::Ledger(LedgerError::AmountOutOfRange { account, .. }) => {
+                ApiError::out_of_range(format!("balance of {account}"), i64::MAX)
+            }
             SubscriptionsError::InvalidPageToken => ApiError::new(
                 Code::InvalidArgument,
                 ErrorReason::InvalidPageToken,

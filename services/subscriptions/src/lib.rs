@@ -61,6 +61,7 @@ pub mod error;
 mod invoices;
 mod lifecycle;
 pub mod module;
+mod limits;
 pub mod periods;
 mod plans;
 pub mod proration;

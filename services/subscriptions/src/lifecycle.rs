@@ -628,7 +628,7 @@ impl Subscriptions {
                     )
                     .await?;
                 if net < 0 {
-                    record.credit_minor += -net;
+                    record.credit_minor = crate::limits::add("credit", record.credit_minor, -net)?;
                 }
                 record.collect_at_ms = Some(now);
                 record.collecting_invoice_id = invoice.invoice_id.clone();

@@ -39,12 +39,7 @@ fn check_price(price: &Option<Money>) -> Result<&Money, SubscriptionsError> {
             "must be an upper-case ISO-4217 code",
         ));
     }
-    if price.amount_minor < 0 {
-        return Err(SubscriptionsError::invalid(
-            "price.amount_minor",
-            "must not be negative",
-        ));
-    }
+    crate::limits::price(price.amount_minor)?;
     Ok(price)
 }
 

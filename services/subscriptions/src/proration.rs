@@ -57,6 +57,10 @@ pub enum ProrationError {
         /// End of the period given.
         end_ms: i64,
     },
+    /// A prorated line does not fit in 64 bits (cannot happen for a change inside the period; the
+    /// narrowing is checked rather than trusted).
+    #[error("a prorated amount overflows 64 bits")]
+    Overflow,
     /// The change time is outside `[start, end]`: it belongs to another period.
     #[error("change time {change_ms} is outside the period [{start_ms}, {end_ms}]")]
     ChangeOutsidePeriod {
@@ -98,8 +102,8 @@ pub fn prorate(
     // exceed i64.
     let period_ms = i128::from(end_ms) - i128::from(start_ms);
     let remaining_ms = i128::from(end_ms) - i128::from(change_ms);
-    let credit_minor = -unused_part(old_price_minor, remaining_ms, period_ms);
-    let charge_minor = unused_part(new_price_minor, remaining_ms, period_ms);
+    let credit_minor = -unused_part(old_price_minor, remaining_ms, period_ms)?;
+    let charge_minor = unused_part(new_price_minor, remaining_ms, period_ms)?;
     Ok(Proration {
         credit_minor,
         charge_minor,
@@ -109,10 +113,14 @@ pub fn prorate(
 }
 
 /// `floor(price × remaining / period)` for `0 ≤ remaining ≤ period` and `price ≥ 0`; the result
-/// is at most `price`, so it fits an i64.
-fn unused_part(price_minor: i64, remaining_ms: i128, period_ms: i128) -> i64 {
+/// is at most `price`, so it fits an i64 — narrowed with a check all the same, never a panic.
+fn unused_part(
+    price_minor: i64,
+    remaining_ms: i128,
+    period_ms: i128,
+) -> Result<i64, ProrationError> {
     let part = i128::from(price_minor) * remaining_ms / period_ms;
-    i64::try_from(part).expect("a part of a price is no larger than the price")
+    i64::try_from(part).map_err(|_| ProrationError::Overflow)
 }
 
 #[cfg(test)]

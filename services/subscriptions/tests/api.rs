@@ -112,3 +112,39 @@ async fn a_subscription_made_through_the_handlers_is_billed_listed_and_its_invoi
         .unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn a_price_past_the_money_bound_is_refused_by_the_handler_naming_the_field() {
+    use tonic_types::StatusExt as _;
+    // No validation layer in front: the engine's own bound answers as validation would.
+    let h = Harness::new().await;
+    let plans = PlanApi::new(h.engine.clone());
+    for amount_minor in [i64::MAX, platform::limits::MAX_AMOUNT_MINOR + 1, -1] {
+        let status = plans
+            .create_plan(request(v1::CreatePlanRequest {
+                display_name: "Everything".into(),
+                description: String::new(),
+                terms: Some(PlanVersion {
+                    price: Some(Money {
+                        currency_code: "USD".into(),
+                        amount_minor,
+                    }),
+                    interval: BillingInterval::Month as i32,
+                    interval_count: 1,
+                    ..PlanVersion::default()
+                }),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{amount_minor}"
+        );
+        let details = status.get_error_details();
+        assert_eq!(
+            details.bad_request().unwrap().field_violations[0].field,
+            "price.amount_minor"
+        );
+    }
+}

@@ -45,6 +45,23 @@ impl World {
         .await
     }
 
+    /// An engine whose tenant clock runs on wall time (never frozen), as in `commerce serve`:
+    /// every call reads a different now.
+    pub async fn on_wall_clock() -> World {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory().unwrap());
+        let clocks = Clocks::new(store.clone());
+        let engine = Arc::new(Loyalty::new(
+            store.clone(),
+            clocks.clone(),
+            fastpath::Cache::new(None, fastpath::Degraded::default()),
+        ));
+        World {
+            store,
+            engine,
+            clocks,
+        }
+    }
+
     pub async fn with(store: Arc<dyn Store>, cache: fastpath::Cache) -> World {
         let clocks = Clocks::new(store.clone());
         let engine = Arc::new(Loyalty::new(store.clone(), clocks.clone(), cache));

@@ -11,7 +11,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file commerce/common/v1/money.proto.
  */
 export const file_commerce_common_v1_money: GenFile = /*@__PURE__*/
-  fileDesc("Ch5jb21tZXJjZS9jb21tb24vdjEvbW9uZXkucHJvdG8SEmNvbW1lcmNlLmNvbW1vbi52MSJHCgVNb25leRIoCg1jdXJyZW5jeV9jb2RlGAEgASgJQhG6SA5yDDIKXltBLVpdezN9JBIUCgxhbW91bnRfbWlub3IYAiABKANiBnByb3RvMw", [file_buf_validate_validate]);
+  fileDesc("Ch5jb21tZXJjZS9jb21tb24vdjEvbW9uZXkucHJvdG8SEmNvbW1lcmNlLmNvbW1vbi52MSJgCgVNb25leRIoCg1jdXJyZW5jeV9jb2RlGAEgASgJQhG6SA5yDDIKXltBLVpdezN9JBItCgxhbW91bnRfbWlub3IYAiABKANCF7pIFCISGICglKWNHSiA4Ova8uL///8BYgZwcm90bzM", [file_buf_validate_validate]);
 
 /**
  * An amount of money: an ISO-4217 currency and an integer number of that currency's minor units
@@ -29,6 +29,10 @@ export type Money = Message<"commerce.common.v1.Money"> & {
 
   /**
    * Amount in minor units of `currency_code`. Negative for credits where a field says so.
+   * At most 10^12 minor units either way (USD 10 billion; still more than USD 10,000 in the
+   * weakest currencies, whose minor unit is worth ~10^-8 USD): no QSR or SME amount comes near,
+   * while 9.2 million amounts of that size would be needed to overflow a 64-bit sum, so a
+   * tenant's totals stay far from overflow for its lifetime. Symmetric, so credits pass too.
    *
    * @generated from field: int64 amount_minor = 2;
    */

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file commerce/loyalty/v1/program.proto.
  */
 export const file_commerce_loyalty_v1_program: GenFile = /*@__PURE__*/
-  fileDesc("CiFjb21tZXJjZS9sb3lhbHR5L3YxL3Byb2dyYW0ucHJvdG8SE2NvbW1lcmNlLmxveWFsdHkudjEirAQKDkxveWFsdHlQcm9ncmFtEjkKB2Vhcm5pbmcYASABKAsyIC5jb21tZXJjZS5sb3lhbHR5LnYxLkVhcm5pbmdSdWxlQga6SAPIAQESOwoLbXVsdGlwbGllcnMYAiADKAsyJi5jb21tZXJjZS5sb3lhbHR5LnYxLkVhcm5pbmdNdWx0aXBsaWVyEjAKCWNhbXBhaWducxgDIAMoCzIdLmNvbW1lcmNlLmxveWFsdHkudjEuQ2FtcGFpZ24SIAoMcGVuZGluZ19kYXlzGAQgASgFQgq6SAcaBRjtAigAEjkKBmV4cGlyeRgFIAEoCzIhLmNvbW1lcmNlLmxveWFsdHkudjEuRXhwaXJ5UG9saWN5Qga6SAPIAQESKAoFdGllcnMYBiADKAsyGS5jb21tZXJjZS5sb3lhbHR5LnYxLlRpZXISMgoKdGllcl9iYXNpcxgHIAEoDjIeLmNvbW1lcmNlLmxveWFsdHkudjEuVGllckJhc2lzEiQKEHRpZXJfd2luZG93X2RheXMYCCABKAVCCrpIBxoFGMcIKAASLQoZdGllcl9kb3duZ3JhZGVfZ3JhY2VfZGF5cxgJIAEoBUIKukgHGgUY7QIoABIkChNtYXhfbmVnYXRpdmVfcG9pbnRzGAogASgDQge6SAQiAigAEikKFXJlZGVtcHRpb25faG9sZF9ob3VycxgLIAEoBUIKukgHGgUY0AUoARIPCgd2ZXJzaW9uGAwgASgDIlwKC0Vhcm5pbmdSdWxlEhcKBnBvaW50cxgBIAEoA0IHukgEIgIoABI0CglwZXJfc3BlbmQYAiABKAsyGS5jb21tZXJjZS5jb21tb24udjEuTW9uZXlCBrpIA8gBASJ+ChFFYXJuaW5nTXVsdGlwbGllchIWCgNza3UYASABKAlCB7pIBHICGEBIABIbCghjYXRlZ29yeRgCIAEoCUIHukgEcgIYQEgAEiMKDm11bHRpcGxpZXJfYnBzGAMgASgFQgu6SAgaBhjAhD0oAEIPCgZ0YXJnZXQSBbpIAggBIqkCCghDYW1wYWlnbhIeCgtjYW1wYWlnbl9pZBgBIAEoCUIJukgGcgQQARhAEh0KDGRpc3BsYXlfbmFtZRgCIAEoCUIHukgEcgIYeBI2CgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBEjQKCGVuZF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBEiMKDm11bHRpcGxpZXJfYnBzGAUgASgFQgu6SAgaBhjAhD0oABIdCgxib251c19wb2ludHMYBiABKANCB7pIBCICKAASLAoJbWluX3NwZW5kGAcgASgLMhkuY29tbWVyY2UuY29tbW9uLnYxLk1vbmV5In4KDEV4cGlyeVBvbGljeRI5CgRraW5kGAEgASgOMh8uY29tbWVyY2UubG95YWx0eS52MS5FeHBpcnlLaW5kQgq6SAeCAQQQASAAEhUKBGRheXMYAiABKAVCB7pIBBoCKAASHAoLbm90aWNlX2RheXMYAyABKAVCB7pIBBoCKAAiggEKBFRpZXISGgoHdGllcl9pZBgBIAEoCUIJukgGcgQQARhAEh0KDGRpc3BsYXlfbmFtZRgCIAEoCUIHukgEcgIYeBIaCgl0aHJlc2hvbGQYAyABKANCB7pIBCICKAASIwoObXVsdGlwbGllcl9icHMYBCABKAVCC7pICBoGGMCEPSgAKnoKCkV4cGlyeUtpbmQSGwoXRVhQSVJZX0tJTkRfVU5TUEVDSUZJRUQQABIVChFFWFBJUllfS0lORF9ORVZFUhABEhoKFkVYUElSWV9LSU5EX0FGVEVSX0RBWVMQAhIcChhFWFBJUllfS0lORF9FTkRfT0ZfTU9OVEgQAypbCglUaWVyQmFzaXMSGgoWVElFUl9CQVNJU19VTlNQRUNJRklFRBAAEhwKGFRJRVJfQkFTSVNfUE9JTlRTX0VBUk5FRBABEhQKEFRJRVJfQkFTSVNfU1BFTkQQAmIGcHJvdG8z", [file_buf_validate_validate, file_commerce_common_v1_money, file_google_protobuf_timestamp]);
+  fileDesc("CiFjb21tZXJjZS9sb3lhbHR5L3YxL3Byb2dyYW0ucHJvdG8SE2NvbW1lcmNlLmxveWFsdHkudjEisgQKDkxveWFsdHlQcm9ncmFtEjkKB2Vhcm5pbmcYASABKAsyIC5jb21tZXJjZS5sb3lhbHR5LnYxLkVhcm5pbmdSdWxlQga6SAPIAQESOwoLbXVsdGlwbGllcnMYAiADKAsyJi5jb21tZXJjZS5sb3lhbHR5LnYxLkVhcm5pbmdNdWx0aXBsaWVyEjAKCWNhbXBhaWducxgDIAMoCzIdLmNvbW1lcmNlLmxveWFsdHkudjEuQ2FtcGFpZ24SIAoMcGVuZGluZ19kYXlzGAQgASgFQgq6SAcaBRjtAigAEjkKBmV4cGlyeRgFIAEoCzIhLmNvbW1lcmNlLmxveWFsdHkudjEuRXhwaXJ5UG9saWN5Qga6SAPIAQESKAoFdGllcnMYBiADKAsyGS5jb21tZXJjZS5sb3lhbHR5LnYxLlRpZXISMgoKdGllcl9iYXNpcxgHIAEoDjIeLmNvbW1lcmNlLmxveWFsdHkudjEuVGllckJhc2lzEiQKEHRpZXJfd2luZG93X2RheXMYCCABKAVCCrpIBxoFGMcIKAASLQoZdGllcl9kb3duZ3JhZGVfZ3JhY2VfZGF5cxgJIAEoBUIKukgHGgUY7QIoABIqChNtYXhfbmVnYXRpdmVfcG9pbnRzGAogASgDQg26SAoiCBiAlOvcAygAEikKFXJlZGVtcHRpb25faG9sZF9ob3VycxgLIAEoBUIKukgHGgUY0AUoARIPCgd2ZXJzaW9uGAwgASgDImIKC0Vhcm5pbmdSdWxlEh0KBnBvaW50cxgBIAEoA0INukgKIggYgJTr3AMoABI0CglwZXJfc3BlbmQYAiABKAsyGS5jb21tZXJjZS5jb21tb24udjEuTW9uZXlCBrpIA8gBASJ+ChFFYXJuaW5nTXVsdGlwbGllchIWCgNza3UYASABKAlCB7pIBHICGEBIABIbCghjYXRlZ29yeRgCIAEoCUIHukgEcgIYQEgAEiMKDm11bHRpcGxpZXJfYnBzGAMgASgFQgu6SAgaBhjAhD0oAEIPCgZ0YXJnZXQSBbpIAggBIq8CCghDYW1wYWlnbhIeCgtjYW1wYWlnbl9pZBgBIAEoCUIJukgGcgQQARhAEh0KDGRpc3BsYXlfbmFtZRgCIAEoCUIHukgEcgIYeBI2CgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBEjQKCGVuZF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBEiMKDm11bHRpcGxpZXJfYnBzGAUgASgFQgu6SAgaBhjAhD0oABIjCgxib251c19wb2ludHMYBiABKANCDbpICiIIGICU69wDKAASLAoJbWluX3NwZW5kGAcgASgLMhkuY29tbWVyY2UuY29tbW9uLnYxLk1vbmV5In4KDEV4cGlyeVBvbGljeRI5CgRraW5kGAEgASgOMh8uY29tbWVyY2UubG95YWx0eS52MS5FeHBpcnlLaW5kQgq6SAeCAQQQASAAEhUKBGRheXMYAiABKAVCB7pIBBoCKAASHAoLbm90aWNlX2RheXMYAyABKAVCB7pIBBoCKAAiiQEKBFRpZXISGgoHdGllcl9pZBgBIAEoCUIJukgGcgQQARhAEh0KDGRpc3BsYXlfbmFtZRgCIAEoCUIHukgEcgIYeBIhCgl0aHJlc2hvbGQYAyABKANCDrpICyIJGICglKWNHSgAEiMKDm11bHRpcGxpZXJfYnBzGAQgASgFQgu6SAgaBhjAhD0oACp6CgpFeHBpcnlLaW5kEhsKF0VYUElSWV9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRRVhQSVJZX0tJTkRfTkVWRVIQARIaChZFWFBJUllfS0lORF9BRlRFUl9EQVlTEAISHAoYRVhQSVJZX0tJTkRfRU5EX09GX01PTlRIEAMqWwoJVGllckJhc2lzEhoKFlRJRVJfQkFTSVNfVU5TUEVDSUZJRUQQABIcChhUSUVSX0JBU0lTX1BPSU5UU19FQVJORUQQARIUChBUSUVSX0JBU0lTX1NQRU5EEAJiBnByb3RvMw", [file_buf_validate_validate, file_commerce_common_v1_money, file_google_protobuf_timestamp]);
 
 /**
  * A tenant's loyalty rules: how points are earned, when they activate and expire, and the tiers.
@@ -88,7 +88,8 @@ export type LoyaltyProgram = Message<"commerce.loyalty.v1.LoyaltyProgram"> & {
 
   /**
    * How far below zero a refund reversal may take a member whose points were already spent;
-   * the excess beyond this is taken from pending points and then written off.
+   * the excess beyond this is taken from pending points and then written off. At most 10^9,
+   * the bound of every points amount.
    *
    * @generated from field: int64 max_negative_points = 10;
    */
@@ -123,7 +124,8 @@ export const LoyaltyProgramSchema: GenMessage<LoyaltyProgram> = /*@__PURE__*/
  */
 export type EarningRule = Message<"commerce.loyalty.v1.EarningRule"> & {
   /**
-   * Points earned per `per_spend` spent, rounded down per order.
+   * Points earned per `per_spend` spent, rounded down per order. At most 10^9, the bound of
+   * every points amount (an accrual earning more than 10^9 points is refused as out of range).
    *
    * @generated from field: int64 points = 1;
    */
@@ -231,7 +233,7 @@ export type Campaign = Message<"commerce.loyalty.v1.Campaign"> & {
   multiplierBps: number;
 
   /**
-   * Flat bonus points per qualifying order.
+   * Flat bonus points per qualifying order; at most 10^9, the bound of every points amount.
    *
    * @generated from field: int64 bonus_points = 6;
    */
@@ -308,7 +310,8 @@ export type Tier = Message<"commerce.loyalty.v1.Tier"> & {
   displayName: string;
 
   /**
-   * Points earned (or minor units spent, per `tier_basis`) in the window to qualify.
+   * Points earned (or minor units spent, per `tier_basis`) in the window to qualify; at most
+   * 10^12, the bound of a money amount (and above any points a window can hold in practice).
    *
    * @generated from field: int64 threshold = 3;
    */
