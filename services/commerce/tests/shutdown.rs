@@ -188,6 +188,7 @@ async fn sigterm_flips_health_first_then_ends_open_watch_order_streams_at_once_w
         addr: server.addr.clone(),
         token: token.clone(),
         tenant: "shop-shutdown".into(),
+        timeout: None,
     };
     let order_id = place_an_order(&client).await;
 
