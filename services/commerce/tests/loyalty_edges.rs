@@ -78,6 +78,7 @@ async fn twenty_concurrent_accrue_points_for_one_order_accrue_once_and_never_fai
             addr: server.addr.clone(),
             token: common::token_for(tenant),
             tenant: tenant.into(),
+            timeout: None,
         });
         let member = enroll(&client, "c-race").await;
         let calls: Vec<_> = (0..20)
@@ -126,6 +127,7 @@ async fn int64_max_eligible_amounts_are_refused_at_the_edge_and_the_tenant_still
         addr: server.addr.clone(),
         token: common::token_for("overflow"),
         tenant: "overflow".into(),
+        timeout: None,
     };
     let member = enroll(&client, "c-attacker").await;
     // The attack: ~100 of these overflowed `loyalty:issued` and every later accrual of
