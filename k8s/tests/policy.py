@@ -36,8 +36,14 @@ NOT_FLAGS = {
 OTEL = re.compile(r"^OTEL_[A-Z_]+$")  # for the collector/agents; the binary exports none yet
 
 
+def pod_template(obj: dict) -> dict:
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]
+    return obj["spec"]["template"]
+
+
 def pod_spec(obj: dict) -> dict:
-    return obj["spec"]["template"]["spec"]
+    return pod_template(obj)["spec"]
 
 
 def workloads(objs, kinds=WORKLOADS):
@@ -66,8 +72,13 @@ def by_kind(objs, kind):
 
 
 def subcommand(container: dict) -> tuple:
-    args = container.get("args") or []
-    return ("psp", "serve") if args[:2] == ["psp", "serve"] else tuple(args[:1])
+    """The leading words of args: ("serve",), ("psp", "serve"), ("loyalty", "reconcile")."""
+    words = []
+    for arg in container.get("args") or []:
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+    return tuple(words[:2]) if words[:1] != ["serve"] else ("serve",)
 
 
 def effective_env(container: dict, objs) -> dict:
@@ -132,7 +143,7 @@ def probes_name_registered_services(objs, binary):
 def resources(objs, binary=None):
     """Every container of every workload requests CPU and memory and has a memory limit."""
     out = []
-    for w in workloads(objs, WORKLOADS + ("Job",)):
+    for w in workloads(objs, WORKLOADS + ("Job", "CronJob")):
         spec = pod_spec(w)
         for c in spec.get("initContainers", []) + spec["containers"]:
             r = c.get("resources") or {}
@@ -147,7 +158,7 @@ def non_root(objs, binary=None):
     """Every pod runs as non-root with seccomp RuntimeDefault; every container has a read-only
     root file system, no privilege escalation and drops ALL capabilities."""
     out = []
-    for w in workloads(objs, WORKLOADS + ("Job",)):
+    for w in workloads(objs, WORKLOADS + ("Job", "CronJob")):
         spec = pod_spec(w)
         pod = spec.get("securityContext") or {}
         if pod.get("runAsNonRoot") is not True or not pod.get("runAsUser"):
@@ -209,7 +220,7 @@ def service_accounts(objs, binary=None):
     """Every workload runs as its own ServiceAccount (not `default`), which mounts no token."""
     accounts = by_kind(objs, "ServiceAccount")
     out = []
-    for w in workloads(objs, WORKLOADS + ("Job",)):
+    for w in workloads(objs, WORKLOADS + ("Job", "CronJob")):
         spec = pod_spec(w)
         name = spec.get("serviceAccountName", "default")
         sa = accounts.get(name)
@@ -247,7 +258,7 @@ def secrets(objs, binary=None):
             if CREDENTIALS_IN_URL.search(str(value)):
                 out.append(f"{name_of(cm)}: {key} has credentials in a URL")
     referenced = set()
-    for w in workloads(objs, WORKLOADS + ("Job",)):
+    for w in workloads(objs, WORKLOADS + ("Job", "CronJob")):
         spec = pod_spec(w)
         for c in spec.get("initContainers", []) + spec["containers"]:
             for var in c.get("env", []):
@@ -275,12 +286,12 @@ def flags(objs, binary):
     subcommand accepts (`commerce … --help`); a renamed flag breaks this rule, not a rollout."""
     out = []
     top = binary.subcommands()
-    for w in workloads(objs, WORKLOADS + ("Job",)):
+    for w in workloads(objs, WORKLOADS + ("Job", "CronJob")):
         for c in pod_spec(w)["containers"]:
             if not is_commerce(c):
                 continue
             sub = subcommand(c)
-            if not sub or sub[0] not in top or (sub[0] == "psp" and "serve" not in binary.subcommands("psp")):
+            if not sub or sub[0] not in top or (len(sub) > 1 and sub[1] not in binary.subcommands(sub[0])):
                 out.append(f"{name_of(w)}: `commerce {' '.join(c.get('args') or [])}` is no subcommand")
                 continue
             accepted = binary.flags(*sub)

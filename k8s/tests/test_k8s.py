@@ -137,6 +137,8 @@ def inline_secret(objs):
 def renamed_flag(objs):
     container(objs, "checkout")["args"] = ["serve", "--service", "checkout"]
     find(objs, "ConfigMap", "checkout-config")["data"]["COMMERCE_LOYALTY_ENDPOINT"] = "dns:///loyalty:8080"
+    job = find(objs, "CronJob", "loyalty-reconcile")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    job["containers"][0]["args"] = ["loyalty", "reconcile", "--tenants", "demo"]
 
 
 def short_grace(objs):
