@@ -595,7 +595,7 @@ impl Auth {
 
 /// Runs a file's setup steps over Connect JSON; returns the variables they captured.
 async fn run_setup(
-    addr: &str,
+    route: &(dyn Fn(&str) -> String + Sync),
     pool: &prost_reflect::DescriptorPool,
     file: &Path,
     steps: &[Step],
@@ -610,7 +610,14 @@ async fn run_setup(
             !method.is_server_streaming(),
             "{label}: setup steps are unary calls"
         );
-        let outcome = send(addr, SETUP_PROTOCOL, &call, &method, token.as_deref()).await;
+        let outcome = send(
+            &route(&call.method),
+            SETUP_PROTOCOL,
+            &call,
+            &method,
+            token.as_deref(),
+        )
+        .await;
         assert!(
             outcome.code == "ok" && outcome.problems.is_empty(),
             "{label} failed: code {} (reason {:?}) {:?}",
@@ -696,6 +703,33 @@ fn check(outcome: &Outcome, expect: &Expect, vars: &HashMap<String, String>) -> 
 #[tokio::test]
 async fn every_contract_case_holds_on_every_protocol() {
     let server = common::start();
+    run_every_case(&|_method: &str| server.addr.clone()).await;
+}
+
+/// The same cases against the split topology (every service its own process, on Redis and a
+/// MongoDB-compatible server): each call goes to the process serving its package, checkout calls
+/// alternating between two replicas — the contract a caller sees does not depend on the shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_contract_case_holds_on_the_split_topology() {
+    let split = common::split::Split::start(2, &[]);
+    let turn = std::sync::atomic::AtomicUsize::new(0);
+    run_every_case(&|method: &str| {
+        let package = method.split('/').next().unwrap_or_default();
+        if package.starts_with("commerce.loyalty.") {
+            split.loyalty.addr.clone()
+        } else if package.starts_with("commerce.subscriptions.") {
+            split.subscriptions.addr.clone()
+        } else {
+            // Checkout's packages and the platform's own services (health, reflection).
+            let replica = turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            split.checkout[replica % split.checkout.len()].addr.clone()
+        }
+    })
+    .await;
+}
+
+/// Runs every case file, each call sent to `route(method)`'s address.
+async fn run_every_case(route: &(dyn Fn(&str) -> String + Sync)) {
     let pool = pool();
     let cases_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contract-tests/cases");
     let mut files: Vec<_> = std::fs::read_dir(&cases_dir)
@@ -711,7 +745,7 @@ async fn every_contract_case_holds_on_every_protocol() {
     {
         let cases: CaseFile = serde_json::from_str(&std::fs::read_to_string(file).unwrap())
             .unwrap_or_else(|err| panic!("{}: {err}", file.display()));
-        let mut vars = run_setup(&server.addr, &pool, file, &cases.setup).await;
+        let mut vars = run_setup(route, &pool, file, &cases.setup).await;
         for case in &cases.cases {
             let method = method(&pool, &case.call.method);
             // A stream's messages go in `expect.messages`, a unary response in `expect.response`.
@@ -739,7 +773,14 @@ async fn every_contract_case_holds_on_every_protocol() {
                 checked += 1;
                 vars.insert("protocol".into(), protocol.into());
                 let call = case.call.with_vars(&vars);
-                let outcome = send(&server.addr, protocol, &call, &method, token.as_deref()).await;
+                let outcome = send(
+                    &route(&call.method),
+                    protocol,
+                    &call,
+                    &method,
+                    token.as_deref(),
+                )
+                .await;
                 let wrong = check(&outcome, &case.expect, &vars);
                 if !wrong.is_empty() {
                     failures.push(format!(

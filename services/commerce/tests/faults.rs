@@ -86,6 +86,7 @@ fn transient(error: &str) -> bool {
     .any(|marker| lower.contains(marker))
         || [
             "IDEMPOTENCY_KEY_IN_USE",
+            "DEADLINE_EXCEEDED",
             "DEPENDENCY_UNAVAILABLE",
             "PAYMENT_OUTCOME_UNKNOWN",
             "OVERLOADED",
@@ -493,4 +494,144 @@ async fn nothing_acknowledged_is_lost_when_redis_dies_mid_load_and_comes_back_em
         started.elapsed().as_secs_f64()
     );
     verify_offline(server);
+}
+
+/// The duplicate storm across two replicas: every order's PlaceOrder sent many times at once with
+/// the same key, half to each checkout replica of the split topology (shared Redis, database and
+/// PSP process). One authorization per key at the PSP, every success the same answer byte for
+/// byte, payments reconciled clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_storm_across_two_replicas_authorizes_each_order_once() {
+    use commerce_api::commerce::psp::v1 as psp;
+    use common::client::Caller as _;
+    use prost::Message as _;
+    let (keys, duplicates) = if size().orders > 100 {
+        (20, 30)
+    } else {
+        (10, 20)
+    };
+    // The storm is one tenant's legitimate retries, not abuse: the rate limit is out of the way,
+    // and so is the per-address connection cap (this client opens a connection per call, all
+    // from one address).
+    let split = common::split::Split::start(
+        2,
+        &[
+            "--rate-limit-per-second",
+            "100000",
+            "--rate-limit-burst",
+            "100000",
+            "--max-connections-per-address",
+            "2048",
+        ],
+    );
+    let token = common::dev_token(None);
+    let replicas = [split.caller(0, &token), split.caller(1, &token)];
+    let shop = Shop::open(&replicas[0]).await.unwrap();
+    let mut requests = Vec::new();
+    for key in 0..keys {
+        let key = format!("storm-{key}");
+        let request = shop.prepare(&replicas[0], &key, 1).await.unwrap();
+        requests.push((key, request));
+    }
+    let retries = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    let calls = requests.iter().flat_map(|(key, request)| {
+        (0..duplicates).map(|copy| {
+            let caller = replicas[copy % 2].clone();
+            let (key, request) = (key.clone(), request.clone());
+            let retries = &retries;
+            async move {
+                // A duplicate that finds its key in flight is told to retry, and a call that
+                // timed out or lost its connection under the storm is retried with the same
+                // key, as a caller does.
+                loop {
+                    let answer: Result<co::PlaceOrderResponse, String> = caller
+                        .call(
+                            "/commerce.checkout.v1.OrderService/PlaceOrder",
+                            request.clone(),
+                            Some(&key),
+                        )
+                        .await;
+                    match answer {
+                        Err(reason) if transient(&reason) => {
+                            retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        answer => return (key, answer.map(|placed| placed.encode_to_vec())),
+                    }
+                }
+            }
+        })
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let elapsed = started.elapsed();
+    let mut by_key: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for (key, answer) in answers {
+        let bytes = answer.unwrap_or_else(|error| panic!("{key}: {error}"));
+        by_key.entry(key).or_default().insert(bytes);
+    }
+    let mut orders = Vec::new();
+    for (key, answers) in &by_key {
+        assert_eq!(answers.len(), 1, "{key}: every answer the same bytes");
+        let placed = co::PlaceOrderResponse::decode(answers.first().unwrap().as_slice()).unwrap();
+        orders.push(placed.order.unwrap().order_id);
+    }
+    assert_eq!(orders.iter().collect::<BTreeSet<_>>().len(), keys);
+    // The PSP's own ledger: one successful authorization per order.
+    let pem = std::fs::read(split.base.keys.path().join("checkout.pem")).unwrap();
+    let reader = Client {
+        protocol: Protocol::Grpc,
+        addr: split.psp.addr.clone(),
+        token: common::split::service_token(&pem, "psp.payments.read", 300),
+        tenant: "demo".into(),
+        timeout: None,
+    };
+    for order in &orders {
+        let listed: psp::ListTransactionsResponse = reader
+            .call(
+                "/commerce.psp.v1.PspService/ListTransactions",
+                psp::ListTransactionsRequest {
+                    reference: order.clone(),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let authorizations = listed
+            .transactions
+            .iter()
+            .filter(|t| t.kind == psp::TransactionKind::Authorization as i32 && t.succeeded)
+            .count();
+        assert_eq!(authorizations, 1, "order {order}: {listed:?}");
+    }
+    // Calls that timed out mid-capture leave their capture to the background payment round:
+    // payments must tie out once it has run (every second here), and stay so.
+    let settled = Instant::now();
+    loop {
+        let reconciled: co::ReconcilePaymentsResponse = replicas[1]
+            .call(
+                "/commerce.checkout.v1.CheckoutAdminService/ReconcilePayments",
+                co::ReconcilePaymentsRequest::default(),
+                None,
+            )
+            .await
+            .unwrap();
+        if reconciled.mismatches.is_empty() {
+            break;
+        }
+        assert!(
+            settled.elapsed() < common::split::SETTLE,
+            "payments tie out: {:?}",
+            reconciled.mismatches
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "faults: duplicate storm — {} PlaceOrder calls ({keys} keys × {duplicates}) over 2 replicas in {:.1}s ({} retried after in-use or timeout): {keys} orders, {keys} authorizations, every answer byte-identical, payments tied out {:.1}s after",
+        keys * duplicates,
+        elapsed.as_secs_f64(),
+        retries.into_inner(),
+        settled.elapsed().as_secs_f64()
+    );
 }

@@ -22,7 +22,7 @@ use commerce_api::commerce::loyalty::v1 as lo;
 use commerce_api::commerce::subscriptions::v1 as su;
 use common::client::{Caller, Client, Protocol};
 use common::shop::{Shop, usd};
-use common::split::{SETTLE, Split};
+use common::split::{SETTLE, Split, service_token};
 
 fn user_token() -> String {
     common::dev_token(None)
@@ -564,28 +564,6 @@ fn client(addr: &str) -> Client {
         tenant: "demo".into(),
         timeout: None,
     }
-}
-
-/// A service token signed with `pem` (kid `checkout`) for tenant `demo`.
-fn service_token(pem: &[u8], scope: &str, expires_in: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some("checkout".into());
-    jsonwebtoken::encode(
-        &header,
-        &serde_json::json!({
-            "sub": "service:checkout",
-            "tenant": "demo",
-            "scope": scope,
-            "iat": now,
-            "exp": now + expires_in,
-        }),
-        &jsonwebtoken::EncodingKey::from_ec_pem(pem).unwrap(),
-    )
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

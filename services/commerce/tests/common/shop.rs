@@ -98,6 +98,32 @@ impl Shop {
         key: &str,
         quantity: i32,
     ) -> Result<Placed, String> {
+        let request = self.prepare(client, key, quantity).await?;
+        let total = request
+            .expected_total
+            .as_ref()
+            .map_or(0, |total| total.amount_minor);
+        let placed: co::PlaceOrderResponse = client
+            .call(
+                "/commerce.checkout.v1.OrderService/PlaceOrder",
+                request,
+                Some(key),
+            )
+            .await?;
+        Ok(Placed {
+            order_id: placed.order.unwrap_or_default().order_id,
+            total,
+        })
+    }
+
+    /// A quoted cart of `quantity` items, ready to place (its keys derive from `key`): the
+    /// PlaceOrder request paying with `tok_ok`.
+    pub async fn prepare(
+        &self,
+        client: &impl Caller,
+        key: &str,
+        quantity: i32,
+    ) -> Result<co::PlaceOrderRequest, String> {
         let cart: co::CreateCartResponse = client
             .call(
                 "/commerce.checkout.v1.CartService/CreateCart",
@@ -132,22 +158,12 @@ impl Shop {
             )
             .await?;
         let quote = quote.quote.unwrap_or_default();
-        let placed: co::PlaceOrderResponse = client
-            .call(
-                "/commerce.checkout.v1.OrderService/PlaceOrder",
-                co::PlaceOrderRequest {
-                    cart_id: cart,
-                    quote_id: quote.quote_id.clone(),
-                    expected_total: quote.total.clone(),
-                    payment_token: "tok_ok".into(),
-                    ..Default::default()
-                },
-                Some(key),
-            )
-            .await?;
-        Ok(Placed {
-            order_id: placed.order.unwrap_or_default().order_id,
-            total: quote.total.map_or(0, |total| total.amount_minor),
+        Ok(co::PlaceOrderRequest {
+            cart_id: cart,
+            quote_id: quote.quote_id,
+            expected_total: quote.total,
+            payment_token: "tok_ok".into(),
+            ..Default::default()
         })
     }
 

@@ -241,3 +241,25 @@ pub fn url(running: &Running) -> String {
 /// How long to wait for something the topology does by itself (events across processes, the
 /// payment round).
 pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// A service token signed with `pem` (kid `checkout`) for tenant `demo`.
+pub fn service_token(pem: &[u8], scope: &str, expires_in: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("checkout".into());
+    jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({
+            "sub": "service:checkout",
+            "tenant": "demo",
+            "scope": scope,
+            "iat": now,
+            "exp": now + expires_in,
+        }),
+        &jsonwebtoken::EncodingKey::from_ec_pem(pem).unwrap(),
+    )
+    .unwrap()
+}
