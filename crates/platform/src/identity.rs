@@ -158,9 +158,32 @@ impl ServiceIdentity {
     }
 }
 
-/// A new ES256 key pair for service `kid`: the private key as PKCS#8 PEM (keep it secret) and
-/// the public key as a JWK (put it in the callees' JWKS).
-pub fn generate_es256(kid: &str) -> Result<(String, serde_json::Value), IdentityError> {
+/// The key id a service's key is published under: `<service>-<16 hex digits>`, the digits from
+/// the SHA-256 of its public key. Derived from the key itself, so a service's old and new keys
+/// have different ids and can both be in the callees' JWKS while a rotation rolls out, and a
+/// process needs nothing besides its PEM to name its key.
+pub fn key_id(service: &str, pem: &[u8]) -> Result<String, IdentityError> {
+    use p256::pkcs8::DecodePrivateKey as _;
+    let text = std::str::from_utf8(pem).map_err(|error| IdentityError::Key(error.to_string()))?;
+    let secret = p256::SecretKey::from_pkcs8_pem(text)
+        .map_err(|error| IdentityError::Key(error.to_string()))?;
+    Ok(key_id_of(service, &secret.public_key()))
+}
+
+fn key_id_of(service: &str, public: &p256::PublicKey) -> String {
+    use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(public.to_encoded_point(false).as_bytes());
+    let hex: String = digest[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("{service}-{hex}")
+}
+
+/// A new ES256 key pair for `service`: the private key as PKCS#8 PEM (keep it secret) and the
+/// public key as a JWK under its [`key_id`] (put it in the callees' JWKS).
+pub fn generate_es256(service: &str) -> Result<(String, serde_json::Value), IdentityError> {
     use p256::elliptic_curve::sec1::ToEncodedPoint as _;
     use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
     let secret = p256::SecretKey::random(&mut rand_core::OsRng);
@@ -168,7 +191,8 @@ pub fn generate_es256(kid: &str) -> Result<(String, serde_json::Value), Identity
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|error| IdentityError::Key(error.to_string()))?
         .to_string();
-    let point = secret.public_key().to_encoded_point(false);
+    let public = secret.public_key();
+    let point = public.to_encoded_point(false);
     let (Some(x), Some(y)) = (point.x(), point.y()) else {
         return Err(IdentityError::Key("public key has no coordinates".into()));
     };
@@ -178,7 +202,7 @@ pub fn generate_es256(kid: &str) -> Result<(String, serde_json::Value), Identity
         "crv": "P-256",
         "alg": "ES256",
         "use": "sig",
-        "kid": kid,
+        "kid": key_id_of(service, &public),
         "x": b64.encode(x),
         "y": b64.encode(y),
     });
@@ -201,7 +225,13 @@ mod tests {
     #[test]
     fn a_service_token_verifies_with_its_public_key_and_carries_only_the_scopes_asked_for() {
         let (pem, jwk) = generate_es256("checkout").unwrap();
-        let identity = ServiceIdentity::from_pem("checkout", "checkout", pem.as_bytes()).unwrap();
+        let kid = key_id("checkout", pem.as_bytes()).unwrap();
+        assert_eq!(
+            jwk["kid"],
+            kid.as_str(),
+            "the JWK and the PEM name the key alike"
+        );
+        let identity = ServiceIdentity::from_pem("checkout", &kid, pem.as_bytes()).unwrap();
         let scopes = vec![
             "loyalty.redemptions.write".to_owned(),
             "loyalty.members.read".to_owned(),
@@ -226,12 +256,36 @@ mod tests {
     fn a_token_signed_by_another_service_key_is_refused() {
         let (pem, _) = generate_es256("checkout").unwrap();
         let (_, trusted) = generate_es256("checkout").unwrap();
-        let forged = ServiceIdentity::from_pem("checkout", "checkout", pem.as_bytes())
+        // Even under the trusted key's id, the signature gives it away.
+        let trusted_kid = trusted["kid"].as_str().unwrap().to_owned();
+        let forged = ServiceIdentity::from_pem("checkout", &trusted_kid, pem.as_bytes())
             .unwrap()
             .token("tenant-a", &["loyalty.admin".to_owned()])
             .unwrap();
         let refused = verifier(&[trusted]).verify(&forged).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+
+    /// Rotation: while the JWKS lists a service's old and new keys (different ids, same
+    /// service), tokens signed with either verify; once the old one is removed, only the new.
+    #[test]
+    fn a_service_key_rotates_with_both_keys_published_during_the_rollout() {
+        let (old_pem, old_jwk) = generate_es256("checkout").unwrap();
+        let (new_pem, new_jwk) = generate_es256("checkout").unwrap();
+        assert_ne!(old_jwk["kid"], new_jwk["kid"]);
+        let token = |pem: &str| {
+            let kid = key_id("checkout", pem.as_bytes()).unwrap();
+            ServiceIdentity::from_pem("checkout", &kid, pem.as_bytes())
+                .unwrap()
+                .token("tenant-a", &["loyalty.members.read".to_owned()])
+                .unwrap()
+        };
+        let both = verifier(&[old_jwk, new_jwk.clone()]);
+        assert!(both.verify(&token(&old_pem)).is_ok());
+        assert!(both.verify(&token(&new_pem)).is_ok());
+        let only_new = verifier(&[new_jwk]);
+        assert!(only_new.verify(&token(&old_pem)).is_err());
+        assert!(only_new.verify(&token(&new_pem)).is_ok());
     }
 
     #[test]

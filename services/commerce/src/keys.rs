@@ -10,9 +10,11 @@ use clap::Subcommand;
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// Write a new ES256 key for a service (`<dir>/<service>.pem`, keep it secret) and add its
-    /// public key to `<dir>/jwks.json` (give that file to the callees with `--jwks-file`).
+    /// public key to `<dir>/jwks.json` (give that file to the callees with `--jwks-file`) under
+    /// the key id `<service>-<hash of the key>`; older keys of the service stay listed until
+    /// removed, so a rotation needs no downtime.
     Generate {
-        /// The service's name: its key id and its tokens' subject (`service:<name>`).
+        /// The service's name: its tokens' subject (`service:<name>`) and its key id's prefix.
         #[arg(long)]
         service: String,
         /// Directory for the key and the JWKS.
@@ -36,14 +38,30 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
     let keys = jwks["keys"]
         .as_array_mut()
         .with_context(|| format!("{} has no \"keys\" list", jwks_path.display()))?;
-    // A new key for the service replaces its old one in this file; rotate without downtime by
-    // publishing both in the callees' JWKS until every caller signs with the new one.
-    keys.retain(|key| key["kid"] != service.as_str());
+    // Each key has its own id (derived from the key), so the service's old key stays listed
+    // next to the new one: callees trusting this file accept both while the callers restart
+    // with the new key. Remove the old entry afterwards (docs/topology.md, rotation).
+    let kid = jwk["kid"].as_str().unwrap_or_default().to_owned();
+    let prefix = format!("{service}-");
+    let older = keys
+        .iter()
+        .filter(|key| {
+            key["kid"]
+                .as_str()
+                .is_some_and(|id| id.starts_with(&prefix))
+        })
+        .count();
     keys.push(jwk);
     std::fs::write(&jwks_path, serde_json::to_string_pretty(&jwks)? + "\n")
         .with_context(|| format!("writing {}", jwks_path.display()))?;
     println!("{}: private key of service:{service}", key_path.display());
-    println!("{}: its public key (kid {service})", jwks_path.display());
+    println!("{}: its public key (kid {kid})", jwks_path.display());
+    if older > 0 {
+        println!(
+            "{}: still lists {older} older key(s) of {service}: remove them once every {service} process signs with the new key",
+            jwks_path.display()
+        );
+    }
     Ok(())
 }
 

@@ -171,7 +171,11 @@ impl TopologyArgs {
         };
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let name = self.service_name();
-        let identity = ServiceIdentity::from_pem(&name, &name, &pem)
+        // The key id is derived from the key (`commerce keys generate` publishes it under the
+        // same), so a rotated key is told apart from the old one in the callees' JWKS.
+        let kid = platform::identity::key_id(&name, &pem)
+            .with_context(|| format!("loading the service key {}", path.display()))?;
+        let identity = ServiceIdentity::from_pem(&name, &kid, &pem)
             .with_context(|| format!("loading the service key {}", path.display()))?
             .with_issuer_and_audience(issuer, audience);
         Ok(Some(Arc::new(identity)))

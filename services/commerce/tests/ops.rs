@@ -243,3 +243,40 @@ fn poison_events_land_in_dead_letters_and_the_command_replays_them() {
     assert!(!without_redis.status.success());
     assert!(String::from_utf8_lossy(&without_redis.stderr).contains("no Redis configured"));
 }
+
+/// `keys generate` twice for one service: a new key under a new id, the old one still listed
+/// (a rotation publishes both), each id the one the process derives from its PEM.
+#[test]
+fn generating_a_service_key_again_keeps_the_old_one_listed_for_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let generate = || commerce(&["keys", "generate", "--service", "checkout", "--out", out]);
+    assert!(generate().status.success());
+    let first_kid = platform::identity::key_id(
+        "checkout",
+        &std::fs::read(dir.path().join("checkout.pem")).unwrap(),
+    )
+    .unwrap();
+    let again = generate();
+    assert!(again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("still lists 1 older key(s) of checkout"),
+        "{again:?}"
+    );
+    let second_kid = platform::identity::key_id(
+        "checkout",
+        &std::fs::read(dir.path().join("checkout.pem")).unwrap(),
+    )
+    .unwrap();
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("jwks.json")).unwrap())
+            .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key["kid"].as_str().unwrap())
+        .collect();
+    assert_ne!(first_kid, second_kid);
+    assert_eq!(kids, [first_kid.as_str(), second_kid.as_str()]);
+}

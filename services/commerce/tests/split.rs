@@ -602,6 +602,19 @@ async fn loyalty_refuses_forged_expired_and_wrong_scope_service_tokens_and_user_
         "TOKEN_INVALID",
         "a key loyalty does not trust"
     );
+    let real_kid = platform::identity::key_id("checkout", &real_key).unwrap();
+    assert_eq!(
+        redeem(common::split::service_token_as(
+            &real_kid,
+            forged_key.as_bytes(),
+            scope,
+            300
+        ))
+        .await
+        .unwrap_err(),
+        "TOKEN_INVALID",
+        "a forged token under the trusted key's id"
+    );
     assert_eq!(
         redeem(service_token(&real_key, scope, -60))
             .await

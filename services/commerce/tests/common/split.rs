@@ -242,14 +242,20 @@ pub fn url(running: &Running) -> String {
 /// payment round).
 pub const SETTLE: Duration = Duration::from_secs(30);
 
-/// A service token signed with `pem` (kid `checkout`) for tenant `demo`.
+/// A service token signed with `pem` (under its own key id) for tenant `demo`.
 pub fn service_token(pem: &[u8], scope: &str, expires_in: i64) -> String {
+    let kid = platform::identity::key_id("checkout", pem).unwrap();
+    service_token_as(&kid, pem, scope, expires_in)
+}
+
+/// A service token signed with `pem` for tenant `demo`, claiming key id `kid`.
+pub fn service_token_as(kid: &str, pem: &[u8], scope: &str, expires_in: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some("checkout".into());
+    header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(
         &header,
         &serde_json::json!({
