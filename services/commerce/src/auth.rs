@@ -104,6 +104,15 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<String> {
         scope: scopes,
         exp,
     };
+    // A server that requires an issuer or audience refuses tokens without them: the token
+    // carries the ones configured here (the same flags and environment the server reads).
+    let mut claims = serde_json::to_value(&claims)?;
+    if let Some(issuer) = &args.auth.jwt_issuer {
+        claims["iss"] = issuer.clone().into();
+    }
+    if let Some(audience) = &args.auth.jwt_audience {
+        claims["aud"] = audience.clone().into();
+    }
     Ok(mint_hs256(args.auth.secret().as_bytes(), &claims)?)
 }
 

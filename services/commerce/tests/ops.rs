@@ -280,3 +280,36 @@ fn generating_a_service_key_again_keeps_the_old_one_listed_for_a_rotation() {
     assert_ne!(first_kid, second_kid);
     assert_eq!(kids, [first_kid.as_str(), second_kid.as_str()]);
 }
+
+/// A server that requires an issuer and audience refuses tokens without them; the operator
+/// commands and `commerce token` sign with the ones configured (same flags or environment).
+#[test]
+fn operator_tokens_carry_the_issuer_and_audience_a_server_requires() {
+    let required = [
+        "--jwt-issuer",
+        "https://id.example",
+        "--jwt-audience",
+        "commerce",
+    ];
+    let server = common::start_in(tempfile::tempdir().unwrap(), &required);
+    let url = format!("http://{}", server.addr);
+    let reconcile = |auth: &[&str]| {
+        let mut args = vec!["checkout", "reconcile", "--tenant", "ops", "--server", &url];
+        args.extend_from_slice(auth);
+        common::cli(&args)
+    };
+    let bare = reconcile(&[]);
+    assert!(!bare.status.success(), "a token without iss/aud is refused");
+    assert!(
+        String::from_utf8_lossy(&bare.stderr).contains("token signature or claims invalid"),
+        "{bare:?}"
+    );
+    let signed = reconcile(&required);
+    assert!(
+        signed.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&signed.stdout),
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&signed.stdout).contains("clean"));
+}

@@ -193,13 +193,21 @@ impl Authenticate {
         validation.leeway = CLOCK_LEEWAY_SECONDS;
         // Off by default in jsonwebtoken: a token that is not valid yet must not be accepted.
         validation.validate_nbf = true;
+        // jsonwebtoken checks `iss`/`aud` only when the token has them: a configured issuer or
+        // audience must also make the claim required, or a token that leaves it out passes.
+        let mut required = vec!["exp"];
         if let Some(issuer) = &keys.issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
         match &keys.audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         let TokenClaims { claims, iat } = decode::<TokenClaims>(token, key, &validation)
             .map_err(|err| match err.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => errors::status(
@@ -262,11 +270,66 @@ impl Check for Authenticate {
     }
 }
 
-/// Mints an HS256 token, for local development and tests (`commerce token`).
-pub fn mint_hs256(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+/// Mints an HS256 token, for local development and tests (`commerce token`): `claims` is a
+/// [`Claims`], or any claim set that includes one (e.g. with `iss`/`aud` added).
+pub fn mint_hs256(
+    secret: &[u8],
+    claims: &impl serde::Serialize,
+) -> Result<String, jsonwebtoken::errors::Error> {
     encode(
         &Header::new(Algorithm::HS256),
         claims,
         &EncodingKey::from_secret(secret),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "test-secret";
+
+    fn verifier(issuer: Option<&str>, audience: Option<&str>) -> Authenticate {
+        Authenticate::new(&AuthConfig {
+            hs256_secret: Some(SECRET.into()),
+            issuer: issuer.map(str::to_owned),
+            audience: audience.map(str::to_owned),
+            ..AuthConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn token(extra: serde_json::Value) -> String {
+        let mut claims = serde_json::json!({
+            "sub": "s",
+            "tenant": "t",
+            "exp": jsonwebtoken::get_current_timestamp() + 300,
+        });
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        mint_hs256(SECRET.as_bytes(), &claims).unwrap()
+    }
+
+    /// A configured issuer or audience is required, not only checked when present: a token that
+    /// leaves the claim out is refused like one that names another.
+    #[test]
+    fn a_required_issuer_and_audience_refuse_tokens_without_them() {
+        let strict = verifier(Some("https://id.example"), Some("commerce"));
+        let right = serde_json::json!({"iss": "https://id.example", "aud": "commerce"});
+        assert!(strict.verify(&token(right)).is_ok());
+        for wrong in [
+            serde_json::json!({}),
+            serde_json::json!({"aud": "commerce"}),
+            serde_json::json!({"iss": "https://id.example"}),
+            serde_json::json!({"iss": "https://other.example", "aud": "commerce"}),
+            serde_json::json!({"iss": "https://id.example", "aud": "other"}),
+        ] {
+            let refused = strict.verify(&token(wrong.clone())).unwrap_err();
+            assert_eq!(refused.code(), Code::Unauthenticated, "{wrong}");
+        }
+        // Without them configured, tokens need neither.
+        assert!(verifier(None, None).verify(&token(serde_json::json!({}))).is_ok());
+    }
 }
