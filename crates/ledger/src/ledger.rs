@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
-use store::{Commit, IndexEntry, Store, StoreError, Versioned};
+use store::{Commit, IdempotencyRecord, IndexEntry, Store, StoreError, Versioned};
 
 use crate::error::LedgerError;
 use crate::model::{
@@ -261,8 +261,21 @@ impl Ledger {
         write: Write,
         with: Vec<Commit>,
     ) -> Result<Written, LedgerError> {
+        self.write_recording(tenant, write, with, &|_| None).await
+    }
+
+    /// [`Ledger::write_with`], also committing `recorded` of the entry as written: the
+    /// idempotency record of a caller's response that shows the entry's hash, known only once
+    /// the entry takes its place in the chain. Not called for a repeat (`new: false`).
+    pub async fn write_recording(
+        &self,
+        tenant: &str,
+        write: Write,
+        with: Vec<Commit>,
+        recorded: &(dyn Fn(&Entry) -> Option<IdempotencyRecord> + Send + Sync),
+    ) -> Result<Written, LedgerError> {
         let (draft, resolving) = self.prepare(tenant, write).await?;
-        self.try_append(tenant, &draft, resolving.as_ref(), with)
+        self.try_append(tenant, &draft, resolving.as_ref(), with, recorded)
             .await
     }
 
@@ -555,7 +568,7 @@ impl Ledger {
                 back_off(attempt).await;
             }
             match self
-                .try_append(tenant, &draft, resolving.as_ref(), Vec::new())
+                .try_append(tenant, &draft, resolving.as_ref(), Vec::new(), &|_| None)
                 .await
             {
                 Err(LedgerError::Store(conflict @ StoreError::Conflict { .. })) => {
@@ -576,6 +589,7 @@ impl Ledger {
         draft: &Draft,
         resolving: Option<&Resolving>,
         with: Vec<Commit>,
+        recorded: &(dyn Fn(&Entry) -> Option<IdempotencyRecord> + Send + Sync),
     ) -> Result<Written, LedgerError> {
         // Appends of one tenant in this process take turns: they all move the same chain head,
         // so racing them only makes all but one fail and start over (other processes still race,
@@ -631,15 +645,16 @@ impl Ledger {
             last_sequence: entry.sequence,
             last_hash: entry.hash.to_vec(),
         };
-        commits.insert(
+        // The entry's own commit carries the caller's record: `with` may carry records of its
+        // own, the entry's is always free.
+        let mut created = change(
+            records::key(tenant, ENTRY, &entry.id),
             0,
-            change(
-                records::key(tenant, ENTRY, &entry.id),
-                0,
-                record.encode_to_vec(),
-                records::entry_index(entry.sequence, changes.keys().map(String::as_str)),
-            ),
+            record.encode_to_vec(),
+            records::entry_index(entry.sequence, changes.keys().map(String::as_str)),
         );
+        created.idempotency = recorded(&entry);
+        commits.insert(0, created);
         commits.push(change(
             records::key(tenant, HEAD, HEAD_ID),
             head_version,

@@ -5,9 +5,10 @@ mod common;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use common::{ISSUER, TENANT, embedded, funded, mongodb, posted, tamper};
-use ledger::{HoldStatus, Ledger, LedgerError, NewEntry, Problem};
-use store::Store;
+use ledger::{Entry, HoldStatus, Ledger, LedgerError, NewEntry, Problem, Write};
+use store::{AggregateKey, Commit, IdempotencyRecord, Store, StoreError};
 
 const MEMBERS: [&str; 3] = ["member:a:points", "member:b:points", "member:c:points"];
 
@@ -39,6 +40,7 @@ on_both_engines!(
     concurrent_transfers_conserve_totals_and_keep_the_chain_intact,
     racing_post_and_void_resolve_a_hold_once,
     reconcile_is_clean_then_names_the_edited_entry,
+    an_entry_and_the_idempotency_record_made_from_it_commit_together_or_not_at_all,
 );
 
 async fn concurrent_transfers_conserve_totals_and_keep_the_chain_intact(
@@ -166,4 +168,118 @@ async fn reconcile_is_clean_then_names_the_edited_entry(ledger: Ledger, store: A
         }),
         "{report:?}"
     );
+}
+
+const ADJUST: &str = "commerce.loyalty.v1.PointsService/AdjustPoints";
+
+/// A caller's response recorded under `key` by `write_recording`: here just the hash the chain
+/// gave the entry, known only inside the write.
+fn record_of(key: &str) -> impl Fn(&Entry) -> Option<IdempotencyRecord> + Send + Sync {
+    let key = key.to_owned();
+    move |entry: &Entry| {
+        Some(IdempotencyRecord {
+            tenant: TENANT.into(),
+            method: ADJUST.into(),
+            key: key.clone(),
+            request_digest: Bytes::from_static(b"digest"),
+            response: Bytes::copy_from_slice(&entry.hash),
+            expires_at: store::unix_now() + 3600,
+        })
+    }
+}
+
+/// A service's own aggregate, written with an entry.
+fn note(version: u64, text: &str) -> Commit {
+    Commit {
+        key: AggregateKey::new(TENANT, "note", "n-1"),
+        expected_version: version,
+        data: Bytes::from(text.to_owned()),
+        index: Vec::new(),
+        events: Vec::new(),
+        idempotency: None,
+    }
+}
+
+/// On MongoDB the record is written in the transaction of the entry (after it), so a later commit
+/// of the batch that fails must take the record back with it.
+async fn an_entry_and_the_idempotency_record_made_from_it_commit_together_or_not_at_all(
+    ledger: Ledger,
+    store: Arc<dyn Store>,
+) {
+    funded(&ledger, &MEMBERS[..2], 100).await;
+    let gift = |id: &str, amount: i64| {
+        Write::Post(NewEntry::new(id, 5).transfer(MEMBERS[0], MEMBERS[1], "points", amount))
+    };
+    let recorded = |key: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .idempotency_record(TENANT, ADJUST, key)
+                .await
+                .expect("read record")
+        }
+    };
+
+    let written = ledger
+        .write_recording(
+            TENANT,
+            gift("g-1", 30),
+            vec![note(0, "first")],
+            &record_of("k-1"),
+        )
+        .await
+        .expect("write");
+    assert!(written.new);
+    let record = recorded("k-1").await.expect("recorded with the entry");
+    assert_eq!(&record.response[..], &written.entry.hash[..]);
+
+    // A stale aggregate later in the batch: no entry, and no record either.
+    let stale = ledger
+        .write_recording(
+            TENANT,
+            gift("g-2", 10),
+            vec![note(0, "stale")],
+            &record_of("k-2"),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(LedgerError::Store(StoreError::Conflict { .. }))),
+        "{stale:?}"
+    );
+    assert_eq!(recorded("k-2").await, None);
+    assert_eq!(ledger.entry(TENANT, "g-2").await.expect("entry"), None);
+
+    // The key already recorded: no entry, no change of the other aggregate.
+    let taken = ledger
+        .write_recording(
+            TENANT,
+            gift("g-3", 10),
+            vec![note(1, "taken")],
+            &record_of("k-1"),
+        )
+        .await;
+    assert!(
+        matches!(
+            taken,
+            Err(LedgerError::Store(StoreError::IdempotencyKeyTaken(_)))
+        ),
+        "{taken:?}"
+    );
+    assert_eq!(ledger.entry(TENANT, "g-3").await.expect("entry"), None);
+    let kept = store
+        .load(&AggregateKey::new(TENANT, "note", "n-1"))
+        .await
+        .expect("load")
+        .expect("note");
+    assert_eq!(kept.data, "first");
+    assert_eq!(recorded("k-1").await, Some(record));
+
+    // A repeat of the first entry writes nothing, so it records nothing.
+    let repeat = ledger
+        .write_recording(TENANT, gift("g-1", 30), Vec::new(), &record_of("k-4"))
+        .await
+        .expect("repeat");
+    assert!(!repeat.new);
+    assert_eq!(recorded("k-4").await, None);
+    assert_eq!(posted(&ledger, MEMBERS[0]).await, 70);
 }

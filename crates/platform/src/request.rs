@@ -39,6 +39,12 @@ pub fn idempotency_id<T>(request: &Request<T>) -> String {
         )
 }
 
+/// The request's idempotency context, when it carries a key: a handler that changes state
+/// passes it on so its commit records the response ([`IdempotencyContext::record`]).
+pub fn idempotency<T>(request: &Request<T>) -> Option<IdempotencyContext> {
+    request.extensions().get::<IdempotencyContext>().cloned()
+}
+
 /// A list's page size as the contracts define it: 0 means 50, above 500 means 500.
 pub fn page_size(requested: i32) -> usize {
     match requested {

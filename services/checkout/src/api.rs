@@ -8,8 +8,7 @@ use commerce_api::commerce::checkout::v1::{
     order_service_server::OrderService,
 };
 use platform::ApiError;
-use platform::interceptors::IdempotencyContext;
-use platform::request::{field_mask, idempotency_id, page_size, tenant};
+use platform::request::{field_mask, idempotency, idempotency_id, page_size, tenant};
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
@@ -47,12 +46,16 @@ impl MenuService for MenuApi {
     ) -> Reply<v1::CreateLocationResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = idempotency(&request);
         let location = request.into_inner().location.unwrap_or_default();
+        // The commit creating the location recorded this very response for the key.
         let location = self
             .catalog
-            .create_location(&tenant, &location, &key)
+            .create_location_recording(&tenant, &location, &key, idempotency.as_ref())
             .await
             .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("checkout.create_location.replying");
         Ok(Response::new(v1::CreateLocationResponse {
             location: Some(location),
         }))
@@ -117,12 +120,16 @@ impl MenuService for MenuApi {
     ) -> Reply<v1::CreateMenuItemResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = idempotency(&request);
         let item = request.into_inner().item.unwrap_or_default();
+        // The commit creating the item recorded this very response for the key.
         let item = self
             .catalog
-            .create_item(&tenant, &item, &key)
+            .create_item_recording(&tenant, &item, &key, idempotency.as_ref())
             .await
             .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("checkout.create_menu_item.replying");
         Ok(Response::new(v1::CreateMenuItemResponse {
             item: Some(item),
         }))
@@ -230,18 +237,25 @@ impl CartService for CartApi {
     ) -> Reply<v1::CreateCartResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = idempotency(&request);
         let body = request.into_inner();
+        // The write creating the cart recorded this very response for the key (in the store;
+        // see `CartStorage::save` for carts in Redis).
         let cart = self
             .carts
-            .create(
+            .create_recording(
                 &tenant,
                 &body.location_id,
                 &body.customer_id,
                 body.fulfillment,
                 &key,
+                idempotency.as_ref(),
             )
-            .await;
-        cart_reply(cart, |cart| v1::CreateCartResponse { cart: Some(cart) })
+            .await
+            .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("checkout.create_cart.replying");
+        Ok(Response::new(v1::CreateCartResponse { cart: Some(cart) }))
     }
 
     async fn get_cart(&self, request: Request<v1::GetCartRequest>) -> Reply<v1::GetCartResponse> {
@@ -256,10 +270,13 @@ impl CartService for CartApi {
     ) -> Reply<v1::AddCartLineResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = idempotency(&request);
         let body = request.into_inner();
+        // The write adding the line recorded this very response for the key (in the store; see
+        // `CartStorage::save` for carts in Redis).
         let (cart, line_id) = self
             .carts
-            .add_line(
+            .add_line_recording(
                 &tenant,
                 &body.cart_id,
                 &body.item_id,
@@ -269,9 +286,12 @@ impl CartService for CartApi {
                     special_instructions: body.special_instructions,
                 },
                 &key,
+                idempotency.as_ref(),
             )
             .await
             .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("checkout.add_cart_line.replying");
         Ok(Response::new(v1::AddCartLineResponse {
             cart: Some(cart),
             line_id,
@@ -413,7 +433,7 @@ impl OrderService for OrderApi {
     ) -> Reply<v1::PlaceOrderResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
-        let idempotency = request.extensions().get::<IdempotencyContext>().cloned();
+        let idempotency = idempotency(&request);
         let body = request.into_inner();
         let placement = Placement {
             cart_id: body.cart_id,
@@ -476,7 +496,7 @@ impl OrderService for OrderApi {
     ) -> Reply<v1::RefundOrderResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
-        let idempotency = request.extensions().get::<IdempotencyContext>().cloned();
+        let idempotency = idempotency(&request);
         let body = request.into_inner();
         // The commit recording the refund recorded this very response for the key.
         let (order, refund) = self

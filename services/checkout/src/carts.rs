@@ -9,13 +9,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use commerce_api::commerce::checkout::v1::{
-    Cart, CartLine, Fulfillment, FulfillmentMode, LoyaltyRewardSelection, SelectedModifier, Tip,
-    fulfillment::Details, tip,
+    AddCartLineResponse, Cart, CartLine, CreateCartResponse, Fulfillment, FulfillmentMode,
+    LoyaltyRewardSelection, SelectedModifier, Tip, fulfillment::Details, tip,
 };
 use commerce_api::commerce::common::v1::ErrorReason;
 use platform::clock::Clocks;
+use platform::interceptors::IdempotencyContext;
 use prost::Message as _;
-use store::{AggregateKey, Commit, Store, StoreError};
+use store::{AggregateKey, Commit, IdempotencyRecord, Store, StoreError};
 
 use crate::catalog::{self, Catalog};
 use crate::error::CheckoutError;
@@ -29,16 +30,21 @@ const EXPIRED_GRACE: Duration = Duration::from_secs(24 * 3600);
 const ATTEMPTS: usize = 16;
 
 /// Reads the cart into `$cart`, runs the body (an async block that may `return Err(..)` or use
-/// `?`), and writes the cart back, re-reading and re-running on a lost race.
+/// `?`), and writes the cart back, re-reading and re-running on a lost race. With `$record`, the
+/// write carries `$record(&cart as written)` (see [`Carts::save`]).
 macro_rules! change_cart {
-    ($carts:expr, $tenant:expr, $cart_id:expr, |$cart:ident| $body:block) => {{
+    ($carts:expr, $tenant:expr, $cart_id:expr, |$cart:ident| $body:block) => {
+        change_cart!($carts, $tenant, $cart_id, |$cart| $body, |_: &Cart| None)
+    };
+    ($carts:expr, $tenant:expr, $cart_id:expr, |$cart:ident| $body:block, $record:expr) => {{
+        let record = $record;
         let mut outcome = None;
         for _ in 0..ATTEMPTS {
             let (version, mut $cart) = $carts.load($tenant, $cart_id).await?;
             let changed: Result<(), CheckoutError> = async { $body }.await;
             changed?;
             let now = $carts.now_ms($tenant).await?;
-            match $carts.save($tenant, version, $cart, now).await {
+            match $carts.save($tenant, version, $cart, now, &record).await {
                 Err(error) if error.is_conflict() => outcome = Some(Err(error)),
                 done => {
                     outcome = Some(done);
@@ -60,6 +66,8 @@ pub trait CartStorage: Send + Sync {
         cart_id: &str,
     ) -> Result<Option<(u64, Bytes)>, CheckoutError>;
     /// Writes the record if it is at `expected_version` (0 creates); keeps it at least `ttl`.
+    /// `idempotency` is the record of the call's response, written in the same atomic commit
+    /// where the storage is the store.
     async fn save(
         &self,
         tenant: &str,
@@ -67,6 +75,7 @@ pub trait CartStorage: Send + Sync {
         expected_version: u64,
         data: Bytes,
         ttl: Duration,
+        idempotency: Option<IdempotencyRecord>,
     ) -> Result<u64, CheckoutError>;
 }
 
@@ -107,6 +116,9 @@ impl CartStorage for RedisCarts {
             .map_err(redis_failed)
     }
 
+    /// Redis and the store cannot commit together, so `_idempotency` is left to the idempotency
+    /// layer, which records the reply after it: a crash in between lets a retry run again, and
+    /// it changes nothing, as the cart's id and a line's id derive from the key.
     async fn save(
         &self,
         tenant: &str,
@@ -114,6 +126,7 @@ impl CartStorage for RedisCarts {
         expected_version: u64,
         data: Bytes,
         ttl: Duration,
+        _idempotency: Option<IdempotencyRecord>,
     ) -> Result<u64, CheckoutError> {
         self.0
             .save(
@@ -151,6 +164,7 @@ impl CartStorage for StoreCarts {
         expected_version: u64,
         data: Bytes,
         _ttl: Duration,
+        idempotency: Option<IdempotencyRecord>,
     ) -> Result<u64, CheckoutError> {
         Ok(self
             .0
@@ -160,7 +174,7 @@ impl CartStorage for StoreCarts {
                 data,
                 index: Vec::new(),
                 events: Vec::new(),
-                idempotency: None,
+                idempotency,
             })
             .await?)
     }
@@ -241,6 +255,22 @@ impl Carts {
         fulfillment: Option<Fulfillment>,
         id_key: &str,
     ) -> Result<Cart, CheckoutError> {
+        self.create_recording(tenant, location_id, customer_id, fulfillment, id_key, None)
+            .await
+    }
+
+    /// [`Carts::create`], with the `CreateCartResponse` carrying the new cart recorded under
+    /// `idempotency` in the write that creates it (see [`CartStorage::save`]). A call that finds
+    /// the cart made, or fails, records nothing here: the idempotency layer records its answer.
+    pub async fn create_recording(
+        &self,
+        tenant: &str,
+        location_id: &str,
+        customer_id: &str,
+        fulfillment: Option<Fulfillment>,
+        id_key: &str,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<Cart, CheckoutError> {
         let cart_id = format!("cart-{}", &id_key[..id_key.len().min(24)]);
         if let Some((_, data)) = self.storage.load(tenant, &cart_id).await? {
             return decode(&data);
@@ -261,7 +291,14 @@ impl Carts {
             create_time: Some(timestamp_ms(now)),
             ..Cart::default()
         };
-        match self.save(tenant, 0, cart, now).await {
+        let record = |cart: &Cart| {
+            idempotency.map(|context| {
+                context.record(&CreateCartResponse {
+                    cart: Some(cart.clone()),
+                })
+            })
+        };
+        match self.save(tenant, 0, cart, now, record).await {
             Err(error) if error.is_conflict() => self.get(tenant, &cart_id).await,
             outcome => outcome,
         }
@@ -297,13 +334,15 @@ impl Carts {
         Ok((version, cart))
     }
 
-    /// Writes the cart's next version with its expiry renewed.
+    /// Writes the cart's next version with its expiry renewed, and `record` of it as written:
+    /// the idempotency record of a response showing the cart.
     async fn save(
         &self,
         tenant: &str,
         expected: u64,
         mut cart: Cart,
         now: i64,
+        record: impl Fn(&Cart) -> Option<IdempotencyRecord>,
     ) -> Result<Cart, CheckoutError> {
         let ttl_ms = self.ttl.as_millis() as i64;
         cart.version = expected as i64 + 1;
@@ -317,6 +356,7 @@ impl Carts {
                 expected,
                 data,
                 self.ttl + EXPIRED_GRACE,
+                record(&cart),
             )
             .await?;
         Ok(cart)
@@ -332,27 +372,57 @@ impl Carts {
         choice: &LineChoice,
         id_key: &str,
     ) -> Result<(Cart, String), CheckoutError> {
+        self.add_line_recording(tenant, cart_id, item_id, choice, id_key, None)
+            .await
+    }
+
+    /// [`Carts::add_line`], with the `AddCartLineResponse` carrying the returned cart and line
+    /// recorded under `idempotency` in the write that adds the line (see
+    /// [`CartStorage::save`]). A failure records nothing here: the idempotency layer records it.
+    pub async fn add_line_recording(
+        &self,
+        tenant: &str,
+        cart_id: &str,
+        item_id: &str,
+        choice: &LineChoice,
+        id_key: &str,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<(Cart, String), CheckoutError> {
         limits::line(choice.quantity, &choice.modifiers)?;
         let line_id = format!("line-{}", &id_key[..id_key.len().min(16)]);
-        let cart = change_cart!(self, tenant, cart_id, |cart| {
-            if !cart
-                .lines
-                .iter()
-                .any(|existing| existing.line_id == line_id)
-            {
-                let modifiers = self
-                    .checked_line(tenant, &cart, item_id, &choice.modifiers)
-                    .await?;
-                cart.lines.push(CartLine {
+        let record = |cart: &Cart| {
+            idempotency.map(|context| {
+                context.record(&AddCartLineResponse {
+                    cart: Some(cart.clone()),
                     line_id: line_id.clone(),
-                    item_id: item_id.to_owned(),
-                    quantity: choice.quantity,
-                    modifiers,
-                    special_instructions: choice.special_instructions.clone(),
-                });
-            }
-            Ok(())
-        })?;
+                })
+            })
+        };
+        let cart = change_cart!(
+            self,
+            tenant,
+            cart_id,
+            |cart| {
+                if !cart
+                    .lines
+                    .iter()
+                    .any(|existing| existing.line_id == line_id)
+                {
+                    let modifiers = self
+                        .checked_line(tenant, &cart, item_id, &choice.modifiers)
+                        .await?;
+                    cart.lines.push(CartLine {
+                        line_id: line_id.clone(),
+                        item_id: item_id.to_owned(),
+                        quantity: choice.quantity,
+                        modifiers,
+                        special_instructions: choice.special_instructions.clone(),
+                    });
+                }
+                Ok(())
+            },
+            record
+        )?;
         Ok((cart, line_id))
     }
 

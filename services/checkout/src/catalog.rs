@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use commerce_api::commerce::checkout::v1::{
-    FulfillmentMode, ItemLocationSettings, Location, MenuItem, ModifierGroup,
+    CreateLocationResponse, CreateMenuItemResponse, FulfillmentMode, ItemLocationSettings,
+    Location, MenuItem, ModifierGroup,
 };
 use commerce_api::commerce::common::v1::Money;
 use platform::clock::Clocks;
+use platform::interceptors::IdempotencyContext;
 use platform::page_token;
 use prost::Message as _;
 use store::{AggregateKey, Commit, IndexEntry, Pages, Store, StoreError, Versioned};
@@ -143,6 +145,20 @@ impl Catalog {
         location: &Location,
         id_key: &str,
     ) -> Result<Location, CheckoutError> {
+        self.create_location_recording(tenant, location, id_key, None)
+            .await
+    }
+
+    /// [`Catalog::create_location`], with the `CreateLocationResponse` carrying the new location
+    /// recorded under `idempotency` in the commit that creates it. A call that finds the
+    /// location made records nothing here: the idempotency layer records its answer.
+    pub async fn create_location_recording(
+        &self,
+        tenant: &str,
+        location: &Location,
+        id_key: &str,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<Location, CheckoutError> {
         check_location(location)?;
         let id = format!("loc-{}", &id_key[..id_key.len().min(24)]);
         let key = AggregateKey::new(tenant, LOCATION, &id);
@@ -157,16 +173,13 @@ impl Catalog {
             version: 1,
             ..location.clone()
         };
-        match self
-            .store
-            .commit(commit(
-                key.clone(),
-                0,
-                location.encode_to_vec().into(),
-                vec![all()],
-            ))
-            .await
-        {
+        let mut created = commit(key.clone(), 0, location.encode_to_vec().into(), vec![all()]);
+        created.idempotency = idempotency.map(|context| {
+            context.record(&CreateLocationResponse {
+                location: Some(location.clone()),
+            })
+        });
+        match self.store.commit(created).await {
             Ok(_) => Ok(location),
             Err(StoreError::Conflict { .. }) => self.location(tenant, &location.location_id).await,
             Err(error) => Err(error.into()),
@@ -301,6 +314,19 @@ impl Catalog {
         item: &MenuItem,
         id_key: &str,
     ) -> Result<MenuItem, CheckoutError> {
+        self.create_item_recording(tenant, item, id_key, None).await
+    }
+
+    /// [`Catalog::create_item`], with the `CreateMenuItemResponse` carrying the new item
+    /// recorded under `idempotency` in the commit that creates it. A call that finds the item
+    /// made, or fails, records nothing here: the idempotency layer records its answer.
+    pub async fn create_item_recording(
+        &self,
+        tenant: &str,
+        item: &MenuItem,
+        id_key: &str,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<MenuItem, CheckoutError> {
         let id = format!("item-{}", &id_key[..id_key.len().min(24)]);
         let key = AggregateKey::new(tenant, ITEM, &id);
         if let Some(stored) = self.store.load(&key).await? {
@@ -316,7 +342,12 @@ impl Catalog {
             ..item.clone()
         };
         let claim = self.claim_sku(tenant, &item.sku, &item.item_id).await?;
-        let created = commit(key, 0, item.encode_to_vec().into(), item_index(&item));
+        let mut created = commit(key, 0, item.encode_to_vec().into(), item_index(&item));
+        created.idempotency = idempotency.map(|context| {
+            context.record(&CreateMenuItemResponse {
+                item: Some(item.clone()),
+            })
+        });
         match self.store.commit_all(vec![created, claim]).await {
             Ok(_) => Ok(item),
             Err(StoreError::Conflict { .. }) => match self.item(tenant, &item.item_id).await {

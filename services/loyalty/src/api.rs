@@ -9,7 +9,7 @@ use commerce_api::commerce::loyalty::v1::{
     reward_service_server::RewardService,
 };
 use platform::ApiError;
-use platform::request::{field_mask, idempotency_id, page_size, tenant};
+use platform::request::{field_mask, idempotency, idempotency_id, page_size, tenant};
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Loyalty, timestamp_ms};
@@ -237,12 +237,23 @@ impl PointsService for LoyaltyApi {
     ) -> Reply<v1::AdjustPointsResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = idempotency(&request);
         let body = request.into_inner();
+        // The commit moving the points recorded this very response for the key.
         let entry = self
             .engine
-            .adjust(&tenant, &body.member_id, body.points, &body.reason, &key)
+            .adjust_recording(
+                &tenant,
+                &body.member_id,
+                body.points,
+                &body.reason,
+                &key,
+                idempotency.as_ref(),
+            )
             .await
             .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("loyalty.adjust_points.replying");
         ok(v1::AdjustPointsResponse { entry: Some(entry) })
     }
 }
@@ -255,12 +266,16 @@ impl RewardService for LoyaltyApi {
     ) -> Reply<v1::CreateRewardResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = idempotency(&request);
         let reward = request.into_inner().reward.unwrap_or_default();
+        // The commit creating the reward recorded this very response for the key.
         let reward = self
             .engine
-            .create_reward(&tenant, &reward, &key)
+            .create_reward_recording(&tenant, &reward, &key, idempotency.as_ref())
             .await
             .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("loyalty.create_reward.replying");
         ok(v1::CreateRewardResponse {
             reward: Some(reward),
         })
@@ -325,18 +340,23 @@ impl RewardService for LoyaltyApi {
     ) -> Reply<v1::RedeemRewardResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = idempotency(&request);
         let body = request.into_inner();
+        // The commit holding the points recorded this very response for the key.
         let redemption = self
             .engine
-            .redeem(
+            .redeem_recording(
                 &tenant,
                 &body.member_id,
                 &body.reward_id,
                 &body.order_id,
                 &key,
+                idempotency.as_ref(),
             )
             .await
             .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("loyalty.redeem_reward.replying");
         ok(v1::RedeemRewardResponse {
             redemption: Some(redemption),
         })

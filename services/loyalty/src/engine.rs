@@ -70,7 +70,13 @@ pub(crate) struct Change {
     pub also: Vec<Commit>,
     /// The processed-event record, when an event consumer makes the change.
     pub processed: Option<IdempotencyRecord>,
+    /// The idempotency record of the caller's response, made from the ledger entry `write`
+    /// chains (the response shows its hash): see [`Ledger::write_recording`].
+    pub recorded: Option<Recorder>,
 }
+
+/// Makes the idempotency record of a response from the ledger entry as written.
+pub(crate) type Recorder = Box<dyn Fn(&ledger::Entry) -> IdempotencyRecord + Send + Sync>;
 
 impl Change {
     /// Adds an event.
@@ -109,6 +115,13 @@ pub(crate) fn commit(
         events: Vec::new(),
         idempotency: None,
     }
+}
+
+/// `entry` showing its ledger entry's hash and time.
+pub(crate) fn hashed(mut entry: PointsEntry, written: &ledger::Entry) -> PointsEntry {
+    entry.entry_hash = crate::members::hex(&written.hash);
+    entry.create_time = Some(timestamp_ms(written.occurred_at));
+    entry
 }
 
 /// Unix seconds of a tenant-clock time in ms (floor).
@@ -229,7 +242,7 @@ impl Loyalty {
         commits.extend(change.also);
         let written = match change.write {
             Some(write) => Some(
-                self.write_ledger(tenant, &member_id, write, commits)
+                self.write_ledger(tenant, &member_id, write, commits, change.recorded)
                     .await?,
             ),
             None => {
@@ -249,15 +262,19 @@ impl Loyalty {
         member_id: &str,
         write: Write,
         commits: Vec<Commit>,
+        recorded: Option<Recorder>,
     ) -> Result<Written, LoyaltyError> {
+        let recorded = |entry: &ledger::Entry| recorded.as_ref().map(|record| record(entry));
         let written = match self
             .ledger
-            .write_with(tenant, write.clone(), commits.clone())
+            .write_recording(tenant, write.clone(), commits.clone(), &recorded)
             .await
         {
             Err(LedgerError::UnknownAccount { .. }) => {
                 self.open_accounts(tenant, member_id).await?;
-                self.ledger.write_with(tenant, write, commits).await
+                self.ledger
+                    .write_recording(tenant, write, commits, &recorded)
+                    .await
             }
             outcome => outcome,
         };
@@ -281,16 +298,15 @@ impl Loyalty {
     pub(crate) async fn with_hash(
         &self,
         tenant: &str,
-        mut entry: PointsEntry,
+        entry: PointsEntry,
     ) -> Result<PointsEntry, LoyaltyError> {
         if entry.entry_id.is_empty() {
             return Ok(entry);
         }
-        if let Some(recorded) = self.ledger.entry(tenant, &entry.entry_id).await? {
-            entry.entry_hash = crate::members::hex(&recorded.hash);
-            entry.create_time = Some(timestamp_ms(recorded.occurred_at));
-        }
-        Ok(entry)
+        Ok(match self.ledger.entry(tenant, &entry.entry_id).await? {
+            Some(recorded) => hashed(entry, &recorded),
+            None => entry,
+        })
     }
 
     /// Opens the program's accounts and the member's (idempotent). The pending account may

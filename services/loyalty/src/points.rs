@@ -2,14 +2,16 @@
 //! (deduplicated by refund, proportional, cumulative), and staff adjustments.
 
 use commerce_api::commerce::loyalty::v1::{
-    PointsAccrued, PointsAdjusted, PointsEntry, PointsEntryKind, PointsReversed,
+    AdjustPointsResponse, PointsAccrued, PointsAdjusted, PointsEntry, PointsEntryKind,
+    PointsReversed,
 };
 use ledger::{NewEntry, Write};
+use platform::interceptors::IdempotencyContext;
 use sha2::{Digest as _, Sha256};
 use store::IdempotencyRecord;
 
 use crate::earning::{self, EligibleLine};
-use crate::engine::{Change, Loyalty, commit, decode, seconds, timestamp};
+use crate::engine::{Change, Loyalty, Recorder, commit, decode, hashed, seconds, timestamp};
 use crate::error::LoyaltyError;
 use crate::expiry;
 use crate::limits;
@@ -403,9 +405,26 @@ impl Loyalty {
         reason: &str,
         entry_key: &str,
     ) -> Result<PointsEntry, LoyaltyError> {
+        self.adjust_recording(tenant, member_id, points, reason, entry_key, None)
+            .await
+    }
+
+    /// [`Loyalty::adjust`], with the `AdjustPointsResponse` carrying the returned entry recorded
+    /// under `idempotency` in the commit that moves the points (the entry shows its ledger hash,
+    /// so the record is made as the ledger chains it). A repeat that finds the entry, or a
+    /// failure, records nothing here: the idempotency layer records its answer.
+    pub async fn adjust_recording(
+        &self,
+        tenant: &str,
+        member_id: &str,
+        points: i64,
+        reason: &str,
+        entry_key: &str,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<PointsEntry, LoyaltyError> {
         limits::adjustment(points)?;
         let entry_id = format!("adjust:{entry_key}");
-        let entry = retrying!({
+        retrying!({
             let state = self.load_member(tenant, member_id).await?;
             let active_account = records::active_account(state.id());
             let entry = PointsEntry {
@@ -416,8 +435,8 @@ impl Loyalty {
                 reason: reason.to_owned(),
                 ..PointsEntry::default()
             };
-            if self.ledger.entry(tenant, &entry_id).await?.is_some() {
-                return Ok(entry);
+            if let Some(written) = self.ledger.entry(tenant, &entry_id).await? {
+                return Ok(hashed(entry, &written));
             }
             let (_, program) = self.program(tenant).await?;
             let now_ms = self.now_ms(tenant).await?;
@@ -452,8 +471,17 @@ impl Loyalty {
                 wallet::take(&mut record, &allocations);
                 ledger_entry.transfer(&active_account, records::ISSUED, records::POINTS, -points)
             };
+            let recorded = idempotency.cloned().map(|context| {
+                let entry = entry.clone();
+                Box::new(move |written: &ledger::Entry| {
+                    context.record(&AdjustPointsResponse {
+                        entry: Some(hashed(entry.clone(), written)),
+                    })
+                }) as Recorder
+            });
             let mut change = Change {
                 write: Some(Write::Post(ledger_entry)),
+                recorded,
                 ..Change::default()
             };
             change.entries.push(entry.clone());
@@ -462,10 +490,14 @@ impl Loyalty {
                 points,
                 reason: reason.to_owned(),
             });
-            self.commit_member(tenant, &state, record, change, now_ms)
+            let written = self
+                .commit_member(tenant, &state, record, change, now_ms)
                 .await?;
-            Ok(entry)
-        })?;
-        self.with_hash(tenant, entry).await
+            // Exactly the entry the commit recorded.
+            Ok(match written {
+                Some(written) => hashed(entry, &written.entry),
+                None => entry,
+            })
+        })
     }
 }

@@ -3,10 +3,11 @@
 //! expired by the sweep when neither happens in time, and reversible once posted.
 
 use commerce_api::commerce::loyalty::v1::{
-    LoyaltyProgram, PointsEntry, PointsEntryKind, PointsRedeemed, PointsReversed, Redemption,
-    RedemptionStatus, RegistrationState, Reward,
+    CreateRewardResponse, LoyaltyProgram, PointsEntry, PointsEntryKind, PointsRedeemed,
+    PointsReversed, RedeemRewardResponse, Redemption, RedemptionStatus, RegistrationState, Reward,
 };
 use ledger::{NewEntry, Write};
+use platform::interceptors::IdempotencyContext;
 
 use crate::engine::{Change, Loyalty, MemberState, commit, decode, seconds, timestamp_ms};
 use crate::error::LoyaltyError;
@@ -111,6 +112,20 @@ impl Loyalty {
         reward: &Reward,
         id_key: &str,
     ) -> Result<Reward, LoyaltyError> {
+        self.create_reward_recording(tenant, reward, id_key, None)
+            .await
+    }
+
+    /// [`Loyalty::create_reward`], with the `CreateRewardResponse` carrying the new reward
+    /// recorded under `idempotency` in the commit that creates it. A call that finds the reward
+    /// made records nothing here: the idempotency layer records its answer.
+    pub async fn create_reward_recording(
+        &self,
+        tenant: &str,
+        reward: &Reward,
+        id_key: &str,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<Reward, LoyaltyError> {
         limits::reward(reward)?;
         let reward_id = format!("rwd-{}", &id_key[..id_key.len().min(32)]);
         let key = records::key(tenant, records::REWARD, &reward_id);
@@ -122,16 +137,13 @@ impl Loyalty {
             version: 1,
             ..reward.clone()
         };
-        match self
-            .store
-            .commit(commit(
-                key.clone(),
-                0,
-                &reward,
-                vec![records::all_rewards()],
-            ))
-            .await
-        {
+        let mut created = commit(key.clone(), 0, &reward, vec![records::all_rewards()]);
+        created.idempotency = idempotency.map(|context| {
+            context.record(&CreateRewardResponse {
+                reward: Some(reward.clone()),
+            })
+        });
+        match self.store.commit(created).await {
             Ok(_) => Ok(reward),
             Err(store::StoreError::Conflict { .. }) => {
                 let stored = self.store.load(&key).await?.expect("created concurrently");
@@ -287,6 +299,22 @@ impl Loyalty {
         order_id: &str,
         id_key: &str,
     ) -> Result<Redemption, LoyaltyError> {
+        self.redeem_recording(tenant, member_id, reward_id, order_id, id_key, None)
+            .await
+    }
+
+    /// [`Loyalty::redeem`], with the `RedeemRewardResponse` carrying the new redemption
+    /// recorded under `idempotency` in the commit that holds the points. A call that finds the
+    /// redemption made, or fails, records nothing here: the idempotency layer records its answer.
+    pub async fn redeem_recording(
+        &self,
+        tenant: &str,
+        member_id: &str,
+        reward_id: &str,
+        order_id: &str,
+        id_key: &str,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<Redemption, LoyaltyError> {
         let redemption_id = format!("rdm-{}", &id_key[..id_key.len().min(32)]);
         let key = records::key(tenant, records::REDEMPTION, &redemption_id);
         retrying!({
@@ -331,6 +359,20 @@ impl Loyalty {
                 resolve_time: None,
             };
             let hold = hold_id(&redemption_id);
+            let mut held = commit(
+                key.clone(),
+                0,
+                &RedemptionRecord {
+                    redemption: Some(redemption.clone()),
+                    taken,
+                },
+                vec![records::held_redemptions()],
+            );
+            held.idempotency = idempotency.map(|context| {
+                context.record(&RedeemRewardResponse {
+                    redemption: Some(redemption.clone()),
+                })
+            });
             let change = Change {
                 write: Some(Write::Hold {
                     entry: NewEntry::new(&hold, now_ms)
@@ -351,15 +393,7 @@ impl Loyalty {
                     redemption_id: redemption_id.clone(),
                     ..PointsEntry::default()
                 }],
-                also: vec![commit(
-                    key.clone(),
-                    0,
-                    &RedemptionRecord {
-                        redemption: Some(redemption.clone()),
-                        taken,
-                    },
-                    vec![records::held_redemptions()],
-                )],
+                also: vec![held],
                 ..Change::default()
             };
             self.commit_member(tenant, &state, record, change, now_ms)

@@ -1,10 +1,11 @@
 //! The gRPC handlers of PlanService, SubscriptionService and InvoiceService: each reads the
 //! tenant the platform put on the request, calls the engine, and maps its error once.
 //!
-//! Creates and plan changes (`IDEMPOTENCY_KEY_REQUIRED`) pass the id derived from the request's idempotency key
-//! to the engine, which remembers what that key made: a retry after a crash — when the
-//! platform's idempotency layer has no recorded response to replay — finds the resource the
-//! first attempt created instead of making a second one.
+//! Creates and plan changes (`IDEMPOTENCY_KEY_REQUIRED`) pass the request's idempotency context
+//! to the engine, whose commit completing the call records the exact response under the key, so
+//! a crash before the reply leaves a replay, not a second run; and the id derived from the key,
+//! which the engine remembers: a call finding the key used (a retry of a call whose charge had an
+//! unknown outcome, say) finds the resource the first attempt created instead of making another.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use commerce_api::commerce::subscriptions::v1::{
     plan_service_server::PlanService, subscription_service_server::SubscriptionService,
 };
 use platform::ApiError;
-use platform::request::{idempotency_id, page_size, tenant};
+use platform::request::{idempotency, idempotency_id, page_size, tenant};
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Subscriptions, millis};
@@ -75,18 +76,23 @@ impl PlanService for PlanApi {
     ) -> Reply<v1::CreatePlanResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = idempotency(&request);
         let body = request.into_inner();
+        // The commit creating the plan recorded this very response for the key.
         let plan = self
             .engine
-            .create_plan(
+            .create_plan_recording(
                 &tenant,
                 &key,
                 &body.display_name,
                 &body.description,
                 body.terms.unwrap_or_default(),
+                idempotency.as_ref(),
             )
             .await
             .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("subscriptions.create_plan.replying");
         ok(v1::CreatePlanResponse { plan: Some(plan) })
     }
 
@@ -128,15 +134,26 @@ impl PlanService for PlanApi {
     ) -> Reply<v1::CreatePlanVersionResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = idempotency(&request);
         let body = request.into_inner();
         let price = body
             .price
             .ok_or_else(|| fail(SubscriptionsError::invalid("price", "is required")))?;
+        // The commit adding the version recorded this very response for the key.
         let plan = self
             .engine
-            .add_plan_version(&tenant, &key, &body.plan_id, price, body.trial_days)
+            .add_plan_version_recording(
+                &tenant,
+                &key,
+                &body.plan_id,
+                price,
+                body.trial_days,
+                idempotency.as_ref(),
+            )
             .await
             .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("subscriptions.create_plan_version.replying");
         ok(v1::CreatePlanVersionResponse { plan: Some(plan) })
     }
 
@@ -175,19 +192,25 @@ impl SubscriptionService for SubscriptionApi {
     ) -> Reply<v1::CreateSubscriptionResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = idempotency(&request);
         let body = request.into_inner();
+        // The commit completing the creation (the first charge's outcome, or the creation of a
+        // trial) recorded this very response for the key.
         let created = self
             .engine
-            .create_subscription(
+            .create_subscription_recording(
                 &tenant,
                 &key,
                 &body.customer_id,
                 &body.plan_id,
                 &body.payment_token,
                 body.skip_trial,
+                idempotency.as_ref(),
             )
             .await
             .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("subscriptions.create_subscription.replying");
         ok(v1::CreateSubscriptionResponse {
             subscription: Some(created.subscription),
             first_invoice: created.first_invoice,
@@ -255,18 +278,24 @@ impl SubscriptionService for SubscriptionApi {
     ) -> Reply<v1::ChangePlanResponse> {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
+        let idempotency = idempotency(&request);
         let body = request.into_inner();
+        // The commit completing the change (the proration invoice's payment outcome, or the
+        // change itself when nothing is invoiced) recorded this very response for the key.
         let change = self
             .engine
-            .change_plan(
+            .change_plan_recording(
                 &tenant,
                 &key,
                 &body.subscription_id,
                 &body.new_plan_id,
                 body.expected_net.map(|net| net.amount_minor),
+                idempotency.as_ref(),
             )
             .await
             .map_err(fail)?;
+        // Fault tests die here: committed, not yet answered.
+        platform::failpoint::hit("subscriptions.change_plan.replying");
         ok(v1::ChangePlanResponse {
             subscription: Some(change.subscription),
             invoice: change.invoice,

@@ -50,7 +50,9 @@ use prost_reflect::DynamicMessage;
 use store::{Commit, Pages};
 
 use crate::dunning::DunningStep;
-use crate::engine::{Subscriptions, commit, decode, event, millis, money, timestamp, with_events};
+use crate::engine::{
+    Recorded, Subscriptions, commit, decode, event, millis, money, timestamp, with_events,
+};
 use crate::error::SubscriptionsError;
 use crate::periods::{Period, next_period};
 use crate::plans::version_of;
@@ -673,6 +675,34 @@ impl Subscriptions {
         mode: Attempt,
         report: &mut BillingReport,
     ) -> Result<Option<i64>, SubscriptionsError> {
+        let (due, _) = self
+            .attempt_recording(
+                tenant,
+                subscription_id,
+                invoice_id,
+                at_ms,
+                mode,
+                report,
+                Recorded::Nothing,
+            )
+            .await?;
+        Ok(due)
+    }
+
+    /// [`Subscriptions::attempt`], with `recorded` of the subscription and invoice put into the
+    /// commit of the outcome, which completes the call that asked for the attempt; returns them
+    /// as committed too (`None` when this attempt committed no outcome).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn attempt_recording(
+        &self,
+        tenant: &str,
+        subscription_id: &str,
+        invoice_id: &str,
+        at_ms: i64,
+        mode: Attempt,
+        report: &mut BillingReport,
+        recorded: Recorded<'_>,
+    ) -> Result<(Option<i64>, Option<(Subscription, Invoice)>), SubscriptionsError> {
         let invoice_id = invoice_id.to_owned();
         // 1. The attempt, persisted before the PSP hears of it.
         let attempt = retrying!({
@@ -709,7 +739,8 @@ impl Subscriptions {
             Ok(Some((attempt, record)))
         })?;
         let Some((attempt, record)) = attempt else {
-            return Ok(self.load_sub(tenant, subscription_id).await?.record.due_ms);
+            let due = self.load_sub(tenant, subscription_id).await?.record.due_ms;
+            return Ok((due, None));
         };
         // 2. The charge.
         let charge = if attempt == 0 {
@@ -743,13 +774,13 @@ impl Subscriptions {
                 || (mode == Attempt::Scheduled && !collecting)
             {
                 // Someone else settled this attempt meanwhile.
-                return Ok(record.due_ms);
+                return Ok((record.due_ms, None));
             }
             let before = record.sub().status();
             let Some(charge) = &charge else {
                 // Nothing to collect any more (the invoice was settled another way).
                 if !collecting {
-                    return Ok(record.due_ms);
+                    return Ok((record.due_ms, None));
                 }
                 record.collect_at_ms = None;
                 record.collecting_invoice_id.clear();
@@ -757,7 +788,7 @@ impl Subscriptions {
                     .subscription_commits(tenant, Some(&state), record, at_ms, &[])
                     .await?;
                 self.store.commit_all(commits).await?;
-                return Ok(record.due_ms);
+                return Ok((record.due_ms, None));
             };
             invoice_record.pending_attempt = 0;
             let mut sub_events = Vec::new();
@@ -917,7 +948,7 @@ impl Subscriptions {
                 }
             }
             status_change(report, before, record.sub().status());
-            let invoice_commit = with_events(
+            let mut invoice_commit = with_events(
                 commit(
                     records::key(tenant, records::INVOICE, &invoice_id),
                     invoice_version,
@@ -931,10 +962,12 @@ impl Subscriptions {
             let (record, mut commits) = self
                 .subscription_commits(tenant, Some(&state), record, at_ms, &sub_events)
                 .await?;
+            let settled = (record.sub().clone(), invoice_record.inv().clone());
+            invoice_commit.idempotency = recorded.record(&settled.0, Some(&settled.1));
             commits.push(invoice_commit);
             self.commit_with_posting(tenant, &currency, posting, commits)
                 .await?;
-            Ok(record.due_ms)
+            Ok((record.due_ms, Some(settled)))
         })
     }
 

@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use commerce_api::commerce::common::v1::Money;
-use commerce_api::commerce::subscriptions::v1::SubscriptionStatus;
+use commerce_api::commerce::subscriptions::v1::{
+    ChangePlanResponse, CreateSubscriptionResponse, Invoice, Subscription, SubscriptionStatus,
+};
 use ledger::Ledger;
 use payments::PaymentProvider;
 use platform::clock::Clocks;
+use platform::interceptors::IdempotencyContext;
 use platform::outbound::{Outbound, OutboundPolicy};
 use prost_reflect::{DynamicMessage, ReflectMessage};
-use store::{AggregateKey, Commit, IndexEntry, Store, Versioned};
+use store::{AggregateKey, Commit, IdempotencyRecord, IndexEntry, Store, Versioned};
 
 use crate::dunning::RetryPolicy;
 use crate::error::SubscriptionsError;
@@ -45,6 +48,44 @@ pub struct Subscriptions {
 pub(crate) struct SubState {
     pub version: u64,
     pub record: SubscriptionRecord,
+}
+
+/// The response the commit that completes a call records under the call's idempotency key
+/// ([`IdempotencyContext::record`]): the idempotency layer replays it byte for byte, so a crash
+/// between that commit and the reply cannot make a retry run the call again. The call answers
+/// with exactly the subscription and invoice that commit wrote.
+#[derive(Clone, Copy, Default)]
+pub(crate) enum Recorded<'a> {
+    /// Nothing (no key, or the billing run).
+    #[default]
+    Nothing,
+    /// `CreateSubscriptionResponse` with the subscription and its first invoice.
+    CreateSubscription(&'a IdempotencyContext),
+    /// `ChangePlanResponse` with the subscription and its proration invoice.
+    ChangePlan(&'a IdempotencyContext),
+}
+
+impl Recorded<'_> {
+    /// The record of the response showing `subscription` and `invoice`, if any.
+    pub(crate) fn record(
+        self,
+        subscription: &Subscription,
+        invoice: Option<&Invoice>,
+    ) -> Option<IdempotencyRecord> {
+        match self {
+            Recorded::Nothing => None,
+            Recorded::CreateSubscription(context) => {
+                Some(context.record(&CreateSubscriptionResponse {
+                    subscription: Some(subscription.clone()),
+                    first_invoice: invoice.cloned(),
+                }))
+            }
+            Recorded::ChangePlan(context) => Some(context.record(&ChangePlanResponse {
+                subscription: Some(subscription.clone()),
+                invoice: invoice.cloned(),
+            })),
+        }
+    }
 }
 
 /// Sleeps a jittered pause that grows with `round`, so racing writers spread out.

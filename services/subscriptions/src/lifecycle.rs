@@ -6,11 +6,14 @@ use commerce_api::commerce::subscriptions::v1::{
     Invoice, InvoiceLine, InvoiceLineKind, Plan, PlanStatus, Subscription, SubscriptionCreated,
     SubscriptionPaused, SubscriptionPlanChanged, SubscriptionStatus,
 };
+use platform::interceptors::IdempotencyContext;
 use store::Pages;
 
 use crate::MILLIS_PER_DAY;
 use crate::billing::{Attempt, BillingReport, NewInvoice, plan_line};
-use crate::engine::{SubState, Subscriptions, commit, decode, event, millis, money, timestamp};
+use crate::engine::{
+    Recorded, SubState, Subscriptions, commit, decode, event, millis, money, timestamp,
+};
 use crate::error::SubscriptionsError;
 use crate::periods::{Period, period_containing};
 use crate::plans::{current_version, page_size, version_of};
@@ -102,6 +105,35 @@ impl Subscriptions {
         payment_token: &str,
         skip_trial: bool,
     ) -> Result<Created, SubscriptionsError> {
+        self.create_subscription_recording(
+            tenant,
+            id_key,
+            customer_id,
+            plan_id,
+            payment_token,
+            skip_trial,
+            None,
+        )
+        .await
+    }
+
+    /// [`Subscriptions::create_subscription`], with the `CreateSubscriptionResponse` carrying
+    /// the returned subscription and first invoice recorded under `idempotency` in the commit
+    /// that completes the call: the first charge's outcome, or the creation itself for a trial.
+    /// A call whose charge has an unknown outcome, or that fails, records nothing here: the
+    /// idempotency layer records its answer.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_subscription_recording(
+        &self,
+        tenant: &str,
+        id_key: &str,
+        customer_id: &str,
+        plan_id: &str,
+        payment_token: &str,
+        skip_trial: bool,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<Created, SubscriptionsError> {
+        let recorded = idempotency.map_or(Recorded::Nothing, Recorded::CreateSubscription);
         check_id("customer_id", customer_id)?;
         check_id("plan_id", plan_id)?;
         check_token(payment_token)?;
@@ -111,7 +143,7 @@ impl Subscriptions {
             &records::create_claim_id("create_subscription", id_key),
         );
         if let Some(claim) = self.load_claim(&claim_key).await? {
-            return self.finish_creation(tenant, &claim).await;
+            return self.finish_creation(tenant, &claim, recorded).await;
         }
         let (_, plan) = self.load_plan(tenant, plan_id).await?;
         if plan.status() == PlanStatus::Archived {
@@ -181,19 +213,25 @@ impl Subscriptions {
             resource_id: subscription_id.clone(),
             detail: record.collecting_invoice_id.clone(),
         };
-        commits.push(commit(claim_key, 0, &claim, Vec::new()));
+        let mut claimed = commit(claim_key, 0, &claim, Vec::new());
+        if record.collect_at_ms.is_none() {
+            // A trial: nothing to charge, this commit completes the call.
+            claimed.idempotency = recorded.record(record.sub(), None);
+        }
+        commits.push(claimed);
         // The counter may have moved since it was read, or a call with the same key won: start
         // over (which finds that call's subscription through the claim).
         match self.store.commit_all(commits).await {
             Ok(_) => {}
             Err(store::StoreError::Conflict { .. }) => {
-                return Box::pin(self.create_subscription(
+                return Box::pin(self.create_subscription_recording(
                     tenant,
                     id_key,
                     customer_id,
                     plan_id,
                     payment_token,
                     skip_trial,
+                    idempotency,
                 ))
                 .await;
             }
@@ -205,15 +243,17 @@ impl Subscriptions {
                 first_invoice: None,
             });
         }
-        self.finish_creation(tenant, &claim).await
+        self.finish_creation(tenant, &claim, recorded).await
     }
 
     /// The created subscription of `claim`, its first invoice charged (the attempt in flight
-    /// repeated with the same PSP keys if a crash interrupted it).
+    /// repeated with the same PSP keys if a crash interrupted it), `recorded` in the commit of
+    /// the charge's outcome.
     async fn finish_creation(
         &self,
         tenant: &str,
         claim: &CreateClaim,
+        recorded: Recorded<'_>,
     ) -> Result<Created, SubscriptionsError> {
         let subscription_id = &claim.resource_id;
         let state = self.load_sub(tenant, subscription_id).await?;
@@ -223,9 +263,24 @@ impl Subscriptions {
             let now = self.now_ms(tenant).await?;
             let mut report = BillingReport::default();
             match self
-                .collect(tenant, subscription_id, now, &mut report)
+                .attempt_recording(
+                    tenant,
+                    subscription_id,
+                    &claim.detail,
+                    now,
+                    Attempt::Scheduled,
+                    &mut report,
+                    recorded,
+                )
                 .await
             {
+                // Exactly what the outcome's commit recorded.
+                Ok((_, Some((subscription, invoice)))) => {
+                    return Ok(Created {
+                        subscription,
+                        first_invoice: Some(invoice),
+                    });
+                }
                 Ok(_) | Err(SubscriptionsError::PaymentOutcomeUnknown(_)) => {}
                 Err(error) => return Err(error),
             }
@@ -563,16 +618,42 @@ impl Subscriptions {
         new_plan_id: &str,
         expected_net_minor: Option<i64>,
     ) -> Result<PlanChange, SubscriptionsError> {
+        self.change_plan_recording(
+            tenant,
+            id_key,
+            subscription_id,
+            new_plan_id,
+            expected_net_minor,
+            None,
+        )
+        .await
+    }
+
+    /// [`Subscriptions::change_plan`], with the `ChangePlanResponse` carrying the returned
+    /// subscription and invoice recorded under `idempotency` in the commit that completes the
+    /// call: the proration invoice's payment outcome, or the change itself when nothing is
+    /// invoiced (a trial). A call whose charge has an unknown outcome, or that fails, records
+    /// nothing here: the idempotency layer records its answer.
+    pub async fn change_plan_recording(
+        &self,
+        tenant: &str,
+        id_key: &str,
+        subscription_id: &str,
+        new_plan_id: &str,
+        expected_net_minor: Option<i64>,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<PlanChange, SubscriptionsError> {
+        let recorded = idempotency.map_or(Recorded::Nothing, Recorded::ChangePlan);
         let now = self.now_ms(tenant).await?;
         let claim_key = records::key(
             tenant,
             records::CREATE_CLAIM,
             &records::create_claim_id("change_plan", id_key),
         );
-        let invoice_id = retrying!({
+        let (invoice_id, changed) = retrying!({
             if let Some(claim) = self.load_claim(&claim_key).await? {
                 // A retry of a change already made: its invoice, not a second change.
-                return Ok((!claim.detail.is_empty()).then_some(claim.detail));
+                return Ok(((!claim.detail.is_empty()).then_some(claim.detail), None));
             }
             let state = self.load_sub(tenant, subscription_id).await?;
             let (_, new_plan) = self.load_plan(tenant, new_plan_id).await?;
@@ -636,7 +717,7 @@ impl Subscriptions {
                 invoice_id = Some(invoice.invoice_id);
                 extra = commits;
             }
-            let (_, mut commits) = self
+            let (record, mut commits) = self
                 .subscription_commits(tenant, Some(&state), record, now, &events)
                 .await?;
             commits.extend(extra);
@@ -644,34 +725,53 @@ impl Subscriptions {
                 resource_id: subscription_id.to_owned(),
                 detail: invoice_id.clone().unwrap_or_default(),
             };
-            commits.push(commit(claim_key.clone(), 0, &claim, Vec::new()));
-            self.store.commit_all(commits).await?;
-            Ok(invoice_id)
-        })?;
-        let invoice = match invoice_id {
-            Some(invoice_id) => {
-                let mut report = BillingReport::default();
-                match self
-                    .attempt(
-                        tenant,
-                        subscription_id,
-                        &invoice_id,
-                        now,
-                        Attempt::Scheduled,
-                        &mut report,
-                    )
-                    .await
-                {
-                    Ok(_) | Err(SubscriptionsError::PaymentOutcomeUnknown(_)) => {}
-                    Err(error) => return Err(error),
-                }
-                Some(self.invoice(tenant, &invoice_id).await?)
+            let mut claimed = commit(claim_key.clone(), 0, &claim, Vec::new());
+            // Nothing invoiced (a trial): this commit completes the call.
+            let completed = invoice_id.is_none().then(|| record.sub().clone());
+            if let Some(subscription) = &completed {
+                claimed.idempotency = recorded.record(subscription, None);
             }
-            None => None,
+            commits.push(claimed);
+            self.store.commit_all(commits).await?;
+            Ok((invoice_id, completed))
+        })?;
+        let Some(invoice_id) = invoice_id else {
+            let subscription = match changed {
+                Some(subscription) => subscription,
+                None => self.subscription(tenant, subscription_id).await?,
+            };
+            return Ok(PlanChange {
+                subscription,
+                invoice: None,
+            });
         };
+        let mut report = BillingReport::default();
+        match self
+            .attempt_recording(
+                tenant,
+                subscription_id,
+                &invoice_id,
+                now,
+                Attempt::Scheduled,
+                &mut report,
+                recorded,
+            )
+            .await
+        {
+            // Exactly what the outcome's commit recorded.
+            Ok((_, Some((subscription, invoice)))) => {
+                return Ok(PlanChange {
+                    subscription,
+                    invoice: Some(invoice),
+                });
+            }
+            Ok(_) | Err(SubscriptionsError::PaymentOutcomeUnknown(_)) => {}
+            Err(error) => return Err(error),
+        }
+        let invoice = self.invoice(tenant, &invoice_id).await?;
         Ok(PlanChange {
             subscription: self.subscription(tenant, subscription_id).await?,
-            invoice,
+            invoice: Some(invoice),
         })
     }
 

@@ -3,7 +3,10 @@
 //! plan to new subscriptions and plan changes; existing subscriptions continue.
 
 use commerce_api::commerce::common::v1::Money;
-use commerce_api::commerce::subscriptions::v1::{BillingInterval, Plan, PlanStatus, PlanVersion};
+use commerce_api::commerce::subscriptions::v1::{
+    BillingInterval, CreatePlanResponse, CreatePlanVersionResponse, Plan, PlanStatus, PlanVersion,
+};
+use platform::interceptors::IdempotencyContext;
 use store::Pages;
 
 use crate::engine::{Subscriptions, commit, decode, timestamp};
@@ -79,6 +82,22 @@ impl Subscriptions {
         description: &str,
         terms: PlanVersion,
     ) -> Result<Plan, SubscriptionsError> {
+        self.create_plan_recording(tenant, id_key, display_name, description, terms, None)
+            .await
+    }
+
+    /// [`Subscriptions::create_plan`], with the `CreatePlanResponse` carrying the new plan
+    /// recorded under `idempotency` in the commit that creates it. A call that finds the plan
+    /// made, or fails, records nothing here: the idempotency layer records its answer.
+    pub async fn create_plan_recording(
+        &self,
+        tenant: &str,
+        id_key: &str,
+        display_name: &str,
+        description: &str,
+        terms: PlanVersion,
+        idempotency: Option<&IdempotencyContext>,
+    ) -> Result<Plan, SubscriptionsError> {
         if display_name.is_empty() || display_name.chars().count() > 120 {
             return Err(SubscriptionsError::invalid(
                 "display_name",
@@ -127,15 +146,18 @@ impl Subscriptions {
             resource_id: plan.plan_id.clone(),
             detail: String::new(),
         };
-        let commits = vec![
-            commit(
-                records::key(tenant, records::PLAN, &plan.plan_id),
-                0,
-                &plan,
-                vec![records::all(), records::plan_status(true)],
-            ),
-            commit(claim_key.clone(), 0, &claim, Vec::new()),
-        ];
+        let mut created = commit(
+            records::key(tenant, records::PLAN, &plan.plan_id),
+            0,
+            &plan,
+            vec![records::all(), records::plan_status(true)],
+        );
+        created.idempotency = idempotency.map(|context| {
+            context.record(&CreatePlanResponse {
+                plan: Some(plan.clone()),
+            })
+        });
+        let commits = vec![created, commit(claim_key.clone(), 0, &claim, Vec::new())];
         match self.store.commit_all(commits).await {
             Ok(_) => Ok(plan),
             // A concurrent call with the same key won: return what it made.
@@ -168,6 +190,23 @@ impl Subscriptions {
         plan_id: &str,
         price: Money,
         trial_days: i32,
+    ) -> Result<Plan, SubscriptionsError> {
+        self.add_plan_version_recording(tenant, id_key, plan_id, price, trial_days, None)
+            .await
+    }
+
+    /// [`Subscriptions::add_plan_version`], with the `CreatePlanVersionResponse` carrying the
+    /// plan recorded under `idempotency` in the commit that adds the version. A call that finds
+    /// the version added, or fails, records nothing here: the idempotency layer records its
+    /// answer.
+    pub async fn add_plan_version_recording(
+        &self,
+        tenant: &str,
+        id_key: &str,
+        plan_id: &str,
+        price: Money,
+        trial_days: i32,
+        idempotency: Option<&IdempotencyContext>,
     ) -> Result<Plan, SubscriptionsError> {
         let price = Some(price);
         check_price(&price)?;
@@ -206,14 +245,20 @@ impl Subscriptions {
                 resource_id: plan_id.to_owned(),
                 detail: (current.version + 1).to_string(),
             };
+            let mut changed = commit(
+                records::key(tenant, records::PLAN, plan_id),
+                version,
+                &plan,
+                vec![records::all(), records::plan_status(true)],
+            );
+            changed.idempotency = idempotency.map(|context| {
+                context.record(&CreatePlanVersionResponse {
+                    plan: Some(plan.clone()),
+                })
+            });
             self.store
                 .commit_all(vec![
-                    commit(
-                        records::key(tenant, records::PLAN, plan_id),
-                        version,
-                        &plan,
-                        vec![records::all(), records::plan_status(true)],
-                    ),
+                    changed,
                     commit(claim_key.clone(), 0, &claim, Vec::new()),
                 ])
                 .await?;

@@ -10,9 +10,15 @@
 //!   holds across replicas when Redis is configured);
 //! - the outcome is recorded in the store for the retention period (default 24 h): successes and
 //!   final errors. Transient errors (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, RESOURCE_EXHAUSTED,
-//!   INTERNAL, UNKNOWN, CANCELLED, UNIMPLEMENTED) are not, so a retry runs again. That is safe because a handler
-//!   that changes state puts the record into the same atomic commit ([`IdempotencyContext`]): a
-//!   crash between its commit and this layer's write cannot let the change run twice.
+//!   INTERNAL, UNKNOWN, CANCELLED, UNIMPLEMENTED) are not, so a retry runs again;
+//! - a success that changed state is recorded by the handler itself: every keyed handler puts
+//!   [`IdempotencyContext::record`] of its exact response into the atomic commit that makes, or
+//!   completes, its effect (`store::Commit::idempotency`, honoured by both engines), and answers
+//!   with what that commit wrote. A crash between that commit and the reply therefore leaves a
+//!   replay, never a second run. This layer's own write after the handler then finds the key
+//!   taken and keeps the handler's record; it only adds what no commit carried: errors, a call
+//!   that found its work already done, carts kept in Redis (which cannot commit with the store;
+//!   their ids derive from the key, so a re-run adds nothing).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +69,8 @@ impl Default for IdempotencyConfig {
 }
 
 /// What a handler needs to record its outcome inside its own commit: put
-/// [`IdempotencyContext::record`] of the response into `Commit::idempotency`.
+/// [`IdempotencyContext::record`] of the response into `Commit::idempotency`. A request
+/// extension (`crate::request::idempotency`), present when the call carries a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyContext {
     tenant: String,
