@@ -242,6 +242,44 @@ async fn final_errors_are_replayed_and_transient_errors_let_the_retry_run() {
     }
 }
 
+/// The loser of a race past the lock (each replica on its own lock while Redis is down) fails
+/// transiently because the winner committed this key's answer with its effect: the caller gets
+/// that answer, not the loser's INTERNAL. The hook plays the winner, committing mid-call.
+#[tokio::test]
+async fn a_call_that_fails_transiently_after_its_key_was_recorded_answers_with_the_record() {
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory().unwrap());
+    let winner_store = store.clone();
+    let echo = Echo::default().with_charge_hook(Arc::new(move |extensions| {
+        let store = winner_store.clone();
+        Box::pin(async move {
+            let context = extensions
+                .get::<platform::interceptors::IdempotencyContext>()
+                .expect("the layer hands handlers the call's context")
+                .clone();
+            let winner = ChargeResponse {
+                charge_id: "ch-winner".into(),
+                amount: 100,
+                executions: 1,
+            };
+            store
+                .save_idempotency_record(context.record(&winner))
+                .await
+                .unwrap();
+        })
+    }));
+    let api = replica(store, None, echo).await;
+    let internal = json!({"account": "acct-1", "amount": "100", "failCode": 13});
+    let reply = charge(&api, "tenant-a", Some("raced"), internal).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["chargeId"], "ch-winner");
+    assert_eq!(reply.header("idempotent-replayed"), Some("true"));
+}
+
 /// 200 duplicates of one keyed request, all at once, spread over `replicas`: the charge runs
 /// once; every caller gets either that outcome or IDEMPOTENCY_KEY_IN_USE, and retrying those
 /// gives that outcome too.

@@ -24,10 +24,27 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 use pb::echo_service_server::{EchoService, EchoServiceServer};
 use pb::*;
 
+/// Something a test runs inside `Charge` before it answers, given the request's extensions
+/// (e.g. to write what a concurrent call would have committed meanwhile).
+pub type ChargeHook = Arc<
+    dyn Fn(tonic::Extensions) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// The test service. Clones share the count of `Charge` executions.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Echo {
     charges: Arc<AtomicU64>,
+    charge_hook: Option<ChargeHook>,
+}
+
+impl std::fmt::Debug for Echo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Echo")
+            .field("charges", &self.charges)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Echo {
@@ -39,6 +56,12 @@ impl Echo {
     /// This instance ready to register (keep a clone to read [`Echo::charges`]).
     pub fn into_server(self) -> EchoServiceServer<Echo> {
         EchoServiceServer::new(self)
+    }
+
+    /// Runs `hook` inside every `Charge`, after counting it and before it answers.
+    pub fn with_charge_hook(mut self, hook: ChargeHook) -> Self {
+        self.charge_hook = Some(hook);
+        self
     }
 
     /// How many times `Charge` has executed.
@@ -149,8 +172,11 @@ impl EchoService for Echo {
         &self,
         request: Request<ChargeRequest>,
     ) -> Result<Response<ChargeResponse>, Status> {
-        let message = request.into_inner();
+        let (_, extensions, message) = request.into_parts();
         let executions = self.charges.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(hook) = &self.charge_hook {
+            hook(extensions).await;
+        }
         if message.delay_millis > 0 {
             tokio::time::sleep(Duration::from_millis(message.delay_millis as u64)).await;
         }

@@ -18,7 +18,10 @@
 //!   replay, never a second run. This layer's own write after the handler then finds the key
 //!   taken and keeps the handler's record; it only adds what no commit carried: errors, a call
 //!   that found its work already done, carts kept in Redis (which cannot commit with the store;
-//!   their ids derive from the key, so a re-run adds nothing).
+//!   their ids derive from the key, so a re-run adds nothing);
+//! - a call that fails transiently after its key was recorded by another (the loser of a race
+//!   past the lock, while Redis is down and each replica holds only its own lock) answers with
+//!   that record, so the caller sees the one outcome, not the loser's INTERNAL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -346,7 +349,14 @@ impl Idempotency {
             body: data.clone(),
             grpc_encoding: header(&parts.headers, "grpc-encoding"),
         };
-        if final_outcome(Code::from_i32(stored.grpc_status)) {
+        if !final_outcome(Code::from_i32(stored.grpc_status)) {
+            // A transient failure may be the loser of a race past the lock (Redis down, each
+            // replica on its own local lock): the winner committed this key's answer with its
+            // effect, and this call's own commit was refused for it. That answer is the outcome.
+            if let Ok(Some(replay)) = self.recorded(context, domain).await {
+                return replay;
+            }
+        } else {
             match self
                 .store
                 .save_idempotency_record(context.record_of(&stored))
