@@ -330,6 +330,10 @@ mod tests {
             assert_eq!(refused.code(), Code::Unauthenticated, "{wrong}");
         }
         // Without them configured, tokens need neither.
-        assert!(verifier(None, None).verify(&token(serde_json::json!({}))).is_ok());
+        assert!(
+            verifier(None, None)
+                .verify(&token(serde_json::json!({})))
+                .is_ok()
+        );
     }
 }
