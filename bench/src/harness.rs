@@ -3,15 +3,19 @@
 //! `#[path = "harness.rs"] mod harness;` (the bench crate has no library).
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use commerce_api::commerce::common::v1::Money;
-use tonic::Request;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
 
 /// A child process killed (and reaped) when dropped, also when the benchmark fails.
 pub struct Process {
@@ -108,4 +112,153 @@ pub fn commerce_binary(
         path.display()
     );
     Ok(path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests, errors and the load driver (shared by the benchmarks that drive gRPC calls).
+
+/// An authorized request carrying `idempotency-key: key`.
+pub fn keyed<T>(message: T, bearer: &MetadataValue<Ascii>, key: &str) -> Request<T> {
+    let mut request = authorized(message, bearer);
+    request.metadata_mut().insert(
+        "idempotency-key",
+        key.parse().expect("idempotency keys are ASCII"),
+    );
+    request
+}
+
+/// `google.rpc.Status` as carried in `grpc-status-details-bin` (only what is read here).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+/// `google.rpc.ErrorInfo` (reason and domain; metadata skipped).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ErrorInfo {
+    #[prost(string, tag = "1")]
+    reason: String,
+    #[prost(string, tag = "2")]
+    domain: String,
+}
+
+/// How a failed call is counted: its gRPC code and, when the server sent one, the `ErrorInfo`
+/// reason (e.g. `Aborted CONCURRENT_MODIFICATION`).
+pub fn error_label(status: &Status) -> String {
+    use prost::Message as _;
+    let reason = RpcStatus::decode(status.details())
+        .ok()
+        .and_then(|rpc| {
+            rpc.details
+                .into_iter()
+                .find(|any| any.type_url.ends_with("/google.rpc.ErrorInfo"))
+        })
+        .and_then(|any| ErrorInfo::decode(any.value.as_slice()).ok())
+        .map(|info| info.reason);
+    match reason {
+        Some(reason) if !reason.is_empty() => format!("{:?} {reason}", status.code()),
+        _ => format!("{:?} ({})", status.code(), status.message()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load driver.
+
+/// One load run's result: successes' latencies and values, failures counted by label.
+pub struct Run<T> {
+    pub calls: usize,
+    pub elapsed: Duration,
+    /// Latencies of the successful calls, sorted.
+    pub latencies: Vec<Duration>,
+    pub ok: Vec<T>,
+    pub errors: BTreeMap<String, usize>,
+}
+
+impl<T> Run<T> {
+    pub fn per_second(&self) -> f64 {
+        self.ok.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile(&self, p: f64) -> Option<Duration> {
+        let n = self.latencies.len();
+        (n > 0).then(|| self.latencies[((n as f64 * p) as usize).min(n - 1)])
+    }
+
+    pub fn errors_text(&self) -> String {
+        if self.errors.is_empty() {
+            return "0".into();
+        }
+        self.errors
+            .iter()
+            .map(|(label, count)| format!("{count} × {label}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Calls `call(index)` for every index in `0..calls` from `concurrency` callers, each caller
+/// taking the next index when its previous call has answered; times every call.
+pub async fn drive<T, F, Fut>(concurrency: usize, calls: usize, call: F) -> anyhow::Result<Run<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<T, Status>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut callers = Vec::with_capacity(concurrency);
+    for caller in 0..concurrency {
+        let (next, call) = (next.clone(), call.clone());
+        callers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(calls / concurrency + 1);
+            let mut ok = Vec::with_capacity(calls / concurrency + 1);
+            let mut errors = BTreeMap::<String, usize>::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= calls {
+                    return (latencies, ok, errors);
+                }
+                let began = Instant::now();
+                let result = call(caller, index).await;
+                let latency = began.elapsed();
+                match result {
+                    Ok(value) => {
+                        latencies.push(latency);
+                        ok.push(value);
+                    }
+                    Err(status) => *errors.entry(error_label(&status)).or_default() += 1,
+                }
+            }
+        }));
+    }
+    let mut run = Run {
+        calls,
+        elapsed: Duration::ZERO,
+        latencies: Vec::with_capacity(calls),
+        ok: Vec::with_capacity(calls),
+        errors: BTreeMap::new(),
+    };
+    for caller in callers {
+        let (latencies, ok, errors) = caller.await?;
+        run.latencies.extend(latencies);
+        run.ok.extend(ok);
+        for (label, count) in errors {
+            *run.errors.entry(label).or_default() += count;
+        }
+    }
+    run.elapsed = started.elapsed();
+    run.latencies.sort();
+    Ok(run)
+}
+
+pub fn micros(duration: Option<Duration>) -> String {
+    duration.map_or_else(
+        || "–".into(),
+        |duration| format!("{:.0} µs", duration.as_secs_f64() * 1e6),
+    )
 }
