@@ -32,8 +32,10 @@ fn valid_place_order() -> PlaceOrderRequest {
     }
 }
 
+/// The three areas, and the PSP simulator's internal contract (`commerce.psp.v1`) that the split
+/// topology's PSP process serves.
 #[test]
-fn descriptor_pool_holds_every_service_of_the_three_areas() {
+fn descriptor_pool_holds_every_service_of_the_three_areas_and_the_psp_simulator() {
     let mut services: Vec<String> = DESCRIPTOR_POOL
         .services()
         .filter(|service| service.package_name().starts_with("commerce."))
@@ -51,6 +53,7 @@ fn descriptor_pool_holds_every_service_of_the_three_areas() {
             "commerce.loyalty.v1.PointsService",
             "commerce.loyalty.v1.ProgramService",
             "commerce.loyalty.v1.RewardService",
+            "commerce.psp.v1.PspService",
             "commerce.subscriptions.v1.ClockService",
             "commerce.subscriptions.v1.InvoiceService",
             "commerce.subscriptions.v1.PlanService",
