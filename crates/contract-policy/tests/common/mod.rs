@@ -63,13 +63,18 @@ impl Workspace {
         self
     }
 
-    /// Replaces the accepted-breaks file, `proto/BREAKING-ACCEPTED.toml`.
+    /// Writes `entries` as the start of the accepted-breaks file, `proto/BREAKING-ACCEPTED.toml`
+    /// (so their lines are known), followed by the entries the repository already has: those
+    /// accept the repository's own reviewed breaks against the committed release, which would
+    /// otherwise be refused in every test.
     pub fn accept(&self, entries: &str) -> &Self {
-        fs::write(
-            self.dir.path().join("proto/BREAKING-ACCEPTED.toml"),
-            entries,
-        )
-        .expect("write accepted-breaks file");
+        let path = self.dir.path().join("proto/BREAKING-ACCEPTED.toml");
+        let current = fs::read_to_string(&path).unwrap_or_default();
+        let existing = current
+            .find("\n[[accepted]]")
+            .map_or("", |start| &current[start..]);
+        fs::write(&path, format!("{}\n{existing}", entries.trim_end()))
+            .expect("write accepted-breaks file");
         self
     }
 
@@ -89,6 +94,12 @@ impl Workspace {
             String::from_utf8_lossy(&output.stderr)
         );
         self.baseline = image;
+        // As scripts/release-contract does: the release holds the breaks accepted before it, so
+        // their entries go (they would be stale against it).
+        let accepted = self.dir.path().join("proto/BREAKING-ACCEPTED.toml");
+        let text = fs::read_to_string(&accepted).unwrap_or_default();
+        let header = text.split("\n[[accepted]]").next().unwrap_or_default();
+        fs::write(&accepted, format!("{}\n", header.trim_end())).expect("empty accepted file");
         self
     }
 

@@ -18,7 +18,11 @@ pub struct CallScope;
 impl Around for CallScope {
     fn around(&self, request: Request<Body>, next: Next) -> BoxFuture<'static, Response<Body>> {
         let context = CallContext::from_extensions(request.extensions());
-        context.scope(next.run(request)).boxed()
+        // `next.run` inside the scope: a layer or handler may do work when the call is made, not
+        // only when its future is polled.
+        context
+            .scope(async move { next.run(request).await })
+            .boxed()
     }
 }
 
