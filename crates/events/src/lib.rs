@@ -1,4 +1,4 @@
-//! The event backbone of DESIGN.md "Events": outbox → relay → bus → consumers.
+//! The event backbone: outbox → relay → bus → consumers.
 //!
 //! - [`envelope`]: contract events wrapped in `commerce.common.v1.EventEnvelope`, and the outbox
 //!   entry a service puts into its commit.

@@ -1,4 +1,4 @@
-//! The interceptor stack of DESIGN.md, one small tower layer per concern, assembled in one place
+//! The interceptor stack (the README's "The request path"), one small tower layer per concern, assembled in one place
 //! ([`stack`]) so the request path reads top to bottom:
 //!
 //! request id + trace context → observe (RED metrics, logs) → end streams on shutdown → load
@@ -102,7 +102,7 @@ pub struct StackState {
     pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Wraps `routes` in the interceptor stack, in DESIGN.md's order.
+/// Wraps `routes` in the interceptor stack, in the order listed above.
 pub fn stack(
     routes: tonic::service::Routes,
     pool: &DescriptorPool,
