@@ -32,8 +32,13 @@ const ENTRY: &str = "events_journal";
 const SYSTEM_TENANT: &str = "_system";
 /// The kind of that list.
 const TENANT: &str = "events_journal_tenant";
-/// How often the sweep publishes one event again before leaving it to an operator.
-const MAX_REPUBLISHED: u32 = 5;
+/// How often the sweep publishes one event again before leaving it to an operator: enough to
+/// outlast a bus that keeps losing what it holds (a Redis without persistence restarting again
+/// and again) — with the waits below, about 2.5 hours at the default one-minute grace.
+const MAX_REPUBLISHED: u32 = 20;
+/// Each copy waits twice as long as the one before, up to this many times the grace, so a
+/// flapping bus is not handed copy after copy it loses at once, nor a slow consumer flooded.
+const MAX_GRACE_FACTOR: u32 = 8;
 
 fn unconfirmed() -> IndexEntry {
     IndexEntry {
@@ -301,7 +306,6 @@ impl Journal {
         grace: Duration,
         report: &mut SweepReport,
     ) -> Result<(), SweepError> {
-        let cutoff = now_ms().saturating_sub(grace.as_millis() as i64);
         // Read the whole list first: confirming an entry takes it out of the index being walked.
         let mut entries = Vec::new();
         let mut pages = Pages::new(self.store.as_ref(), tenant, ENTRY, unconfirmed(), 256);
@@ -336,8 +340,13 @@ impl Journal {
                 }
                 continue;
             }
-            if entry.published_ms > cutoff {
-                continue; // consumers may simply not have got to it yet
+            let factor = 1u32
+                .checked_shl(entry.republished)
+                .unwrap_or(u32::MAX)
+                .min(MAX_GRACE_FACTOR);
+            let wait = grace.saturating_mul(factor);
+            if entry.published_ms > now_ms().saturating_sub(wait.as_millis() as i64) {
+                continue; // consumers may simply not have got to it (or its last copy) yet
             }
             if entry.republished >= MAX_REPUBLISHED {
                 continue; // reconciliation keeps reporting it; an operator decides

@@ -702,7 +702,7 @@ async fn an_event_a_consumer_gives_up_on_is_logged_reported_and_republished_a_bo
         .unwrap();
     assert_eq!(missing_ids(&missing), std::slice::from_ref(&refused));
     let mut republished = 0;
-    for _ in 0..8 {
+    for _ in 0..25 {
         republished += journal
             .sweep(bus.as_ref(), Duration::ZERO)
             .await
@@ -710,10 +710,10 @@ async fn an_event_a_consumer_gives_up_on_is_logged_reported_and_republished_a_bo
             .republished;
         drain(&consumer).await;
     }
-    assert_eq!(republished, 5, "published again at most five times");
+    assert_eq!(republished, 20, "published again at most twenty times");
     assert_eq!(
         rig.recorder.attempts.lock().unwrap()[&refused],
-        6,
+        21,
         "the consumer saw each copy"
     );
     assert_eq!(
@@ -726,6 +726,47 @@ async fn an_event_a_consumer_gives_up_on_is_logged_reported_and_republished_a_bo
         [refused],
         "still reported"
     );
+}
+
+/// Each copy waits twice as long as the one before (up to 8× the grace): a bus that keeps
+/// losing what it holds is not handed copy after copy at once.
+#[tokio::test]
+async fn each_copy_of_an_event_without_effect_waits_twice_as_long_as_the_last() {
+    // A subscriber of its own, as the test beside it has: a thread without one that reaches the
+    // dead-letter log line first would make tracing cache "not interested" for both.
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(Logs::default())
+            .finish(),
+    );
+    let bus = in_process_bus().await;
+    let (rig, journal) = journaled_rig(bus.clone(), local_locks());
+    let consumer = rig.consumer(config("c1"));
+    let refused = rig.pay("o1", 0).await;
+    rig.recorder.reject.lock().unwrap().push(refused.clone());
+    rig.relay.relay_once().await.unwrap();
+    drain(&consumer).await;
+    let grace = Duration::from_millis(200);
+    let sweep = || async {
+        journal
+            .sweep(bus.as_ref(), grace)
+            .await
+            .unwrap()
+            .republished
+    };
+    tokio::time::sleep(grace + Duration::from_millis(50)).await;
+    assert_eq!(sweep().await, 1, "first copy after the grace");
+    // The second copy waits 2× the grace (400 ms) from the first.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(sweep().await, 0, "not yet: 250 ms < 400 ms");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(sweep().await, 1, "second copy after 2× the grace");
+    // The third waits 4× (800 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sweep().await, 0, "not yet: 500 ms < 800 ms");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(sweep().await, 1, "third copy after 4× the grace");
 }
 
 /// Log lines written by a test's subscriber.
