@@ -27,8 +27,8 @@
 mod harness;
 
 use harness::{
-    Process, Run, authorized, commerce_binary, connect, connect_many, drive, free_port, keyed,
-    micros, tail, usd, wait_for,
+    ITEM_PRICE_MINOR, Menu, Process, Run, authorized, commerce_binary, connect, connect_many,
+    create_menu, drive, free_port, keyed, micros, tail, wait_for,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,12 +40,10 @@ use std::time::Instant;
 use anyhow::{Context as _, ensure};
 use clap::Parser;
 use commerce_api::commerce::checkout::v1::cart_service_client::CartServiceClient;
-use commerce_api::commerce::checkout::v1::menu_service_client::MenuServiceClient;
 use commerce_api::commerce::checkout::v1::order_service_client::OrderServiceClient;
 use commerce_api::commerce::checkout::v1::{
-    AddCartLineRequest, CreateCartRequest, CreateLocationRequest, CreateMenuItemRequest,
-    FulfillmentMode, GetOrderRequest, ListOrdersRequest, Location, MenuItem, OpeningHours,
-    PaymentStatus, PlaceOrderRequest, Quote, QuoteCartRequest, TaxRate,
+    AddCartLineRequest, CreateCartRequest, GetOrderRequest, ListOrdersRequest, PaymentStatus,
+    PlaceOrderRequest, Quote, QuoteCartRequest,
 };
 use commerce_api::commerce::common::v1::Money;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -58,8 +56,6 @@ const TENANT: &str = "bench";
 const PREP_CONCURRENCY: usize = 32;
 /// The concurrencies measured.
 const CONCURRENCIES: [usize; 2] = [1, 32];
-/// The menu item's base price, USD minor units.
-const ITEM_PRICE_MINOR: i64 = 899;
 /// The payment token the PSP simulator authorizes and captures at once.
 const PAYMENT_TOKEN: &str = "tok_ok";
 
@@ -164,12 +160,6 @@ fn minor(money: &Option<Money>) -> i64 {
 
 // ---------------------------------------------------------------------------------------------
 // The benchmark.
-
-/// What every cart is made of.
-struct Menu {
-    location_id: String,
-    item_id: String,
-}
 
 /// A cart ready to be ordered.
 #[derive(Clone)]
@@ -338,67 +328,6 @@ async fn measure(cli: &Cli, addr: SocketAddr, bearer: &MetadataValue<Ascii>) -> 
         "ListOrders lists {listed} orders, {expected} were placed"
     );
     Ok(())
-}
-
-/// The location (open always, UTC, USD, pickup, food at 8.875%) and the item (USD 8.99, food).
-async fn create_menu(channel: Channel, bearer: &MetadataValue<Ascii>) -> anyhow::Result<Menu> {
-    let mut menus = MenuServiceClient::new(channel);
-    let every_day = (1..=7)
-        .map(|day| OpeningHours {
-            day,
-            open_minute: 0,
-            close_minute: 1440,
-        })
-        .collect();
-    let location_id = menus
-        .create_location(keyed(
-            CreateLocationRequest {
-                location: Some(Location {
-                    display_name: "Bench Downtown".into(),
-                    time_zone: "UTC".into(),
-                    currency_code: "USD".into(),
-                    opening_hours: every_day,
-                    fulfillment_modes: vec![FulfillmentMode::Pickup as i32],
-                    tax_rates: vec![TaxRate {
-                        tax_category: "food".into(),
-                        rate_ppm: 88_750,
-                    }],
-                    ..Default::default()
-                }),
-            },
-            bearer,
-            "bench-location",
-        ))
-        .await?
-        .into_inner()
-        .location
-        .context("CreateLocation returned no location")?
-        .location_id;
-    let item_id = menus
-        .create_menu_item(keyed(
-            CreateMenuItemRequest {
-                item: Some(MenuItem {
-                    sku: "BENCH-BURGER".into(),
-                    display_name: "Bench Burger".into(),
-                    category: "burgers".into(),
-                    tax_category: "food".into(),
-                    base_price: usd(ITEM_PRICE_MINOR),
-                    active: true,
-                    ..Default::default()
-                }),
-            },
-            bearer,
-            "bench-item",
-        ))
-        .await?
-        .into_inner()
-        .item
-        .context("CreateMenuItem returned no item")?
-        .item_id;
-    Ok(Menu {
-        location_id,
-        item_id,
-    })
 }
 
 async fn quote(

@@ -12,6 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use commerce_api::commerce::checkout::v1::menu_service_client::MenuServiceClient;
+use commerce_api::commerce::checkout::v1::{
+    CreateLocationRequest, CreateMenuItemRequest, FulfillmentMode, Location, MenuItem,
+    OpeningHours, TaxRate,
+};
 use commerce_api::commerce::common::v1::Money;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
@@ -261,4 +266,74 @@ pub fn micros(duration: Option<Duration>) -> String {
         || "–".into(),
         |duration| format!("{:.0} µs", duration.as_secs_f64() * 1e6),
     )
+}
+
+/// The menu item's base price, USD minor units.
+pub const ITEM_PRICE_MINOR: i64 = 899;
+
+/// What every cart is made of.
+pub struct Menu {
+    pub location_id: String,
+    pub item_id: String,
+}
+
+/// The location (open always, UTC, USD, pickup, food at 8.875%) and the item (USD 8.99, food).
+pub async fn create_menu(channel: Channel, bearer: &MetadataValue<Ascii>) -> anyhow::Result<Menu> {
+    let mut menus = MenuServiceClient::new(channel);
+    let every_day = (1..=7)
+        .map(|day| OpeningHours {
+            day,
+            open_minute: 0,
+            close_minute: 1440,
+        })
+        .collect();
+    let location_id = menus
+        .create_location(keyed(
+            CreateLocationRequest {
+                location: Some(Location {
+                    display_name: "Bench Downtown".into(),
+                    time_zone: "UTC".into(),
+                    currency_code: "USD".into(),
+                    opening_hours: every_day,
+                    fulfillment_modes: vec![FulfillmentMode::Pickup as i32],
+                    tax_rates: vec![TaxRate {
+                        tax_category: "food".into(),
+                        rate_ppm: 88_750,
+                    }],
+                    ..Default::default()
+                }),
+            },
+            bearer,
+            "bench-location",
+        ))
+        .await?
+        .into_inner()
+        .location
+        .context("CreateLocation returned no location")?
+        .location_id;
+    let item_id = menus
+        .create_menu_item(keyed(
+            CreateMenuItemRequest {
+                item: Some(MenuItem {
+                    sku: "BENCH-BURGER".into(),
+                    display_name: "Bench Burger".into(),
+                    category: "burgers".into(),
+                    tax_category: "food".into(),
+                    base_price: usd(ITEM_PRICE_MINOR),
+                    active: true,
+                    ..Default::default()
+                }),
+            },
+            bearer,
+            "bench-item",
+        ))
+        .await?
+        .into_inner()
+        .item
+        .context("CreateMenuItem returned no item")?
+        .item_id;
+    Ok(Menu {
+        location_id,
+        item_id,
+    })
 }

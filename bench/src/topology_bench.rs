@@ -69,8 +69,8 @@
 mod harness;
 
 use harness::{
-    Process, Run, authorized, commerce_binary, connect, connect_many, drive, free_port, keyed,
-    tail, usd, wait_for,
+    ITEM_PRICE_MINOR, Menu, Process, Run, authorized, commerce_binary, connect, connect_many,
+    create_menu, drive, free_port, keyed, tail, usd, wait_for,
 };
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -84,12 +84,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, ValueEnum};
 use commerce_api::commerce::checkout::v1::cart_service_client::CartServiceClient;
-use commerce_api::commerce::checkout::v1::menu_service_client::MenuServiceClient;
 use commerce_api::commerce::checkout::v1::order_service_client::OrderServiceClient;
 use commerce_api::commerce::checkout::v1::{
-    AddCartLineRequest, CreateCartRequest, CreateLocationRequest, CreateMenuItemRequest,
-    FulfillmentMode, GetOrderRequest, Location, LoyaltyRewardSelection, MenuItem, OpeningHours,
-    PaymentStatus, PlaceOrderRequest, QuoteCartRequest, SetLoyaltyRewardRequest, TaxRate,
+    AddCartLineRequest, CreateCartRequest, GetOrderRequest, LoyaltyRewardSelection, PaymentStatus,
+    PlaceOrderRequest, QuoteCartRequest, SetLoyaltyRewardRequest,
 };
 use commerce_api::commerce::common::v1::Money;
 use commerce_api::commerce::loyalty::v1::member_service_client::MemberServiceClient;
@@ -114,8 +112,6 @@ const PREP_CONCURRENCY: usize = 32;
 const CONCURRENCIES: [usize; 2] = [1, 32];
 /// Orders placed (at 8 concurrent) before the measured runs.
 const WARM_UP_ORDERS: usize = 32;
-/// The menu item's base price, USD minor units.
-const ITEM_PRICE_MINOR: i64 = 899;
 /// What the reward takes off, USD minor units.
 const REWARD_OFF_MINOR: i64 = 100;
 /// How long the verification waits for what the background rounds finish (captures left due).
@@ -918,61 +914,12 @@ async fn open_shop(
         points <= 1_000_000_000,
         "each member needs {points} points, more than one adjustment may give (10^9): use more --members or fewer --orders"
     );
-    let mut menus = MenuServiceClient::new(checkout.clone());
-    let every_day = (1..=7)
-        .map(|day| OpeningHours {
-            day,
-            open_minute: 0,
-            close_minute: 1440,
-        })
-        .collect();
-    let location_id = menus
-        .create_location(keyed(
-            CreateLocationRequest {
-                location: Some(Location {
-                    display_name: "Bench Downtown".into(),
-                    time_zone: "UTC".into(),
-                    currency_code: "USD".into(),
-                    opening_hours: every_day,
-                    fulfillment_modes: vec![FulfillmentMode::Pickup as i32],
-                    tax_rates: vec![TaxRate {
-                        tax_category: "food".into(),
-                        rate_ppm: 88_750,
-                    }],
-                    ..Default::default()
-                }),
-            },
-            bearer,
-            "bench-location",
-        ))
+    let Menu {
+        location_id,
+        item_id,
+    } = create_menu(checkout.clone(), bearer)
         .await
-        .context("CreateLocation")?
-        .into_inner()
-        .location
-        .context("CreateLocation returned no location")?
-        .location_id;
-    let item_id = menus
-        .create_menu_item(keyed(
-            CreateMenuItemRequest {
-                item: Some(MenuItem {
-                    sku: "BENCH-BURGER".into(),
-                    display_name: "Bench Burger".into(),
-                    category: "burgers".into(),
-                    tax_category: "food".into(),
-                    base_price: usd(ITEM_PRICE_MINOR),
-                    active: true,
-                    ..Default::default()
-                }),
-            },
-            bearer,
-            "bench-item",
-        ))
-        .await
-        .context("CreateMenuItem")?
-        .into_inner()
-        .item
-        .context("CreateMenuItem returned no item")?
-        .item_id;
+        .context("the location and menu item")?;
 
     ProgramServiceClient::new(loyalty.clone())
         .update_program(keyed(
