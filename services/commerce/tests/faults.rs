@@ -530,7 +530,7 @@ async fn a_duplicate_storm_across_two_replicas_authorizes_each_order_once() {
     let mut requests = Vec::new();
     for key in 0..keys {
         let key = format!("storm-{key}");
-        let request = shop.prepare(&replicas[0], &key, 1).await.unwrap();
+        let request = shop.prepare(&replicas[0], &key, 1, None).await.unwrap();
         requests.push((key, request));
     }
     let retries = std::sync::atomic::AtomicUsize::new(0);

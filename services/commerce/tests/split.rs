@@ -96,72 +96,6 @@ async fn reward_for(caller: &impl Caller, shop: &Shop, points: i64) -> String {
     reward.reward.unwrap().reward_id
 }
 
-/// A cart of `quantity` items with `reward` applied, quoted; returns the PlaceOrder request.
-async fn cart_with_reward(
-    caller: &impl Caller,
-    shop: &Shop,
-    key: &str,
-    quantity: i32,
-    reward: Option<&str>,
-) -> Result<co::PlaceOrderRequest, String> {
-    let cart: co::CreateCartResponse = caller
-        .call(
-            "/commerce.checkout.v1.CartService/CreateCart",
-            co::CreateCartRequest {
-                location_id: shop.location.clone(),
-                customer_id: shop.customer.clone(),
-                fulfillment: None,
-            },
-            Some(&format!("{key}-cart")),
-        )
-        .await?;
-    let cart = cart.cart.unwrap().cart_id;
-    let _: co::AddCartLineResponse = caller
-        .call(
-            "/commerce.checkout.v1.CartService/AddCartLine",
-            co::AddCartLineRequest {
-                cart_id: cart.clone(),
-                item_id: shop.item.clone(),
-                quantity,
-                ..Default::default()
-            },
-            Some(&format!("{key}-line")),
-        )
-        .await?;
-    if let Some(reward) = reward {
-        let _: co::SetLoyaltyRewardResponse = caller
-            .call(
-                "/commerce.checkout.v1.CartService/SetLoyaltyReward",
-                co::SetLoyaltyRewardRequest {
-                    cart_id: cart.clone(),
-                    member_id: shop.member.clone(),
-                    reward: Some(co::LoyaltyRewardSelection {
-                        reward_id: reward.to_owned(),
-                    }),
-                },
-                None,
-            )
-            .await?;
-    }
-    let quote: co::QuoteCartResponse = caller
-        .call(
-            "/commerce.checkout.v1.CartService/QuoteCart",
-            co::QuoteCartRequest {
-                cart_id: cart.clone(),
-            },
-            None,
-        )
-        .await?;
-    let quote = quote.quote.unwrap();
-    Ok(co::PlaceOrderRequest {
-        cart_id: cart,
-        quote_id: quote.quote_id,
-        expected_total: quote.total,
-        payment_token: "tok_ok".into(),
-        ..Default::default()
-    })
-}
-
 async fn reconcile_payments(caller: &impl Caller) -> co::ReconcilePaymentsResponse {
     caller
         .call(
@@ -193,7 +127,8 @@ async fn the_ordering_flow_with_a_reward_a_refund_and_a_renewal_crosses_processe
     let reward = reward_for(&caller, &shop, 30).await;
 
     // Quoted on one replica (which asks loyalty for the reward), placed on the other.
-    let place = cart_with_reward(&caller, &shop, "order-1", 2, Some(&reward))
+    let place = shop
+        .prepare(&caller, "order-1", 2, Some(&reward))
         .await
         .unwrap();
     // 2 × 10.00 − 2.00 = 18.00
@@ -305,7 +240,8 @@ async fn with_loyalty_down_plain_orders_place_reward_orders_fail_fast_and_accrua
     let caller = split.caller(0, &user_token());
     let shop = Shop::open(&caller).await.unwrap();
     let reward = reward_for(&caller, &shop, 100).await;
-    let with_reward = cart_with_reward(&caller, &shop, "rewarded", 1, Some(&reward))
+    let with_reward = shop
+        .prepare(&caller, "rewarded", 1, Some(&reward))
         .await
         .unwrap();
 
@@ -405,7 +341,8 @@ async fn a_killed_checkout_replica_moves_the_clients_calls_to_the_other() {
         let caller = routed.clone();
         let shop = shop.clone();
         async move {
-            let request = cart_with_reward(&caller, &shop, &format!("o{n}"), 1, None)
+            let request = shop
+                .prepare(&caller, &format!("o{n}"), 1, None)
                 .await
                 .unwrap();
             client
@@ -442,9 +379,7 @@ async fn a_psp_killed_mid_authorization_is_settled_with_one_authorization() {
     let mut split = Split::start(1, &[]);
     let caller = split.caller(0, &user_token());
     let shop = Shop::open(&caller).await.unwrap();
-    let mut request = cart_with_reward(&caller, &shop, "slow", 1, None)
-        .await
-        .unwrap();
+    let mut request = shop.prepare(&caller, "slow", 1, None).await.unwrap();
     request.payment_token = "tok_latency_1500".into();
     let placing = {
         let caller = split.caller(0, &user_token());
@@ -509,7 +444,8 @@ async fn a_deadline_on_place_order_bounds_the_call_to_loyalty() {
     let caller = split.caller(0, &user_token());
     let shop = Shop::open(&caller).await.unwrap();
     let reward = reward_for(&caller, &shop, 100).await;
-    let request = cart_with_reward(&caller, &shop, "timed", 1, Some(&reward))
+    let request = shop
+        .prepare(&caller, "timed", 1, Some(&reward))
         .await
         .unwrap();
     let placed: co::PlaceOrderResponse = Client {

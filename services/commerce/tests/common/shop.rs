@@ -98,7 +98,7 @@ impl Shop {
         key: &str,
         quantity: i32,
     ) -> Result<Placed, String> {
-        let request = self.prepare(client, key, quantity).await?;
+        let request = self.prepare(client, key, quantity, None).await?;
         let total = request
             .expected_total
             .as_ref()
@@ -116,13 +116,14 @@ impl Shop {
         })
     }
 
-    /// A quoted cart of `quantity` items, ready to place (its keys derive from `key`): the
-    /// PlaceOrder request paying with `tok_ok`.
+    /// A quoted cart of `quantity` items, with the member's `reward` applied if any, ready to
+    /// place (its keys derive from `key`): the PlaceOrder request paying with `tok_ok`.
     pub async fn prepare(
         &self,
         client: &impl Caller,
         key: &str,
         quantity: i32,
+        reward: Option<&str>,
     ) -> Result<co::PlaceOrderRequest, String> {
         let cart: co::CreateCartResponse = client
             .call(
@@ -148,6 +149,21 @@ impl Shop {
                 Some(&format!("{key}-line")),
             )
             .await?;
+        if let Some(reward) = reward {
+            let _: co::SetLoyaltyRewardResponse = client
+                .call(
+                    "/commerce.checkout.v1.CartService/SetLoyaltyReward",
+                    co::SetLoyaltyRewardRequest {
+                        cart_id: cart.clone(),
+                        member_id: self.member.clone(),
+                        reward: Some(co::LoyaltyRewardSelection {
+                            reward_id: reward.to_owned(),
+                        }),
+                    },
+                    None,
+                )
+                .await?;
+        }
         let quote: co::QuoteCartResponse = client
             .call(
                 "/commerce.checkout.v1.CartService/QuoteCart",
