@@ -4,27 +4,23 @@
 //!
 //! The deadline bounds the whole call: the response headers, and then the response body, so a
 //! server stream still open when it passes ends with DEADLINE_EXCEEDED trailers after the
-//! messages already sent ([`DeadlineBody`]). gRPC-web sits outside this layer and turns those
+//! messages already sent ([`EndsWhen`]). gRPC-web sits outside this layer and turns those
 //! trailers into its trailer frame; Connect ends its streams at the same deadline by itself.
 
 use commerce_api::commerce::common::v1::ErrorReason;
-use std::future::Future as _;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, Request, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
+use http::{Request, Response};
+use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
 use super::around::{Around, Next};
 use super::context::Deadline;
+use super::ends_when::EndsWhen;
 use super::errors;
 use super::policy::{MethodPolicy, PLATFORM_ERROR_DOMAIN};
 
@@ -77,7 +73,7 @@ impl Around for Deadlines {
                 Err(_) => errors::response(deadline_exceeded()),
                 // Trailers-only: the call already ended, there is no body left to bound.
                 Ok(response) if response.headers().contains_key("grpc-status") => response,
-                Ok(response) => response.map(|body| Body::new(DeadlineBody::new(body, deadline))),
+                Ok(response) => response.map(|body| Body::new(ends_at(body, deadline))),
             }
         }
         .boxed()
@@ -104,65 +100,9 @@ fn deadline_exceeded() -> Status {
     )
 }
 
-/// A response body that ends at the call's deadline: a stream's headers come back at once, so
-/// only the body can still be running when the deadline passes. It then drops the handler's body
-/// (ending its stream) and ends with DEADLINE_EXCEEDED trailers in its place.
-struct DeadlineBody {
-    body: Body,
-    deadline: Pin<Box<Sleep>>,
-    /// The inner body sent its trailers or ended, or the deadline ended it: no more cutting.
-    finished: bool,
-}
-
-impl DeadlineBody {
-    fn new(body: Body, deadline: Instant) -> Self {
-        DeadlineBody {
-            body,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            finished: false,
-        }
-    }
-}
-
-impl HttpBody for DeadlineBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        // The deadline first: once it has passed nothing more is sent, even from a stream that is
-        // always ready.
-        if !self.finished && self.deadline.as_mut().poll(cx).is_ready() {
-            self.finished = true;
-            self.body = Body::empty();
-            let mut trailers = HeaderMap::new();
-            // Fails only on a message that is not a valid header value; ours is fixed text.
-            let _ = deadline_exceeded().add_header(&mut trailers);
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => self.finished = true,
-            Poll::Ready(None | Some(Err(_))) => self.finished = true,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        // The deadline may cut the body short, so no lower bound.
-        let mut hint = SizeHint::new();
-        if let Some(upper) = self.body.size_hint().upper() {
-            hint.set_upper(upper);
-        }
-        hint
-    }
+/// `body`, ended with [`deadline_exceeded`] trailers at `deadline`.
+fn ends_at(body: Body, deadline: Instant) -> EndsWhen {
+    EndsWhen::new(body, tokio::time::sleep_until(deadline), deadline_exceeded)
 }
 
 /// Parses `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
@@ -186,7 +126,10 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use futures_util::stream::{self, StreamExt as _};
+    use http::HeaderMap;
+    use http_body::{Body as _, Frame};
     use http_body_util::{BodyExt as _, StreamBody};
 
     type Frames = Vec<Result<Frame<Bytes>, Status>>;
@@ -209,7 +152,7 @@ mod tests {
     async fn a_stream_open_at_its_deadline_ends_with_deadline_exceeded_after_its_messages() {
         let deadline = Instant::now() + Duration::from_millis(500);
         let inner = body(vec![Ok(Frame::data(Bytes::from_static(b"one")))], false);
-        let mut body = DeadlineBody::new(inner, deadline);
+        let mut body = ends_at(inner, deadline);
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "one");
         let last = body.frame().await.unwrap().unwrap();
@@ -233,7 +176,7 @@ mod tests {
             Ok(Frame::data(Bytes::from_static(b"one"))),
             Ok(Frame::trailers(ok)),
         ];
-        let mut body = DeadlineBody::new(body(frames, true), deadline);
+        let mut body = ends_at(body(frames, true), deadline);
         assert!(body.frame().await.unwrap().unwrap().is_data());
         let trailers = body.frame().await.unwrap().unwrap();
         assert_eq!(grpc_status(&trailers), Some("0"));

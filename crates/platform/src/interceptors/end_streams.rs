@@ -7,24 +7,20 @@
 //! not touched: they get the grace period to finish.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use commerce_api::commerce::common::v1::ErrorReason;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, Request, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http::{Request, Response};
 use prost_reflect::DescriptorPool;
 use tokio::sync::watch;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
 use super::around::{Around, Next};
+use super::ends_when::EndsWhen;
 use super::errors;
 use super::policy::PLATFORM_ERROR_DOMAIN;
 
@@ -71,7 +67,7 @@ impl Around for EndStreams {
                 if response.headers().contains_key("grpc-status") {
                     return response;
                 }
-                response.map(|body| Body::new(EndOnDrain::new(body, draining)))
+                response.map(|body| Body::new(end_on_drain(body, draining)))
             })
             .boxed()
     }
@@ -88,74 +84,23 @@ fn shutting_down() -> Status {
     )
 }
 
-/// A response body that ends with [`shutting_down`] trailers once draining begins.
-struct EndOnDrain {
-    body: Body,
-    drained: Pin<Box<dyn Future<Output = ()> + Send>>,
-    /// The inner body ended, or draining ended it.
-    finished: bool,
-}
-
-impl EndOnDrain {
-    fn new(body: Body, mut draining: watch::Receiver<bool>) -> Self {
-        let drained = async move {
-            // Without a sender the server is gone with everything else: never fire.
-            if draining.wait_for(|draining| *draining).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        EndOnDrain {
-            body,
-            drained: Box::pin(drained),
-            finished: false,
+/// `body`, ended with [`shutting_down`] trailers once draining begins.
+fn end_on_drain(body: Body, mut draining: watch::Receiver<bool>) -> EndsWhen {
+    let drained = async move {
+        // Without a sender the server is gone with everything else: never fire.
+        if draining.wait_for(|draining| *draining).await.is_err() {
+            std::future::pending::<()>().await;
         }
-    }
-}
-
-impl HttpBody for EndOnDrain {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if !self.finished && self.drained.as_mut().poll(cx).is_ready() {
-            self.finished = true;
-            // Dropping the handler's body ends its stream.
-            self.body = Body::empty();
-            let mut trailers = HeaderMap::new();
-            // Fails only on a message that is not a valid header value; ours is fixed text.
-            let _ = shutting_down().add_header(&mut trailers);
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => self.finished = true,
-            Poll::Ready(None | Some(Err(_))) => self.finished = true,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        // Draining may cut the body short, so no lower bound.
-        let mut hint = SizeHint::new();
-        if let Some(upper) = self.body.size_hint().upper() {
-            hint.set_upper(upper);
-        }
-        hint
-    }
+    };
+    EndsWhen::new(body, drained, shutting_down)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use futures_util::stream::{self, StreamExt as _};
+    use http_body::Frame;
     use http_body_util::{BodyExt as _, StreamBody};
 
     #[tokio::test]
@@ -163,7 +108,7 @@ mod tests {
         let (drain, draining) = watch::channel(false);
         let frames = stream::iter([Ok::<_, Status>(Frame::data(Bytes::from_static(b"one")))])
             .chain(stream::pending());
-        let mut body = EndOnDrain::new(Body::new(StreamBody::new(frames)), draining);
+        let mut body = end_on_drain(Body::new(StreamBody::new(frames)), draining);
         assert!(body.frame().await.unwrap().unwrap().is_data());
         drain.send(true).unwrap();
         let last = body.frame().await.unwrap().unwrap();
@@ -183,7 +128,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_started_while_draining_ends_at_once() {
         let (drain, draining) = watch::channel(true);
-        let mut body = EndOnDrain::new(
+        let mut body = end_on_drain(
             Body::new(StreamBody::new(stream::pending::<
                 Result<Frame<Bytes>, Status>,
             >())),

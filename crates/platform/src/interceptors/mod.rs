@@ -17,6 +17,7 @@ mod context;
 mod deadline;
 mod deprecation;
 mod end_streams;
+mod ends_when;
 mod errors;
 mod frame;
 mod idempotency;
