@@ -82,10 +82,13 @@ pub async fn psp(command: PspCommand) -> anyhow::Result<()> {
         PspServiceServer::new(payments::PspApi::new(Arc::new(simulator))),
         FILE_DESCRIPTOR_SET,
     );
+    // Listening for SIGTERM/SIGINT before saying where we listen: a stop sent right after that
+    // line is honoured, not lost.
+    let stop = platform::termination_signal();
     let bound = server.bind().await?;
     println!("commerce psp: listening on http://{}", bound.local_addr());
     println!("  state: {}", config.store.describe());
-    bound.serve(platform::termination_signal()).await?;
+    bound.serve(stop).await?;
     eprintln!("commerce psp: stopped");
     Ok(())
 }

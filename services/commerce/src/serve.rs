@@ -442,6 +442,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     for module in &modules {
         server = module.register(server, &clocks);
     }
+    // Listening for SIGTERM/SIGINT before saying where we listen: a stop sent right after that
+    // line is honoured, not lost.
+    let stop = platform::termination_signal();
     let bound = server.bind().await?;
     print_banner(
         bound.local_addr(),
@@ -449,7 +452,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         &config.store,
         &modules,
     );
-    bound.serve(platform::termination_signal()).await?;
+    bound.serve(stop).await?;
 
     // Background rounds first (they emit events), then the relay drains the outbox, then the
     // consumers handle what it published.

@@ -300,3 +300,24 @@ async fn sigterm_flips_health_first_then_ends_open_watch_order_streams_at_once_w
     };
     assert!(exit.success(), "{exit:?}");
 }
+
+/// A SIGTERM sent the moment the server says where it listens is honoured: a clean, prompt exit
+/// every time (the signal listeners were once registered only after that line, and a stop sent
+/// in between was lost — the process kept serving until killed).
+#[test]
+fn a_sigterm_right_after_start_up_stops_the_server_cleanly() {
+    for _ in 0..10 {
+        let server = common::start_in(
+            tempfile::tempdir().unwrap(),
+            &[
+                "--shutdown-grace-seconds",
+                "2",
+                "--shutdown-delay-seconds",
+                "0",
+            ],
+        );
+        server.terminate();
+        let (status, _) = server.wait_exit(std::time::Duration::from_secs(15));
+        assert!(status.success(), "{status:?}");
+    }
+}
