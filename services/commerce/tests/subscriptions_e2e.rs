@@ -31,15 +31,23 @@ fn ms(time: &Option<prost_types::Timestamp>) -> i64 {
 
 impl Client {
     async fn advance_to(&self, to_ms: i64) -> su::AdvanceClockResponse {
-        self.call(
-            "/commerce.subscriptions.v1.ClockService/AdvanceClock",
-            su::AdvanceClockRequest {
-                target_time: timestamp(to_ms),
-            },
-            None,
-        )
-        .await
-        .unwrap()
+        // Advancing runs every renewal due up to the target (a year of them at a time here): a
+        // caller of such a batch gives it a longer deadline than an ordinary call's 10 s, or a
+        // busy 2-core CI machine turns a slow batch into a transport timeout.
+        let patient = Client {
+            timeout: Some(std::time::Duration::from_secs(60)),
+            ..self.clone()
+        };
+        patient
+            .call(
+                "/commerce.subscriptions.v1.ClockService/AdvanceClock",
+                su::AdvanceClockRequest {
+                    target_time: timestamp(to_ms),
+                },
+                None,
+            )
+            .await
+            .unwrap()
     }
 
     async fn subscription(&self, id: &str) -> su::Subscription {
