@@ -245,6 +245,14 @@ async fn a_psp_that_cannot_be_reached_did_nothing_and_one_that_dies_mid_call_may
         psp.simulator.lookup("slow").await.unwrap().is_some(),
         "and indeed it acted"
     );
+    // The killed runtime closes its listener in the background: wait until connections are
+    // refused, so "nothing listens" is what the next call meets.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&psp.addr).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let nothing_listens = remote_psp(&psp.addr);
     assert_eq!(
         nothing_listens
