@@ -102,3 +102,21 @@ pub enum LedgerError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+impl store::Contention for LedgerError {
+    /// A concurrent writer moved the chain head, an account or a hold this attempt read.
+    fn is_conflict(&self) -> bool {
+        matches!(self, LedgerError::Store(store::StoreError::Conflict { .. }))
+    }
+
+    /// The last conflict itself: callers retrying whole operations see it as a conflict too.
+    fn contended(last: Self) -> Self {
+        last
+    }
+}
+
+impl From<store::CorruptRecord> for LedgerError {
+    fn from(corrupt: store::CorruptRecord) -> Self {
+        LedgerError::Corrupt(corrupt.to_string())
+    }
+}

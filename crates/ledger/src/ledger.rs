@@ -3,11 +3,10 @@
 //! are numbered and chained in one order), plus the hold's state when it creates or resolves one.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
-use store::{Commit, IdempotencyRecord, IndexEntry, Store, StoreError, Versioned};
+use store::{Commit, IdempotencyRecord, IndexEntry, Retry, Store, StoreError, retry_on_conflict};
 
 use crate::error::LedgerError;
 use crate::model::{
@@ -20,7 +19,12 @@ use crate::records::{
 
 /// How often a write is recomputed after losing a race before it gives up with the conflict.
 /// Every entry of a tenant moves its chain head, so writers of one tenant take turns.
-const MAX_ATTEMPTS: u32 = 100;
+/// How an append retries when a concurrent writer moved the chain head, an account or the hold:
+/// 100 attempts (appends to one tenant's chain queue behind each other), pauses up to 25.6 ms.
+const CHAIN_RETRY: Retry = Retry {
+    attempts: 100,
+    ..Retry::CONTENDED
+};
 
 /// Page size of index walks.
 const PAGE: usize = 256;
@@ -115,23 +119,38 @@ pub struct Written {
 }
 
 /// One lock per (store, tenant) chain, shared by every `Ledger` over the same store in this
-/// process (services each hold their own `Ledger`, but share the tenant's chain).
-type Turns =
-    std::sync::Mutex<std::collections::HashMap<(usize, String), Arc<tokio::sync::Mutex<()>>>>;
-static TURNS: std::sync::LazyLock<Turns> = std::sync::LazyLock::new(Turns::default);
+/// process (services each hold their own `Ledger`, but share the tenant's chain). The map holds
+/// only weak references: a lock lives while an append holds or waits for it, and entries whose
+/// lock is gone are swept once the map has doubled since the last sweep, so a process serving
+/// many tenants (or creating many stores, as tests do) does not grow it without bound.
+#[derive(Default)]
+struct Turns {
+    locks: std::collections::HashMap<(usize, String), std::sync::Weak<tokio::sync::Mutex<()>>>,
+    /// The map's size after the last sweep.
+    swept_at: usize,
+}
+
+impl Turns {
+    fn turn(&mut self, store: usize, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let key = (store, tenant.to_owned());
+        if let Some(lock) = self.locks.get(&key).and_then(std::sync::Weak::upgrade) {
+            return lock;
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        self.locks.insert(key, Arc::downgrade(&lock));
+        if self.locks.len() >= 2 * self.swept_at.max(64) {
+            self.locks.retain(|_, lock| lock.strong_count() > 0);
+            self.swept_at = self.locks.len();
+        }
+        lock
+    }
+}
+
+static TURNS: std::sync::LazyLock<std::sync::Mutex<Turns>> =
+    std::sync::LazyLock::new(Default::default);
 
 fn corrupt(what: impl std::fmt::Display) -> LedgerError {
     LedgerError::Corrupt(what.to_string())
-}
-
-fn decode<M: prost::Message + Default>(stored: &Versioned, what: &str) -> Result<M, LedgerError> {
-    M::decode(stored.data.as_ref()).map_err(|error| corrupt(format!("{what}: {error}")))
-}
-
-/// Jittered pauses that grow with the attempt, so racing writers spread out.
-async fn back_off(attempt: u32) {
-    let ceiling = 200u64 << attempt.min(7);
-    tokio::time::sleep(Duration::from_micros(fastrand::u64(0..ceiling))).await;
 }
 
 impl Ledger {
@@ -143,12 +162,12 @@ impl Ledger {
     /// The lock appends to `tenant`'s chain in this store take turns on.
     fn turn(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
         let store = Arc::as_ptr(&self.store).cast::<()>() as usize;
+        // A poisoned map only means another thread panicked while holding it; the map itself
+        // is always consistent (each change is one insert or retain).
         TURNS
             .lock()
-            .expect("ledger turns")
-            .entry((store, tenant.to_owned()))
-            .or_default()
-            .clone()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .turn(store, tenant)
     }
 
     /// Opens an account with its unit and floor (see [`Account::floor`]; a floor is at most 0,
@@ -363,7 +382,7 @@ impl Ledger {
             };
             after = Some(last.clone());
             for (hold_id, stored) in page {
-                let state: HoldRecord = decode(&stored, "hold")?;
+                let state: HoldRecord = stored.decode("hold")?;
                 if state.expires_at > now {
                     continue;
                 }
@@ -401,7 +420,7 @@ impl Ledger {
             .find(tenant, ACCOUNT, &records::account_list(), after, limit)
             .await?;
         page.iter()
-            .map(|(_, stored)| Ok(decode::<AccountRecord>(stored, "account")?.to_account()))
+            .map(|(_, stored)| Ok(stored.decode::<AccountRecord>("account")?.to_account()))
             .collect()
     }
 
@@ -410,7 +429,7 @@ impl Ledger {
         let Some(stored) = self.store.load(&records::key(tenant, ENTRY, id)).await? else {
             return Ok(None);
         };
-        let record: EntryRecord = decode(&stored, "entry")?;
+        let record: EntryRecord = stored.decode("entry")?;
         record.to_entry().map(Some).map_err(corrupt)
     }
 
@@ -465,7 +484,8 @@ impl Ledger {
             .await?;
         page.iter()
             .map(|(_, stored)| {
-                decode::<EntryRecord>(stored, "entry")?
+                stored
+                    .decode::<EntryRecord>("entry")?
                     .to_entry()
                     .map_err(corrupt)
             })
@@ -479,7 +499,7 @@ impl Ledger {
             .load(&records::key(tenant, HEAD, HEAD_ID))
             .await?
         {
-            Some(stored) => Ok((stored.version, decode(&stored, "chain head")?)),
+            Some(stored) => Ok((stored.version, stored.decode("chain head")?)),
             None => Ok((0, HeadRecord::default())),
         }
     }
@@ -526,7 +546,7 @@ impl Ledger {
         else {
             return Ok(None);
         };
-        let record: AccountRecord = decode(&stored, "account")?;
+        let record: AccountRecord = stored.decode("account")?;
         Ok(Some((stored.version, record.to_account())))
     }
 
@@ -534,7 +554,7 @@ impl Ledger {
         let Some(stored) = self.store.load(&records::key(tenant, HOLD, id)).await? else {
             return Ok(None);
         };
-        let record: HoldRecord = decode(&stored, "hold")?;
+        let record: HoldRecord = stored.decode("hold")?;
         Ok(Some((stored.version, record.to_hold(id).map_err(corrupt)?)))
     }
 
@@ -562,24 +582,13 @@ impl Ledger {
         draft: Draft,
         resolving: Option<Resolving>,
     ) -> Result<Entry, LedgerError> {
-        let mut last_conflict = None;
-        for attempt in 0..MAX_ATTEMPTS {
-            if attempt > 0 {
-                back_off(attempt).await;
-            }
-            match self
-                .try_append(tenant, &draft, resolving.as_ref(), Vec::new(), &|_| None)
+        let (draft, resolving) = (&draft, resolving.as_ref());
+        retry_on_conflict(CHAIN_RETRY, || async move {
+            self.try_append(tenant, draft, resolving, Vec::new(), &|_| None)
                 .await
-            {
-                Err(LedgerError::Store(conflict @ StoreError::Conflict { .. })) => {
-                    last_conflict = Some(conflict);
-                }
-                outcome => return outcome.map(|written| written.entry),
-            }
-        }
-        Err(LedgerError::Store(last_conflict.unwrap_or_else(|| {
-            StoreError::Backend("ledger write gave up".into())
-        })))
+                .map(|written| written.entry)
+        })
+        .await
     }
 
     /// One attempt: read, check, compute, and commit everything (and `with`) at once.
@@ -797,5 +806,24 @@ fn change(
         index,
         events: Vec::new(),
         idempotency: None,
+    }
+}
+
+#[cfg(test)]
+mod turn_tests {
+    use super::Turns;
+
+    #[test]
+    fn tenants_share_a_turn_while_it_lives_and_dead_turns_are_swept() {
+        let mut turns = Turns::default();
+        let held = turns.turn(1, "t-held");
+        assert!(std::sync::Arc::ptr_eq(&held, &turns.turn(1, "t-held")));
+        assert!(!std::sync::Arc::ptr_eq(&held, &turns.turn(2, "t-held")));
+        // A thousand tenants come and go; only the held lock survives a sweep.
+        for tenant in 0..1000 {
+            drop(turns.turn(1, &format!("t-{tenant}")));
+        }
+        assert!(turns.locks.len() < 200, "{} entries", turns.locks.len());
+        assert!(std::sync::Arc::ptr_eq(&held, &turns.turn(1, "t-held")));
     }
 }

@@ -114,6 +114,11 @@ impl Clocks {
         Ok(self.read(tenant).await?.0)
     }
 
+    /// The tenant's current time in unix ms (see [`Clocks::now`]).
+    pub async fn now_ms(&self, tenant: &str) -> Result<i64, StoreError> {
+        Ok(self.read(tenant).await?.0.now_ms)
+    }
+
     /// Freezes the tenant's clock (if it is not) and moves it to `target_ms`, then runs every
     /// due-job runner at the new time, in the order they were added, and returns the clock after
     /// the move with the runners' summed report.

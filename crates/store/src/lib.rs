@@ -12,6 +12,7 @@
 //! commits need a replica set or sharded cluster).
 
 mod embedded;
+mod kit;
 mod mongo;
 mod pages;
 mod port;
@@ -20,6 +21,7 @@ mod records;
 pub mod testing;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use kit::{Contention, CorruptRecord, Retry, retry_on_conflict};
 pub use mongo::{MongoOptions, MongoStore};
 pub use pages::Pages;
 pub use port::{

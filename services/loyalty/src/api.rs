@@ -1,6 +1,7 @@
 //! The gRPC handlers of MemberService, PointsService, RewardService and ProgramService: each
 //! reads the tenant the platform put on the request, calls the engine, and maps its error once.
 
+use platform::units::timestamp_of_ms;
 use std::sync::Arc;
 
 use commerce_api::commerce::loyalty::v1::{
@@ -12,7 +13,7 @@ use platform::ApiError;
 use platform::request::{field_mask, idempotency, idempotency_id, page_size, tenant};
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Loyalty, timestamp_ms};
+use crate::engine::Loyalty;
 use crate::error::{ERROR_DOMAIN, LoyaltyError};
 use crate::members::Enrolment;
 use crate::points::{PaidLine, PaidOrder, Refund, RefundAmount};
@@ -481,7 +482,7 @@ impl ProgramService for LoyaltyApi {
         let now_ms = self.engine.now_ms(&tenant).await.map_err(fail)?;
         let report = self.engine.run_due(&tenant, now_ms).await.map_err(fail)?;
         ok(v1::RunDueJobsResponse {
-            as_of_time: Some(timestamp_ms(now_ms)),
+            as_of_time: Some(timestamp_of_ms(now_ms)),
             activated_lots: report.activated_lots,
             expired_lots: report.expired_lots,
             expired_holds: report.expired_holds,

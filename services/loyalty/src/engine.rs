@@ -4,6 +4,7 @@
 //! in one atomic commit. Every operation reads, decides with the pure rules, and commits; a
 //! concurrent writer makes the commit fail and the operation start over (`retrying!`).
 
+use platform::units::timestamp_of_ms;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +15,10 @@ use ledger::{Ledger, LedgerError, Write, Written};
 use platform::clock::Clocks;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, ReflectMessage};
-use store::{Commit, IdempotencyRecord, IndexEntry, OutboxEvent, Store, Versioned};
+use store::{Commit, IdempotencyRecord, OutboxEvent, Store};
 
 use crate::error::LoyaltyError;
 use crate::records::{self, MemberRecord};
-
-/// Attempts of one operation before it reports contention.
-pub(crate) const MAX_ATTEMPTS: u32 = 64;
 
 /// How long a cached balance lives without being written through again.
 const BALANCE_TTL: Duration = Duration::from_secs(3600);
@@ -44,11 +42,11 @@ pub(crate) struct MemberState {
 }
 
 impl MemberState {
+    /// The member. Loading refuses a record without one ([`MemberRecord::load`]); a state
+    /// built in code always sets it — the empty fallback only keeps a bug from panicking.
     pub fn member(&self) -> &Member {
-        self.record
-            .member
-            .as_ref()
-            .expect("a stored member record has its member")
+        static NONE: std::sync::LazyLock<Member> = std::sync::LazyLock::new(Member::default);
+        self.record.member.as_ref().unwrap_or(&NONE)
     }
 
     pub fn id(&self) -> &str {
@@ -85,61 +83,16 @@ impl Change {
     }
 }
 
-/// Sleeps a jittered pause that grows with `round`, so racing writers spread out.
-pub(crate) async fn back_off(round: u32) {
-    let ceiling = 200u64 << round.min(7);
-    tokio::time::sleep(Duration::from_micros(fastrand::u64(0..ceiling))).await;
-}
-
-/// Decodes a stored record.
-pub(crate) fn decode<M: prost::Message + Default>(
-    stored: &Versioned,
-    what: &str,
-) -> Result<M, LoyaltyError> {
-    M::decode(stored.data.as_ref())
-        .map_err(|error| LoyaltyError::Corrupt(format!("{what}: {error}")))
-}
-
-/// A commit of `data` at `expected_version` with `index`.
-pub(crate) fn commit(
-    key: store::AggregateKey,
-    expected_version: u64,
-    data: &impl prost::Message,
-    index: Vec<IndexEntry>,
-) -> Commit {
-    Commit {
-        key,
-        expected_version,
-        data: Bytes::from(data.encode_to_vec()),
-        index,
-        events: Vec::new(),
-        idempotency: None,
-    }
-}
-
 /// `entry` showing its ledger entry's hash and time.
 pub(crate) fn hashed(mut entry: PointsEntry, written: &ledger::Entry) -> PointsEntry {
     entry.entry_hash = crate::members::hex(&written.hash);
-    entry.create_time = Some(timestamp_ms(written.occurred_at));
+    entry.create_time = Some(timestamp_of_ms(written.occurred_at));
     entry
 }
 
 /// Unix seconds of a tenant-clock time in ms (floor).
 pub(crate) fn seconds(ms: i64) -> i64 {
     ms.div_euclid(1000)
-}
-
-/// A protobuf timestamp of unix seconds.
-pub(crate) fn timestamp(seconds: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds, nanos: 0 }
-}
-
-/// A protobuf timestamp of unix ms.
-pub(crate) fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
 }
 
 impl Loyalty {
@@ -189,7 +142,7 @@ impl Loyalty {
             })?;
         Ok(MemberState {
             version: stored.version,
-            record: decode(&stored, "member")?,
+            record: MemberRecord::load(&stored)?,
         })
     }
 
@@ -212,15 +165,13 @@ impl Loyalty {
         let mut entry_commits = Vec::new();
         for mut entry in change.entries {
             entry.member_id.clone_from(&member_id);
-            entry.create_time = Some(timestamp_ms(now_ms));
+            entry.create_time = Some(timestamp_of_ms(now_ms));
             let id = records::points_entry_id(&member_id, record.entry_count);
             record.entry_count += 1;
-            entry_commits.push(commit(
-                records::key(tenant, records::POINTS_ENTRY, &id),
-                0,
-                &entry,
-                vec![records::entries_of(&member_id)],
-            ));
+            entry_commits.push(
+                Commit::record(records::key(tenant, records::POINTS_ENTRY, &id), 0, &entry)
+                    .indexed(vec![records::entries_of(&member_id)]),
+            );
         }
         let key = records::key(tenant, records::MEMBER, &member_id);
         let source = events::EventSource {
@@ -230,7 +181,8 @@ impl Loyalty {
             traceparent: None,
             tracestate: None,
         };
-        let mut member_commit = commit(key, state.version, &record, vec![records::all_members()]);
+        let mut member_commit =
+            Commit::record(key, state.version, &record).indexed(vec![records::all_members()]);
         member_commit.events = change
             .events
             .iter()
@@ -385,7 +337,7 @@ impl Loyalty {
             pending_points: pending.posted,
             lifetime_points: state.record.lifetime_points,
             tier_id: state.member().tier_id.clone(),
-            as_of_time: Some(timestamp_ms(state.record.changed_at_ms)),
+            as_of_time: Some(timestamp_of_ms(state.record.changed_at_ms)),
         })
     }
 

@@ -118,17 +118,6 @@ impl LoyaltyError {
             message: message.into(),
         }
     }
-
-    /// Whether a retry of the whole operation (re-reading everything) may succeed: a writer
-    /// moved something this attempt read.
-    pub(crate) fn is_conflict(&self) -> bool {
-        matches!(
-            self,
-            LoyaltyError::Store(StoreError::Conflict { .. })
-                | LoyaltyError::EntryRaced { .. }
-                | LoyaltyError::Ledger(LedgerError::Store(StoreError::Conflict { .. }))
-        )
-    }
 }
 
 impl From<LoyaltyError> for ApiError {
@@ -201,5 +190,28 @@ impl From<LoyaltyError> for ApiError {
             }
             other => ApiError::internal(other),
         }
+    }
+}
+
+impl store::Contention for LoyaltyError {
+    /// A retry of the whole operation (re-reading everything) may succeed: a writer moved
+    /// something this attempt read.
+    fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            LoyaltyError::Store(StoreError::Conflict { .. })
+                | LoyaltyError::EntryRaced { .. }
+                | LoyaltyError::Ledger(LedgerError::Store(StoreError::Conflict { .. }))
+        )
+    }
+
+    fn contended(last: Self) -> Self {
+        LoyaltyError::Contended(last.to_string())
+    }
+}
+
+impl From<store::CorruptRecord> for LoyaltyError {
+    fn from(corrupt: store::CorruptRecord) -> Self {
+        LoyaltyError::Corrupt(corrupt.to_string())
     }
 }

@@ -8,9 +8,12 @@ use commerce_api::commerce::loyalty::v1::{
     PointsActivated, PointsEntry, PointsEntryKind, PointsExpired, PointsExpiring,
 };
 use ledger::{NewEntry, Write};
+use platform::units::timestamp_of_seconds;
+use store::Commit;
 use store::Pages;
+use store::{Retry, retry_on_conflict};
 
-use crate::engine::{Change, Loyalty, MemberState, decode, seconds, timestamp};
+use crate::engine::{Change, Loyalty, MemberState, seconds};
 use crate::error::LoyaltyError;
 use crate::expiry;
 use crate::records::{self, MemberRecord};
@@ -55,7 +58,7 @@ impl Loyalty {
         if self.store.load(&key).await?.is_some() {
             return Ok(());
         }
-        let change = crate::engine::commit(key, 0, &(), vec![records::all_members()]);
+        let change = Commit::record(key, 0, &()).indexed(vec![records::all_members()]);
         match self.store.commit(change).await {
             Ok(_) | Err(store::StoreError::Conflict { .. }) => Ok(()),
             Err(error) => Err(error.into()),
@@ -103,7 +106,7 @@ impl Loyalty {
         );
         while let Some(page) = pages.next().await? {
             for (member_id, stored) in page {
-                let record: MemberRecord = decode(&stored, "member")?;
+                let record = MemberRecord::load(&stored)?;
                 if due(&record, seconds(now_ms)) {
                     self.sweep_member(tenant, &member_id, now_ms, &mut report)
                         .await?;
@@ -126,7 +129,7 @@ impl Loyalty {
         let (_, program) = self.program(tenant).await?;
         let policy = program.expiry.unwrap_or_default();
 
-        report.activated_lots += retrying!({
+        report.activated_lots += retry_on_conflict(Retry::CONTENDED, || async move {
             let state = self.load_member(tenant, member_id).await?;
             let mut record = state.record.clone();
             let mut activated = 0;
@@ -143,11 +146,11 @@ impl Loyalty {
                 change.emit(&PointsActivated {
                     member_id: member_id.to_owned(),
                     points: lot.points_remaining,
-                    expire_time: lot.expires_at.map(timestamp),
+                    expire_time: lot.expires_at.map(timestamp_of_seconds),
                 });
             }
             if activated == 0 {
-                return Ok(0);
+                return Ok::<_, LoyaltyError>(0);
             }
             wallet::settle_deficit(&mut record, now);
             let entry_id = format!("activation:{member_id}:{}", record.entry_count);
@@ -167,9 +170,10 @@ impl Loyalty {
             self.commit_member(tenant, &state, record, change, now_ms)
                 .await?;
             Ok(activated)
-        })?;
+        })
+        .await?;
 
-        retrying!({
+        retry_on_conflict(Retry::CONTENDED, || async move {
             let state = self.load_member(tenant, member_id).await?;
             let mut record = state.record.clone();
             let mut change = Change::default();
@@ -189,19 +193,20 @@ impl Loyalty {
                 change.emit(&PointsExpiring {
                     member_id: member_id.to_owned(),
                     points: lot.points_remaining,
-                    expire_time: Some(timestamp(expires_at)),
+                    expire_time: Some(timestamp_of_seconds(expires_at)),
                 });
             }
             if change.events.is_empty() {
-                return Ok(());
+                return Ok::<_, LoyaltyError>(());
             }
             let changed_at = record.changed_at_ms;
             self.commit_member(tenant, &state, record, change, changed_at)
                 .await?;
             Ok(())
-        })?;
+        })
+        .await?;
 
-        report.expired_lots += retrying!({
+        report.expired_lots += retry_on_conflict(Retry::CONTENDED, || async move {
             let state = self.load_member(tenant, member_id).await?;
             let mut record = state.record.clone();
             let mut change = Change::default();
@@ -219,12 +224,12 @@ impl Loyalty {
                 change.emit(&PointsExpired {
                     member_id: member_id.to_owned(),
                     points: lot.points_remaining,
-                    expire_time: Some(timestamp(expires_at)),
+                    expire_time: Some(timestamp_of_seconds(expires_at)),
                 });
                 lot.points_remaining = 0;
             }
             if expired == 0 {
-                return Ok(0);
+                return Ok::<_, LoyaltyError>(0);
             }
             wallet::prune(&mut record);
             let entry_id = format!("expiry:{member_id}:{}", record.entry_count);
@@ -243,9 +248,11 @@ impl Loyalty {
             self.commit_member(tenant, &state, record, change, now_ms)
                 .await?;
             Ok(expired)
-        })?;
+        })
+        .await?;
 
-        report.tier_changes += retrying!({
+        let program = &program;
+        report.tier_changes += retry_on_conflict(Retry::CONTENDED, || async move {
             let state: MemberState = self.load_member(tenant, member_id).await?;
             let mut record = state.record.clone();
             let before = (
@@ -265,13 +272,14 @@ impl Loyalty {
                     record.qualifying.len(),
                 )
             {
-                return Ok(0);
+                return Ok::<_, LoyaltyError>(0);
             }
             let changed_at = record.changed_at_ms;
             self.commit_member(tenant, &state, record, change, changed_at)
                 .await?;
             Ok(i64::from(changed.is_some()))
-        })?;
+        })
+        .await?;
         Ok(())
     }
 }

@@ -15,27 +15,6 @@
 //! Times in the rules are unix seconds (UTC); the ledger and the clock use unix ms. Points are
 //! `i64`; arithmetic is integer-only.
 
-/// Runs the block (an async body that may `return` early and use `?`) until it does not lose a
-/// race, re-reading everything each round; gives up with `LoyaltyError::Contended`.
-macro_rules! retrying {
-    ($body:block) => {{
-        let mut round = 0u32;
-        loop {
-            let outcome: Result<_, $crate::error::LoyaltyError> = async $body.await;
-            match outcome {
-                Err(error) if error.is_conflict() => {
-                    round += 1;
-                    if round >= $crate::engine::MAX_ATTEMPTS {
-                        break Err($crate::error::LoyaltyError::Contended(error.to_string()));
-                    }
-                    $crate::engine::back_off(round).await;
-                }
-                outcome => break outcome,
-            }
-        }
-    }};
-}
-
 pub mod api;
 pub mod consumer;
 pub mod earning;

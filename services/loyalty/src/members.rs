@@ -3,8 +3,10 @@
 use commerce_api::commerce::loyalty::v1::{
     ExpiringPoints, Member, MemberEnrolled, PointsEntry, RegistrationState,
 };
+use platform::units::{timestamp_of_ms, timestamp_of_seconds};
+use store::{Retry, retry_on_conflict};
 
-use crate::engine::{Change, Loyalty, commit, decode, seconds, timestamp, timestamp_ms};
+use crate::engine::{Change, Loyalty, seconds};
 use crate::error::LoyaltyError;
 use crate::lots;
 use crate::records::{self, MemberRecord};
@@ -35,11 +37,12 @@ impl Loyalty {
         enrolment: &Enrolment,
     ) -> Result<(Member, bool), LoyaltyError> {
         let claim_key = records::key(tenant, records::CUSTOMER, &enrolment.customer_id);
-        let (member, created) = retrying!({
+        let claim_key = &claim_key;
+        let (member, created) = retry_on_conflict(Retry::CONTENDED, || async move {
             if let Some(claim) = self.store.load(&claim_key).await? {
                 let member_id = String::from_utf8_lossy(&claim.data).into_owned();
                 let state = self.load_member(tenant, &member_id).await?;
-                return Ok((state.member().clone(), false));
+                return Ok::<_, LoyaltyError>((state.member().clone(), false));
             }
             let now_ms = self.now_ms(tenant).await?;
             let member_id = uuid::Uuid::now_v7().to_string();
@@ -55,8 +58,8 @@ impl Loyalty {
                 display_name: enrolment.display_name.clone(),
                 email: enrolment.email.clone(),
                 tier_id: String::new(),
-                enroll_time: Some(timestamp_ms(now_ms)),
-                register_time: registered.then(|| timestamp_ms(now_ms)),
+                enroll_time: Some(timestamp_of_ms(now_ms)),
+                register_time: registered.then(|| timestamp_of_ms(now_ms)),
                 version: 0,
             };
             let mut change = Change::default();
@@ -67,7 +70,7 @@ impl Loyalty {
             });
             change.also.push(store::Commit {
                 data: bytes::Bytes::from(member_id.clone().into_bytes()),
-                ..commit(claim_key.clone(), 0, &(), Vec::new())
+                ..store::Commit::record(claim_key.clone(), 0, &())
             });
             let record = MemberRecord {
                 member: Some(member),
@@ -81,7 +84,8 @@ impl Loyalty {
                 .await?;
             let state = self.load_member(tenant, &member_id).await?;
             Ok((state.member().clone(), true))
-        })?;
+        })
+        .await?;
         if created {
             self.open_accounts(tenant, &member.member_id).await?;
             self.note_tenant(tenant).await?;
@@ -91,22 +95,23 @@ impl Loyalty {
 
     /// Registers a member (a no-op when registered).
     pub async fn register(&self, tenant: &str, member_id: &str) -> Result<Member, LoyaltyError> {
-        retrying!({
+        retry_on_conflict(Retry::CONTENDED, || async move {
             let state = self.load_member(tenant, member_id).await?;
             if state.member().registration_state == RegistrationState::Registered as i32 {
                 return Ok(state.member().clone());
             }
             let now_ms = self.now_ms(tenant).await?;
             let mut record = state.record.clone();
-            let member = record.member.as_mut().expect("member");
+            let member = record.member.get_or_insert_with(|| state.member().clone());
             member.registration_state = RegistrationState::Registered as i32;
-            member.register_time = Some(timestamp_ms(now_ms));
+            member.register_time = Some(timestamp_of_ms(now_ms));
             // Registration is not a change of points: keep the balance's as-of time.
             let changed_at = record.changed_at_ms;
             self.commit_member(tenant, &state, record, Change::default(), changed_at)
                 .await?;
             Ok(self.load_member(tenant, member_id).await?.member().clone())
         })
+        .await
     }
 
     /// A member by id.
@@ -157,7 +162,7 @@ impl Loyalty {
         let mut entries = Vec::new();
         let mut last = String::new();
         for (id, stored) in page.into_iter().take(page_size) {
-            let entry: PointsEntry = decode(&stored, "points entry")?;
+            let entry: PointsEntry = stored.decode("points entry")?;
             entries.push(self.with_hash(tenant, entry).await?);
             last = id;
         }
@@ -196,7 +201,7 @@ impl Loyalty {
             .take(page_size)
             .map(|expiry| ExpiringPoints {
                 points: expiry.points,
-                expire_time: Some(timestamp(expiry.expires_at)),
+                expire_time: Some(timestamp_of_seconds(expiry.expires_at)),
             })
             .collect();
         let next = skip + page.len();

@@ -7,11 +7,14 @@ use commerce_api::commerce::loyalty::v1::{
 };
 use ledger::{NewEntry, Write};
 use platform::interceptors::IdempotencyContext;
+use platform::units::timestamp_of_seconds;
 use sha2::{Digest as _, Sha256};
+use store::Commit;
 use store::IdempotencyRecord;
+use store::{Retry, retry_on_conflict};
 
 use crate::earning::{self, EligibleLine};
-use crate::engine::{Change, Loyalty, Recorder, commit, decode, hashed, seconds, timestamp};
+use crate::engine::{Change, Loyalty, Recorder, hashed, seconds};
 use crate::error::LoyaltyError;
 use crate::expiry;
 use crate::limits;
@@ -106,9 +109,10 @@ impl Loyalty {
     ) -> Result<(PointsEntry, bool), LoyaltyError> {
         limits::paid_order(order)?;
         let accrual_key = records::key(tenant, records::ACCRUAL, &order.order_id);
-        let (entry, accrued_now) = retrying!({
+        let (accrual_key, processed) = (&accrual_key, &processed);
+        let (entry, accrued_now) = retry_on_conflict(Retry::CONTENDED, || async move {
             if let Some(stored) = self.store.load(&accrual_key).await? {
-                let accrual: AccrualRecord = decode(&stored, "accrual")?;
+                let accrual: AccrualRecord = stored.decode("accrual")?;
                 let same = accrual.member_id == order.member_id
                     && accrual.eligible_minor == order.eligible_minor
                     && accrual.currency_code == order.currency_code
@@ -174,7 +178,7 @@ impl Loyalty {
                     records::pending_account(state.id())
                 };
                 change.write = Some(Write::Post(
-                    NewEntry::new(&entry_id, now_ms)
+                    NewEntry::new(entry_id.as_str(), now_ms)
                         .transfer(records::ISSUED, &to, records::POINTS, points)
                         .metadata("order_id", &order.order_id),
                 ));
@@ -205,7 +209,7 @@ impl Loyalty {
                     member_id: state.id().to_owned(),
                     order_id: order.order_id.clone(),
                     points,
-                    activate_time: Some(timestamp(activates_at)),
+                    activate_time: Some(timestamp_of_seconds(activates_at)),
                     entry_id: entry_id.clone(),
                 });
             }
@@ -231,12 +235,13 @@ impl Loyalty {
             };
             change
                 .also
-                .push(commit(accrual_key.clone(), 0, &accrual, Vec::new()));
+                .push(Commit::record(accrual_key.clone(), 0, &accrual));
             change.processed = processed.clone();
             self.commit_member(tenant, &state, record, change, now_ms)
                 .await?;
             Ok((entry, true))
-        })?;
+        })
+        .await?;
         Ok((self.with_hash(tenant, entry).await?, accrued_now))
     }
 
@@ -252,7 +257,8 @@ impl Loyalty {
     ) -> Result<PointsEntry, LoyaltyError> {
         limits::refund(&refund.amount)?;
         let accrual_key = records::key(tenant, records::ACCRUAL, &refund.order_id);
-        let entry = retrying!({
+        let (accrual_key, processed) = (&accrual_key, &processed);
+        let entry = retry_on_conflict(Retry::CONTENDED, || async move {
             let stored =
                 self.store
                     .load(&accrual_key)
@@ -261,7 +267,7 @@ impl Loyalty {
                         resource: "accrual for order",
                         id: refund.order_id.clone(),
                     })?;
-            let mut accrual: AccrualRecord = decode(&stored, "accrual")?;
+            let mut accrual: AccrualRecord = stored.decode("accrual")?;
             if accrual.member_id != refund.member_id {
                 return Err(LoyaltyError::invalid(
                     "member_id",
@@ -381,17 +387,17 @@ impl Loyalty {
                 refunded_minor: cumulative,
                 entry: Some(entry.clone()),
             });
-            change.also.push(commit(
+            change.also.push(Commit::record(
                 accrual_key.clone(),
                 stored.version,
                 &accrual,
-                Vec::new(),
             ));
             change.processed = processed.clone();
             self.commit_member(tenant, &state, record, change, now_ms)
                 .await?;
             Ok(entry)
-        })?;
+        })
+        .await?;
         self.with_hash(tenant, entry).await
     }
 
@@ -424,7 +430,8 @@ impl Loyalty {
     ) -> Result<PointsEntry, LoyaltyError> {
         limits::adjustment(points)?;
         let entry_id = format!("adjust:{entry_key}");
-        retrying!({
+        let entry_id = &entry_id;
+        retry_on_conflict(Retry::CONTENDED, || async move {
             let state = self.load_member(tenant, member_id).await?;
             let active_account = records::active_account(state.id());
             let entry = PointsEntry {
@@ -442,7 +449,7 @@ impl Loyalty {
             let now_ms = self.now_ms(tenant).await?;
             let now = seconds(now_ms);
             let mut record = state.record.clone();
-            let ledger_entry = NewEntry::new(&entry_id, now_ms).metadata("reason", reason);
+            let ledger_entry = NewEntry::new(entry_id.as_str(), now_ms).metadata("reason", reason);
             let ledger_entry = if points > 0 {
                 let expires_at = program
                     .expiry
@@ -499,5 +506,6 @@ impl Loyalty {
                 None => entry,
             })
         })
+        .await
     }
 }

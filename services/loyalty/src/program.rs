@@ -2,8 +2,10 @@
 
 use commerce_api::commerce::common::v1::Money;
 use commerce_api::commerce::loyalty::v1::{EarningRule, ExpiryKind, ExpiryPolicy, LoyaltyProgram};
+use store::Commit;
+use store::{Retry, retry_on_conflict};
 
-use crate::engine::{Loyalty, commit, decode};
+use crate::engine::Loyalty;
 use crate::error::LoyaltyError;
 use crate::records;
 
@@ -48,7 +50,7 @@ impl Loyalty {
     pub async fn program(&self, tenant: &str) -> Result<(u64, LoyaltyProgram), LoyaltyError> {
         let key = records::key(tenant, records::PROGRAM, records::PROGRAM_ID);
         match self.store.load(&key).await? {
-            Some(stored) => Ok((stored.version, decode(&stored, "program")?)),
+            Some(stored) => Ok((stored.version, stored.decode("program")?)),
             None => Ok((0, default_program())),
         }
     }
@@ -73,7 +75,7 @@ impl Loyalty {
                 format!("unknown or immutable field {unknown:?}"),
             ));
         }
-        retrying!({
+        retry_on_conflict(Retry::CONTENDED, || async move {
             let (version, mut program) = self.program(tenant).await?;
             if expected_version != 0 && expected_version != version as i64 {
                 return Err(LoyaltyError::VersionMismatch {
@@ -121,10 +123,11 @@ impl Loyalty {
             program.version = version as i64 + 1;
             let key = records::key(tenant, records::PROGRAM, records::PROGRAM_ID);
             self.store
-                .commit(commit(key, version, &program, Vec::new()))
+                .commit(Commit::record(key, version, &program))
                 .await?;
             Ok(program.clone())
         })
+        .await
     }
 }
 

@@ -8,7 +8,7 @@ use commerce_api::commerce::loyalty::v1::{LedgerDiscrepancy, ReconcileLedgerResp
 use ledger::Problem;
 
 use crate::consumer::GROUP;
-use crate::engine::{Loyalty, decode};
+use crate::engine::Loyalty;
 use crate::error::LoyaltyError;
 use crate::records::{self, MemberRecord};
 
@@ -103,7 +103,7 @@ impl Loyalty {
         );
         while let Some(page) = pages.next().await? {
             for (member_id, stored) in page {
-                let record: MemberRecord = decode(&stored, "member")?;
+                let record = MemberRecord::load(&stored)?;
                 discrepancies.extend(
                     self.member_discrepancies(tenant, &member_id, &record)
                         .await?,

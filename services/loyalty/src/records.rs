@@ -119,6 +119,22 @@ pub struct MemberRecord {
     pub changed_at_ms: i64,
 }
 
+impl MemberRecord {
+    /// A stored member record, refused as corrupt when it lacks its member (so
+    /// [`crate::engine::MemberState::member`] always has one to show).
+    pub(crate) fn load(
+        stored: &store::Versioned,
+    ) -> Result<MemberRecord, crate::error::LoyaltyError> {
+        let record: MemberRecord = stored.decode("member")?;
+        if record.member.is_none() {
+            return Err(crate::error::LoyaltyError::Corrupt(
+                "member record without its member".into(),
+            ));
+        }
+        Ok(record)
+    }
+}
+
 /// One lot: see [`Lot`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LotRecord {
@@ -232,4 +248,41 @@ pub struct RedemptionRecord {
     /// was emptied and dropped meanwhile.
     #[prost(message, repeated, tag = "2")]
     pub taken: Vec<LotRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::error::LoyaltyError;
+
+    fn stored(record: &MemberRecord) -> store::Versioned {
+        store::Versioned {
+            version: 1,
+            data: record.encode_to_vec().into(),
+        }
+    }
+
+    #[test]
+    fn a_member_record_without_its_member_is_corrupt_not_a_panic() {
+        let error = MemberRecord::load(&stored(&MemberRecord::default())).unwrap_err();
+        assert!(matches!(error, LoyaltyError::Corrupt(_)), "{error:?}");
+        let garbage = store::Versioned {
+            version: 1,
+            data: bytes::Bytes::from_static(&[0xff, 0xff]),
+        };
+        assert!(matches!(
+            MemberRecord::load(&garbage),
+            Err(LoyaltyError::Corrupt(_))
+        ));
+        let whole = MemberRecord {
+            member: Some(Member {
+                member_id: "m-1".into(),
+                ..Member::default()
+            }),
+            ..MemberRecord::default()
+        };
+        assert_eq!(MemberRecord::load(&stored(&whole)).unwrap(), whole);
+    }
 }

@@ -8,8 +8,11 @@ use commerce_api::commerce::loyalty::v1::{
 };
 use ledger::{NewEntry, Write};
 use platform::interceptors::IdempotencyContext;
+use platform::units::timestamp_of_ms;
+use store::Commit;
+use store::{Retry, retry_on_conflict};
 
-use crate::engine::{Change, Loyalty, MemberState, commit, decode, seconds, timestamp_ms};
+use crate::engine::{Change, Loyalty, MemberState, seconds};
 use crate::error::LoyaltyError;
 use crate::limits;
 use crate::lots;
@@ -130,14 +133,15 @@ impl Loyalty {
         let reward_id = format!("rwd-{}", &id_key[..id_key.len().min(32)]);
         let key = records::key(tenant, records::REWARD, &reward_id);
         if let Some(stored) = self.store.load(&key).await? {
-            return decode(&stored, "reward");
+            return Ok(stored.decode("reward")?);
         }
         let reward = Reward {
             reward_id: reward_id.clone(),
             version: 1,
             ..reward.clone()
         };
-        let mut created = commit(key.clone(), 0, &reward, vec![records::all_rewards()]);
+        let mut created =
+            Commit::record(key.clone(), 0, &reward).indexed(vec![records::all_rewards()]);
         created.idempotency = idempotency.map(|context| {
             context.record(&CreateRewardResponse {
                 reward: Some(reward.clone()),
@@ -146,8 +150,11 @@ impl Loyalty {
         match self.store.commit(created).await {
             Ok(_) => Ok(reward),
             Err(store::StoreError::Conflict { .. }) => {
-                let stored = self.store.load(&key).await?.expect("created concurrently");
-                decode(&stored, "reward")
+                // A concurrent create with this id won: answer with what it stored.
+                let stored = self.store.load(&key).await?.ok_or_else(|| {
+                    LoyaltyError::Corrupt(format!("reward {} conflicted but is not stored", key.id))
+                })?;
+                Ok(stored.decode("reward")?)
             }
             Err(error) => Err(error.into()),
         }
@@ -173,7 +180,8 @@ impl Loyalty {
             ));
         }
         let key = records::key(tenant, records::REWARD, &update.reward_id);
-        retrying!({
+        let key = &key;
+        retry_on_conflict(Retry::CONTENDED, || async move {
             let stored = self
                 .store
                 .load(&key)
@@ -182,7 +190,7 @@ impl Loyalty {
                     resource: "reward",
                     id: update.reward_id.clone(),
                 })?;
-            let mut reward: Reward = decode(&stored, "reward")?;
+            let mut reward: Reward = stored.decode("reward")?;
             let all = mask.iter().any(|path| path == "*");
             let set = |field: &str| all || mask.iter().any(|path| path == field);
             if set("display_name") {
@@ -215,15 +223,14 @@ impl Loyalty {
             limits::reward(&reward)?;
             reward.version = stored.version as i64 + 1;
             self.store
-                .commit(commit(
-                    key.clone(),
-                    stored.version,
-                    &reward,
-                    vec![records::all_rewards()],
-                ))
+                .commit(
+                    Commit::record(key.clone(), stored.version, &reward)
+                        .indexed(vec![records::all_rewards()]),
+                )
                 .await?;
             Ok(reward)
         })
+        .await
     }
 
     /// A reward by id.
@@ -236,7 +243,7 @@ impl Loyalty {
                 resource: "reward",
                 id: reward_id.to_owned(),
             })?;
-        decode(&stored, "reward")
+        Ok(stored.decode("reward")?)
     }
 
     /// Rewards by id, paged; with `redeemable_by`, only those that member can redeem now.
@@ -270,7 +277,7 @@ impl Loyalty {
         let mut rewards = Vec::new();
         while let Some(page) = pages.next().await? {
             for (id, stored) in page {
-                let reward: Reward = decode(&stored, "reward")?;
+                let reward: Reward = stored.decode("reward")?;
                 let keep = filter
                     .as_ref()
                     .is_none_or(|(balance, program, member, now)| {
@@ -317,9 +324,10 @@ impl Loyalty {
     ) -> Result<Redemption, LoyaltyError> {
         let redemption_id = format!("rdm-{}", &id_key[..id_key.len().min(32)]);
         let key = records::key(tenant, records::REDEMPTION, &redemption_id);
-        retrying!({
+        let (key, redemption_id) = (&key, &redemption_id);
+        retry_on_conflict(Retry::CONTENDED, || async move {
             if let Some(stored) = self.store.load(&key).await? {
-                let record: RedemptionRecord = decode(&stored, "redemption")?;
+                let record: RedemptionRecord = stored.decode("redemption")?;
                 return Ok(record.redemption.unwrap_or_default());
             }
             let state = self.load_member(tenant, member_id).await?;
@@ -354,20 +362,20 @@ impl Loyalty {
                 points: reward.point_cost,
                 status: RedemptionStatus::Held as i32,
                 order_id: order_id.to_owned(),
-                hold_expire_time: Some(timestamp_ms(hold_expires_ms)),
-                create_time: Some(timestamp_ms(now_ms)),
+                hold_expire_time: Some(timestamp_of_ms(hold_expires_ms)),
+                create_time: Some(timestamp_of_ms(now_ms)),
                 resolve_time: None,
             };
             let hold = hold_id(&redemption_id);
-            let mut held = commit(
+            let mut held = Commit::record(
                 key.clone(),
                 0,
                 &RedemptionRecord {
                     redemption: Some(redemption.clone()),
                     taken,
                 },
-                vec![records::held_redemptions()],
-            );
+            )
+            .indexed(vec![records::held_redemptions()]);
             held.idempotency = idempotency.map(|context| {
                 context.record(&RedeemRewardResponse {
                     redemption: Some(redemption.clone()),
@@ -400,6 +408,7 @@ impl Loyalty {
                 .await?;
             Ok(redemption)
         })
+        .await
     }
 
     /// A redemption by id.
@@ -425,7 +434,7 @@ impl Loyalty {
                 resource: "redemption",
                 id: redemption_id.to_owned(),
             })?;
-        Ok((stored.version, decode(&stored, "redemption")?))
+        Ok((stored.version, stored.decode("redemption")?))
     }
 
     /// Commits, voids, reverses or expires a redemption. Repeating the same resolution is a
@@ -439,7 +448,7 @@ impl Loyalty {
         resolution: Resolution,
         reason: &str,
     ) -> Result<Redemption, LoyaltyError> {
-        let lapsed = retrying!({
+        let lapsed = retry_on_conflict(Retry::CONTENDED, || async move {
             let (version, record) = self.load_redemption(tenant, redemption_id).await?;
             let redemption = record.redemption.clone().unwrap_or_default();
             let status = RedemptionStatus::try_from(redemption.status).unwrap_or_default();
@@ -482,7 +491,8 @@ impl Loyalty {
                 changed,
                 resolution == Resolution::Expire && lapsed && status == RedemptionStatus::Held,
             ))
-        })?;
+        })
+        .await?;
         let (redemption, expired_instead) = lapsed;
         if expired_instead && matches!(resolution, Resolution::Commit | Resolution::Void) {
             return Err(LoyaltyError::AlreadyResolved {
@@ -592,10 +602,10 @@ impl Loyalty {
             ..PointsEntry::default()
         });
         redemption.status = status as i32;
-        redemption.resolve_time = Some(timestamp_ms(now_ms));
+        redemption.resolve_time = Some(timestamp_of_ms(now_ms));
         record.redemption = Some(redemption.clone());
         let key = records::key(tenant, records::REDEMPTION, &redemption.redemption_id);
-        change.also.push(commit(key, version, &record, Vec::new()));
+        change.also.push(Commit::record(key, version, &record));
         self.commit_member(tenant, state, member, change, now_ms)
             .await?;
         Ok(redemption)
@@ -617,7 +627,7 @@ impl Loyalty {
         );
         while let Some(page) = pages.next().await? {
             for (id, stored) in page {
-                let record: RedemptionRecord = decode(&stored, "redemption")?;
+                let record: RedemptionRecord = stored.decode("redemption")?;
                 let redemption = record.redemption.unwrap_or_default();
                 let expires_ms = redemption
                     .hold_expire_time

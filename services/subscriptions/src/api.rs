@@ -7,6 +7,7 @@
 //! which the engine remembers: a call finding the key used (a retry of a call whose charge had an
 //! unknown outcome, say) finds the resource the first attempt created instead of making another.
 
+use platform::units::ms_of;
 use std::sync::Arc;
 
 use commerce_api::commerce::subscriptions::v1::{
@@ -17,7 +18,7 @@ use platform::ApiError;
 use platform::request::{idempotency, idempotency_id, page_size, tenant};
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Subscriptions, millis};
+use crate::engine::Subscriptions;
 use crate::error::{ERROR_DOMAIN, SubscriptionsError};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -33,11 +34,6 @@ fn ok<T>(message: T) -> Reply<T> {
 /// The page size a list asks for, as the engine takes it (`platform::request::page_size`).
 fn size(requested: i32) -> i32 {
     page_size(requested) as i32
-}
-
-/// Unix ms of an optional timestamp; `None` when unset.
-fn millis_of(time: Option<prost_types::Timestamp>) -> Option<i64> {
-    time.is_some().then(|| millis(&time))
 }
 
 /// Statuses of a list filter, refusing values the enum does not define.
@@ -310,7 +306,7 @@ impl SubscriptionService for SubscriptionApi {
         let body = request.into_inner();
         let subscription = self
             .engine
-            .pause_subscription(&tenant, &body.subscription_id, millis_of(body.resume_time))
+            .pause_subscription(&tenant, &body.subscription_id, ms_of(&body.resume_time))
             .await
             .map_err(fail)?;
         ok(v1::PauseSubscriptionResponse {
@@ -326,7 +322,7 @@ impl SubscriptionService for SubscriptionApi {
         let body = request.into_inner();
         let subscription = self
             .engine
-            .resume_subscription(&tenant, &body.subscription_id, millis_of(body.resume_time))
+            .resume_subscription(&tenant, &body.subscription_id, ms_of(&body.resume_time))
             .await
             .map_err(fail)?;
         ok(v1::ResumeSubscriptionResponse {

@@ -36,23 +36,21 @@
 //! part-way (crash, store failure) leaves every subscription at a consistent step, and the next
 //! run continues from there: nothing is skipped, nothing billed twice.
 
+use platform::units;
+use platform::units::{ms_or_epoch, timestamp_of_ms};
 use std::collections::HashSet;
+use store::{Retry, retry_on_conflict};
 
 use commerce_api::commerce::subscriptions::v1::{
-    Invoice, InvoiceLine, InvoiceLineKind, InvoicePaid, InvoicePaymentFailed, InvoiceStatus,
-    PaymentDecline, Subscription, SubscriptionCanceled, SubscriptionPastDue, SubscriptionRenewed,
-    SubscriptionResumed, SubscriptionStatus,
+    Invoice, InvoiceLine, InvoiceLineKind, InvoiceStatus, Subscription, SubscriptionCanceled,
+    SubscriptionRenewed, SubscriptionResumed, SubscriptionStatus,
 };
 use ledger::{NewEntry, Write};
-use payments::{AuthorizeRequest, CaptureRequest, PspError, VoidRequest};
-use platform::outbound::{Idempotent, OutboundError};
 use prost_reflect::DynamicMessage;
 use store::{Commit, Pages};
 
-use crate::dunning::DunningStep;
-use crate::engine::{
-    Recorded, Subscriptions, commit, decode, event, millis, money, timestamp, with_events,
-};
+use crate::collect::Attempt;
+use crate::engine::{Subscriptions, event};
 use crate::error::SubscriptionsError;
 use crate::periods::{Period, next_period};
 use crate::plans::version_of;
@@ -182,23 +180,6 @@ pub(crate) struct NewInvoice {
     pub claims_period: bool,
 }
 
-/// Who asked for a payment attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Attempt {
-    /// The billing run, for the invoice the subscription is collecting; a decline is a dunning
-    /// step.
-    Scheduled,
-    /// A caller (`PayInvoice`, a new payment method), for any open or uncollectible invoice; a
-    /// decline is recorded and leaves the dunning schedule alone.
-    Requested,
-}
-
-/// How a payment attempt ended.
-enum Charge {
-    Paid { psp_reference: String },
-    Declined(PaymentDecline),
-}
-
 /// A plan-period line.
 pub(crate) fn plan_line(
     sub: &Subscription,
@@ -209,9 +190,9 @@ pub(crate) fn plan_line(
     InvoiceLine {
         kind: InvoiceLineKind::PlanPeriod as i32,
         description: format!("Plan {} v{}", sub.plan_id, sub.plan_version),
-        amount: money(currency, price_minor),
-        period_start: Some(timestamp(period.start_ms)),
-        period_end: Some(timestamp(period.end_ms)),
+        amount: units::money(currency, price_minor),
+        period_start: Some(timestamp_of_ms(period.start_ms)),
+        period_end: Some(timestamp_of_ms(period.end_ms)),
         plan_id: sub.plan_id.clone(),
         plan_version: sub.plan_version,
         ..InvoiceLine::default()
@@ -261,7 +242,7 @@ impl Subscriptions {
         let mut found = Vec::new();
         while let Some(page) = pages.next().await? {
             for (id, stored) in page {
-                let record: InvoiceRecord = decode(&stored, "invoice")?;
+                let record = InvoiceRecord::load(&stored)?;
                 if statuses.is_empty() || statuses.contains(&record.inv().status()) {
                     found.push(record.inv().clone());
                     if found.len() == size {
@@ -283,7 +264,7 @@ impl Subscriptions {
             .load(&records::key(tenant, records::INVOICE, invoice_id))
             .await?
             .ok_or_else(|| SubscriptionsError::not_found("invoice", invoice_id))?;
-        Ok((stored.version, decode(&stored, "invoice")?))
+        Ok((stored.version, InvoiceRecord::load(&stored)?))
     }
 
     /// The commits that create `new` for `sub` at `at_ms`, finalized: the invoice (numbered
@@ -297,7 +278,7 @@ impl Subscriptions {
     ) -> Result<(Invoice, Vec<Commit>), SubscriptionsError> {
         let counter_key = records::key(tenant, records::COUNTER, records::COUNTER_ID);
         let (counter_version, counter) = match self.store.load(&counter_key).await? {
-            Some(stored) => (stored.version, decode::<CounterRecord>(&stored, "counter")?),
+            Some(stored) => (stored.version, stored.decode::<CounterRecord>("counter")?),
             None => (0, CounterRecord::default()),
         };
         let invoice_id = records::newest_first_id("inv", at_ms);
@@ -325,13 +306,13 @@ impl Subscriptions {
             customer_id: sub.customer_id.clone(),
             status: status as i32,
             lines,
-            subtotal: money(&new.currency, subtotal),
-            amount_due: money(&new.currency, subtotal.max(0)),
-            amount_paid: money(&new.currency, 0),
-            period_start: Some(timestamp(new.period.start_ms)),
-            period_end: Some(timestamp(new.period.end_ms)),
-            create_time: Some(timestamp(at_ms)),
-            finalize_time: Some(timestamp(at_ms)),
+            subtotal: units::money(&new.currency, subtotal),
+            amount_due: units::money(&new.currency, subtotal.max(0)),
+            amount_paid: units::money(&new.currency, 0),
+            period_start: Some(timestamp_of_ms(new.period.start_ms)),
+            period_end: Some(timestamp_of_ms(new.period.end_ms)),
+            create_time: Some(timestamp_of_ms(at_ms)),
+            finalize_time: Some(timestamp_of_ms(at_ms)),
             ..Invoice::default()
         };
         let record = InvoiceRecord {
@@ -339,23 +320,25 @@ impl Subscriptions {
             pending_attempt: 0,
         };
         let mut commits = vec![
-            commit(
+            Commit::record(
                 records::key(tenant, records::INVOICE, &invoice_id),
                 0,
                 &record,
-                vec![records::all(), records::invoices_of(&sub.subscription_id)],
-            ),
-            commit(
+            )
+            .indexed(vec![
+                records::all(),
+                records::invoices_of(&sub.subscription_id),
+            ]),
+            Commit::record(
                 counter_key,
                 counter_version,
                 &CounterRecord {
                     last_number: number,
                 },
-                Vec::new(),
             ),
         ];
         if new.claims_period {
-            commits.push(commit(
+            commits.push(Commit::record(
                 records::key(
                     tenant,
                     records::PERIOD_CLAIM,
@@ -365,7 +348,6 @@ impl Subscriptions {
                 &PeriodClaim {
                     invoice_id: invoice_id.clone(),
                 },
-                Vec::new(),
             ));
         }
         Ok((invoice, commits))
@@ -423,7 +405,7 @@ impl Subscriptions {
                 if due > horizon {
                     break;
                 }
-                let marker: DueMarker = decode(&stored, "due marker")?;
+                let marker: DueMarker = stored.decode("due marker")?;
                 match self
                     .perform_due(
                         tenant,
@@ -470,7 +452,7 @@ impl Subscriptions {
                 self.store
                     .commit(Commit {
                         index: Vec::new(),
-                        ..commit(key, stored.version, &DueMarker::default(), Vec::new())
+                        ..Commit::record(key, stored.version, &DueMarker::default())
                     })
                     .await?;
             }
@@ -501,8 +483,8 @@ impl Subscriptions {
             }
             SubscriptionStatus::Trialing | SubscriptionStatus::Active => {
                 let period = Period {
-                    start_ms: millis(&sub.current_period_start),
-                    end_ms: millis(&sub.current_period_end),
+                    start_ms: ms_or_epoch(&sub.current_period_start),
+                    end_ms: ms_or_epoch(&sub.current_period_end),
                 };
                 self.start_period(
                     tenant,
@@ -532,7 +514,7 @@ impl Subscriptions {
         at_ms: i64,
         report: &mut BillingReport,
     ) -> Result<(), SubscriptionsError> {
-        retrying!({
+        retry_on_conflict(Retry::CONTENDED, || async move {
             let state = self.load_sub(tenant, subscription_id).await?;
             let mut record = state.record.clone();
             // A migration (MigrateSubscription) takes effect with the new period.
@@ -574,9 +556,9 @@ impl Subscriptions {
                 lines.push(InvoiceLine {
                     kind: InvoiceLineKind::ProrationCredit as i32,
                     description: "Credit carried over from a plan change".into(),
-                    amount: money(&price.currency_code, -credit),
-                    period_start: Some(timestamp(period.start_ms)),
-                    period_end: Some(timestamp(period.end_ms)),
+                    amount: units::money(&price.currency_code, -credit),
+                    period_start: Some(timestamp_of_ms(period.start_ms)),
+                    period_end: Some(timestamp_of_ms(period.end_ms)),
                     plan_id: sub.plan_id.clone(),
                     plan_version: sub.plan_version,
                     ..InvoiceLine::default()
@@ -602,8 +584,8 @@ impl Subscriptions {
             let resumed = sub.status() == SubscriptionStatus::Paused;
             {
                 let sub = record.sub_mut();
-                sub.current_period_start = Some(timestamp(period.start_ms));
-                sub.current_period_end = Some(timestamp(period.end_ms));
+                sub.current_period_start = Some(timestamp_of_ms(period.start_ms));
+                sub.current_period_end = Some(timestamp_of_ms(period.end_ms));
                 sub.latest_invoice_id = invoice.invoice_id.clone();
                 if resumed {
                     sub.status =
@@ -615,13 +597,13 @@ impl Subscriptions {
             let events: Vec<DynamicMessage> = if resumed {
                 vec![event(&SubscriptionResumed {
                     subscription_id: subscription_id.to_owned(),
-                    period_start: Some(timestamp(period.start_ms)),
+                    period_start: Some(timestamp_of_ms(period.start_ms)),
                 })]
             } else {
                 vec![event(&SubscriptionRenewed {
                     subscription_id: subscription_id.to_owned(),
-                    period_start: Some(timestamp(period.start_ms)),
-                    period_end: Some(timestamp(period.end_ms)),
+                    period_start: Some(timestamp_of_ms(period.start_ms)),
+                    period_end: Some(timestamp_of_ms(period.end_ms)),
                     invoice_id: invoice.invoice_id.clone(),
                 })]
             };
@@ -630,8 +612,9 @@ impl Subscriptions {
                 .await?;
             commits.extend(invoice_commits);
             self.store.commit_all(commits).await?;
-            Ok(())
-        })?;
+            Ok::<_, SubscriptionsError>(())
+        })
+        .await?;
         report.renewals += 1;
         Ok(())
     }
@@ -659,316 +642,6 @@ impl Subscriptions {
             report,
         )
         .await
-    }
-
-    /// One payment attempt for `invoice_id` at `at_ms`, by the billing run or on request
-    /// (`PayInvoice`, a new payment method): persist the attempt number, charge with keys
-    /// derived from it, commit the outcome (see the module docs). A requested attempt that is
-    /// declined leaves the dunning schedule as it was; one that pays settles whatever the
-    /// subscription was waiting for. Returns the subscription's next due time.
-    pub(crate) async fn attempt(
-        &self,
-        tenant: &str,
-        subscription_id: &str,
-        invoice_id: &str,
-        at_ms: i64,
-        mode: Attempt,
-        report: &mut BillingReport,
-    ) -> Result<Option<i64>, SubscriptionsError> {
-        let (due, _) = self
-            .attempt_recording(
-                tenant,
-                subscription_id,
-                invoice_id,
-                at_ms,
-                mode,
-                report,
-                Recorded::Nothing,
-            )
-            .await?;
-        Ok(due)
-    }
-
-    /// [`Subscriptions::attempt`], with `recorded` of the subscription and invoice put into the
-    /// commit of the outcome, which completes the call that asked for the attempt; returns them
-    /// as committed too (`None` when this attempt committed no outcome).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn attempt_recording(
-        &self,
-        tenant: &str,
-        subscription_id: &str,
-        invoice_id: &str,
-        at_ms: i64,
-        mode: Attempt,
-        report: &mut BillingReport,
-        recorded: Recorded<'_>,
-    ) -> Result<(Option<i64>, Option<(Subscription, Invoice)>), SubscriptionsError> {
-        let invoice_id = invoice_id.to_owned();
-        // 1. The attempt, persisted before the PSP hears of it.
-        let attempt = retrying!({
-            let state = self.load_sub(tenant, subscription_id).await?;
-            if mode == Attempt::Scheduled
-                && (state.record.collect_at_ms.is_none()
-                    || state.record.collecting_invoice_id != invoice_id)
-            {
-                return Ok(None);
-            }
-            let (version, mut record) = self.load_invoice(tenant, &invoice_id).await?;
-            if !matches!(
-                record.inv().status(),
-                InvoiceStatus::Open | InvoiceStatus::Uncollectible
-            ) {
-                return Ok(Some((0, record)));
-            }
-            if record.pending_attempt > 0 {
-                let attempt = record.pending_attempt;
-                return Ok(Some((attempt, record)));
-            }
-            let invoice = record.inv_mut();
-            invoice.attempt_count += 1;
-            let attempt = invoice.attempt_count;
-            record.pending_attempt = attempt;
-            self.store
-                .commit(commit(
-                    records::key(tenant, records::INVOICE, &invoice_id),
-                    version,
-                    &record,
-                    vec![records::all(), records::invoices_of(subscription_id)],
-                ))
-                .await?;
-            Ok(Some((attempt, record)))
-        })?;
-        let Some((attempt, record)) = attempt else {
-            let due = self.load_sub(tenant, subscription_id).await?.record.due_ms;
-            return Ok((due, None));
-        };
-        // 2. The charge.
-        let charge = if attempt == 0 {
-            None
-        } else {
-            let due = record.inv().amount_due.clone().unwrap_or_default();
-            if due.amount_minor == 0 {
-                Some(Charge::Paid {
-                    psp_reference: String::new(),
-                })
-            } else {
-                let token = self
-                    .load_sub(tenant, subscription_id)
-                    .await?
-                    .record
-                    .sub()
-                    .payment_token
-                    .clone();
-                Some(self.charge(&invoice_id, attempt, &token, &due).await?)
-            }
-        };
-        // 3. The outcome.
-        retrying!({
-            let state = self.load_sub(tenant, subscription_id).await?;
-            let (invoice_version, mut invoice_record) =
-                self.load_invoice(tenant, &invoice_id).await?;
-            let mut record = state.record.clone();
-            let collecting =
-                record.collect_at_ms.is_some() && record.collecting_invoice_id == invoice_id;
-            if invoice_record.pending_attempt != attempt
-                || (mode == Attempt::Scheduled && !collecting)
-            {
-                // Someone else settled this attempt meanwhile.
-                return Ok((record.due_ms, None));
-            }
-            let before = record.sub().status();
-            let Some(charge) = &charge else {
-                // Nothing to collect any more (the invoice was settled another way).
-                if !collecting {
-                    return Ok((record.due_ms, None));
-                }
-                record.collect_at_ms = None;
-                record.collecting_invoice_id.clear();
-                let (record, commits) = self
-                    .subscription_commits(tenant, Some(&state), record, at_ms, &[])
-                    .await?;
-                self.store.commit_all(commits).await?;
-                return Ok((record.due_ms, None));
-            };
-            invoice_record.pending_attempt = 0;
-            let mut sub_events = Vec::new();
-            let mut invoice_events = Vec::new();
-            let mut posting = None;
-            let currency = invoice_record
-                .inv()
-                .amount_due
-                .as_ref()
-                .map(|m| m.currency_code.clone())
-                .unwrap_or_default();
-            match charge {
-                Charge::Paid { psp_reference } => {
-                    let invoice = invoice_record.inv_mut();
-                    invoice.status = next_invoice(invoice.status(), InvoiceAction::Pay)? as i32;
-                    invoice.amount_paid.clone_from(&invoice.amount_due);
-                    invoice.paid_time = Some(timestamp(at_ms));
-                    invoice.next_attempt_time = None;
-                    let paid = invoice.amount_paid.as_ref().map_or(0, |m| m.amount_minor);
-                    invoice_events.push(event(&InvoicePaid {
-                        invoice_id: invoice_id.clone(),
-                        subscription_id: subscription_id.to_owned(),
-                        amount_paid: invoice.amount_paid.clone(),
-                        psp_reference: psp_reference.clone(),
-                    }));
-                    if paid > 0 {
-                        posting = Some(
-                            NewEntry::new(records::payment_entry_id(&invoice_id), at_ms)
-                                .transfer(
-                                    &records::money_account("revenue", &currency),
-                                    &records::money_account("psp", &currency),
-                                    &currency,
-                                    paid,
-                                )
-                                .metadata("invoice_id", invoice_id.as_str())
-                                .metadata("subscription_id", subscription_id)
-                                .metadata("psp_reference", psp_reference.as_str()),
-                        );
-                    }
-                    // What the subscription waited for: the invoice it is collecting, or the
-                    // first invoice of an INCOMPLETE one (paid late, within its window).
-                    let waiting = collecting
-                        || (before == SubscriptionStatus::Incomplete
-                            && record.sub().latest_invoice_id == invoice_id);
-                    let action = match before {
-                        _ if !waiting => None,
-                        SubscriptionStatus::Incomplete => {
-                            Some(SubscriptionAction::FirstPaymentSucceeded)
-                        }
-                        SubscriptionStatus::Trialing => Some(SubscriptionAction::TrialEndedPaid),
-                        SubscriptionStatus::Active => Some(SubscriptionAction::RenewalPaid),
-                        SubscriptionStatus::PastDue => Some(SubscriptionAction::RetrySucceeded),
-                        _ => None,
-                    };
-                    if let Some(action) = action {
-                        record.sub_mut().status = next(before, action)? as i32;
-                    }
-                    if collecting {
-                        record.collect_at_ms = None;
-                        record.collecting_invoice_id.clear();
-                    }
-                    report.invoices_paid += 1;
-                }
-                Charge::Declined(decline) => {
-                    report.payment_failures += 1;
-                    let attempts = invoice_record.inv().attempt_count;
-                    let invoice = invoice_record.inv_mut();
-                    invoice.last_decline = Some(decline.clone());
-                    if before == SubscriptionStatus::Incomplete || mode == Attempt::Requested {
-                        // No dunning for a first payment: the customer has the payment
-                        // window to pay; then the subscription expires. A requested attempt
-                        // leaves the dunning schedule as it was.
-                        if before == SubscriptionStatus::Incomplete {
-                            invoice.next_attempt_time = None;
-                            if collecting {
-                                record.collect_at_ms = None;
-                                record.collecting_invoice_id.clear();
-                            }
-                        }
-                        invoice_events.push(event(&InvoicePaymentFailed {
-                            invoice_id: invoice_id.clone(),
-                            subscription_id: subscription_id.to_owned(),
-                            attempt_count: attempts,
-                            decline: Some(decline.clone()),
-                            next_attempt_time: invoice.next_attempt_time,
-                        }));
-                    } else {
-                        let failed_from = match before {
-                            SubscriptionStatus::Trialing => {
-                                next(before, SubscriptionAction::TrialEndedPaymentFailed)?
-                            }
-                            SubscriptionStatus::Active => {
-                                next(before, SubscriptionAction::RenewalFailed)?
-                            }
-                            other => other,
-                        };
-                        match self.policy.next_step(attempts as u32, at_ms, decline.hard) {
-                            DunningStep::RetryAt(retry_at) => {
-                                invoice.next_attempt_time = Some(timestamp(retry_at));
-                                record.collect_at_ms = Some(retry_at);
-                                record.sub_mut().status = failed_from as i32;
-                                invoice_events.push(event(&InvoicePaymentFailed {
-                                    invoice_id: invoice_id.clone(),
-                                    subscription_id: subscription_id.to_owned(),
-                                    attempt_count: attempts,
-                                    decline: Some(decline.clone()),
-                                    next_attempt_time: Some(timestamp(retry_at)),
-                                }));
-                                if before != SubscriptionStatus::PastDue {
-                                    sub_events.push(event(&SubscriptionPastDue {
-                                        subscription_id: subscription_id.to_owned(),
-                                        invoice_id: invoice_id.clone(),
-                                        next_attempt_time: Some(timestamp(retry_at)),
-                                    }));
-                                }
-                            }
-                            DunningStep::GiveUp(action) => {
-                                invoice.next_attempt_time = None;
-                                invoice.status = next_invoice(
-                                    invoice.status(),
-                                    InvoiceAction::MarkUncollectible,
-                                )
-                                .unwrap_or(invoice.status())
-                                    as i32;
-                                invoice.close_time = Some(timestamp(at_ms));
-                                let end = if failed_from == SubscriptionStatus::PastDue {
-                                    next(failed_from, SubscriptionAction::RetriesExhausted(action))?
-                                } else {
-                                    failed_from
-                                };
-                                record.collect_at_ms = None;
-                                record.collecting_invoice_id.clear();
-                                let sub = record.sub_mut();
-                                sub.status = end as i32;
-                                if end == SubscriptionStatus::Canceled {
-                                    sub.cancel_time = Some(timestamp(at_ms));
-                                }
-                                invoice_events.push(event(&InvoicePaymentFailed {
-                                    invoice_id: invoice_id.clone(),
-                                    subscription_id: subscription_id.to_owned(),
-                                    attempt_count: attempts,
-                                    decline: Some(decline.clone()),
-                                    next_attempt_time: None,
-                                }));
-                                sub_events.push(event(&SubscriptionCanceled {
-                                    subscription_id: subscription_id.to_owned(),
-                                    status: end as i32,
-                                    reason: if decline.hard {
-                                        format!("hard decline: {}", decline.code)
-                                    } else {
-                                        "payment retries exhausted".into()
-                                    },
-                                }));
-                            }
-                        }
-                    }
-                }
-            }
-            status_change(report, before, record.sub().status());
-            let mut invoice_commit = with_events(
-                commit(
-                    records::key(tenant, records::INVOICE, &invoice_id),
-                    invoice_version,
-                    &invoice_record,
-                    vec![records::all(), records::invoices_of(subscription_id)],
-                ),
-                invoice_version + 1,
-                at_ms,
-                &invoice_events,
-            );
-            let (record, mut commits) = self
-                .subscription_commits(tenant, Some(&state), record, at_ms, &sub_events)
-                .await?;
-            let settled = (record.sub().clone(), invoice_record.inv().clone());
-            invoice_commit.idempotency = recorded.record(&settled.0, Some(&settled.1));
-            commits.push(invoice_commit);
-            self.commit_with_posting(tenant, &currency, posting, commits)
-                .await?;
-            Ok((record.due_ms, Some(settled)))
-        })
     }
 
     /// Commits `commits`, with the ledger entry `posting` in the same commit when there is one.
@@ -999,74 +672,6 @@ impl Subscriptions {
         Ok(())
     }
 
-    /// Charges `amount` for attempt `attempt` of the invoice: authorize and capture, with keys
-    /// derived from (invoice, attempt) — see the module docs.
-    async fn charge(
-        &self,
-        invoice_id: &str,
-        attempt: i32,
-        token: &str,
-        amount: &commerce_api::commerce::common::v1::Money,
-    ) -> Result<Charge, SubscriptionsError> {
-        let base = format!("invoice:{invoice_id}:attempt:{attempt}");
-        let amount = payments::Money::new(&amount.currency_code, amount.amount_minor);
-        let authorized = self
-            .outbound
-            .call(Idempotent::Yes, |_| {
-                self.psp.authorize(AuthorizeRequest {
-                    idempotency_key: format!("{base}:authorize"),
-                    payment_token: token.to_owned(),
-                    amount: amount.clone(),
-                    reference: invoice_id.to_owned(),
-                })
-            })
-            .await;
-        let authorization = match authorized {
-            Ok(transaction) => transaction,
-            Err(error) => return declined_or_unknown(invoice_id, error),
-        };
-        let captured = self
-            .outbound
-            .call(Idempotent::Yes, |_| {
-                self.psp.capture(CaptureRequest {
-                    idempotency_key: format!("{base}:capture"),
-                    authorization_id: authorization.id.clone(),
-                    amount: amount.clone(),
-                })
-            })
-            .await;
-        let outcome = match captured {
-            Ok(transaction) => {
-                return Ok(Charge::Paid {
-                    psp_reference: transaction.id,
-                });
-            }
-            Err(error) => declined_or_unknown(invoice_id, error)?,
-        };
-        // The capture was refused after the authorization succeeded: release the hold, so the
-        // customer's funds are not held for a payment that did not happen. Its key derives from
-        // the attempt too; if its outcome is unknown the attempt stays pending, and the next
-        // try replays the authorization and the capture's decline and voids again.
-        let voided = self
-            .outbound
-            .call(Idempotent::Yes, |_| {
-                self.psp.void(VoidRequest {
-                    idempotency_key: format!("{base}:void"),
-                    authorization_id: authorization.id.clone(),
-                })
-            })
-            .await;
-        match voided {
-            Ok(_) => Ok(outcome),
-            Err(error) => {
-                tracing::warn!(%error, invoice = %invoice_id, "subscriptions: voiding a declined capture's authorization failed");
-                Err(SubscriptionsError::PaymentOutcomeUnknown(
-                    invoice_id.to_owned(),
-                ))
-            }
-        }
-    }
-
     /// Ends an INCOMPLETE subscription whose first payment window passed: INCOMPLETE_EXPIRED,
     /// and its first invoice void.
     async fn expire_incomplete(
@@ -1076,7 +681,7 @@ impl Subscriptions {
         at_ms: i64,
         report: &mut BillingReport,
     ) -> Result<Option<i64>, SubscriptionsError> {
-        retrying!({
+        let changed = retry_on_conflict(Retry::CONTENDED, || async move {
             let state = self.load_sub(tenant, subscription_id).await?;
             let mut record = state.record.clone();
             let before = record.sub().status();
@@ -1092,13 +697,15 @@ impl Subscriptions {
                     invoice.pending_attempt = 0;
                     let inv = invoice.inv_mut();
                     inv.status = status as i32;
-                    inv.close_time = Some(timestamp(at_ms));
-                    commits.push(commit(
-                        records::key(tenant, records::INVOICE, &invoice_id),
-                        version,
-                        &invoice,
-                        vec![records::all(), records::invoices_of(subscription_id)],
-                    ));
+                    inv.close_time = Some(timestamp_of_ms(at_ms));
+                    commits.push(
+                        Commit::record(
+                            records::key(tenant, records::INVOICE, &invoice_id),
+                            version,
+                            &invoice,
+                        )
+                        .indexed(vec![records::all(), records::invoices_of(subscription_id)]),
+                    );
                 }
             }
             let (record, sub_commits) = self
@@ -1106,9 +713,13 @@ impl Subscriptions {
                 .await?;
             commits.splice(0..0, sub_commits);
             self.store.commit_all(commits).await?;
-            status_change(report, before, record.sub().status());
-            Ok(record.due_ms)
+            Ok::<_, SubscriptionsError>(Some((before, record.sub().status(), record.due_ms)))
         })
+        .await?;
+        Ok(changed.and_then(|(before, after, due_ms)| {
+            status_change(report, before, after);
+            due_ms
+        }))
     }
 
     /// Cancels the subscription at `at_ms` (now, or its period end) with `reason`.
@@ -1128,7 +739,7 @@ impl Subscriptions {
         reason: &str,
         report: &mut BillingReport,
     ) -> Result<Option<i64>, SubscriptionsError> {
-        retrying!({
+        let changed = retry_on_conflict(Retry::CONTENDED, || async move {
             let state = self.load_sub(tenant, subscription_id).await?;
             let mut record = state.record.clone();
             let before = record.sub().status();
@@ -1146,21 +757,23 @@ impl Subscriptions {
                 if invoice.inv().status() == InvoiceStatus::Open {
                     let inv = invoice.inv_mut();
                     inv.status = next_invoice(InvoiceStatus::Open, InvoiceAction::Void)? as i32;
-                    inv.close_time = Some(timestamp(at_ms));
+                    inv.close_time = Some(timestamp_of_ms(at_ms));
                     inv.next_attempt_time = None;
-                    invoice_commit = Some(commit(
-                        records::key(tenant, records::INVOICE, &collecting),
-                        version,
-                        &invoice,
-                        vec![records::all(), records::invoices_of(subscription_id)],
-                    ));
+                    invoice_commit = Some(
+                        Commit::record(
+                            records::key(tenant, records::INVOICE, &collecting),
+                            version,
+                            &invoice,
+                        )
+                        .indexed(vec![records::all(), records::invoices_of(subscription_id)]),
+                    );
                 }
             }
             record.collect_at_ms = None;
             record.collecting_invoice_id.clear();
             let sub = record.sub_mut();
             sub.status = status as i32;
-            sub.cancel_time = Some(timestamp(at_ms));
+            sub.cancel_time = Some(timestamp_of_ms(at_ms));
             sub.cancel_at_period_end = false;
             let events = [event(&SubscriptionCanceled {
                 subscription_id: subscription_id.to_owned(),
@@ -1172,9 +785,13 @@ impl Subscriptions {
                 .await?;
             commits.extend(invoice_commit);
             self.store.commit_all(commits).await?;
-            status_change(report, before, record.sub().status());
-            Ok(record.due_ms)
+            Ok::<_, SubscriptionsError>(Some((before, record.sub().status(), record.due_ms)))
         })
+        .await?;
+        Ok(changed.and_then(|(before, after, due_ms)| {
+            status_change(report, before, after);
+            due_ms
+        }))
     }
 
     /// Resumes a paused subscription at `at_ms`: within the period already paid for, it goes on
@@ -1189,8 +806,8 @@ impl Subscriptions {
         let state = self.load_sub(tenant, subscription_id).await?;
         let before = state.record.sub().status();
         next(before, SubscriptionAction::Resume)?;
-        if at_ms < millis(&state.record.sub().current_period_end) {
-            let due = retrying!({
+        if at_ms < ms_or_epoch(&state.record.sub().current_period_end) {
+            let due = retry_on_conflict(Retry::CONTENDED, || async move {
                 let state = self.load_sub(tenant, subscription_id).await?;
                 let mut record = state.record.clone();
                 let status = next(record.sub().status(), SubscriptionAction::Resume)?;
@@ -1206,8 +823,9 @@ impl Subscriptions {
                     .subscription_commits(tenant, Some(&state), record, at_ms, &events)
                     .await?;
                 self.store.commit_all(commits).await?;
-                Ok(record.due_ms)
-            })?;
+                Ok::<_, SubscriptionsError>(record.due_ms)
+            })
+            .await?;
             report.status_changes += 1;
             return Ok(due);
         }
@@ -1231,46 +849,4 @@ pub(crate) enum Renewal {
     Next(Period),
     /// A fresh schedule anchored at this time (a resumption).
     FreshFrom(i64),
-}
-
-/// A failed PSP call as an attempt outcome: declines (and refusals that retrying cannot fix)
-/// are declines; anything that leaves the outcome unknown keeps the attempt pending.
-fn declined_or_unknown(
-    invoice_id: &str,
-    error: OutboundError<PspError>,
-) -> Result<Charge, SubscriptionsError> {
-    let decline = |code: &str, hard: bool, message: &str| {
-        Ok(Charge::Declined(PaymentDecline {
-            code: code.to_owned(),
-            hard,
-            message: message.to_owned(),
-        }))
-    };
-    match error {
-        OutboundError::Failed(PspError::Declined { code, hard }) => {
-            decline(&code, hard, "The payment was declined.")
-        }
-        OutboundError::Failed(PspError::CardDataRejected) => decline(
-            "card_data_rejected",
-            true,
-            "The payment method is not a payment provider token.",
-        ),
-        OutboundError::Failed(PspError::InvalidRequest(_)) => decline(
-            "invalid_payment_method",
-            true,
-            "The payment method cannot be charged.",
-        ),
-        OutboundError::Failed(PspError::Timeout | PspError::Unavailable)
-        | OutboundError::Timeout
-        | OutboundError::CircuitOpen { .. }
-        | OutboundError::DeadlineExceeded => Err(SubscriptionsError::PaymentOutcomeUnknown(
-            invoice_id.to_owned(),
-        )),
-        OutboundError::Failed(other) => {
-            tracing::warn!(error = %other, invoice = %invoice_id, "subscriptions: PSP refused the charge");
-            Err(SubscriptionsError::PaymentOutcomeUnknown(
-                invoice_id.to_owned(),
-            ))
-        }
-    }
 }

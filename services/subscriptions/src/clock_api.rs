@@ -12,6 +12,7 @@ use commerce_api::commerce::subscriptions::v1::{
 };
 use platform::clock::{ClockError, ClockReading, Clocks};
 use platform::interceptors::Tenant;
+use platform::units::timestamp_of_ms;
 use platform::{ApiError, Server};
 use prost_types::Timestamp;
 use store::StoreError;
@@ -104,16 +105,8 @@ fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
 
 fn clock(reading: ClockReading) -> Clock {
     Clock {
-        now: Some(timestamp(reading.now_ms)),
+        now: Some(timestamp_of_ms(reading.now_ms)),
         frozen: reading.frozen,
-    }
-}
-
-fn timestamp(unix_ms: i64) -> Timestamp {
-    Timestamp {
-        seconds: unix_ms.div_euclid(1000),
-        // 0..=999_000_000, always fits.
-        nanos: i32::try_from(unix_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
     }
 }
 
@@ -130,7 +123,7 @@ fn unix_ms(timestamp: &Timestamp) -> Option<i64> {
 
 /// A unix-millisecond time as RFC 3339, for error metadata.
 fn rfc3339(unix_ms: i64) -> String {
-    timestamp(unix_ms).to_string()
+    timestamp_of_ms(unix_ms).to_string()
 }
 
 fn clock_error(error: ClockError) -> ApiError {
@@ -177,7 +170,7 @@ mod tests {
     #[test]
     fn milliseconds_round_trip_through_timestamps_including_before_1970() {
         for ms in [0, 1, 999, 1_000, 1_893_456_000_123, -1, -1_001] {
-            assert_eq!(unix_ms(&timestamp(ms)), Some(ms), "{ms}");
+            assert_eq!(unix_ms(&timestamp_of_ms(ms)), Some(ms), "{ms}");
         }
         assert_eq!(rfc3339(1_893_456_000_000), "2030-01-01T00:00:00Z");
     }

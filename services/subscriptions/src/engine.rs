@@ -5,12 +5,11 @@
 //! entry). Every operation reads, decides with the pure rules, and commits; a concurrent writer
 //! makes the commit fail and the operation start over (`retrying!`).
 
+use platform::units::ms_or_epoch;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use commerce_api::commerce::common::v1::Money;
 use commerce_api::commerce::subscriptions::v1::{
     ChangePlanResponse, CreateSubscriptionResponse, Invoice, Subscription, SubscriptionStatus,
 };
@@ -20,15 +19,12 @@ use platform::clock::Clocks;
 use platform::interceptors::IdempotencyContext;
 use platform::outbound::{Outbound, OutboundPolicy};
 use prost_reflect::{DynamicMessage, ReflectMessage};
-use store::{AggregateKey, Commit, IdempotencyRecord, IndexEntry, Store, Versioned};
+use store::{Commit, IdempotencyRecord, Store};
 
 use crate::dunning::RetryPolicy;
 use crate::error::SubscriptionsError;
 use crate::records::{self, DueMarker, SubscriptionRecord};
 use crate::transitions::{INCOMPLETE_PAYMENT_WINDOW_MS, is_final};
-
-/// Attempts of one operation before it reports contention.
-pub(crate) const MAX_ATTEMPTS: u32 = 64;
 
 /// The subscriptions engine. Cheap to share (`Arc`).
 pub struct Subscriptions {
@@ -88,38 +84,6 @@ impl Recorded<'_> {
     }
 }
 
-/// Sleeps a jittered pause that grows with `round`, so racing writers spread out.
-pub(crate) async fn back_off(round: u32) {
-    let ceiling = 200u64 << round.min(7);
-    tokio::time::sleep(Duration::from_micros(fastrand::u64(0..ceiling))).await;
-}
-
-/// Decodes a stored record.
-pub(crate) fn decode<M: prost::Message + Default>(
-    stored: &Versioned,
-    what: &str,
-) -> Result<M, SubscriptionsError> {
-    M::decode(stored.data.as_ref())
-        .map_err(|error| SubscriptionsError::Corrupt(format!("{what}: {error}")))
-}
-
-/// A commit of `data` at `expected_version` with `index`.
-pub(crate) fn commit(
-    key: AggregateKey,
-    expected_version: u64,
-    data: &impl prost::Message,
-    index: Vec<IndexEntry>,
-) -> Commit {
-    Commit {
-        key,
-        expected_version,
-        data: Bytes::from(data.encode_to_vec()),
-        index,
-        events: Vec::new(),
-        idempotency: None,
-    }
-}
-
 /// Adds `events` to `commit`, which takes its aggregate to `version`, as of `at_ms`.
 pub(crate) fn with_events(
     mut commit: Commit,
@@ -146,29 +110,6 @@ pub(crate) fn event(message: &impl ReflectMessage) -> DynamicMessage {
     message.transcode_to_dynamic()
 }
 
-/// A protobuf timestamp of unix ms.
-pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-/// Unix ms of a protobuf timestamp (0 when unset).
-pub(crate) fn millis(time: &Option<prost_types::Timestamp>) -> i64 {
-    time.as_ref().map_or(0, |time| {
-        time.seconds * 1000 + i64::from(time.nanos) / 1_000_000
-    })
-}
-
-/// `minor` units of `currency`.
-pub(crate) fn money(currency: &str, minor: i64) -> Option<Money> {
-    Some(Money {
-        currency_code: currency.to_owned(),
-        amount_minor: minor,
-    })
-}
-
 /// When the subscription's next action is due, by its state: the invoice being collected, the
 /// first payment window, the trial's end, the period's end (renewal or cancellation) or the
 /// scheduled resumption. `None` for final statuses and indefinite pauses.
@@ -183,12 +124,15 @@ pub(crate) fn next_due(record: &SubscriptionRecord) -> Option<i64> {
     }
     match status {
         SubscriptionStatus::Incomplete => {
-            Some(millis(&sub.create_time).saturating_add(INCOMPLETE_PAYMENT_WINDOW_MS))
+            Some(ms_or_epoch(&sub.create_time).saturating_add(INCOMPLETE_PAYMENT_WINDOW_MS))
         }
         SubscriptionStatus::Trialing | SubscriptionStatus::Active => {
-            Some(millis(&sub.current_period_end))
+            Some(ms_or_epoch(&sub.current_period_end))
         }
-        SubscriptionStatus::Paused => sub.resume_time.as_ref().map(|_| millis(&sub.resume_time)),
+        SubscriptionStatus::Paused => sub
+            .resume_time
+            .as_ref()
+            .map(|_| ms_or_epoch(&sub.resume_time)),
         _ => None,
     }
 }
@@ -250,7 +194,7 @@ impl Subscriptions {
             .ok_or_else(|| SubscriptionsError::not_found("subscription", subscription_id))?;
         Ok(SubState {
             version: stored.version,
-            record: decode(&stored, "subscription")?,
+            record: SubscriptionRecord::load(&stored)?,
         })
     }
 
@@ -273,12 +217,12 @@ impl Subscriptions {
         record.sub_mut().version = version as i64;
         let sub = record.sub().clone();
         let mut commits = vec![with_events(
-            commit(
+            Commit::record(
                 records::key(tenant, records::SUBSCRIPTION, &sub.subscription_id),
                 expected,
                 &record,
-                vec![records::all(), records::customer(&sub.customer_id)],
-            ),
+            )
+            .indexed(vec![records::all(), records::customer(&sub.customer_id)]),
             version,
             at_ms,
             events,
@@ -294,7 +238,7 @@ impl Subscriptions {
                     &records::due_marker_id(before, &sub.subscription_id),
                 );
                 if let Some(stored) = self.store.load(&key).await? {
-                    commits.push(commit(key, stored.version, &marker, Vec::new()));
+                    commits.push(Commit::record(key, stored.version, &marker));
                 }
             }
             if let Some(due) = due {
@@ -304,7 +248,9 @@ impl Subscriptions {
                     &records::due_marker_id(due, &sub.subscription_id),
                 );
                 let version = self.store.load(&key).await?.map_or(0, |s| s.version);
-                commits.push(commit(key, version, &marker, vec![records::pending_due()]));
+                commits.push(
+                    Commit::record(key, version, &marker).indexed(vec![records::pending_due()]),
+                );
             }
         }
         Ok((record, commits))

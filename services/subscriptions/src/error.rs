@@ -120,16 +120,6 @@ impl SubscriptionsError {
             id: id.to_owned(),
         }
     }
-
-    /// Whether a retry of the whole operation (re-reading everything) may succeed: a writer
-    /// moved something this attempt read.
-    pub(crate) fn is_conflict(&self) -> bool {
-        matches!(
-            self,
-            SubscriptionsError::Store(StoreError::Conflict { .. })
-                | SubscriptionsError::Ledger(LedgerError::Store(StoreError::Conflict { .. }))
-        )
-    }
 }
 
 impl From<SubscriptionsError> for ApiError {
@@ -217,5 +207,27 @@ impl From<SubscriptionsError> for ApiError {
             }
             other => ApiError::internal(other),
         }
+    }
+}
+
+impl store::Contention for SubscriptionsError {
+    /// A retry of the whole operation (re-reading everything) may succeed: a writer moved
+    /// something this attempt read.
+    fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            SubscriptionsError::Store(StoreError::Conflict { .. })
+                | SubscriptionsError::Ledger(LedgerError::Store(StoreError::Conflict { .. }))
+        )
+    }
+
+    fn contended(last: Self) -> Self {
+        SubscriptionsError::Contended(last.to_string())
+    }
+}
+
+impl From<store::CorruptRecord> for SubscriptionsError {
+    fn from(corrupt: store::CorruptRecord) -> Self {
+        SubscriptionsError::Corrupt(corrupt.to_string())
     }
 }

@@ -19,9 +19,13 @@
 use commerce_api::commerce::subscriptions::v1::{
     Invoice, InvoiceStatus, SubscriptionCanceled, SubscriptionStatus,
 };
+use platform::units::timestamp_of_ms;
+use store::Commit;
+use store::{Retry, retry_on_conflict};
 
-use crate::billing::{Attempt, BillingReport};
-use crate::engine::{Subscriptions, commit, event, timestamp};
+use crate::billing::BillingReport;
+use crate::collect::Attempt;
+use crate::engine::{Subscriptions, event};
 use crate::error::SubscriptionsError;
 use crate::records::{self, InvoiceRecord};
 use crate::transitions::{InvoiceAction, SubscriptionAction, next, next_invoice};
@@ -88,7 +92,7 @@ impl Subscriptions {
         action: InvoiceAction,
     ) -> Result<Invoice, SubscriptionsError> {
         let now = self.now_ms(tenant).await?;
-        retrying!({
+        retry_on_conflict(Retry::CONTENDED, || async move {
             let (invoice_version, mut invoice_record) =
                 self.load_invoice(tenant, invoice_id).await?;
             let status = invoice_record.inv().status();
@@ -107,7 +111,7 @@ impl Subscriptions {
             {
                 let invoice = invoice_record.inv_mut();
                 invoice.status = to as i32;
-                invoice.close_time = Some(timestamp(now));
+                invoice.close_time = Some(timestamp_of_ms(now));
                 invoice.next_attempt_time = None;
             }
             let mut commits = Vec::new();
@@ -134,7 +138,7 @@ impl Subscriptions {
                         let sub = record.sub_mut();
                         sub.status = end as i32;
                         if end == SubscriptionStatus::Canceled {
-                            sub.cancel_time = Some(timestamp(now));
+                            sub.cancel_time = Some(timestamp_of_ms(now));
                         }
                         events.push(event(&SubscriptionCanceled {
                             subscription_id: subscription_id.clone(),
@@ -156,14 +160,17 @@ impl Subscriptions {
                     .await?;
                 commits = sub_commits;
             }
-            commits.push(commit(
-                records::key(tenant, records::INVOICE, invoice_id),
-                invoice_version,
-                &invoice_record,
-                vec![records::all(), records::invoices_of(&subscription_id)],
-            ));
+            commits.push(
+                Commit::record(
+                    records::key(tenant, records::INVOICE, invoice_id),
+                    invoice_version,
+                    &invoice_record,
+                )
+                .indexed(vec![records::all(), records::invoices_of(&subscription_id)]),
+            );
             self.store.commit_all(commits).await?;
             Ok::<_, SubscriptionsError>(InvoiceRecord::inv(&invoice_record).clone())
         })
+        .await
     }
 }

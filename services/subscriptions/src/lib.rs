@@ -29,32 +29,10 @@
 
 #![warn(missing_docs)]
 
-/// Runs the block (an async body that may `return` early and use `?`) until it does not lose a
-/// race, re-reading everything each round; gives up with `SubscriptionsError::Contended`.
-macro_rules! retrying {
-    ($body:block) => {{
-        let mut round = 0u32;
-        loop {
-            let outcome: Result<_, $crate::error::SubscriptionsError> = async $body.await;
-            match outcome {
-                Err(error) if error.is_conflict() => {
-                    round += 1;
-                    if round >= $crate::engine::MAX_ATTEMPTS {
-                        break Err($crate::error::SubscriptionsError::Contended(
-                            error.to_string(),
-                        ));
-                    }
-                    $crate::engine::back_off(round).await;
-                }
-                outcome => break outcome,
-            }
-        }
-    }};
-}
-
 pub mod api;
 mod billing;
 mod clock_api;
+mod collect;
 pub mod dunning;
 mod engine;
 pub mod error;

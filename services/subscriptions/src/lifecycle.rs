@@ -7,13 +7,16 @@ use commerce_api::commerce::subscriptions::v1::{
     SubscriptionPaused, SubscriptionPlanChanged, SubscriptionStatus,
 };
 use platform::interceptors::IdempotencyContext;
+use platform::units;
+use platform::units::{ms_or_epoch, timestamp_of_ms};
+use store::Commit;
 use store::Pages;
+use store::{Retry, retry_on_conflict};
 
 use crate::MILLIS_PER_DAY;
-use crate::billing::{Attempt, BillingReport, NewInvoice, plan_line};
-use crate::engine::{
-    Recorded, SubState, Subscriptions, commit, decode, event, millis, money, timestamp,
-};
+use crate::billing::{BillingReport, NewInvoice, plan_line};
+use crate::collect::Attempt;
+use crate::engine::{Recorded, SubState, Subscriptions, event};
 use crate::error::SubscriptionsError;
 use crate::periods::{Period, period_containing};
 use crate::plans::{current_version, page_size, version_of};
@@ -160,7 +163,7 @@ impl Subscriptions {
             plan_id: plan_id.to_owned(),
             plan_version: terms.version,
             payment_token: payment_token.to_owned(),
-            create_time: Some(timestamp(now)),
+            create_time: Some(timestamp_of_ms(now)),
             ..Subscription::default()
         };
         let mut record = SubscriptionRecord::default();
@@ -168,15 +171,15 @@ impl Subscriptions {
         if terms.trial_days > 0 && !skip_trial {
             let trial_end = now + i64::from(terms.trial_days) * MILLIS_PER_DAY;
             sub.status = SubscriptionStatus::Trialing as i32;
-            sub.current_period_start = Some(timestamp(now));
-            sub.current_period_end = Some(timestamp(trial_end));
-            sub.trial_end = Some(timestamp(trial_end));
+            sub.current_period_start = Some(timestamp_of_ms(now));
+            sub.current_period_end = Some(timestamp_of_ms(trial_end));
+            sub.trial_end = Some(timestamp_of_ms(trial_end));
             record.anchor_ms = trial_end;
         } else {
             let period = period_containing(now, now, terms.interval(), terms.interval_count)?;
             sub.status = SubscriptionStatus::Incomplete as i32;
-            sub.current_period_start = Some(timestamp(period.start_ms));
-            sub.current_period_end = Some(timestamp(period.end_ms));
+            sub.current_period_start = Some(timestamp_of_ms(period.start_ms));
+            sub.current_period_end = Some(timestamp_of_ms(period.end_ms));
             let (invoice, commits) = self
                 .invoice_commits(
                     tenant,
@@ -213,7 +216,7 @@ impl Subscriptions {
             resource_id: subscription_id.clone(),
             detail: record.collecting_invoice_id.clone(),
         };
-        let mut claimed = commit(claim_key, 0, &claim, Vec::new());
+        let mut claimed = Commit::record(claim_key, 0, &claim);
         if record.collect_at_ms.is_none() {
             // A trial: nothing to charge, this commit completes the call.
             claimed.idempotency = recorded.record(record.sub(), None);
@@ -340,7 +343,7 @@ impl Subscriptions {
         let mut last_seen = None;
         'pages: while let Some(page) = pages.next().await? {
             for (id, stored) in page {
-                let record: SubscriptionRecord = decode(&stored, "subscription")?;
+                let record = SubscriptionRecord::load(&stored)?;
                 if found.len() == size {
                     break 'pages;
                 }
@@ -385,7 +388,7 @@ impl Subscriptions {
                 .await?;
             return self.subscription(tenant, subscription_id).await;
         }
-        retrying!({
+        retry_on_conflict(Retry::CONTENDED, || async move {
             let state = self.load_sub(tenant, subscription_id).await?;
             let status = state.record.sub().status();
             if !matches!(
@@ -408,6 +411,7 @@ impl Subscriptions {
             self.store.commit_all(commits).await?;
             Ok(record.sub().clone())
         })
+        .await
     }
 
     /// Pauses collection (ACTIVE only): no invoices while paused. With `resume_time_ms`, the
@@ -425,7 +429,7 @@ impl Subscriptions {
                 "must be in the future",
             ));
         }
-        retrying!({
+        retry_on_conflict(Retry::CONTENDED, || async move {
             let state = self.load_sub(tenant, subscription_id).await?;
             let status = state.record.sub().status();
             if status == SubscriptionStatus::Paused {
@@ -441,8 +445,8 @@ impl Subscriptions {
             let mut record = state.record.clone();
             let sub = record.sub_mut();
             sub.status = paused as i32;
-            sub.pause_time = Some(timestamp(now));
-            sub.resume_time = resume_time_ms.map(timestamp);
+            sub.pause_time = Some(timestamp_of_ms(now));
+            sub.resume_time = resume_time_ms.map(timestamp_of_ms);
             let events = [event(&SubscriptionPaused {
                 subscription_id: subscription_id.to_owned(),
                 resume_time: sub.resume_time,
@@ -453,6 +457,7 @@ impl Subscriptions {
             self.store.commit_all(commits).await?;
             Ok(record.sub().clone())
         })
+        .await
     }
 
     /// Resumes a paused subscription now, or schedules it for `resume_time_ms`. Within the
@@ -469,17 +474,18 @@ impl Subscriptions {
         next(state.record.sub().status(), SubscriptionAction::Resume)?;
         match resume_time_ms {
             Some(at) if at > now => {
-                retrying!({
+                retry_on_conflict(Retry::CONTENDED, || async move {
                     let state = self.load_sub(tenant, subscription_id).await?;
                     next(state.record.sub().status(), SubscriptionAction::Resume)?;
                     let mut record = state.record.clone();
-                    record.sub_mut().resume_time = Some(timestamp(at));
+                    record.sub_mut().resume_time = Some(timestamp_of_ms(at));
                     let (record, commits) = self
                         .subscription_commits(tenant, Some(&state), record, now, &[])
                         .await?;
                     self.store.commit_all(commits).await?;
                     Ok(record.sub().clone())
                 })
+                .await
             }
             _ => {
                 let mut report = BillingReport::default();
@@ -508,7 +514,7 @@ impl Subscriptions {
     ) -> Result<Subscription, SubscriptionsError> {
         check_token(payment_token)?;
         let now = self.now_ms(tenant).await?;
-        let retry = retrying!({
+        let retry = retry_on_conflict(Retry::CONTENDED, || async move {
             let state = self.load_sub(tenant, subscription_id).await?;
             let status = state.record.sub().status();
             if crate::transitions::is_final(status) {
@@ -526,7 +532,8 @@ impl Subscriptions {
             let past_due = record.sub().status() == SubscriptionStatus::PastDue
                 && record.collect_at_ms.is_some();
             Ok(past_due.then(|| record.collecting_invoice_id.clone()))
-        })?;
+        })
+        .await?;
         if let Some(invoice_id) = retry {
             let mut report = BillingReport::default();
             match self
@@ -561,7 +568,7 @@ impl Subscriptions {
         subscription_id: &str,
     ) -> Result<(Subscription, i32), SubscriptionsError> {
         let now = self.now_ms(tenant).await?;
-        retrying!({
+        retry_on_conflict(Retry::CONTENDED, || async move {
             let state = self.load_sub(tenant, subscription_id).await?;
             let sub = state.record.sub();
             let status = sub.status();
@@ -582,6 +589,7 @@ impl Subscriptions {
             self.store.commit_all(commits).await?;
             Ok((record.sub().clone(), current))
         })
+        .await
     }
 
     /// What changing to `new_plan_id`'s current version now would credit and charge — exactly
@@ -650,7 +658,8 @@ impl Subscriptions {
             records::CREATE_CLAIM,
             &records::create_claim_id("change_plan", id_key),
         );
-        let (invoice_id, changed) = retrying!({
+        let claim_key = &claim_key;
+        let (invoice_id, changed) = retry_on_conflict(Retry::CONTENDED, || async move {
             if let Some(claim) = self.load_claim(&claim_key).await? {
                 // A retry of a change already made: its invoice, not a second change.
                 return Ok(((!claim.detail.is_empty()).then_some(claim.detail), None));
@@ -699,7 +708,7 @@ impl Subscriptions {
                         NewInvoice {
                             period: Period {
                                 start_ms: now,
-                                end_ms: millis(&sub.current_period_end),
+                                end_ms: ms_or_epoch(&sub.current_period_end),
                             },
                             lines: computed.preview.lines.clone(),
                             currency,
@@ -725,7 +734,7 @@ impl Subscriptions {
                 resource_id: subscription_id.to_owned(),
                 detail: invoice_id.clone().unwrap_or_default(),
             };
-            let mut claimed = commit(claim_key.clone(), 0, &claim, Vec::new());
+            let mut claimed = Commit::record(claim_key.clone(), 0, &claim);
             // Nothing invoiced (a trial): this commit completes the call.
             let completed = invoice_id.is_none().then(|| record.sub().clone());
             if let Some(subscription) = &completed {
@@ -734,7 +743,8 @@ impl Subscriptions {
             commits.push(claimed);
             self.store.commit_all(commits).await?;
             Ok((invoice_id, completed))
-        })?;
+        })
+        .await?;
         let Some(invoice_id) = invoice_id else {
             let subscription = match changed {
                 Some(subscription) => subscription,
@@ -809,12 +819,12 @@ impl Subscriptions {
             ));
         }
         let currency = new_price.currency_code.clone();
-        let zero = || money(&currency, 0);
+        let zero = || units::money(&currency, 0);
         if status == SubscriptionStatus::Trialing {
             // Nothing was paid for the trial: the trial converts to the new plan.
             return Ok(Computed {
                 preview: ProrationPreview {
-                    effective_time: Some(timestamp(now)),
+                    effective_time: Some(timestamp_of_ms(now)),
                     credit: zero(),
                     charge: zero(),
                     net: zero(),
@@ -824,17 +834,17 @@ impl Subscriptions {
             });
         }
         let period = Period {
-            start_ms: millis(&sub.current_period_start),
-            end_ms: millis(&sub.current_period_end),
+            start_ms: ms_or_epoch(&sub.current_period_start),
+            end_ms: ms_or_epoch(&sub.current_period_end),
         };
         let proration = prorate(old_price.amount_minor, new_price.amount_minor, period, now)?;
         let line = |kind: InvoiceLineKind, description: String, amount, plan_id: &str, version| {
             InvoiceLine {
                 kind: kind as i32,
                 description,
-                amount: money(&currency, amount),
-                period_start: Some(timestamp(now)),
-                period_end: Some(timestamp(period.end_ms)),
+                amount: units::money(&currency, amount),
+                period_start: Some(timestamp_of_ms(now)),
+                period_end: Some(timestamp_of_ms(period.end_ms)),
                 plan_id: plan_id.to_owned(),
                 plan_version: version,
                 ..InvoiceLine::default()
@@ -861,10 +871,10 @@ impl Subscriptions {
         ];
         Ok(Computed {
             preview: ProrationPreview {
-                effective_time: Some(timestamp(now)),
-                credit: money(&currency, proration.credit_minor),
-                charge: money(&currency, proration.charge_minor),
-                net: money(&currency, proration.net_minor),
+                effective_time: Some(timestamp_of_ms(now)),
+                credit: units::money(&currency, proration.credit_minor),
+                charge: units::money(&currency, proration.charge_minor),
+                net: units::money(&currency, proration.net_minor),
                 lines,
             },
             new_version: new_terms.version,

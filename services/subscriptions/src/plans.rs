@@ -7,9 +7,12 @@ use commerce_api::commerce::subscriptions::v1::{
     BillingInterval, CreatePlanResponse, CreatePlanVersionResponse, Plan, PlanStatus, PlanVersion,
 };
 use platform::interceptors::IdempotencyContext;
+use platform::units::timestamp_of_ms;
+use store::Commit;
 use store::Pages;
+use store::{Retry, retry_on_conflict};
 
-use crate::engine::{Subscriptions, commit, decode, timestamp};
+use crate::engine::Subscriptions;
 use crate::error::SubscriptionsError;
 use crate::periods::INTERVAL_COUNT_RANGE;
 use crate::records::{self, CreateClaim};
@@ -137,27 +140,24 @@ impl Subscriptions {
             status: PlanStatus::Active as i32,
             versions: vec![PlanVersion {
                 version: 1,
-                create_time: Some(timestamp(now)),
+                create_time: Some(timestamp_of_ms(now)),
                 ..terms
             }],
-            create_time: Some(timestamp(now)),
+            create_time: Some(timestamp_of_ms(now)),
         };
         let claim = CreateClaim {
             resource_id: plan.plan_id.clone(),
             detail: String::new(),
         };
-        let mut created = commit(
-            records::key(tenant, records::PLAN, &plan.plan_id),
-            0,
-            &plan,
-            vec![records::all(), records::plan_status(true)],
-        );
+        let mut created =
+            Commit::record(records::key(tenant, records::PLAN, &plan.plan_id), 0, &plan)
+                .indexed(vec![records::all(), records::plan_status(true)]);
         created.idempotency = idempotency.map(|context| {
             context.record(&CreatePlanResponse {
                 plan: Some(plan.clone()),
             })
         });
-        let commits = vec![created, commit(claim_key.clone(), 0, &claim, Vec::new())];
+        let commits = vec![created, Commit::record(claim_key.clone(), 0, &claim)];
         match self.store.commit_all(commits).await {
             Ok(_) => Ok(plan),
             // A concurrent call with the same key won: return what it made.
@@ -175,7 +175,7 @@ impl Subscriptions {
         key: &store::AggregateKey,
     ) -> Result<Option<CreateClaim>, SubscriptionsError> {
         match self.store.load(key).await? {
-            Some(stored) => Ok(Some(decode(&stored, "create claim")?)),
+            Some(stored) => Ok(Some(stored.decode("create claim")?)),
             None => Ok(None),
         }
     }
@@ -216,7 +216,8 @@ impl Subscriptions {
             records::CREATE_CLAIM,
             &records::create_claim_id("add_plan_version", id_key),
         );
-        retrying!({
+        let (claim_key, price) = (&claim_key, &price);
+        retry_on_conflict(Retry::CONTENDED, || async move {
             if let Some(claim) = self.load_claim(&claim_key).await? {
                 return self.plan(tenant, &claim.resource_id).await;
             }
@@ -238,32 +239,27 @@ impl Subscriptions {
                 version: current.version + 1,
                 price: price.clone(),
                 trial_days,
-                create_time: Some(timestamp(now)),
+                create_time: Some(timestamp_of_ms(now)),
                 ..current
             });
             let claim = CreateClaim {
                 resource_id: plan_id.to_owned(),
                 detail: (current.version + 1).to_string(),
             };
-            let mut changed = commit(
-                records::key(tenant, records::PLAN, plan_id),
-                version,
-                &plan,
-                vec![records::all(), records::plan_status(true)],
-            );
+            let mut changed =
+                Commit::record(records::key(tenant, records::PLAN, plan_id), version, &plan)
+                    .indexed(vec![records::all(), records::plan_status(true)]);
             changed.idempotency = idempotency.map(|context| {
                 context.record(&CreatePlanVersionResponse {
                     plan: Some(plan.clone()),
                 })
             });
             self.store
-                .commit_all(vec![
-                    changed,
-                    commit(claim_key.clone(), 0, &claim, Vec::new()),
-                ])
+                .commit_all(vec![changed, Commit::record(claim_key.clone(), 0, &claim)])
                 .await?;
             Ok(plan)
         })
+        .await
     }
 
     /// Archives the plan (idempotent): no new subscriptions; existing ones continue.
@@ -272,22 +268,21 @@ impl Subscriptions {
         tenant: &str,
         plan_id: &str,
     ) -> Result<Plan, SubscriptionsError> {
-        retrying!({
+        retry_on_conflict(Retry::CONTENDED, || async move {
             let (version, mut plan) = self.load_plan(tenant, plan_id).await?;
             if plan.status() == PlanStatus::Archived {
                 return Ok(plan);
             }
             plan.status = PlanStatus::Archived as i32;
             self.store
-                .commit(commit(
-                    records::key(tenant, records::PLAN, plan_id),
-                    version,
-                    &plan,
-                    vec![records::all(), records::plan_status(false)],
-                ))
+                .commit(
+                    Commit::record(records::key(tenant, records::PLAN, plan_id), version, &plan)
+                        .indexed(vec![records::all(), records::plan_status(false)]),
+                )
                 .await?;
             Ok(plan)
         })
+        .await
     }
 
     /// A plan by id.
@@ -316,7 +311,7 @@ impl Subscriptions {
         let page = pages.next().await?.unwrap_or_default();
         let mut plans = page
             .iter()
-            .map(|(_, stored)| decode::<Plan>(stored, "plan"))
+            .map(|(_, stored)| stored.decode::<Plan>("plan"))
             .collect::<Result<Vec<_>, _>>()?;
         let next = if plans.len() > size {
             plans.truncate(size);
@@ -337,6 +332,6 @@ impl Subscriptions {
             .load(&records::key(tenant, records::PLAN, plan_id))
             .await?
             .ok_or_else(|| SubscriptionsError::not_found("plan", plan_id))?;
-        Ok((stored.version, decode(&stored, "plan")?))
+        Ok((stored.version, stored.decode("plan")?))
     }
 }

@@ -22,6 +22,8 @@
 use commerce_api::commerce::subscriptions::v1::{Invoice, Subscription};
 use store::{AggregateKey, IndexEntry};
 
+use crate::error::SubscriptionsError;
+
 /// Plans.
 pub const PLAN: &str = "subscriptions_plan";
 /// Subscriptions.
@@ -148,9 +150,21 @@ pub struct SubscriptionRecord {
 impl SubscriptionRecord {
     /// The subscription (always present in a stored record).
     pub fn sub(&self) -> &Subscription {
-        self.subscription
-            .as_ref()
-            .expect("a stored subscription record has its subscription")
+        static NONE: std::sync::LazyLock<Subscription> =
+            std::sync::LazyLock::new(Subscription::default);
+        self.subscription.as_ref().unwrap_or(&NONE)
+    }
+
+    /// A stored subscription record, refused as corrupt when it lacks its subscription (so
+    /// [`SubscriptionRecord::sub`]'s empty fallback is never reached from the store).
+    pub fn load(stored: &store::Versioned) -> Result<SubscriptionRecord, SubscriptionsError> {
+        let record: SubscriptionRecord = stored.decode("subscription")?;
+        if record.subscription.is_none() {
+            return Err(SubscriptionsError::Corrupt(
+                "subscription record without its subscription".into(),
+            ));
+        }
+        Ok(record)
     }
 
     /// The subscription, mutable.
@@ -174,9 +188,20 @@ pub struct InvoiceRecord {
 impl InvoiceRecord {
     /// The invoice (always present in a stored record).
     pub fn inv(&self) -> &Invoice {
-        self.invoice
-            .as_ref()
-            .expect("a stored invoice record has its invoice")
+        static NONE: std::sync::LazyLock<Invoice> = std::sync::LazyLock::new(Invoice::default);
+        self.invoice.as_ref().unwrap_or(&NONE)
+    }
+
+    /// A stored invoice record, refused as corrupt when it lacks its invoice (so
+    /// [`InvoiceRecord::inv`]'s empty fallback is never reached from the store).
+    pub fn load(stored: &store::Versioned) -> Result<InvoiceRecord, SubscriptionsError> {
+        let record: InvoiceRecord = stored.decode("invoice")?;
+        if record.invoice.is_none() {
+            return Err(SubscriptionsError::Corrupt(
+                "invoice record without its invoice".into(),
+            ));
+        }
+        Ok(record)
     }
 
     /// The invoice, mutable.
@@ -223,7 +248,45 @@ pub struct PeriodClaim {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
     use super::*;
+
+    fn stored(data: Vec<u8>) -> store::Versioned {
+        store::Versioned {
+            version: 1,
+            data: data.into(),
+        }
+    }
+
+    #[test]
+    fn records_without_their_subscription_or_invoice_are_corrupt_not_a_panic() {
+        let empty_sub = stored(SubscriptionRecord::default().encode_to_vec());
+        assert!(matches!(
+            SubscriptionRecord::load(&empty_sub),
+            Err(SubscriptionsError::Corrupt(_))
+        ));
+        let empty_invoice = stored(InvoiceRecord::default().encode_to_vec());
+        assert!(matches!(
+            InvoiceRecord::load(&empty_invoice),
+            Err(SubscriptionsError::Corrupt(_))
+        ));
+        assert!(matches!(
+            InvoiceRecord::load(&stored(vec![0xff, 0xff])),
+            Err(SubscriptionsError::Corrupt(_))
+        ));
+        let whole = InvoiceRecord {
+            invoice: Some(Invoice {
+                invoice_id: "in-1".into(),
+                ..Invoice::default()
+            }),
+            pending_attempt: 2,
+        };
+        assert_eq!(
+            InvoiceRecord::load(&stored(whole.encode_to_vec())).unwrap(),
+            whole
+        );
+    }
 
     #[test]
     fn newest_first_ids_sort_later_times_and_later_calls_first() {
