@@ -1,10 +1,12 @@
 //! `commerce`: the platform's one binary. `serve` runs checkout, loyalty and subscriptions (all of
 //! them, or the subset `--services` names) on one port over gRPC, gRPC-web and Connect, behind the
 //! platform's interceptor stack; it needs no Redis or MongoDB. `psp serve` runs the PSP simulator
-//! as a process of its own. `token` mints a development token and `keys` a service's signing key;
+//! as a process of its own. `token` mints a development token, `demo` seeds a demo tenant on a
+//! running server, and `keys` makes a service's signing key;
 //! `store`, `dead-letters`, `idempotency`, `loyalty` and `checkout` are the operator commands.
 
 mod auth;
+mod demo;
 mod keys;
 mod ops;
 mod psp;
@@ -33,6 +35,9 @@ enum Command {
     Psp(psp::PspCommand),
     /// Print an HS256 development token (signed with the same secret `serve` uses).
     Token(TokenArgs),
+    /// Seed a demo tenant on a running server and print its ids as shell exports
+    /// (`eval "$(commerce demo)"`) with the next calls to try.
+    Demo(demo::DemoArgs),
     /// Make a service's signing key and the JWKS entry its callees trust it by.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -62,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", token(&args)?);
             Ok(())
         }
+        Command::Demo(args) => demo::demo(args).await,
         Command::Keys(command) => keys::keys(command),
         Command::Store(command) => ops::store(command).await,
         Command::DeadLetters(command) => ops::dead_letters(command).await,

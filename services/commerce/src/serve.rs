@@ -664,15 +664,15 @@ fn print_banner(
     let names: Vec<&str> = modules.iter().map(|module| module.name()).collect();
     println!("  services:  {}", names.join(", "));
     println!(
-        "  auth:      JWT bearer; dev token: TOKEN=$(target/release/commerce token --tenant demo)"
+        "  auth:      JWT bearer; dev token: TOKEN=$(target/release/commerce token --tenant <tenant>)"
     );
     println!("  try:");
-    println!("    npx buf curl --http2-prior-knowledge {url}/grpc.health.v1.Health/Check");
-    println!("    npx buf curl --http2-prior-knowledge --list-methods {url}");
     println!(
-        "    curl -s -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"customerId\":\"c-1\",\"registered\":true}}' {url}/commerce.loyalty.v1.MemberService/EnrollMember"
+        "    eval \"$(target/release/commerce demo --server {url})\"   # seeds tenant \"quickstart\", prints the next calls"
     );
+    println!("    scripts/buf curl --http2-prior-knowledge {url}/grpc.health.v1.Health/Check");
+    println!("    scripts/buf curl --http2-prior-knowledge --list-methods {url}");
     println!(
-        "    curl -s -H 'commerce-tenant: demo' -H 'content-type: application/json' -d '{{}}' {url}/commerce.checkout.v1.MenuService/ListLocations"
+        "    curl -s -H 'commerce-tenant: quickstart' -H 'content-type: application/json' -d '{{}}' {url}/commerce.checkout.v1.MenuService/ListLocations"
     );
 }
