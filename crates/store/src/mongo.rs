@@ -149,16 +149,14 @@ fn transient(error: &mongodb::error::Error) -> bool {
     error.contains_label(TRANSIENT_TRANSACTION_ERROR) || error_code(error) == Some(WRITE_CONFLICT)
 }
 
-/// Short, growing, jittered pauses, so that racing writers stop retrying in lockstep.
-async fn back_off(attempt: u32) {
-    let base = 2u64 << attempt.min(6);
-    let jitter = u64::from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |now| now.subsec_nanos()),
-    ) % base;
-    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
-}
+/// Pauses between attempts of a transaction another one raced: jittered, growing from 4 ms to at
+/// most 256 ms (a transaction holds its documents for a round trip or more). The attempts are
+/// bounded by [`RETRY_FOR`], not by a count.
+const TRANSACTION_PAUSES: crate::Retry = crate::Retry {
+    attempts: u32::MAX,
+    first_pause: Duration::from_millis(4),
+    max_pause: Duration::from_millis(256),
+};
 
 /// BSON has signed 64-bit integers only.
 fn to_i64(value: u64, what: &str) -> Result<i64, Failure> {
@@ -568,7 +566,7 @@ impl Store for MongoStore {
                     if transient(&error) && started.elapsed() < RETRY_FOR =>
                 {
                     attempt += 1;
-                    back_off(attempt).await;
+                    TRANSACTION_PAUSES.pause(attempt).await;
                 }
                 Err(Failure::VersionMoved) => return Err(self.conflict(&commits).await),
                 Err(failure) => return Err(failure.into()),

@@ -1,5 +1,5 @@
-//! The interceptor stack (the README's "The request path"), one small tower layer per concern,
-//! assembled in one place ([`stack`]) so the request path reads top to bottom:
+//! The interceptor stack (docs/architecture.md, "The request path"), one small tower layer per
+//! concern, assembled in one place ([`stack`]) so the request path reads top to bottom:
 //!
 //! request id + trace context → observe (RED metrics, logs) → end streams on shutdown → load
 //! shedding → deadline →
