@@ -231,7 +231,6 @@ async fn seed(channel: Channel, token: &str, patience: Duration) -> anyhow::Resu
         .quote_cart(request(
             QuoteCartRequest {
                 cart_id: cart.cart_id.clone(),
-                ..Default::default()
             },
             token,
             None,

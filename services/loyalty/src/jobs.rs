@@ -261,7 +261,7 @@ impl Loyalty {
                 record.qualifying.len(),
             );
             let mut change = Change::default();
-            let changed = wallet::qualify(&mut record, &program, None, now);
+            let changed = wallet::qualify(&mut record, program, None, now);
             if let Some(event) = &changed {
                 change.emit(event);
             }

@@ -39,7 +39,7 @@ impl Loyalty {
         let claim_key = records::key(tenant, records::CUSTOMER, &enrolment.customer_id);
         let claim_key = &claim_key;
         let (member, created) = retry_on_conflict(Retry::CONTENDED, || async move {
-            if let Some(claim) = self.store.load(&claim_key).await? {
+            if let Some(claim) = self.store.load(claim_key).await? {
                 let member_id = String::from_utf8_lossy(&claim.data).into_owned();
                 let state = self.load_member(tenant, &member_id).await?;
                 return Ok::<_, LoyaltyError>((state.member().clone(), false));

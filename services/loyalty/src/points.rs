@@ -111,7 +111,7 @@ impl Loyalty {
         let accrual_key = records::key(tenant, records::ACCRUAL, &order.order_id);
         let (accrual_key, processed) = (&accrual_key, &processed);
         let (entry, accrued_now) = retry_on_conflict(Retry::CONTENDED, || async move {
-            if let Some(stored) = self.store.load(&accrual_key).await? {
+            if let Some(stored) = self.store.load(accrual_key).await? {
                 let accrual: AccrualRecord = stored.decode("accrual")?;
                 let same = accrual.member_id == order.member_id
                     && accrual.eligible_minor == order.eligible_minor
@@ -261,7 +261,7 @@ impl Loyalty {
         let entry = retry_on_conflict(Retry::CONTENDED, || async move {
             let stored =
                 self.store
-                    .load(&accrual_key)
+                    .load(accrual_key)
                     .await?
                     .ok_or_else(|| LoyaltyError::NotFound {
                         resource: "accrual for order",
@@ -442,7 +442,7 @@ impl Loyalty {
                 reason: reason.to_owned(),
                 ..PointsEntry::default()
             };
-            if let Some(written) = self.ledger.entry(tenant, &entry_id).await? {
+            if let Some(written) = self.ledger.entry(tenant, entry_id).await? {
                 return Ok(hashed(entry, &written));
             }
             let (_, program) = self.program(tenant).await?;

@@ -184,7 +184,7 @@ impl Loyalty {
         retry_on_conflict(Retry::CONTENDED, || async move {
             let stored = self
                 .store
-                .load(&key)
+                .load(key)
                 .await?
                 .ok_or_else(|| LoyaltyError::NotFound {
                     resource: "reward",
@@ -326,7 +326,7 @@ impl Loyalty {
         let key = records::key(tenant, records::REDEMPTION, &redemption_id);
         let (key, redemption_id) = (&key, &redemption_id);
         retry_on_conflict(Retry::CONTENDED, || async move {
-            if let Some(stored) = self.store.load(&key).await? {
+            if let Some(stored) = self.store.load(key).await? {
                 let record: RedemptionRecord = stored.decode("redemption")?;
                 return Ok(record.redemption.unwrap_or_default());
             }
@@ -366,7 +366,7 @@ impl Loyalty {
                 create_time: Some(timestamp_of_ms(now_ms)),
                 resolve_time: None,
             };
-            let hold = hold_id(&redemption_id);
+            let hold = hold_id(redemption_id);
             let mut held = Commit::record(
                 key.clone(),
                 0,

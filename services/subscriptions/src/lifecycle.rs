@@ -660,7 +660,7 @@ impl Subscriptions {
         );
         let claim_key = &claim_key;
         let (invoice_id, changed) = retry_on_conflict(Retry::CONTENDED, || async move {
-            if let Some(claim) = self.load_claim(&claim_key).await? {
+            if let Some(claim) = self.load_claim(claim_key).await? {
                 // A retry of a change already made: its invoice, not a second change.
                 return Ok(((!claim.detail.is_empty()).then_some(claim.detail), None));
             }

@@ -218,7 +218,7 @@ impl Subscriptions {
         );
         let (claim_key, price) = (&claim_key, &price);
         retry_on_conflict(Retry::CONTENDED, || async move {
-            if let Some(claim) = self.load_claim(&claim_key).await? {
+            if let Some(claim) = self.load_claim(claim_key).await? {
                 return self.plan(tenant, &claim.resource_id).await;
             }
             let (version, mut plan) = self.load_plan(tenant, plan_id).await?;
