@@ -260,11 +260,35 @@ impl<H: EventHandler> Consumer<H> {
     /// Handles, skips or dead-letters one delivery, then acknowledges it. A store failure leaves
     /// it pending (it is claimed again later).
     async fn settle(&self, delivery: &Delivery) -> Result<(), BusError> {
-        let (stream, group) = (&self.config.stream, &self.config.group);
         let event = match envelope::open(&delivery.message.envelope) {
             Ok(event) => event,
             Err(error) => return self.give_up(delivery, &error.to_string()).await,
         };
+        // The handling is a CONSUMER span in the producer's trace: `OrderPaid`'s accrual shows
+        // up under the request that paid the order.
+        let span = crate::trace::consumer_span(
+            &self.config.stream,
+            &self.config.group,
+            &event,
+            delivery.deliveries,
+        );
+        use tracing::Instrument as _;
+        let outcome = self
+            .settle_event(delivery, event)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &outcome {
+            crate::trace::failed(&span, &error.0);
+        }
+        outcome
+    }
+
+    async fn settle_event(
+        &self,
+        delivery: &Delivery,
+        event: commerce_api::commerce::common::v1::EventEnvelope,
+    ) -> Result<(), BusError> {
+        let (stream, group) = (&self.config.stream, &self.config.group);
         if delivery.deliveries > self.config.max_deliveries {
             let error = format!(
                 "delivered {} times without being acknowledged",

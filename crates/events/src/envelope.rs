@@ -44,8 +44,16 @@ pub enum EnvelopeError {
     },
 }
 
-/// Wraps `event` in an envelope with a new id.
+/// Wraps `event` in an envelope with a new id. Without a trace context of its own, `source`
+/// gets the current span's (when traces are exported), so the event's publish and handling join
+/// the trace of the work that emitted it.
 pub fn wrap<M: ReflectMessage>(source: &EventSource, event: &M) -> EventEnvelope {
+    let (traceparent, tracestate) = match &source.traceparent {
+        Some(traceparent) => (traceparent.clone(), source.tracestate.clone()),
+        None => {
+            platform::telemetry::trace_context_of(&tracing::Span::current()).unwrap_or_default()
+        }
+    };
     let event_type = event.descriptor().full_name().to_owned();
     let occur_time = prost_types::Timestamp::from(source.occurred_at);
     EventEnvelope {
@@ -56,8 +64,8 @@ pub fn wrap<M: ReflectMessage>(source: &EventSource, event: &M) -> EventEnvelope
         aggregate_type: source.aggregate.kind.clone(),
         aggregate_id: source.aggregate.id.clone(),
         aggregate_version: source.version as i64,
-        traceparent: source.traceparent.clone().unwrap_or_default(),
-        tracestate: source.tracestate.clone().unwrap_or_default(),
+        traceparent,
+        tracestate: tracestate.unwrap_or_default(),
         payload: Some(prost_types::Any {
             type_url: format!("{TYPE_URL_PREFIX}{event_type}"),
             value: event.encode_to_vec(),

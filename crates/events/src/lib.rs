@@ -20,6 +20,7 @@ mod journal;
 mod memory;
 mod redis_bus;
 mod relay;
+mod trace;
 
 pub use bus::{Bus, BusError, BusMessage, DeadLetter, Delivery, dead_letter_stream};
 pub use consumer::{

@@ -176,7 +176,10 @@ impl Relay {
             envelope: event.event.envelope.clone(),
         };
         let stream = stream_of(&message.event_type);
-        self.bus.publish(&stream, &message).await?;
+        // A PRODUCER span in the trace of the request that wrote the event.
+        let span = crate::trace::publish_span(&stream, &event.event);
+        use tracing::Instrument as _;
+        self.bus.publish(&stream, &message).instrument(span).await?;
         if let Some(journal) = &self.journal
             && journal.wants(&message.event_type)
         {

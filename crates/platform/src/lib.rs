@@ -26,6 +26,7 @@ pub mod page_token;
 pub mod request;
 mod server;
 mod shutdown;
+pub mod telemetry;
 pub mod units;
 
 pub use api_error::ApiError;

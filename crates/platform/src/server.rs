@@ -277,6 +277,8 @@ impl Server {
         )?;
         let stack = ServiceBuilder::new()
             .layer(tower::util::option_layer(self.config.cors.layer()))
+            // Noted before the translations below make every call gRPC (spans name it).
+            .map_request(note_wire_protocol as fn(_) -> _)
             .layer(connect)
             .layer(tonic_web::GrpcWebLayer::new())
             .service(grpc);
@@ -388,10 +390,20 @@ fn reflection_v1alpha(
     Ok(builder.build_v1alpha()?)
 }
 
-type Stack = Either<
-    tower_http::cors::Cors<connect::Connect<tonic_web::GrpcWebService<GrpcService>>>,
+/// The translations in front of the interceptor stack, after the wire protocol is noted.
+type Translated = tower::util::MapRequest<
     connect::Connect<tonic_web::GrpcWebService<GrpcService>>,
+    fn(Request<drain::ReturnedBody>) -> Request<drain::ReturnedBody>,
 >;
+
+type Stack = Either<tower_http::cors::Cors<Translated>, Translated>;
+
+/// Notes the protocol a request arrived in (see [`interceptors::WireProtocol`]).
+fn note_wire_protocol(mut request: Request<drain::ReturnedBody>) -> Request<drain::ReturnedBody> {
+    let protocol = interceptors::WireProtocol::of(&request);
+    request.extensions_mut().insert(protocol);
+    request
+}
 
 /// A server bound to its port, ready to serve.
 pub struct BoundServer {

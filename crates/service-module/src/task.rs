@@ -89,7 +89,12 @@ pub async fn repeat_every<F, Fut, E>(
             () = &mut shutdown => return,
             () = tokio::time::sleep(every) => {}
         }
-        if let Err(error) = round().await {
+        // Each round is the root of a trace of its own (when traces are exported).
+        let span = platform::telemetry::round_span(what);
+        use tracing::Instrument as _;
+        if let Err(error) = round().instrument(span.clone()).await {
+            platform::telemetry::mark_failed(&span, &error);
+            let _entered = span.enter();
             tracing::warn!(%error, "{what} failed; retrying next round");
         }
     }

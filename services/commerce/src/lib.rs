@@ -2,6 +2,7 @@
 //! pieces in process: the adapter through which checkout reaches loyalty.
 
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 /// The loyalty service for checkout (reward values, redemption holds), in process: the same
 /// engine calls loyalty's handlers make, so the all-in-one and the split topology differ only in
@@ -69,6 +70,7 @@ impl checkout::LoyaltyPort for LoyaltyForCheckout {
         let key = platform::request::derived_id(tenant, REDEEM_REWARD, key);
         self.0
             .redeem(tenant, member_id, reward_id, order_id, &key)
+            .instrument(platform::telemetry::call_span("loyalty", "RedeemReward"))
             .await
             .map(|redemption| redemption.redemption_id)
             .map_err(loyalty_failed)
@@ -82,6 +84,10 @@ impl checkout::LoyaltyPort for LoyaltyForCheckout {
         let commit = loyalty::rewards::Resolution::Commit;
         self.0
             .resolve(tenant, redemption_id, commit, "")
+            .instrument(platform::telemetry::call_span(
+                "loyalty",
+                "CommitRedemption",
+            ))
             .await
             .map(drop)
             .map_err(loyalty_failed)
@@ -96,6 +102,10 @@ impl checkout::LoyaltyPort for LoyaltyForCheckout {
         match self
             .0
             .resolve(tenant, redemption_id, reverse, "order canceled")
+            .instrument(platform::telemetry::call_span(
+                "loyalty",
+                "ReverseRedemption",
+            ))
             .await
         {
             Ok(_) => Ok(()),

@@ -76,15 +76,3 @@ async fn main() -> anyhow::Result<()> {
         Command::Checkout(command) => ops::checkout(command).await,
     }
 }
-
-/// JSON log lines on stderr (`COMMERCE_LOG=debug` for more).
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COMMERCE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-}

@@ -57,8 +57,9 @@ pub struct PspServeConfig {
 
 pub async fn psp(command: PspCommand) -> anyhow::Result<()> {
     let PspCommand::Serve(config) = command;
-    crate::init_logging();
+    let (traces, telemetry) = platform::telemetry::init("commerce-psp", Vec::new())?;
     eprintln!("commerce psp: configuration {config:?}");
+    eprintln!("commerce psp: traces {traces}");
     let store = config.store.open().await?;
     let simulator = payments::PspSimulator::durable(store.clone())
         .await
@@ -89,6 +90,7 @@ pub async fn psp(command: PspCommand) -> anyhow::Result<()> {
     println!("commerce psp: listening on http://{}", bound.local_addr());
     println!("  state: {}", config.store.describe());
     bound.serve(stop).await?;
+    telemetry.shutdown();
     eprintln!("commerce psp: stopped");
     Ok(())
 }

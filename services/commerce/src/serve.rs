@@ -231,8 +231,28 @@ impl fmt::Debug for RedisUrl {
 }
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    crate::init_logging();
+    let hosted: Vec<&str> = config
+        .topology
+        .services
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    // One name for the all-in-one (its spans say which service answered), one per service
+    // otherwise: `commerce-checkout`, …
+    let service_name = if config.topology.services.len() == ServiceName::ALL.len() {
+        "commerce".to_owned()
+    } else {
+        format!("commerce-{}", hosted.join("-"))
+    };
+    let (traces, telemetry) = platform::telemetry::init(
+        &service_name,
+        vec![opentelemetry::KeyValue::new(
+            "commerce.services",
+            hosted.join(","),
+        )],
+    )?;
     eprintln!("commerce: configuration {config:?}");
+    eprintln!("commerce: traces {traces}");
     let topology = &config.topology;
     topology.check(
         config.redis_url.is_some(),
@@ -466,6 +486,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     for task in consumer_tasks {
         let _ = task.await;
     }
+    telemetry.shutdown();
     eprintln!("commerce: stopped");
     Ok(())
 }

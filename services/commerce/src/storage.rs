@@ -62,7 +62,10 @@ impl StoreArgs {
                         "commerce: WARNING MongoDB is standalone: idempotent commits need a replica set and will fail"
                     );
                 }
-                Ok(Arc::new(mongo))
+                Ok(platform::telemetry::traced_store(
+                    Arc::new(mongo),
+                    "mongodb",
+                ))
             }
             None => {
                 std::fs::create_dir_all(&self.data_dir)
@@ -70,7 +73,7 @@ impl StoreArgs {
                 let path = self.embedded_path();
                 let store = EmbeddedStore::open(&path, EmbeddedOptions::default())
                     .with_context(|| format!("opening {}", path.display()))?;
-                Ok(Arc::new(store))
+                Ok(platform::telemetry::traced_store(Arc::new(store), "redb"))
             }
         }
     }

@@ -58,44 +58,6 @@ where
     }
 }
 
-/// A member with `points` available and a $2-off reward costing 20 points.
-async fn reward_for(caller: &impl Caller, shop: &Shop, points: i64) -> String {
-    let _: lo::AdjustPointsResponse = caller
-        .call(
-            "/commerce.loyalty.v1.PointsService/AdjustPoints",
-            lo::AdjustPointsRequest {
-                member_id: shop.member.clone(),
-                points,
-                reason: "welcome bonus".into(),
-            },
-            Some(&format!("welcome-{points}")),
-        )
-        .await
-        .unwrap();
-    let reward: lo::CreateRewardResponse = caller
-        .call(
-            "/commerce.loyalty.v1.RewardService/CreateReward",
-            lo::CreateRewardRequest {
-                reward: Some(lo::Reward {
-                    display_name: "$2 off".into(),
-                    point_cost: 20,
-                    benefit: Some(lo::reward::Benefit::AmountOff(
-                        commerce_api::commerce::common::v1::Money {
-                            currency_code: "USD".into(),
-                            amount_minor: 200,
-                        },
-                    )),
-                    active: true,
-                    ..Default::default()
-                }),
-            },
-            Some("reward-1"),
-        )
-        .await
-        .unwrap();
-    reward.reward.unwrap().reward_id
-}
-
 async fn reconcile_payments(caller: &impl Caller) -> co::ReconcilePaymentsResponse {
     caller
         .call(
@@ -124,7 +86,7 @@ async fn the_ordering_flow_with_a_reward_a_refund_and_a_renewal_crosses_processe
     let caller = split.caller(0, &user_token());
     let other_replica = split.caller(1, &user_token());
     let shop = Shop::open(&caller).await.unwrap();
-    let reward = reward_for(&caller, &shop, 30).await;
+    let reward = shop.reward(&caller, 30).await;
 
     // Quoted on one replica (which asks loyalty for the reward), placed on the other.
     let place = shop
@@ -239,7 +201,7 @@ async fn with_loyalty_down_plain_orders_place_reward_orders_fail_fast_and_accrua
     let mut split = Split::start(1, &[]);
     let caller = split.caller(0, &user_token());
     let shop = Shop::open(&caller).await.unwrap();
-    let reward = reward_for(&caller, &shop, 100).await;
+    let reward = shop.reward(&caller, 100).await;
     let with_reward = shop
         .prepare(&caller, "rewarded", 1, Some(&reward))
         .await
@@ -443,7 +405,7 @@ async fn a_deadline_on_place_order_bounds_the_call_to_loyalty() {
     let split = Split::start(1, &[]);
     let caller = split.caller(0, &user_token());
     let shop = Shop::open(&caller).await.unwrap();
-    let reward = reward_for(&caller, &shop, 100).await;
+    let reward = shop.reward(&caller, 100).await;
     let request = shop
         .prepare(&caller, "timed", 1, Some(&reward))
         .await

@@ -7,6 +7,7 @@
 use platform::units::timestamp_of_ms;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use bytes::Bytes;
 use commerce_api::commerce::loyalty::v1::{Balance, Member, PointsEntry};
@@ -308,6 +309,7 @@ impl Loyalty {
                 let balance = self.balance_from_store(tenant, member_id).await?;
                 Ok::<_, LoyaltyError>(Bytes::from(balance.encode_to_vec()))
             })
+            .instrument(platform::telemetry::fast_path_span("cache get_or_load"))
             .await?;
         Balance::decode(bytes.as_ref()).map_err(|error| LoyaltyError::Corrupt(error.to_string()))
     }

@@ -12,6 +12,7 @@ use platform::units::timestamp_of_seconds;
 use store::Commit;
 use store::Pages;
 use store::{Retry, retry_on_conflict};
+use tracing::Instrument as _;
 
 use crate::engine::{Change, Loyalty, MemberState, seconds};
 use crate::error::LoyaltyError;
@@ -81,7 +82,10 @@ impl Loyalty {
         while let Some(page) = pages.next().await? {
             for (tenant, _) in page {
                 let now_ms = self.now_ms(&tenant).await?;
-                let report = self.run_due(&tenant, now_ms).await?;
+                let report = self
+                    .run_due(&tenant, now_ms)
+                    .instrument(platform::telemetry::step_span("tenant", &tenant))
+                    .await?;
                 total.activated_lots += report.activated_lots;
                 total.expired_lots += report.expired_lots;
                 total.expired_holds += report.expired_holds;

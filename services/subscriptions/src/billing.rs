@@ -39,7 +39,9 @@
 use platform::units;
 use platform::units::{ms_or_epoch, timestamp_of_ms};
 use std::collections::HashSet;
+
 use store::{Retry, retry_on_conflict};
+use tracing::Instrument as _;
 
 use commerce_api::commerce::subscriptions::v1::{
     Invoice, InvoiceLine, InvoiceLineKind, InvoiceStatus, Subscription, SubscriptionCanceled,
@@ -135,10 +137,12 @@ impl Subscriptions {
         );
         while let Some(page) = tenants.next().await? {
             for (tenant, _) in page {
+                let span = platform::telemetry::step_span("tenant", &tenant);
                 let now = self.now_ms(&tenant).await?;
-                match self.run_due(&tenant, now).await {
+                match self.run_due(&tenant, now).instrument(span.clone()).await {
                     Ok(run) => report += run,
                     Err(error) => {
+                        platform::telemetry::mark_failed(&span, &error);
                         tracing::warn!(%error, %tenant, "subscriptions: billing run failed; next round retries")
                     }
                 }
@@ -414,6 +418,10 @@ impl Subscriptions {
                         due,
                         &mut report,
                     )
+                    .instrument(platform::telemetry::step_span(
+                        "subscription",
+                        &marker.subscription_id,
+                    ))
                     .await
                 {
                     Ok(Some(next_due)) => horizon = horizon.min(next_due),

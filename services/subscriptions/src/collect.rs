@@ -231,7 +231,7 @@ impl Subscriptions {
         let amount = payments::Money::new(&amount.currency_code, amount.amount_minor);
         let authorized = self
             .outbound
-            .call(Idempotent::Yes, |_| {
+            .call_op("authorize", Idempotent::Yes, |_| {
                 self.psp.authorize(AuthorizeRequest {
                     idempotency_key: format!("{base}:authorize"),
                     payment_token: token.to_owned(),
@@ -246,7 +246,7 @@ impl Subscriptions {
         };
         let captured = self
             .outbound
-            .call(Idempotent::Yes, |_| {
+            .call_op("capture", Idempotent::Yes, |_| {
                 self.psp.capture(CaptureRequest {
                     idempotency_key: format!("{base}:capture"),
                     authorization_id: authorization.id.clone(),
@@ -268,7 +268,7 @@ impl Subscriptions {
         // try replays the authorization and the capture's decline and voids again.
         let voided = self
             .outbound
-            .call(Idempotent::Yes, |_| {
+            .call_op("void", Idempotent::Yes, |_| {
                 self.psp.void(VoidRequest {
                     idempotency_key: format!("{base}:void"),
                     authorization_id: authorization.id.clone(),

@@ -25,6 +25,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use bytes::{Bytes, BytesMut};
 use commerce_api::commerce::common::v1::ErrorReason;
@@ -252,7 +253,12 @@ impl Idempotency {
             "idempotency:{}:{}:{}",
             context.tenant, context.method, context.key
         );
-        let lock = match self.locks.try_acquire(&lock_name, lock_ttl).await {
+        let lock = match self
+            .locks
+            .try_acquire(&lock_name, lock_ttl)
+            .instrument(crate::telemetry::fast_path_span("lock"))
+            .await
+        {
             Ok(lock) => lock.map(|guard| Held::new(self.locks.clone(), guard)),
             Err(_) => self
                 .local_locks

@@ -50,7 +50,7 @@ pub use context::{ClientAddress, Deadline, Principal, RequestId, Tenant, TraceCo
 pub use idempotency::{
     IDEMPOTENCY_KEY_HEADER, IdempotencyConfig, IdempotencyContext, REPLAYED_HEADER, RecordedOutcome,
 };
-pub use observe::Metrics;
+pub use observe::{Metrics, WireProtocol};
 pub use policy::{CacheRule, DeprecationPolicy, MethodPolicy, Policies};
 pub use rate_limit::{AnonymousRateLimitConfig, RateLimitConfig};
 

@@ -1,6 +1,13 @@
-//! RED metrics per method (rate, errors by code, duration) and one structured log line per call.
+//! RED metrics per method (rate, errors by code, duration), one structured log line per call,
+//! and — when traces are exported ([`crate::telemetry`]) — the call's SERVER span.
 //! Wraps the whole interceptor stack; a call ends when its response's trailers pass (or when the
 //! body is dropped early, which is recorded as `canceled`).
+//!
+//! The span is named `package.Service/Method`, parented on the caller's `traceparent`, and
+//! carries the RPC semantic conventions (`rpc.system` `grpc` or `connect_rpc`, `rpc.service`,
+//! `rpc.method`, `rpc.grpc.status_code` or `rpc.connect_rpc.error_code`, `server.address`), the
+//! request id, and on errors the `ErrorInfo` reason (`error.type`). The duration histogram
+//! carries the trace id as an exemplar, so a latency spike on a dashboard leads to a trace.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,15 +21,17 @@ use http::{HeaderMap, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use tonic::body::Body;
 
 use super::around::{Around, Next};
-use super::context::RequestId;
+use super::context::{RequestId, TraceContext};
 use crate::outbound::OutboundMetrics;
+use crate::telemetry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -33,6 +42,12 @@ struct CallLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     method: String,
+}
+
+/// The exemplar a duration observation carries: the call's trace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TraceExemplar {
+    trace_id: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,7 +63,7 @@ struct CallerLabels {
 pub struct Metrics {
     registry: Arc<Registry>,
     calls: Family<CallLabels, Counter>,
-    durations: Family<MethodLabels, Histogram>,
+    durations: Family<MethodLabels, HistogramWithExemplars<TraceExemplar>>,
     in_flight: Gauge,
     deprecated_calls: Family<CallerLabels, Counter>,
     outbound: OutboundMetrics,
@@ -58,9 +73,10 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
         let calls = Family::<CallLabels, Counter>::default();
-        let durations = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
-        });
+        let durations =
+            Family::<MethodLabels, HistogramWithExemplars<TraceExemplar>>::new_with_constructor(
+                || HistogramWithExemplars::new(exponential_buckets(0.000_25, 2.0, 16)),
+            );
         let in_flight = Gauge::default();
         registry.register(
             "rpc_calls",
@@ -78,6 +94,11 @@ impl Default for Metrics {
             "rpc_deprecated_calls",
             "Calls of deprecated RPCs by method and caller (tenant/subject), to see who must migrate",
             deprecated_calls.clone(),
+        );
+        registry.register(
+            "trace_spans",
+            "Trace spans by outcome: ended, exported to the collector, or lost in a failed export",
+            telemetry::TRACE_SPANS.clone(),
         );
         let outbound = OutboundMetrics::register(&mut registry);
         Metrics {
@@ -132,14 +153,26 @@ impl Observe {
 impl Around for Observe {
     fn around(&self, request: Request<Body>, next: Next) -> BoxFuture<'static, Response<Body>> {
         self.metrics.in_flight.inc();
+        let method = request.uri().path().trim_start_matches('/').to_owned();
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.0.clone())
+            .unwrap_or_default();
+        let protocol = request
+            .extensions()
+            .get::<WireProtocol>()
+            .copied()
+            .unwrap_or(WireProtocol::Grpc);
+        let span = if telemetry::enabled() {
+            server_span(&request, &method, &request_id, protocol)
+        } else {
+            tracing::Span::none()
+        };
         let mut call = CallRecord {
             metrics: self.metrics.clone(),
-            method: request.uri().path().trim_start_matches('/').to_owned(),
-            request_id: request
-                .extensions()
-                .get::<RequestId>()
-                .map(|id| id.0.clone())
-                .unwrap_or_default(),
+            method,
+            request_id,
             // The deadline the caller sent (Connect's arrives translated), for tracing a slow
             // call across services.
             timeout: request
@@ -150,16 +183,111 @@ impl Around for Observe {
                 .to_owned(),
             started: Instant::now(),
             done: false,
+            protocol,
+            span: span.clone(),
         };
+        use tracing::Instrument as _;
         next.run(request)
+            .instrument(span)
             .map(move |response| {
                 if let Some(code) = grpc_code(response.headers()) {
-                    call.finish(code); // trailers-only: the call is over
+                    // Trailers-only: the call is over.
+                    call.finish_with(code, Some(response.headers()));
                 }
                 response.map(|body| Body::new(ObservedBody { body, call }))
             })
             .boxed()
     }
+}
+
+/// The protocol a call arrived in, noted before the Connect and gRPC-web translations turn every
+/// call into gRPC (see [`WireProtocol::of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireProtocol {
+    /// gRPC over HTTP/2.
+    Grpc,
+    /// gRPC-web (binary or text).
+    GrpcWeb,
+    /// Connect: unary POST, unary GET or streaming.
+    Connect,
+}
+
+impl WireProtocol {
+    /// The protocol of a request as it arrived (by content type; a Connect GET has none).
+    pub fn of<B>(request: &Request<B>) -> WireProtocol {
+        let content_type = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        if content_type.starts_with("application/grpc-web") {
+            WireProtocol::GrpcWeb
+        } else if content_type.starts_with("application/grpc") {
+            WireProtocol::Grpc
+        } else {
+            WireProtocol::Connect
+        }
+    }
+
+    /// `rpc.system` of the semantic conventions.
+    fn system(self) -> &'static str {
+        match self {
+            WireProtocol::Grpc | WireProtocol::GrpcWeb => "grpc",
+            WireProtocol::Connect => "connect_rpc",
+        }
+    }
+}
+
+/// The SERVER span of one call, parented on the caller's trace context.
+fn server_span(
+    request: &Request<Body>,
+    method: &str,
+    request_id: &str,
+    protocol: WireProtocol,
+) -> tracing::Span {
+    let (service, name) = method.rsplit_once('/').unwrap_or((method, ""));
+    // `commerce.checkout.v1.OrderService` → `checkout`: which service of an all-in-one answered.
+    let area = service
+        .strip_prefix("commerce.")
+        .and_then(|rest| rest.split('.').next())
+        .unwrap_or_default();
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().host().map(str::to_owned))
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        target: "rpc",
+        "rpc",
+        otel.name = method,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = protocol.system(),
+        rpc.service = service,
+        rpc.method = name,
+        rpc.grpc.status_code = tracing::field::Empty,
+        rpc.connect_rpc.error_code = tracing::field::Empty,
+        network.protocol.name = tracing::field::Empty,
+        server.address = host.as_str(),
+        commerce.service = area,
+        request_id = request_id,
+        error.type = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    if protocol == WireProtocol::GrpcWeb {
+        span.record("network.protocol.name", "grpc-web");
+    }
+    let trace = request.extensions().get::<TraceContext>();
+    telemetry::adopt_remote_parent(
+        &span,
+        trace.and_then(|trace| trace.traceparent.as_deref()),
+        trace.and_then(|trace| trace.tracestate.as_deref()),
+    );
+    telemetry::record_ids(&span);
+    span
 }
 
 fn grpc_code(metadata: &HeaderMap) -> Option<i32> {
@@ -173,14 +301,27 @@ struct CallRecord {
     timeout: String,
     started: Instant,
     done: bool,
+    protocol: WireProtocol,
+    /// The SERVER span (disabled when traces are off); it ends with the call.
+    span: tracing::Span,
 }
 
 impl CallRecord {
     fn finish(&mut self, code: i32) {
+        self.finish_with(code, None);
+    }
+
+    /// Ends the call with gRPC status `code`; `metadata` (headers or trailers) holds the error
+    /// details, whose `ErrorInfo` reason the span records.
+    fn finish_with(&mut self, grpc_code: i32, metadata: Option<&HeaderMap>) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let code = connect::Code::from_grpc(code).name();
+        let code = connect::Code::from_grpc(grpc_code).name();
+        let trace_ids = telemetry::ids_of(&self.span);
+        if !self.span.is_disabled() {
+            self.record_outcome(grpc_code, code, metadata);
+        }
         let elapsed = self.started.elapsed();
         self.metrics.in_flight.dec();
         self.metrics
@@ -190,21 +331,75 @@ impl CallRecord {
                 code: code.to_owned(),
             })
             .inc();
+        let (trace_id, span_id) = trace_ids.unwrap_or_default();
         self.metrics
             .durations
             .get_or_create(&MethodLabels {
                 method: self.method.clone(),
             })
-            .observe(elapsed.as_secs_f64());
-        tracing::info!(
-            target: "rpc",
-            method = %self.method,
-            code,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            request_id = %self.request_id,
-            grpc_timeout = %self.timeout,
-            "rpc finished"
-        );
+            .observe(
+                elapsed.as_secs_f64(),
+                (!trace_id.is_empty()).then(|| TraceExemplar {
+                    trace_id: trace_id.clone(),
+                }),
+                None,
+            );
+        if trace_id.is_empty() {
+            tracing::info!(
+                target: "rpc",
+                method = %self.method,
+                code,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                request_id = %self.request_id,
+                grpc_timeout = %self.timeout,
+                "rpc finished"
+            );
+        } else {
+            tracing::info!(
+                target: "rpc",
+                method = %self.method,
+                code,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                request_id = %self.request_id,
+                grpc_timeout = %self.timeout,
+                trace_id = %trace_id,
+                span_id = %span_id,
+                "rpc finished"
+            );
+        }
+        // The span ends here, with the call: its end time is its last exit (tracing-opentelemetry),
+        // which for a stream is long after the handler returned, so exit it once more now.
+        drop(self.span.enter());
+        self.span = tracing::Span::none();
+    }
+
+    /// The span's status attributes: the code in the protocol's own terms, the error status
+    /// for codes that mean the server failed (the semantic conventions' rule for SERVER spans),
+    /// and the `ErrorInfo` reason.
+    fn record_outcome(&self, grpc_code: i32, code: &str, metadata: Option<&HeaderMap>) {
+        match self.protocol {
+            WireProtocol::Connect if grpc_code != 0 => {
+                self.span.record("rpc.connect_rpc.error_code", code);
+            }
+            WireProtocol::Connect => {}
+            WireProtocol::Grpc | WireProtocol::GrpcWeb => {
+                self.span.record("rpc.grpc.status_code", grpc_code);
+            }
+        }
+        // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+        if matches!(grpc_code, 2 | 4 | 12 | 13 | 14 | 15) {
+            self.span.record("otel.status_code", "error");
+        }
+        if grpc_code != 0 {
+            let reason = metadata
+                .map(tonic::Status::from_header_map)
+                .and_then(|status| {
+                    use tonic_types::StatusExt as _;
+                    status?.get_details_error_info().map(|info| info.reason)
+                });
+            self.span
+                .record("error.type", reason.as_deref().unwrap_or(code));
+        }
     }
 }
 
@@ -232,8 +427,10 @@ impl HttpBody for ObservedBody {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(code) = frame.trailers_ref().and_then(grpc_code) {
-                    self.call.finish(code);
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(code) = grpc_code(trailers)
+                {
+                    self.call.finish_with(code, Some(trailers));
                 }
             }
             Poll::Ready(Some(Err(_))) => self.call.finish(2),

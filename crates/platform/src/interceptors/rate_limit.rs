@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use commerce_api::commerce::common::v1::ErrorReason;
 use fastpath::{Decision, GcraLimit, RateLimiter};
@@ -157,6 +158,7 @@ async fn charge(
 ) -> Result<(), (Budget, Duration)> {
     match limiter
         .check(&format!("{}:{key}", budget.name()), cost)
+        .instrument(crate::telemetry::fast_path_span("rate_limit"))
         .await
     {
         Decision::Allowed => Ok(()),

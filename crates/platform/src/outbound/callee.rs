@@ -35,6 +35,8 @@ use super::retry::{Verdict, judge};
 use super::target::{Target, TargetError};
 use crate::ApiError;
 use crate::interceptors::Metrics;
+use crate::telemetry;
+use tracing::Instrument as _;
 
 /// How a callee is reached and called.
 #[derive(Debug, Clone)]
@@ -365,6 +367,8 @@ impl Callee {
             method: method.trim_start_matches('/').to_owned(),
         };
         let started = Instant::now();
+        // The logical call; each attempt (retry or hedge) is a CLIENT span under it.
+        let span = telemetry::call_span(self.name(), &labels.method);
         let result = self
             .run(
                 context,
@@ -374,7 +378,9 @@ impl Callee {
                 &mut call,
                 &labels,
             )
+            .instrument(span.clone())
             .await;
+        telemetry::end_call_span(&span, &result.as_ref().map(|_| ()).map_err(CallError::code));
         let code = match &result {
             Ok(_) => Code::Ok,
             Err(error) => error.code(),
@@ -470,6 +476,7 @@ impl Callee {
                 cut_by_deadline,
                 hedge_after,
                 labels,
+                number,
             };
             let failed = match self.round(call, &round).await {
                 Ok(response) => return Ok(response),
@@ -564,7 +571,7 @@ impl Callee {
         F: FnMut(CalleeChannel, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        let first = self.attempt(call, round.channel.clone(), round, first_record);
+        let first = self.attempt(call, round.channel.clone(), round, first_record, false);
         let hedge_after = round
             .hedge_after
             .filter(|delay| Instant::now() + *delay < round.end);
@@ -589,7 +596,13 @@ impl Callee {
             hedge = endpoint.address(),
             "hedging outbound call"
         );
-        let hedge = self.attempt(call, CalleeChannel::pinned(endpoint), round, hedge_record);
+        let hedge = self.attempt(
+            call,
+            CalleeChannel::pinned(endpoint),
+            round,
+            hedge_record,
+            true,
+        );
         tokio::pin!(hedge);
         let hedge_result = tokio::select! {
             result = &mut first => {
@@ -618,7 +631,8 @@ impl Callee {
         channel: CalleeChannel,
         round: &Round<'_, M>,
         record: &AttemptRecord,
-    ) -> Fut
+        hedge: bool,
+    ) -> impl Future<Output = Result<tonic::Response<R>, Status>> + use<M, R, F, Fut>
     where
         M: Clone,
         F: FnMut(CalleeChannel, tonic::Request<M>) -> Fut,
@@ -629,7 +643,36 @@ impl Callee {
         request.set_timeout(round.end.saturating_duration_since(Instant::now()));
         request.extensions_mut().insert(record.clone());
         self.inner.metrics.attempt(round.labels);
-        call(channel, request)
+        let span = telemetry::attempt_span(
+            self.name(),
+            &round.labels.method,
+            "grpc",
+            round.number,
+            hedge,
+        );
+        // The callee's server span is a child of this attempt, not of the caller's call.
+        if let Some((traceparent, tracestate)) = telemetry::trace_context_of(&span) {
+            let metadata = request.metadata_mut();
+            if let Ok(value) = traceparent.parse() {
+                metadata.insert("traceparent", value);
+            }
+            match tracestate.and_then(|state| state.parse().ok()) {
+                Some(value) => {
+                    metadata.insert("tracestate", value);
+                }
+                None => {
+                    metadata.remove("tracestate");
+                }
+            }
+        }
+        let attempt = call(channel, request);
+        let ended = span.clone();
+        async move {
+            let result = attempt.await;
+            telemetry::end_attempt_span(&ended, result.as_ref().map(|_| ()).map_err(Status::code));
+            result
+        }
+        .instrument(span)
     }
 
     fn unavailable(&self, refused: Unadmissible) -> CallError {
@@ -670,6 +713,8 @@ struct Round<'a, M> {
     cut_by_deadline: bool,
     hedge_after: Option<Duration>,
     labels: &'a MethodLabels,
+    /// Which attempt of the call the round makes (1-based).
+    number: u32,
 }
 
 /// Whether an attempt's result ends the round (an answer, not a transient failure).

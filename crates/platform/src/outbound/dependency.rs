@@ -53,6 +53,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Health};
+use crate::telemetry;
 
 /// How a dependency is called.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,7 +222,23 @@ impl Outbound {
         Fut: Future<Output = Result<T, E>>,
         E: Classify,
     {
-        self.run(None, idempotent, attempt).await
+        self.call_traced(None, "call", idempotent, attempt).await
+    }
+
+    /// [`call`](Outbound::call) of the dependency's `operation` (e.g. `authorize`), which names
+    /// its trace spans.
+    pub async fn call_op<T, E, F, Fut>(
+        &self,
+        operation: &str,
+        idempotent: Idempotent,
+        attempt: F,
+    ) -> Result<T, OutboundError<E>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Classify,
+    {
+        self.call_traced(None, operation, idempotent, attempt).await
     }
 
     /// Like [`call`](Outbound::call), finished by `deadline` (a `tokio` or `std` instant, e.g.
@@ -238,7 +255,76 @@ impl Outbound {
         Fut: Future<Output = Result<T, E>>,
         E: Classify,
     {
-        self.run(Some(deadline.into()), idempotent, attempt).await
+        self.call_traced(Some(deadline.into()), "call", idempotent, attempt)
+            .await
+    }
+
+    /// [`call_until`](Outbound::call_until) of the dependency's `operation`.
+    pub async fn call_op_until<T, E, F, Fut>(
+        &self,
+        operation: &str,
+        deadline: impl Into<Instant>,
+        idempotent: Idempotent,
+        attempt: F,
+    ) -> Result<T, OutboundError<E>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Classify,
+    {
+        self.call_traced(Some(deadline.into()), operation, idempotent, attempt)
+            .await
+    }
+
+    /// The call as a span (INTERNAL) with a CLIENT span per attempt.
+    async fn call_traced<T, E, F, Fut>(
+        &self,
+        deadline: Option<Instant>,
+        operation: &str,
+        idempotent: Idempotent,
+        mut attempt: F,
+    ) -> Result<T, OutboundError<E>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Classify,
+    {
+        use tracing::Instrument as _;
+        let name = &self.inner.policy.name;
+        let span = telemetry::call_span(name, operation);
+        let traced_attempt = |number: u32| {
+            let attempt_span = telemetry::attempt_span(name, operation, name, number, false);
+            let ended = attempt_span.clone();
+            let attempt = attempt(number);
+            async move {
+                let result = attempt.await;
+                telemetry::end_attempt_span(
+                    &ended,
+                    if result.is_ok() {
+                        Ok(())
+                    } else {
+                        Err(tonic::Code::Unknown)
+                    },
+                );
+                result
+            }
+            .instrument(attempt_span)
+        };
+        let result = self
+            .run(deadline, idempotent, traced_attempt)
+            .instrument(span.clone())
+            .await;
+        telemetry::end_call_span(
+            &span,
+            &result.as_ref().map(|_| ()).map_err(|error| match error {
+                OutboundError::Failed(_) => tonic::Code::Unknown,
+                OutboundError::CircuitOpen { .. } => tonic::Code::Unavailable,
+                OutboundError::Timeout | OutboundError::DeadlineExceeded => {
+                    tonic::Code::DeadlineExceeded
+                }
+            }),
+        );
+        result
     }
 
     async fn run<T, E, F, Fut>(

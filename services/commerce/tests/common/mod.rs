@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod otlp;
 pub mod shop;
 pub mod split;
 

@@ -183,6 +183,42 @@ impl Shop {
         })
     }
 
+    /// Gives the member `points` and makes a $2-off reward costing 20 points; returns its id.
+    pub async fn reward(&self, client: &impl Caller, points: i64) -> String {
+        let _: lo::AdjustPointsResponse = client
+            .call(
+                "/commerce.loyalty.v1.PointsService/AdjustPoints",
+                lo::AdjustPointsRequest {
+                    member_id: self.member.clone(),
+                    points,
+                    reason: "welcome bonus".into(),
+                },
+                Some(&format!("welcome-{points}")),
+            )
+            .await
+            .unwrap();
+        let reward: lo::CreateRewardResponse = client
+            .call(
+                "/commerce.loyalty.v1.RewardService/CreateReward",
+                lo::CreateRewardRequest {
+                    reward: Some(lo::Reward {
+                        display_name: "$2 off".into(),
+                        point_cost: 20,
+                        benefit: Some(lo::reward::Benefit::AmountOff(Money {
+                            currency_code: "USD".into(),
+                            amount_minor: 200,
+                        })),
+                        active: true,
+                        ..Default::default()
+                    }),
+                },
+                Some("reward-1"),
+            )
+            .await
+            .unwrap();
+        reward.reward.unwrap().reward_id
+    }
+
     /// Every point the member ever earned.
     pub async fn lifetime_points(&self, client: &impl Caller) -> Result<i64, String> {
         let balance: lo::GetBalanceResponse = client

@@ -1,0 +1,639 @@
+//! Traces over OTLP: the `tracing` spans the platform opens (one per RPC, outbound call, store
+//! operation, event and background round) become OpenTelemetry spans through
+//! `tracing-opentelemetry`, batched and exported over OTLP/gRPC to a collector.
+//!
+//! Configured by the standard variables, read once at start: `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (unset: no exporter, and no span is opened at all — [`enabled`] is false), `OTEL_SERVICE_NAME`
+//! (default given by the process: `commerce` for the all-in-one, `commerce-checkout`, … for one
+//! service), `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`
+//! (default: parent-based, sampling every root). Export never slows a request: spans go to a
+//! bounded queue drained by the SDK's own thread; when the collector is slow or gone, spans are
+//! dropped and counted ([`TRACE_SPANS`] in `/metrics`).
+//!
+//! Propagation is W3C Trace Context (`traceparent`, `tracestate`): [`adopt_remote_parent`] makes
+//! a caller's context the parent of a server or consumer span; [`trace_context_of`] is what an
+//! outbound call or an event envelope carries.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry::{KeyValue, trace::SpanContext};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// Whether spans are exported (set once, by [`Telemetry::install`]).
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether traces are exported: callers open spans only then, so a process without a collector
+/// pays nothing for them.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SpanOutcome {
+    outcome: &'static str,
+}
+
+/// `trace_spans_total{outcome}`: spans ended (`ended`), handed to the collector (`exported`) or
+/// lost because an export failed (`failed`). `ended − exported − failed` beyond what is still
+/// queued were dropped because the queue was full.
+pub(crate) static TRACE_SPANS: LazyLock<Family<SpanOutcome, Counter>> =
+    LazyLock::new(Family::default);
+
+fn count(outcome: &'static str, spans: u64) {
+    TRACE_SPANS
+        .get_or_create(&SpanOutcome { outcome })
+        .inc_by(spans);
+}
+
+/// What the process was configured with, for the start-up print.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// `OTEL_SERVICE_NAME`, or the process's default.
+    pub service_name: String,
+    /// `OTEL_TRACES_SAMPLER` (+ `_ARG`), or the default.
+    pub sampler: String,
+}
+
+impl TelemetryConfig {
+    /// Reads the standard variables; `default_service_name` when `OTEL_SERVICE_NAME` is unset.
+    pub fn from_env(default_service_name: &str) -> TelemetryConfig {
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .filter(|_| var("OTEL_TRACES_EXPORTER").as_deref() != Some("none"));
+        let sampler = match (var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG")) {
+            (Some(sampler), Some(arg)) => format!("{sampler} {arg}"),
+            (Some(sampler), None) => sampler,
+            (None, _) => "parentbased_traceidratio 1.0 (default)".to_owned(),
+        };
+        TelemetryConfig {
+            endpoint,
+            service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service_name.into()),
+            sampler,
+        }
+    }
+}
+
+impl std::fmt::Display for TelemetryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.endpoint {
+            Some(endpoint) => write!(
+                f,
+                "OTLP/gRPC to {endpoint} as {}, sampler {}",
+                self.service_name, self.sampler
+            ),
+            None => write!(f, "off (set OTEL_EXPORTER_OTLP_ENDPOINT to export traces)"),
+        }
+    }
+}
+
+/// The installed trace pipeline; [`Telemetry::shutdown`] flushes what is queued.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// Why the trace pipeline could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("OTLP exporter: {0}")]
+pub struct TelemetryError(String);
+
+impl Telemetry {
+    /// Builds the pipeline `config` describes (nothing when it names no endpoint) and returns
+    /// the `tracing` layer that feeds it. Must run inside the Tokio runtime (the gRPC channel
+    /// lives there). `attributes` are added to the resource (e.g. which services the process
+    /// hosts).
+    pub fn install<S>(
+        config: &TelemetryConfig,
+        attributes: Vec<KeyValue>,
+    ) -> Result<(Telemetry, Option<impl tracing_subscriber::Layer<S>>), TelemetryError>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        let Some(_endpoint) = &config.endpoint else {
+            return Ok((Telemetry { provider: None }, None));
+        };
+        // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT / _TIMEOUT / _HEADERS itself.
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|error| TelemetryError(error.to_string()))?;
+        let processor = BatchSpanProcessor::builder(Counted(exporter))
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(4096)
+                    .with_max_export_batch_size(512)
+                    .with_scheduled_delay(Duration::from_millis(500))
+                    .build(),
+            )
+            .build();
+        let resource = Resource::builder()
+            .with_service_name(config.service_name.clone())
+            .with_attributes(attributes)
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(CountEnded)
+            .with_span_processor(processor)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("commerce");
+        ENABLED.store(true, Ordering::Relaxed);
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false);
+        Ok((
+            Telemetry {
+                provider: Some(provider),
+            },
+            Some(layer),
+        ))
+    }
+
+    /// Exports what is queued (within a few seconds) and stops the exporter.
+    pub fn shutdown(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+            let _ = provider.shutdown_with_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Counts every span that ends (before the batch queue, which may drop it).
+#[derive(Debug)]
+struct CountEnded;
+
+impl opentelemetry_sdk::trace::SpanProcessor for CountEnded {
+    fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+
+    fn on_end(&self, _: SpanData) {
+        count("ended", 1);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// The OTLP exporter, counting what it exported and what it lost.
+#[derive(Debug)]
+struct Counted<E>(E);
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len() as u64;
+        let outcome = self.0.export(batch).await;
+        count(
+            if outcome.is_ok() {
+                "exported"
+            } else {
+                "failed"
+            },
+            spans,
+        );
+        outcome
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+/// Makes the W3C context in `traceparent`/`tracestate` (a caller's, or an event's producer's)
+/// the parent of `span`. An absent or malformed `traceparent` leaves `span` a root.
+pub fn adopt_remote_parent(
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) {
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    let mut carrier = HashMap::with_capacity(2);
+    carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+    if let Some(tracestate) = tracestate {
+        carrier.insert("tracestate".to_owned(), tracestate.to_owned());
+    }
+    let context = TraceContextPropagator::new().extract(&carrier);
+    if context.span().span_context().is_valid() {
+        let _ = span.set_parent(context);
+    }
+}
+
+/// The W3C `traceparent` (and `tracestate`, when it has one) naming `span` as the parent, for an
+/// outbound call's headers or an event's envelope. `None` when `span` is not traced.
+pub fn trace_context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
+    if !enabled() {
+        return None;
+    }
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier: HashMap<String, String> = HashMap::with_capacity(2);
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    let traceparent = carrier.remove("traceparent")?;
+    Some((
+        traceparent,
+        carrier.remove("tracestate").filter(|s| !s.is_empty()),
+    ))
+}
+
+/// `span`'s trace and span ids (hex), for log lines; `None` when it is not traced.
+pub fn ids_of(span: &tracing::Span) -> Option<(String, String)> {
+    if !enabled() {
+        return None;
+    }
+    let context = span.context();
+    let span_context: SpanContext = context.span().span_context().clone();
+    span_context.is_valid().then(|| {
+        (
+            span_context.trace_id().to_string(),
+            span_context.span_id().to_string(),
+        )
+    })
+}
+
+/// Records `trace_id` and `span_id` on `span` (declared as empty fields when it was opened), so
+/// every log line inside it carries them.
+pub fn record_ids(span: &tracing::Span) {
+    if let Some((trace_id, span_id)) = ids_of(span) {
+        span.record("trace_id", trace_id.as_str());
+        span.record("span_id", span_id.as_str());
+    }
+}
+
+/// Installs the process's `tracing` subscriber: JSON log lines on stderr (`COMMERCE_LOG`, default
+/// `info`), each inside a traced span carrying `trace_id` and `span_id` at the top level, and —
+/// when `OTEL_EXPORTER_OTLP_ENDPOINT` is set — the OTLP trace pipeline. `default_service_name`
+/// names the process when `OTEL_SERVICE_NAME` does not; `attributes` go on the resource.
+/// Call once, inside the Tokio runtime; returns the configuration (for the start-up print) and
+/// the pipeline to shut down on exit.
+pub fn init(
+    default_service_name: &str,
+    attributes: Vec<KeyValue>,
+) -> Result<(TelemetryConfig, Telemetry), TelemetryError> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
+
+    let config = TelemetryConfig::from_env(default_service_name);
+    let logs = tracing_subscriber::fmt::layer()
+        .json()
+        .event_format(WithTraceIds(tracing_subscriber::fmt::format().json()))
+        .with_writer(std::io::stderr)
+        .with_filter(
+            EnvFilter::try_from_env("COMMERCE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        );
+    let (telemetry, traces) = Telemetry::install(&config, attributes)?;
+    // Spans are filtered for the exporter on their own: quieter logs (COMMERCE_LOG=warn) must
+    // not thin out the traces.
+    let traces = traces.map(|layer| layer.with_filter(tracing::level_filters::LevelFilter::INFO));
+    // A second init (tests that run the binary's code in process) keeps the first subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(traces)
+        .with(logs)
+        .try_init();
+    Ok((config, telemetry))
+}
+
+/// The JSON event format with the nearest traced span's `trace_id` and `span_id` moved to the
+/// top level of the line, where log search expects them.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    N: for<'writer> tracing_subscriber::fmt::FormatFields<'writer> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = ctx.event_scope().and_then(|scope| {
+            scope.into_iter().find_map(|span| {
+                let extensions = span.extensions();
+                let fields = extensions.get::<tracing_subscriber::fmt::FormattedFields<N>>()?;
+                let trace_id = json_string_field(&fields.fields, "trace_id")?;
+                let span_id = json_string_field(&fields.fields, "span_id")?;
+                Some(format!(r#""trace_id":"{trace_id}","span_id":"{span_id}","#))
+            })
+        });
+        let Some(ids) = ids else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{{ids}{rest}"),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+/// The value of `"name":"…"` in a JSON object's text (hex ids: no escapes to handle).
+fn json_string_field<'a>(json: &'a str, name: &str) -> Option<&'a str> {
+    let start = json.find(&format!("\"{name}\":\""))? + name.len() + 4;
+    let end = start + json[start..].find('"')?;
+    Some(&json[start..end])
+}
+
+/// The span of one logical outbound call to `callee` (INTERNAL: its attempts are the CLIENT
+/// spans). Disabled when traces are off.
+pub fn call_span(callee: &str, method: &str) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        target: "outbound",
+        "outbound call",
+        otel.name = format!("{callee} {method}"),
+        otel.kind = "internal",
+        otel.status_code = tracing::field::Empty,
+        commerce.callee = callee,
+        rpc.method = method,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// Ends a logical call's span with its outcome.
+pub fn end_call_span(span: &tracing::Span, outcome: &Result<(), tonic::Code>) {
+    if let Err(code) = outcome {
+        span.record("otel.status_code", "error");
+        span.record("error.type", connect::Code::from_grpc(*code as i32).name());
+    }
+}
+
+/// One attempt of an outbound call (CLIENT): `number` counts retries, `hedge` marks the second
+/// attempt of a hedged round. `system` is `grpc` for a callee, or the dependency's own name (the
+/// PSP adapter, the tax hook) when it is not a gRPC call.
+pub fn attempt_span(
+    callee: &str,
+    method: &str,
+    system: &str,
+    number: u32,
+    hedge: bool,
+) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    let (service, name) = method.rsplit_once('/').unwrap_or((method, ""));
+    tracing::info_span!(
+        target: "outbound",
+        "outbound attempt",
+        otel.name = method,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = system,
+        rpc.service = service,
+        rpc.method = name,
+        rpc.grpc.status_code = tracing::field::Empty,
+        server.address = callee,
+        commerce.attempt = number,
+        commerce.hedge = hedge,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// Ends an attempt's span with its status.
+pub fn end_attempt_span(span: &tracing::Span, outcome: Result<(), tonic::Code>) {
+    let code = match outcome {
+        Ok(()) => tonic::Code::Ok,
+        Err(code) => code,
+    };
+    span.record("rpc.grpc.status_code", code as i32);
+    if code != tonic::Code::Ok {
+        span.record("otel.status_code", "error");
+        span.record("error.type", connect::Code::from_grpc(code as i32).name());
+    }
+}
+
+/// `store` with a span (CLIENT, `db.system`) around every operation, when traces are exported;
+/// `store` itself otherwise (no cost). `system` is `mongodb` or the embedded engine's name.
+pub fn traced_store(
+    store: std::sync::Arc<dyn store::Store>,
+    system: &'static str,
+) -> std::sync::Arc<dyn store::Store> {
+    if enabled() {
+        std::sync::Arc::new(TracedStore {
+            inner: store,
+            system,
+        })
+    } else {
+        store
+    }
+}
+
+struct TracedStore {
+    inner: std::sync::Arc<dyn store::Store>,
+    system: &'static str,
+}
+
+impl TracedStore {
+    /// The span of one operation on aggregates of `kind` (`""` when it spans kinds).
+    fn span(&self, operation: &'static str, kind: &str, batch: usize) -> tracing::Span {
+        tracing::info_span!(
+            target: "store",
+            "store",
+            otel.name = format!("{operation} {kind}").trim_end().to_owned(),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system = self.system,
+            db.operation.name = operation,
+            db.collection.name = kind,
+            db.operation.batch.size = batch,
+            error.type = tracing::field::Empty,
+        )
+    }
+}
+
+/// Runs `operation` inside `span`, marking the span failed when it fails (a version conflict is
+/// an answer, not a failure: `error.type` only).
+async fn traced<T>(
+    span: tracing::Span,
+    operation: impl std::future::Future<Output = Result<T, store::StoreError>>,
+) -> Result<T, store::StoreError> {
+    use tracing::Instrument as _;
+    let result = operation.instrument(span.clone()).await;
+    if let Err(error) = &result {
+        let kind = match error {
+            store::StoreError::Conflict { .. } => "conflict",
+            _ => {
+                span.record("otel.status_code", "error");
+                "backend"
+            }
+        };
+        span.record("error.type", kind);
+    }
+    result
+}
+
+#[async_trait::async_trait]
+impl store::Store for TracedStore {
+    async fn load(
+        &self,
+        key: &store::AggregateKey,
+    ) -> Result<Option<store::Versioned>, store::StoreError> {
+        traced(self.span("load", &key.kind, 1), self.inner.load(key)).await
+    }
+
+    async fn commit(&self, commit: store::Commit) -> Result<u64, store::StoreError> {
+        let span = self.span("commit", &commit.key.kind, 1);
+        traced(span, self.inner.commit(commit)).await
+    }
+
+    async fn commit_all(&self, commits: Vec<store::Commit>) -> Result<Vec<u64>, store::StoreError> {
+        let kind = commits
+            .first()
+            .map(|c| c.key.kind.clone())
+            .unwrap_or_default();
+        let span = self.span("commit_all", &kind, commits.len());
+        traced(span, self.inner.commit_all(commits)).await
+    }
+
+    async fn find(
+        &self,
+        tenant: &str,
+        kind: &str,
+        index: &store::IndexEntry,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, store::Versioned)>, store::StoreError> {
+        let span = self.span("find", kind, limit);
+        traced(span, self.inner.find(tenant, kind, index, after_id, limit)).await
+    }
+
+    // The outbox relay and the idempotency purge run all the time; their own round spans say
+    // what they did, so these pass through without a span each.
+    async fn pending_events(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<store::PendingEvent>, store::StoreError> {
+        self.inner.pending_events(limit).await
+    }
+
+    async fn mark_delivered(
+        &self,
+        events: &[store::PendingEvent],
+    ) -> Result<(), store::StoreError> {
+        self.inner.mark_delivered(events).await
+    }
+
+    async fn idempotency_record(
+        &self,
+        tenant: &str,
+        method: &str,
+        key: &str,
+    ) -> Result<Option<store::IdempotencyRecord>, store::StoreError> {
+        let span = self.span("idempotency_record", "", 1);
+        traced(span, self.inner.idempotency_record(tenant, method, key)).await
+    }
+
+    async fn save_idempotency_record(
+        &self,
+        record: store::IdempotencyRecord,
+    ) -> Result<(), store::StoreError> {
+        let span = self.span("save_idempotency_record", "", 1);
+        traced(span, self.inner.save_idempotency_record(record)).await
+    }
+
+    async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, store::StoreError> {
+        self.inner.purge_expired_idempotency(now).await
+    }
+}
+
+/// The ROOT span of one round of background work (`billing run`, `loyalty sweep`, …): it has no
+/// request to belong to, so it starts a trace of its own.
+pub fn round_span(what: &'static str) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: "background",
+        parent: None,
+        "round",
+        otel.name = what,
+        otel.kind = "internal",
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    record_ids(&span);
+    span
+}
+
+/// A step of background work worth seeing in its round's trace: one tenant's share, one
+/// renewal, one settled payment (`what` names it; `id` says which).
+pub fn step_span(what: &'static str, id: &str) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        target: "background",
+        "step",
+        otel.name = format!("{what} {id}"),
+        otel.kind = "internal",
+        commerce.step = what,
+        commerce.id = id,
+    )
+}
+
+/// Marks a span failed with `error`.
+pub fn mark_failed(span: &tracing::Span, error: &dyn std::fmt::Display) {
+    if !span.is_disabled() {
+        span.record("otel.status_code", "error");
+        span.record("error.type", error.to_string().as_str());
+    }
+}
+
+/// A fast-path operation on the request path (CLIENT, `db.system` `redis`): one span per logical
+/// operation — a rate-limit charge, a lock, a cache read — not per command.
+pub fn fast_path_span(operation: &'static str) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        target: "fastpath",
+        "fast path",
+        otel.name = format!("redis {operation}"),
+        otel.kind = "client",
+        db.system = "redis",
+        db.operation.name = operation,
+    )
+}
