@@ -9,6 +9,7 @@ use commerce_api::commerce::checkout::v1::{
 };
 use platform::ApiError;
 use platform::request::{field_mask, idempotency, idempotency_id, page_size, tenant};
+use platform::units::ms_of;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
@@ -598,10 +599,6 @@ impl CheckoutAdminApi {
     }
 }
 
-fn unix_ms(time: Option<prost_types::Timestamp>) -> Option<i64> {
-    time.map(|time| time.seconds * 1000 + i64::from(time.nanos) / 1_000_000)
-}
-
 #[tonic::async_trait]
 impl CheckoutAdminService for CheckoutAdminApi {
     async fn reconcile_payments(
@@ -611,8 +608,8 @@ impl CheckoutAdminService for CheckoutAdminApi {
         let tenant = tenant(&request)?;
         let body = request.into_inner();
         let period = Period {
-            start_ms: unix_ms(body.start_time),
-            end_ms: unix_ms(body.end_time),
+            start_ms: ms_of(&body.start_time),
+            end_ms: ms_of(&body.end_time),
         };
         let report = self
             .orders

@@ -15,56 +15,34 @@ use commerce_api::commerce::checkout::v1::{
 use commerce_api::commerce::common::v1::ErrorReason;
 use platform::clock::Clocks;
 use platform::interceptors::IdempotencyContext;
-use prost::Message as _;
-use store::{AggregateKey, Commit, IdempotencyRecord, Store, StoreError};
+use platform::units::{ms_of_timestamp, timestamp_of_ms};
+use store::{
+    AggregateKey, Commit, IdempotencyRecord, Retry, Store, StoreError, Versioned, retry_on_conflict,
+};
 
 use crate::catalog::{self, Catalog};
 use crate::error::CheckoutError;
-use crate::limits;
 use crate::promotions::Promotions;
+use crate::{ids, limits};
 
 /// Extra time an expired cart is kept, so callers get `CART_EXPIRED` rather than `NOT_FOUND`.
 const EXPIRED_GRACE: Duration = Duration::from_secs(24 * 3600);
 
-/// Attempts of a read-modify-write before reporting the conflict.
-const ATTEMPTS: usize = 16;
-
-/// Reads the cart into `$cart`, runs the body (an async block that may `return Err(..)` or use
-/// `?`), and writes the cart back, re-reading and re-running on a lost race. With `$record`, the
-/// write carries `$record(&cart as written)` (see [`Carts::save`]).
-macro_rules! change_cart {
-    ($carts:expr, $tenant:expr, $cart_id:expr, |$cart:ident| $body:block) => {
-        change_cart!($carts, $tenant, $cart_id, |$cart| $body, |_: &Cart| None)
-    };
-    ($carts:expr, $tenant:expr, $cart_id:expr, |$cart:ident| $body:block, $record:expr) => {{
-        let record = $record;
-        let mut outcome = None;
-        for _ in 0..ATTEMPTS {
-            let (version, mut $cart) = $carts.load($tenant, $cart_id).await?;
-            let changed: Result<(), CheckoutError> = async { $body }.await;
-            changed?;
-            let now = $carts.now_ms($tenant).await?;
-            match $carts.save($tenant, version, $cart, now, &record).await {
-                Err(error) if error.is_conflict() => outcome = Some(Err(error)),
-                done => {
-                    outcome = Some(done);
-                    break;
-                }
-            }
-        }
-        outcome.expect("at least one attempt")
-    }};
-}
+/// How a cart change retries a lost race: one customer's tabs rarely race for long, so a few
+/// attempts (each of a concurrent group's writers wins once, so 16 outlast 15 racing others)
+/// with short jittered pauses, from 100 µs growing to 5 ms — then `ABORTED` (contended), never a
+/// loop without end.
+const CART_RETRY: Retry = Retry {
+    attempts: 16,
+    first_pause: Duration::from_micros(100),
+    max_pause: Duration::from_millis(5),
+};
 
 /// Where carts live: versioned records with a time to live.
 #[async_trait]
 pub trait CartStorage: Send + Sync {
     /// The cart record and its version.
-    async fn load(
-        &self,
-        tenant: &str,
-        cart_id: &str,
-    ) -> Result<Option<(u64, Bytes)>, CheckoutError>;
+    async fn load(&self, tenant: &str, cart_id: &str) -> Result<Option<Versioned>, CheckoutError>;
     /// Writes the record if it is at `expected_version` (0 creates); keeps it at least `ttl`.
     /// `idempotency` is the record of the call's response, written in the same atomic commit
     /// where the storage is the store.
@@ -105,15 +83,13 @@ fn redis_failed(error: fastpath::RecordError) -> CheckoutError {
 
 #[async_trait]
 impl CartStorage for RedisCarts {
-    async fn load(
-        &self,
-        tenant: &str,
-        cart_id: &str,
-    ) -> Result<Option<(u64, Bytes)>, CheckoutError> {
-        self.0
+    async fn load(&self, tenant: &str, cart_id: &str) -> Result<Option<Versioned>, CheckoutError> {
+        let stored = self
+            .0
             .load(&format!("cart:{{{tenant}}}:{cart_id}"))
             .await
-            .map_err(redis_failed)
+            .map_err(redis_failed)?;
+        Ok(stored.map(|(version, data)| Versioned { version, data }))
     }
 
     /// Redis and the store cannot commit together, so `_idempotency` is left to the idempotency
@@ -145,16 +121,11 @@ pub struct StoreCarts(pub Arc<dyn Store>);
 
 #[async_trait]
 impl CartStorage for StoreCarts {
-    async fn load(
-        &self,
-        tenant: &str,
-        cart_id: &str,
-    ) -> Result<Option<(u64, Bytes)>, CheckoutError> {
-        let stored = self
+    async fn load(&self, tenant: &str, cart_id: &str) -> Result<Option<Versioned>, CheckoutError> {
+        Ok(self
             .0
             .load(&AggregateKey::new(tenant, "checkout_cart", cart_id))
-            .await?;
-        Ok(stored.map(|stored| (stored.version, stored.data)))
+            .await?)
     }
 
     async fn save(
@@ -166,29 +137,14 @@ impl CartStorage for StoreCarts {
         _ttl: Duration,
         idempotency: Option<IdempotencyRecord>,
     ) -> Result<u64, CheckoutError> {
-        Ok(self
-            .0
-            .commit(Commit {
-                key: AggregateKey::new(tenant, "checkout_cart", cart_id),
-                expected_version,
-                data,
-                index: Vec::new(),
-                events: Vec::new(),
-                idempotency,
-            })
-            .await?)
+        let key = AggregateKey::new(tenant, "checkout_cart", cart_id);
+        // The record arrives encoded (Redis stores the same bytes).
+        let write = Commit {
+            data,
+            ..Commit::record(key, expected_version, &())
+        };
+        Ok(self.0.commit(write.answering(idempotency)).await?)
     }
-}
-
-fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-fn ms_of(time: &prost_types::Timestamp) -> i64 {
-    time.seconds * 1000 + i64::from(time.nanos) / 1_000_000
 }
 
 fn precondition(reason: ErrorReason, message: impl Into<String>) -> CheckoutError {
@@ -242,10 +198,6 @@ impl Carts {
         &self.catalog
     }
 
-    async fn now_ms(&self, tenant: &str) -> Result<i64, CheckoutError> {
-        Ok(self.clocks.now(tenant).await?.now_ms)
-    }
-
     /// Creates a cart at a location; its id derives from `id_key` (the idempotency key).
     pub async fn create(
         &self,
@@ -271,9 +223,9 @@ impl Carts {
         id_key: &str,
         idempotency: Option<&IdempotencyContext>,
     ) -> Result<Cart, CheckoutError> {
-        let cart_id = format!("cart-{}", &id_key[..id_key.len().min(24)]);
-        if let Some((_, data)) = self.storage.load(tenant, &cart_id).await? {
-            return decode(&data);
+        let cart_id = ids::from_key("cart", id_key, 24);
+        if let Some(stored) = self.storage.load(tenant, &cart_id).await? {
+            return Ok(stored.decode(&format!("cart {cart_id}"))?);
         }
         let location = self.catalog.location(tenant, location_id).await?;
         let fulfillment = fulfillment.unwrap_or(Fulfillment {
@@ -281,14 +233,14 @@ impl Carts {
             ..Fulfillment::default()
         });
         check_fulfillment(&fulfillment, &location)?;
-        let now = self.now_ms(tenant).await?;
+        let now = self.clocks.now_ms(tenant).await?;
         let cart = Cart {
             cart_id: cart_id.clone(),
             location_id: location_id.to_owned(),
             customer_id: customer_id.to_owned(),
             fulfillment: Some(fulfillment),
             currency_code: location.currency_code.clone(),
-            create_time: Some(timestamp_ms(now)),
+            create_time: Some(timestamp_of_ms(now)),
             ..Cart::default()
         };
         let record = |cart: &Cart| {
@@ -311,7 +263,7 @@ impl Carts {
     }
 
     async fn load(&self, tenant: &str, cart_id: &str) -> Result<(u64, Cart), CheckoutError> {
-        let (version, data) =
+        let stored =
             self.storage
                 .load(tenant, cart_id)
                 .await?
@@ -319,19 +271,19 @@ impl Carts {
                     resource: "cart",
                     id: cart_id.to_owned(),
                 })?;
-        let cart = decode(&data)?;
-        let now = self.now_ms(tenant).await?;
+        let cart: Cart = stored.decode(&format!("cart {cart_id}"))?;
+        let now = self.clocks.now_ms(tenant).await?;
         if cart
             .expire_time
             .as_ref()
-            .is_some_and(|expire| ms_of(expire) <= now)
+            .is_some_and(|expire| ms_of_timestamp(expire) <= now)
         {
             return Err(precondition(
                 ErrorReason::CartExpired,
                 format!("cart {cart_id} has expired"),
             ));
         }
-        Ok((version, cart))
+        Ok((stored.version, cart))
     }
 
     /// Writes the cart's next version with its expiry renewed, and `record` of it as written:
@@ -346,9 +298,9 @@ impl Carts {
     ) -> Result<Cart, CheckoutError> {
         let ttl_ms = self.ttl.as_millis() as i64;
         cart.version = expected as i64 + 1;
-        cart.update_time = Some(timestamp_ms(now));
-        cart.expire_time = Some(timestamp_ms(now + ttl_ms));
-        let data = Bytes::from(cart.encode_to_vec());
+        cart.update_time = Some(timestamp_of_ms(now));
+        cart.expire_time = Some(timestamp_of_ms(now + ttl_ms));
+        let data = Bytes::from(prost::Message::encode_to_vec(&cart));
         self.storage
             .save(
                 tenant,
@@ -360,6 +312,30 @@ impl Carts {
             )
             .await?;
         Ok(cart)
+    }
+
+    /// Reads the cart, lets `edit` change it, and writes it back with `record` of it as
+    /// written (see [`Carts::save`]). A lost race re-reads the cart and runs `edit` again after
+    /// a short jittered pause, up to [`CART_RETRY`]'s attempts; then the change gives up as
+    /// contended (`ABORTED`) rather than retry for ever.
+    async fn change<Edited>(
+        &self,
+        tenant: &str,
+        cart_id: &str,
+        record: impl Fn(&Cart) -> Option<IdempotencyRecord>,
+        edit: impl Fn(Cart) -> Edited,
+    ) -> Result<Cart, CheckoutError>
+    where
+        Edited: Future<Output = Result<Cart, CheckoutError>>,
+    {
+        let (record, edit) = (&record, &edit);
+        retry_on_conflict(CART_RETRY, || async move {
+            let (version, cart) = self.load(tenant, cart_id).await?;
+            let cart = edit(cart).await?;
+            let now = self.clocks.now_ms(tenant).await?;
+            self.save(tenant, version, cart, now, record).await
+        })
+        .await
     }
 
     /// Adds a line of `item_id` (its id derives from `id_key`, so a retried add does not add
@@ -389,7 +365,7 @@ impl Carts {
         idempotency: Option<&IdempotencyContext>,
     ) -> Result<(Cart, String), CheckoutError> {
         limits::line(choice.quantity, &choice.modifiers)?;
-        let line_id = format!("line-{}", &id_key[..id_key.len().min(16)]);
+        let line_id = ids::from_key("line", id_key, 16);
         let record = |cart: &Cart| {
             idempotency.map(|context| {
                 context.record(&AddCartLineResponse {
@@ -398,32 +374,28 @@ impl Carts {
                 })
             })
         };
-        let cart = change_cart!(
-            self,
-            tenant,
-            cart_id,
-            |cart| {
-                if !cart
-                    .lines
-                    .iter()
-                    .any(|existing| existing.line_id == line_id)
-                {
-                    let modifiers = self
-                        .checked_line(tenant, &cart, item_id, &choice.modifiers)
-                        .await?;
-                    cart.lines.push(CartLine {
-                        line_id: line_id.clone(),
-                        item_id: item_id.to_owned(),
-                        quantity: choice.quantity,
-                        modifiers,
-                        special_instructions: choice.special_instructions.clone(),
-                    });
-                }
-                Ok(())
-            },
-            record
-        )?;
-        Ok((cart, line_id))
+        let line_id = &line_id;
+        let add = |mut cart: Cart| async move {
+            if !cart
+                .lines
+                .iter()
+                .any(|existing| existing.line_id == *line_id)
+            {
+                let modifiers = self
+                    .checked_line(tenant, &cart, item_id, &choice.modifiers)
+                    .await?;
+                cart.lines.push(CartLine {
+                    line_id: line_id.clone(),
+                    item_id: item_id.to_owned(),
+                    quantity: choice.quantity,
+                    modifiers,
+                    special_instructions: choice.special_instructions.clone(),
+                });
+            }
+            Ok(cart)
+        };
+        let cart = self.change(tenant, cart_id, record, add).await?;
+        Ok((cart, line_id.clone()))
     }
 
     /// Replaces a line's quantity, modifiers and instructions.
@@ -435,7 +407,7 @@ impl Carts {
         choice: &LineChoice,
     ) -> Result<Cart, CheckoutError> {
         limits::line(choice.quantity, &choice.modifiers)?;
-        change_cart!(self, tenant, cart_id, |cart| {
+        self.change(tenant, cart_id, no_record, |mut cart| async move {
             let index = cart
                 .lines
                 .iter()
@@ -453,8 +425,9 @@ impl Carts {
             line.modifiers = modifiers;
             line.special_instructions
                 .clone_from(&choice.special_instructions);
-            Ok(())
+            Ok(cart)
         })
+        .await
     }
 
     /// Removes a line; a line already gone is fine.
@@ -464,10 +437,11 @@ impl Carts {
         cart_id: &str,
         line_id: &str,
     ) -> Result<Cart, CheckoutError> {
-        change_cart!(self, tenant, cart_id, |cart| {
+        self.change(tenant, cart_id, no_record, |mut cart| async move {
             cart.lines.retain(|line| line.line_id != line_id);
-            Ok(())
+            Ok(cart)
         })
+        .await
     }
 
     /// Applies a promotion code (case-insensitive); `PROMOTION_INVALID` when unknown, outside
@@ -478,16 +452,17 @@ impl Carts {
         cart_id: &str,
         code: &str,
     ) -> Result<Cart, CheckoutError> {
-        let code = code.to_uppercase();
-        change_cart!(self, tenant, cart_id, |cart| {
-            let now = self.now_ms(tenant).await?;
+        let code = &code.to_uppercase();
+        self.change(tenant, cart_id, no_record, |mut cart| async move {
+            let now = self.clocks.now_ms(tenant).await?;
             self.promotions
-                .usable(tenant, &code, &cart.location_id, now)?;
-            if !cart.promotion_codes.contains(&code) {
+                .usable(tenant, code, &cart.location_id, now)?;
+            if !cart.promotion_codes.contains(code) {
                 cart.promotion_codes.push(code.clone());
             }
-            Ok(())
+            Ok(cart)
         })
+        .await
     }
 
     /// Removes a promotion code (absent is fine).
@@ -497,11 +472,12 @@ impl Carts {
         cart_id: &str,
         code: &str,
     ) -> Result<Cart, CheckoutError> {
-        let code = code.to_uppercase();
-        change_cart!(self, tenant, cart_id, |cart| {
-            cart.promotion_codes.retain(|applied| *applied != code);
-            Ok(())
+        let code = &code.to_uppercase();
+        self.change(tenant, cart_id, no_record, |mut cart| async move {
+            cart.promotion_codes.retain(|applied| applied != code);
+            Ok(cart)
         })
+        .await
     }
 
     /// Sets or clears the loyalty member and the reward to redeem.
@@ -518,11 +494,13 @@ impl Carts {
                 "a reward needs the member redeeming it",
             ));
         }
-        change_cart!(self, tenant, cart_id, |cart| {
+        let reward = &reward;
+        self.change(tenant, cart_id, no_record, |mut cart| async move {
             cart.member_id = member_id.to_owned();
-            cart.loyalty_reward.clone_from(&reward);
-            Ok(())
+            cart.loyalty_reward.clone_from(reward);
+            Ok(cart)
         })
+        .await
     }
 
     /// Sets the fulfilment; `FULFILLMENT_INVALID` when the location does not offer the mode or
@@ -533,12 +511,14 @@ impl Carts {
         cart_id: &str,
         fulfillment: Fulfillment,
     ) -> Result<Cart, CheckoutError> {
-        change_cart!(self, tenant, cart_id, |cart| {
+        let fulfillment = &fulfillment;
+        self.change(tenant, cart_id, no_record, |mut cart| async move {
             let location = self.catalog.location(tenant, &cart.location_id).await?;
-            check_fulfillment(&fulfillment, &location)?;
+            check_fulfillment(fulfillment, &location)?;
             cart.fulfillment = Some(fulfillment.clone());
-            Ok(())
+            Ok(cart)
         })
+        .await
     }
 
     /// Sets or clears the tip; an amount must be in the cart's currency.
@@ -551,10 +531,11 @@ impl Carts {
         if let Some(tip) = &tip {
             limits::cart_tip(tip)?;
         }
-        change_cart!(self, tenant, cart_id, |cart| {
+        let tip = &tip;
+        self.change(tenant, cart_id, no_record, |mut cart| async move {
             if let Some(Tip {
                 kind: Some(tip::Kind::Amount(amount)),
-            }) = &tip
+            }) = tip
                 && (amount.currency_code != cart.currency_code || amount.amount_minor < 0)
             {
                 return Err(CheckoutError::invalid(
@@ -562,9 +543,10 @@ impl Carts {
                     format!("must be a non-negative amount in {}", cart.currency_code),
                 ));
             }
-            cart.tip.clone_from(&tip);
-            Ok(())
+            cart.tip.clone_from(tip);
+            Ok(cart)
         })
+        .await
     }
 
     /// Checks a line's item is offered at the cart's location and its modifier choices fit
@@ -590,8 +572,9 @@ impl Carts {
     }
 }
 
-fn decode(data: &[u8]) -> Result<Cart, CheckoutError> {
-    Cart::decode(data).map_err(|error| CheckoutError::Corrupt(format!("cart: {error}")))
+/// The record of a change no idempotency key asks to record.
+fn no_record(_: &Cart) -> Option<IdempotencyRecord> {
+    None
 }
 
 /// The fulfilment must be offered at the location and carry what its mode needs.

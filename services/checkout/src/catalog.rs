@@ -4,29 +4,34 @@
 //! commit as the item).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use commerce_api::commerce::checkout::v1::{
     CreateLocationResponse, CreateMenuItemResponse, FulfillmentMode, ItemLocationSettings,
-    Location, MenuItem, ModifierGroup,
+    Location, MenuItem, ModifierGroup, SelectedModifier,
 };
 use commerce_api::commerce::common::v1::Money;
 use platform::clock::Clocks;
 use platform::interceptors::IdempotencyContext;
 use platform::page_token;
-use prost::Message as _;
-use store::{AggregateKey, Commit, IndexEntry, Pages, Store, StoreError, Versioned};
+use platform::units::timestamp_of_ms;
+use store::{AggregateKey, Commit, IndexEntry, Pages, Retry, Store, StoreError, retry_on_conflict};
 
 use crate::error::CheckoutError;
-use crate::hours;
-use crate::limits;
+use crate::{hours, ids, limits};
 
 const LOCATION: &str = "checkout_location";
 const ITEM: &str = "checkout_item";
 const SKU: &str = "checkout_sku";
 
-/// Attempts of a read-modify-write before reporting the conflict.
-const ATTEMPTS: usize = 16;
+/// How a menu edit retries a lost race: edits are rare and few race, so 16 attempts with
+/// jittered pauses from 200 µs growing to 10 ms, then `ABORTED` (contended).
+const EDIT_RETRY: Retry = Retry {
+    attempts: 16,
+    first_pause: Duration::from_micros(200),
+    max_pause: Duration::from_millis(10),
+};
 
 const LOCATION_FIELDS: [&str; 10] = [
     "display_name",
@@ -67,26 +72,48 @@ fn in_category(category: &str) -> IndexEntry {
     }
 }
 
-fn decode<M: prost::Message + Default>(stored: &Versioned, what: &str) -> Result<M, CheckoutError> {
-    M::decode(stored.data.as_ref())
-        .map_err(|error| CheckoutError::Corrupt(format!("{what}: {error}")))
-}
-
-fn commit(key: AggregateKey, expected_version: u64, data: Bytes, index: Vec<IndexEntry>) -> Commit {
+/// The write of a SKU's claim: the item id holding it as UTF-8 bytes, or nothing once a SKU
+/// change released it (`item_id` empty). Not a protobuf message: the format predates them.
+fn sku_claim(key: AggregateKey, version: u64, item_id: &str) -> Commit {
     Commit {
-        key,
-        expected_version,
-        data,
-        index,
-        events: Vec::new(),
-        idempotency: None,
+        data: Bytes::from(item_id.to_owned()),
+        ..Commit::record(key, version, &())
     }
 }
 
-fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+/// Sets the fields of `location` that `set` names to `update`'s.
+fn merge_location(location: &mut Location, update: &Location, set: impl Fn(&str) -> bool) {
+    if set("display_name") {
+        location.display_name.clone_from(&update.display_name);
+    }
+    if set("time_zone") {
+        location.time_zone.clone_from(&update.time_zone);
+    }
+    if set("address") {
+        location.address.clone_from(&update.address);
+    }
+    if set("currency_code") {
+        location.currency_code.clone_from(&update.currency_code);
+    }
+    if set("opening_hours") {
+        location.opening_hours.clone_from(&update.opening_hours);
+    }
+    if set("fulfillment_modes") {
+        location
+            .fulfillment_modes
+            .clone_from(&update.fulfillment_modes);
+    }
+    if set("slot_capacity") {
+        location.slot_capacity = update.slot_capacity;
+    }
+    if set("tax_rates") {
+        location.tax_rates.clone_from(&update.tax_rates);
+    }
+    if set("capture_mode") {
+        location.capture_mode = update.capture_mode;
+    }
+    if set("tip_headroom_percent") {
+        location.tip_headroom_percent = update.tip_headroom_percent;
     }
 }
 
@@ -131,10 +158,6 @@ impl Catalog {
         Catalog { store, clocks }
     }
 
-    async fn now_ms(&self, tenant: &str) -> Result<i64, CheckoutError> {
-        Ok(self.clocks.now(tenant).await?.now_ms)
-    }
-
     // ---- locations -------------------------------------------------------------------------
 
     /// Creates a location; its id derives from `id_key` (the idempotency key), so a retried
@@ -160,12 +183,12 @@ impl Catalog {
         idempotency: Option<&IdempotencyContext>,
     ) -> Result<Location, CheckoutError> {
         check_location(location)?;
-        let id = format!("loc-{}", &id_key[..id_key.len().min(24)]);
+        let id = ids::from_key("loc", id_key, 24);
         let key = AggregateKey::new(tenant, LOCATION, &id);
         if let Some(stored) = self.store.load(&key).await? {
-            return decode(&stored, "location");
+            return Ok(stored.decode(&format!("location {id}"))?);
         }
-        let now = timestamp_ms(self.now_ms(tenant).await?);
+        let now = timestamp_of_ms(self.clocks.now_ms(tenant).await?);
         let location = Location {
             location_id: id,
             create_time: Some(now),
@@ -173,12 +196,13 @@ impl Catalog {
             version: 1,
             ..location.clone()
         };
-        let mut created = commit(key.clone(), 0, location.encode_to_vec().into(), vec![all()]);
-        created.idempotency = idempotency.map(|context| {
-            context.record(&CreateLocationResponse {
-                location: Some(location.clone()),
-            })
-        });
+        let created = Commit::record(key.clone(), 0, &location)
+            .indexed(vec![all()])
+            .answering(idempotency.map(|context| {
+                context.record(&CreateLocationResponse {
+                    location: Some(location.clone()),
+                })
+            }));
         match self.store.commit(created).await {
             Ok(_) => Ok(location),
             Err(StoreError::Conflict { .. }) => self.location(tenant, &location.location_id).await,
@@ -197,7 +221,8 @@ impl Catalog {
         let every = check_mask(mask, &LOCATION_FIELDS)?;
         let set = |field: &str| every || mask.iter().any(|path| path == field);
         let key = AggregateKey::new(tenant, LOCATION, &update.location_id);
-        for _ in 0..ATTEMPTS {
+        let (key, set) = (&key, &set);
+        retry_on_conflict(EDIT_RETRY, || async move {
             let (version, mut location) = self.load_location(tenant, &update.location_id).await?;
             if expected_version != 0 && expected_version != location.version {
                 return Err(CheckoutError::VersionMismatch {
@@ -206,59 +231,15 @@ impl Catalog {
                     actual: location.version,
                 });
             }
-            if set("display_name") {
-                location.display_name.clone_from(&update.display_name);
-            }
-            if set("time_zone") {
-                location.time_zone.clone_from(&update.time_zone);
-            }
-            if set("address") {
-                location.address.clone_from(&update.address);
-            }
-            if set("currency_code") {
-                location.currency_code.clone_from(&update.currency_code);
-            }
-            if set("opening_hours") {
-                location.opening_hours.clone_from(&update.opening_hours);
-            }
-            if set("fulfillment_modes") {
-                location
-                    .fulfillment_modes
-                    .clone_from(&update.fulfillment_modes);
-            }
-            if set("slot_capacity") {
-                location.slot_capacity = update.slot_capacity;
-            }
-            if set("tax_rates") {
-                location.tax_rates.clone_from(&update.tax_rates);
-            }
-            if set("capture_mode") {
-                location.capture_mode = update.capture_mode;
-            }
-            if set("tip_headroom_percent") {
-                location.tip_headroom_percent = update.tip_headroom_percent;
-            }
+            merge_location(&mut location, update, set);
             check_location(&location)?;
             location.version += 1;
-            location.update_time = Some(timestamp_ms(self.now_ms(tenant).await?));
-            let change = commit(
-                key.clone(),
-                version,
-                location.encode_to_vec().into(),
-                vec![all()],
-            );
-            match self.store.commit(change).await {
-                Ok(_) => return Ok(location),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(StoreError::Conflict {
-            key: key.to_string(),
-            expected: 0,
-            found: 0,
-        }
-        .into())
+            location.update_time = Some(timestamp_of_ms(self.clocks.now_ms(tenant).await?));
+            let change = Commit::record(key.clone(), version, &location).indexed(vec![all()]);
+            self.store.commit(change).await?;
+            Ok(location)
+        })
+        .await
     }
 
     async fn load_location(
@@ -274,7 +255,7 @@ impl Catalog {
                 resource: "location",
                 id: id.to_owned(),
             })?;
-        Ok((stored.version, decode(&stored, "location")?))
+        Ok((stored.version, stored.decode(&format!("location {id}"))?))
     }
 
     /// A location by id.
@@ -295,8 +276,8 @@ impl Catalog {
         let page = pages.next().await?.unwrap_or_default();
         let more = page.len() > page_size;
         let mut locations = Vec::new();
-        for (_, stored) in page.iter().take(page_size) {
-            locations.push(decode::<Location>(stored, "location")?);
+        for (id, stored) in page.iter().take(page_size) {
+            locations.push(stored.decode::<Location>(&format!("location {id}"))?);
         }
         let next = match (more, locations.last()) {
             (true, Some(last)) => page_token::encode("locations", &last.location_id),
@@ -327,13 +308,13 @@ impl Catalog {
         id_key: &str,
         idempotency: Option<&IdempotencyContext>,
     ) -> Result<MenuItem, CheckoutError> {
-        let id = format!("item-{}", &id_key[..id_key.len().min(24)]);
+        let id = ids::from_key("item", id_key, 24);
         let key = AggregateKey::new(tenant, ITEM, &id);
         if let Some(stored) = self.store.load(&key).await? {
-            return decode(&stored, "menu item");
+            return Ok(stored.decode(&format!("menu item {id}"))?);
         }
         self.check_item(tenant, item).await?;
-        let now = timestamp_ms(self.now_ms(tenant).await?);
+        let now = timestamp_of_ms(self.clocks.now_ms(tenant).await?);
         let item = MenuItem {
             item_id: id,
             create_time: Some(now),
@@ -342,12 +323,13 @@ impl Catalog {
             ..item.clone()
         };
         let claim = self.claim_sku(tenant, &item.sku, &item.item_id).await?;
-        let mut created = commit(key, 0, item.encode_to_vec().into(), item_index(&item));
-        created.idempotency = idempotency.map(|context| {
-            context.record(&CreateMenuItemResponse {
-                item: Some(item.clone()),
-            })
-        });
+        let created = Commit::record(key, 0, &item)
+            .indexed(item_index(&item))
+            .answering(idempotency.map(|context| {
+                context.record(&CreateMenuItemResponse {
+                    item: Some(item.clone()),
+                })
+            }));
         match self.store.commit_all(vec![created, claim]).await {
             Ok(_) => Ok(item),
             Err(StoreError::Conflict { .. }) => match self.item(tenant, &item.item_id).await {
@@ -381,12 +363,7 @@ impl Catalog {
             Some(claim) => claim.version,
             None => 0,
         };
-        Ok(commit(
-            key,
-            version,
-            Bytes::from(item_id.to_owned()),
-            Vec::new(),
-        ))
+        Ok(sku_claim(key, version, item_id))
     }
 
     /// Changes the fields named in `mask` (`*`: every mutable one).
@@ -467,20 +444,11 @@ impl Catalog {
         edit: impl Fn(&mut MenuItem),
     ) -> Result<MenuItem, CheckoutError> {
         let key = AggregateKey::new(tenant, ITEM, item_id);
-        let mut outcome = Err(CheckoutError::Store(StoreError::Conflict {
-            key: key.to_string(),
-            expected: 0,
-            found: 0,
-        }));
-        for _ in 0..ATTEMPTS {
-            outcome = self
-                .try_change_item(tenant, &key, expected_version, &edit)
-                .await;
-            if !outcome.as_ref().is_err_and(CheckoutError::is_conflict) {
-                break;
-            }
-        }
-        outcome
+        let (key, edit) = (&key, &edit);
+        retry_on_conflict(EDIT_RETRY, || {
+            self.try_change_item(tenant, key, expected_version, edit)
+        })
+        .await
     }
 
     async fn try_change_item(
@@ -498,7 +466,7 @@ impl Catalog {
                 resource: "menu item",
                 id: key.id.clone(),
             })?;
-        let mut item: MenuItem = decode(&stored, "menu item")?;
+        let mut item: MenuItem = stored.decode(&format!("menu item {}", key.id))?;
         if expected_version != 0 && expected_version != item.version {
             return Err(CheckoutError::VersionMismatch {
                 resource: "menu item",
@@ -510,13 +478,9 @@ impl Catalog {
         edit(&mut item);
         self.check_item(tenant, &item).await?;
         item.version += 1;
-        item.update_time = Some(timestamp_ms(self.now_ms(tenant).await?));
-        let mut commits = vec![commit(
-            key.clone(),
-            stored.version,
-            item.encode_to_vec().into(),
-            item_index(&item),
-        )];
+        item.update_time = Some(timestamp_of_ms(self.clocks.now_ms(tenant).await?));
+        let mut commits =
+            vec![Commit::record(key.clone(), stored.version, &item).indexed(item_index(&item))];
         if item.sku != old_sku {
             commits.push(self.claim_sku(tenant, &item.sku, &item.item_id).await?);
             let old = AggregateKey::new(tenant, SKU, &old_sku);
@@ -525,7 +489,7 @@ impl Catalog {
                 .load(&old)
                 .await?
                 .map_or(0, |claim| claim.version);
-            commits.push(commit(old, old_version, Bytes::new(), Vec::new()));
+            commits.push(sku_claim(old, old_version, ""));
         }
         self.store.commit_all(commits).await?;
         Ok(item)
@@ -541,7 +505,7 @@ impl Catalog {
                 resource: "menu item",
                 id: id.to_owned(),
             })?;
-        decode(&stored, "menu item")
+        Ok(stored.decode(&format!("menu item {id}"))?)
     }
 
     /// Menu items by id, paged; with `location_id` only those offered there, priced for it
@@ -569,7 +533,7 @@ impl Catalog {
         let mut items = Vec::new();
         while let Some(page) = pages.next().await? {
             for (id, stored) in page {
-                let mut item: MenuItem = decode(&stored, "menu item")?;
+                let mut item: MenuItem = stored.decode(&format!("menu item {id}"))?;
                 if let Some(location) = &location {
                     let offer = offer(&item, location);
                     if !offer.available {
@@ -792,104 +756,19 @@ fn check_location(location: &Location) -> Result<(), CheckoutError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {
     /// The resolved choices, each with its quantity (≥ 1).
-    pub modifiers: Vec<commerce_api::commerce::checkout::v1::SelectedModifier>,
+    pub modifiers: Vec<SelectedModifier>,
     /// Price of the chosen options for one item, minor units.
     pub unit_price_minor: i64,
 }
 
 /// Checks `chosen` against `item`'s modifier groups: known groups and options, options still
 /// available, repeats only where allowed, and every group's min/max counting quantities.
-pub fn select(
-    item: &MenuItem,
-    chosen: &[commerce_api::commerce::checkout::v1::SelectedModifier],
-) -> Result<Selection, CheckoutError> {
-    use commerce_api::commerce::checkout::v1::SelectedModifier;
-    let invalid = |message: String| CheckoutError::ModifierInvalid { message };
-    let mut seen: Vec<(&str, &str)> = Vec::new();
-    for choice in chosen {
-        let group = item
-            .modifier_groups
-            .iter()
-            .find(|group| group.group_id == choice.group_id)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "{} has no modifier group {}",
-                    item.item_id, choice.group_id
-                ))
-            })?;
-        let option = group
-            .options
-            .iter()
-            .find(|option| option.option_id == choice.option_id)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "group {} has no option {}",
-                    group.group_id, choice.option_id
-                ))
-            })?;
-        if !option.available {
-            return Err(CheckoutError::Precondition {
-                reason: commerce_api::commerce::common::v1::ErrorReason::ItemUnavailable,
-                message: format!(
-                    "option {} of {} is sold out",
-                    option.option_id, group.group_id
-                ),
-            });
-        }
-        if choice.quantity > 1 && !group.allow_repeats {
-            return Err(invalid(format!(
-                "group {} does not allow an option more than once",
-                group.group_id
-            )));
-        }
-        if seen.contains(&(choice.group_id.as_str(), choice.option_id.as_str())) {
-            return Err(invalid(format!(
-                "option {} of {} is chosen twice; use quantity",
-                choice.option_id, group.group_id
-            )));
-        }
-        seen.push((choice.group_id.as_str(), choice.option_id.as_str()));
-    }
+pub fn select(item: &MenuItem, chosen: &[SelectedModifier]) -> Result<Selection, CheckoutError> {
+    check_choices(item, chosen)?;
     let mut modifiers = Vec::new();
     let mut unit_price_minor: i64 = 0;
     for group in &item.modifier_groups {
-        let mentioned: Vec<&SelectedModifier> = chosen
-            .iter()
-            .filter(|choice| choice.group_id == group.group_id)
-            .collect();
-        let picks: Vec<SelectedModifier> = if mentioned.is_empty() {
-            group
-                .options
-                .iter()
-                .filter(|option| option.default_selected && option.available)
-                .map(|option| SelectedModifier {
-                    group_id: group.group_id.clone(),
-                    option_id: option.option_id.clone(),
-                    quantity: 1,
-                })
-                .collect()
-        } else {
-            mentioned
-                .into_iter()
-                .map(|choice| SelectedModifier {
-                    quantity: choice.quantity.max(1),
-                    ..choice.clone()
-                })
-                .collect()
-        };
-        let count: i32 = picks.iter().map(|pick| pick.quantity).sum();
-        if count < group.min_selections {
-            return Err(invalid(format!(
-                "group {} needs at least {} selection(s), got {count}",
-                group.group_id, group.min_selections
-            )));
-        }
-        if group.max_selections > 0 && count > group.max_selections {
-            return Err(invalid(format!(
-                "group {} allows at most {} selection(s), got {count}",
-                group.group_id, group.max_selections
-            )));
-        }
+        let picks = group_picks(group, chosen)?;
         for pick in &picks {
             let price = group
                 .options
@@ -908,4 +787,105 @@ pub fn select(
         modifiers,
         unit_price_minor,
     })
+}
+
+fn modifier_invalid(message: String) -> CheckoutError {
+    CheckoutError::ModifierInvalid { message }
+}
+
+/// Each choice names a group and option of the item, an option still available, repeated only
+/// where the group allows, and chosen once (more of it is its quantity).
+fn check_choices(item: &MenuItem, chosen: &[SelectedModifier]) -> Result<(), CheckoutError> {
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for choice in chosen {
+        let group = item
+            .modifier_groups
+            .iter()
+            .find(|group| group.group_id == choice.group_id)
+            .ok_or_else(|| {
+                modifier_invalid(format!(
+                    "{} has no modifier group {}",
+                    item.item_id, choice.group_id
+                ))
+            })?;
+        let option = group
+            .options
+            .iter()
+            .find(|option| option.option_id == choice.option_id)
+            .ok_or_else(|| {
+                modifier_invalid(format!(
+                    "group {} has no option {}",
+                    group.group_id, choice.option_id
+                ))
+            })?;
+        if !option.available {
+            return Err(CheckoutError::Precondition {
+                reason: commerce_api::commerce::common::v1::ErrorReason::ItemUnavailable,
+                message: format!(
+                    "option {} of {} is sold out",
+                    option.option_id, group.group_id
+                ),
+            });
+        }
+        if choice.quantity > 1 && !group.allow_repeats {
+            return Err(modifier_invalid(format!(
+                "group {} does not allow an option more than once",
+                group.group_id
+            )));
+        }
+        if seen.contains(&(choice.group_id.as_str(), choice.option_id.as_str())) {
+            return Err(modifier_invalid(format!(
+                "option {} of {} is chosen twice; use quantity",
+                choice.option_id, group.group_id
+            )));
+        }
+        seen.push((choice.group_id.as_str(), choice.option_id.as_str()));
+    }
+    Ok(())
+}
+
+/// What will be made for `group`: the choices naming it, or its available default options when
+/// none does — within the group's min and max selections (counting quantities).
+fn group_picks(
+    group: &ModifierGroup,
+    chosen: &[SelectedModifier],
+) -> Result<Vec<SelectedModifier>, CheckoutError> {
+    let mentioned: Vec<&SelectedModifier> = chosen
+        .iter()
+        .filter(|choice| choice.group_id == group.group_id)
+        .collect();
+    let picks: Vec<SelectedModifier> = if mentioned.is_empty() {
+        group
+            .options
+            .iter()
+            .filter(|option| option.default_selected && option.available)
+            .map(|option| SelectedModifier {
+                group_id: group.group_id.clone(),
+                option_id: option.option_id.clone(),
+                quantity: 1,
+            })
+            .collect()
+    } else {
+        mentioned
+            .into_iter()
+            .map(|choice| SelectedModifier {
+                quantity: choice.quantity.max(1),
+                ..choice.clone()
+            })
+            .collect()
+    };
+    let count: i32 = picks.iter().map(|pick| pick.quantity).sum();
+    if count < group.min_selections {
+        return Err(modifier_invalid(format!(
+            "group {} needs at least {} selection(s), got {count}",
+            group.group_id, group.min_selections
+        )));
+    }
+    if group.max_selections > 0 && count > group.max_selections {
+        return Err(modifier_invalid(format!(
+            "group {} allows at most {} selection(s), got {count}",
+            group.group_id, group.max_selections
+        )));
+    }
+    Ok(picks)
 }

@@ -96,9 +96,14 @@ pub enum CheckoutError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Stored data does not decode.
+    /// Stored data does not decode (or holds a value this build does not know, such as an
+    /// unknown placement step).
     #[error("stored checkout data is unreadable: {0}")]
     Corrupt(String),
+    /// Every attempt of a read-modify-write lost its race to another writer, up to the bounded
+    /// number of attempts; the caller may retry.
+    #[error("contended: {0}")]
+    Contended(String),
     /// The money ledger refused a posting (a bug or tampering: postings are built balanced).
     #[error("money ledger: {0}")]
     Ledger(String),
@@ -110,6 +115,12 @@ impl From<ledger::LedgerError> for CheckoutError {
             ledger::LedgerError::Store(store) => CheckoutError::Store(store),
             other => CheckoutError::Ledger(other.to_string()),
         }
+    }
+}
+
+impl From<store::CorruptRecord> for CheckoutError {
+    fn from(corrupt: store::CorruptRecord) -> Self {
+        CheckoutError::Corrupt(corrupt.to_string())
     }
 }
 
@@ -125,6 +136,19 @@ impl CheckoutError {
     /// Whether re-reading and trying again may succeed (a concurrent writer won).
     pub fn is_conflict(&self) -> bool {
         matches!(self, CheckoutError::Store(StoreError::Conflict { .. }))
+    }
+}
+
+impl store::Contention for CheckoutError {
+    /// Only a lost compare-and-set is worth re-running the whole read-compute-commit; a
+    /// [`CheckoutError::Contended`] from a nested retry already used up its attempts.
+    fn is_conflict(&self) -> bool {
+        CheckoutError::is_conflict(self)
+    }
+
+    fn contended(last: Self) -> Self {
+        tracing::warn!(error = %last, "checkout: gave up after losing every attempt's race");
+        CheckoutError::Contended(last.to_string())
     }
 }
 
@@ -186,6 +210,11 @@ impl From<CheckoutError> for ApiError {
                 Code::Aborted,
                 ErrorReason::ConcurrentModification,
                 "the resource changed concurrently; re-read and retry",
+            ),
+            CheckoutError::Contended(_) => ApiError::new(
+                Code::Aborted,
+                ErrorReason::ConcurrentModification,
+                "the resource changed concurrently too often; retry",
             ),
             CheckoutError::Store(StoreError::Backend(detail)) => {
                 tracing::warn!(%detail, "checkout: store unavailable");

@@ -64,7 +64,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use commerce_api::commerce::checkout::v1::{AppliedPromotion, Fee, Quote, QuoteLine, TaxRate};
-use commerce_api::commerce::common::v1::Money;
+use platform::units::money;
 
 /// Basis points in one whole (10 000 bps = 100 %).
 pub const BPS_SCALE: i64 = 10_000;
@@ -380,15 +380,9 @@ pub struct Priced {
 }
 
 impl Priced {
-    fn money(&self, amount_minor: i64) -> Option<Money> {
-        Some(Money {
-            currency_code: self.currency_code.clone(),
-            amount_minor,
-        })
-    }
-
     /// The lines as `QuoteLine`s.
     pub fn quote_lines(&self) -> Vec<QuoteLine> {
+        let currency = self.currency_code.as_str();
         self.lines
             .iter()
             .map(|line| QuoteLine {
@@ -396,12 +390,12 @@ impl Priced {
                 item_id: line.item_id.clone(),
                 display_name: line.display_name.clone(),
                 quantity: line.quantity,
-                unit_base_price: self.money(line.unit_base_minor),
-                unit_modifiers_price: self.money(line.unit_modifiers_minor),
-                line_subtotal: self.money(line.line_subtotal_minor),
-                line_discount: self.money(line.line_discount_minor),
-                line_tax: self.money(line.line_tax_minor),
-                line_total: self.money(line.line_total_minor),
+                unit_base_price: money(currency, line.unit_base_minor),
+                unit_modifiers_price: money(currency, line.unit_modifiers_minor),
+                line_subtotal: money(currency, line.line_subtotal_minor),
+                line_discount: money(currency, line.line_discount_minor),
+                line_tax: money(currency, line.line_tax_minor),
+                line_total: money(currency, line.line_total_minor),
             })
             .collect()
     }
@@ -409,30 +403,31 @@ impl Priced {
     /// Sets every amount of `quote` (lines, totals, fees, applied promotions); leaves its ids,
     /// cart version and times alone.
     pub fn fill_quote(&self, quote: &mut Quote) {
+        let currency = self.currency_code.as_str();
         quote.lines = self.quote_lines();
-        quote.items_subtotal = self.money(self.items_subtotal_minor);
-        quote.discount_total = self.money(self.discount_total_minor);
-        quote.reward_discount = self.money(self.reward_discount_minor);
+        quote.items_subtotal = money(currency, self.items_subtotal_minor);
+        quote.discount_total = money(currency, self.discount_total_minor);
+        quote.reward_discount = money(currency, self.reward_discount_minor);
         quote.fees = self
             .fees
             .iter()
             .map(|fee| Fee {
                 code: fee.code.clone(),
                 display_name: fee.display_name.clone(),
-                amount: self.money(fee.minor),
+                amount: money(currency, fee.minor),
             })
             .collect();
-        quote.fees_total = self.money(self.fees_total_minor);
-        quote.tax_total = self.money(self.tax_total_minor);
-        quote.tip = self.money(self.tip_minor);
-        quote.total = self.money(self.total_minor);
+        quote.fees_total = money(currency, self.fees_total_minor);
+        quote.tax_total = money(currency, self.tax_total_minor);
+        quote.tip = money(currency, self.tip_minor);
+        quote.total = money(currency, self.total_minor);
         quote.applied_promotions = self
             .applied_promotions
             .iter()
             .map(|promotion| AppliedPromotion {
                 code: promotion.code.clone(),
                 description: promotion.description.clone(),
-                discount: self.money(promotion.discount_minor),
+                discount: money(currency, promotion.discount_minor),
             })
             .collect();
     }
@@ -480,38 +475,7 @@ pub fn allocate(input: &PricingInput) -> Result<Allocated, PricingError> {
         });
     }
 
-    let (reward_shares, reward_applied) = match &input.reward {
-        None => (vec![0; left.len()], false),
-        Some(RewardBenefit::AmountOff { minor }) => (largest_remainder(*minor, &left)?, true),
-        Some(RewardBenefit::PercentOff { bps, max_minor }) => {
-            let shares = percent_shares(&subtotals, &left, *bps)?;
-            let shares = match max_minor {
-                Some(cap) if checked_sum(shares.iter().copied())? > *cap => {
-                    largest_remainder(*cap, &left)?
-                }
-                _ => shares,
-            };
-            (shares, true)
-        }
-        Some(RewardBenefit::FreeItem { item_id }) => {
-            let cheapest = input
-                .lines
-                .iter()
-                .enumerate()
-                .filter(|(_, line)| &line.item_id == item_id)
-                // Unit prices were checked to add without overflow above; ties keep the earlier.
-                .min_by_key(|(_, line)| line.unit_base_minor + line.unit_modifiers_minor);
-            match cheapest {
-                None => (vec![0; left.len()], false),
-                Some((index, line)) => {
-                    let mut shares = vec![0; left.len()];
-                    shares[index] =
-                        (line.unit_base_minor + line.unit_modifiers_minor).min(left[index]);
-                    (shares, true)
-                }
-            }
-        }
-    };
+    let (reward_shares, reward_applied) = reward_shares(input, &subtotals, &left)?;
     let reward_discount = take(&mut left, &reward_shares)?;
 
     let lines = input
@@ -536,6 +500,47 @@ pub fn allocate(input: &PricingInput) -> Result<Allocated, PricingError> {
         applied_promotions,
         fees: input.fees.clone(),
         tip: input.tip,
+    })
+}
+
+/// What the reward takes from each line's `left` (rule 4), and whether it applied: an amount
+/// or a capped percentage spread like a promotion, or one unit of the cheapest matching line.
+fn reward_shares(
+    input: &PricingInput,
+    subtotals: &[i64],
+    left: &[i64],
+) -> Result<(Vec<i64>, bool), PricingError> {
+    Ok(match &input.reward {
+        None => (vec![0; left.len()], false),
+        Some(RewardBenefit::AmountOff { minor }) => (largest_remainder(*minor, left)?, true),
+        Some(RewardBenefit::PercentOff { bps, max_minor }) => {
+            let shares = percent_shares(subtotals, left, *bps)?;
+            let shares = match max_minor {
+                Some(cap) if checked_sum(shares.iter().copied())? > *cap => {
+                    largest_remainder(*cap, left)?
+                }
+                _ => shares,
+            };
+            (shares, true)
+        }
+        Some(RewardBenefit::FreeItem { item_id }) => {
+            let cheapest = input
+                .lines
+                .iter()
+                .enumerate()
+                .filter(|(_, line)| &line.item_id == item_id)
+                // `allocate` checked unit prices add without overflow; ties keep the earlier.
+                .min_by_key(|(_, line)| line.unit_base_minor + line.unit_modifiers_minor);
+            match cheapest {
+                None => (vec![0; left.len()], false),
+                Some((index, line)) => {
+                    let mut shares = vec![0; left.len()];
+                    shares[index] =
+                        (line.unit_base_minor + line.unit_modifiers_minor).min(left[index]);
+                    (shares, true)
+                }
+            }
+        }
     })
 }
 

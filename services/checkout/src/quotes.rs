@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use commerce_api::commerce::checkout::v1::{AppliedPromotion, Cart, Quote, Tip, tip};
-use commerce_api::commerce::common::v1::{ErrorReason, Money};
+use commerce_api::commerce::checkout::v1::{Cart, Location, Quote, Tip, tip};
+use commerce_api::commerce::common::v1::ErrorReason;
 use commerce_api::commerce::loyalty::v1::{Reward, reward::Benefit};
 use platform::clock::Clocks;
-use prost::Message as _;
+use platform::units::{ms_of_timestamp, timestamp_of_ms};
 use store::{AggregateKey, Commit, Store};
 
 use crate::carts::Carts;
@@ -104,20 +104,6 @@ impl From<TaxError> for CheckoutError {
     }
 }
 
-fn money(currency: &str, minor: i64) -> Option<Money> {
-    Some(Money {
-        currency_code: currency.to_owned(),
-        amount_minor: minor,
-    })
-}
-
-fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
 /// The quoting engine.
 #[derive(Clone)]
 pub struct Quotes {
@@ -161,14 +147,53 @@ impl Quotes {
                 message: format!("cart {cart_id} has no lines"),
             });
         }
-        let now = self.clocks.now(tenant).await?.now_ms;
-        let catalog = self.carts.catalog();
-        let location = catalog.location(tenant, &cart.location_id).await?;
+        let now = self.clocks.now_ms(tenant).await?;
+        let location = self
+            .carts
+            .catalog()
+            .location(tenant, &cart.location_id)
+            .await?;
         let earliest = promised_time(&cart, &location, now)?;
         let promised = crate::slots::promise(self.store.as_ref(), tenant, &location, earliest, "")
             .await?
             .promised_ms;
+        let input = pricing::PricingInput {
+            currency_code: cart.currency_code.clone(),
+            lines: self.line_inputs(tenant, &cart).await?,
+            promotions: self.usable_promotions(tenant, &cart, now),
+            reward: self.reward_benefit(tenant, &cart, now).await?,
+            fees: Vec::new(),
+            tip: tip_input(cart.tip.as_ref()),
+            tax: pricing::TaxSource::Rates(Default::default()),
+        };
+        let priced = self.price(&cart, &location, &input).await?;
+        let mut quote = Quote {
+            quote_id: uuid::Uuid::now_v7().to_string(),
+            cart_id: cart.cart_id.clone(),
+            cart_version: cart.version,
+            promised_time: Some(timestamp_of_ms(promised)),
+            expire_time: Some(timestamp_of_ms(now + QUOTE_TTL_MS)),
+            ..Quote::default()
+        };
+        priced.fill_quote(&mut quote);
+        self.store
+            .commit(Commit::record(
+                AggregateKey::new(tenant, QUOTE, &quote.quote_id),
+                0,
+                &quote,
+            ))
+            .await?;
+        Ok(quote)
+    }
 
+    /// The cart's lines as priced from the menu at its location (`ITEM_UNAVAILABLE` for one no
+    /// longer offered), with their modifiers' prices.
+    async fn line_inputs(
+        &self,
+        tenant: &str,
+        cart: &Cart,
+    ) -> Result<Vec<LineInput>, CheckoutError> {
+        let catalog = self.carts.catalog();
         let mut lines = Vec::new();
         for line in &cart.lines {
             let offer = catalog
@@ -191,39 +216,58 @@ impl Quotes {
                 tax_category: offer.item.tax_category.clone(),
             });
         }
-        let mut promotions = Vec::new();
-        for code in &cart.promotion_codes {
-            // A code that stopped being usable since it was applied no longer discounts.
-            if let Ok(promotion) = self.promotions.usable(tenant, code, &cart.location_id, now) {
-                promotions.push(pricing::Promotion {
-                    code: promotion.code.clone(),
-                    description: promotion.description.clone(),
-                    kind: match promotion.discount {
-                        Discount::PercentOff(bps) => PromotionKind::PercentOff { bps },
-                        Discount::AmountOff(minor) => PromotionKind::AmountOff { minor },
-                    },
-                    min_subtotal_minor: promotion.min_subtotal_minor,
-                });
-            }
-        }
-        let reward = match &cart.loyalty_reward {
-            Some(selection) => self
-                .loyalty
-                .reward(tenant, &selection.reward_id)
-                .await?
-                .and_then(|reward| benefit(&reward, &cart.currency_code, now)),
-            None => None,
+        Ok(lines)
+    }
+
+    /// The cart's promotion codes still usable `now`; a code that stopped being usable since it
+    /// was applied no longer discounts.
+    fn usable_promotions(&self, tenant: &str, cart: &Cart, now: i64) -> Vec<pricing::Promotion> {
+        cart.promotion_codes
+            .iter()
+            .filter_map(|code| {
+                self.promotions
+                    .usable(tenant, code, &cart.location_id, now)
+                    .ok()
+            })
+            .map(|promotion| pricing::Promotion {
+                code: promotion.code.clone(),
+                description: promotion.description.clone(),
+                kind: match promotion.discount {
+                    Discount::PercentOff(bps) => PromotionKind::PercentOff { bps },
+                    Discount::AmountOff(minor) => PromotionKind::AmountOff { minor },
+                },
+                min_subtotal_minor: promotion.min_subtotal_minor,
+            })
+            .collect()
+    }
+
+    /// What the cart's loyalty reward takes off, if it exists and applies now.
+    async fn reward_benefit(
+        &self,
+        tenant: &str,
+        cart: &Cart,
+        now: i64,
+    ) -> Result<Option<RewardBenefit>, CheckoutError> {
+        let Some(selection) = &cart.loyalty_reward else {
+            return Ok(None);
         };
-        let input = pricing::PricingInput {
-            currency_code: cart.currency_code.clone(),
-            lines,
-            promotions,
-            reward,
-            fees: Vec::new(),
-            tip: tip_input(cart.tip.as_ref()),
-            tax: pricing::TaxSource::Rates(Default::default()),
-        };
-        let allocated = pricing::allocate(&input)?;
+        Ok(self
+            .loyalty
+            .reward(tenant, &selection.reward_id)
+            .await?
+            .and_then(|reward| benefit(&reward, &cart.currency_code, now)))
+    }
+
+    /// Allocates the discounts, asks the tax hook (the location's rate table when none is set)
+    /// within its deadline, and finishes the price, which must stay within the platform's
+    /// bounds.
+    async fn price(
+        &self,
+        cart: &Cart,
+        location: &Location,
+        input: &pricing::PricingInput,
+    ) -> Result<pricing::Priced, CheckoutError> {
+        let allocated = pricing::allocate(input)?;
         let request = TaxRequest::for_allocation(&cart.location_id, &allocated);
         let default_hook;
         let hook: &dyn TaxHook = match &self.tax_hook {
@@ -236,36 +280,7 @@ impl Quotes {
         let tax = tax_with_deadline(hook, &request, self.tax_timeout).await?;
         let priced = pricing::finish(allocated, &tax.into_tax_source())?;
         crate::limits::total(priced.total_minor)?;
-
-        let mut quote = Quote {
-            quote_id: uuid::Uuid::now_v7().to_string(),
-            cart_id: cart.cart_id.clone(),
-            cart_version: cart.version,
-            promised_time: Some(timestamp_ms(promised)),
-            expire_time: Some(timestamp_ms(now + QUOTE_TTL_MS)),
-            ..Quote::default()
-        };
-        priced.fill_quote(&mut quote);
-        quote.applied_promotions = priced
-            .applied_promotions
-            .iter()
-            .map(|applied| AppliedPromotion {
-                code: applied.code.clone(),
-                description: applied.description.clone(),
-                discount: money(&cart.currency_code, applied.discount_minor),
-            })
-            .collect();
-        self.store
-            .commit(Commit {
-                key: AggregateKey::new(tenant, QUOTE, &quote.quote_id),
-                expected_version: 0,
-                data: quote.encode_to_vec().into(),
-                index: Vec::new(),
-                events: Vec::new(),
-                idempotency: None,
-            })
-            .await?;
-        Ok(quote)
+        Ok(priced)
     }
 
     /// A stored quote.
@@ -278,26 +293,21 @@ impl Quotes {
                 resource: "quote",
                 id: quote_id.to_owned(),
             })?;
-        Quote::decode(stored.data.as_ref())
-            .map_err(|error| CheckoutError::Corrupt(format!("quote: {error}")))
+        Ok(stored.decode(&format!("quote {quote_id}"))?)
     }
 }
 
 /// When the order would be ready: the requested time, or now plus the kitchen's prep time; the
 /// store must be open then (`STORE_CLOSED`), and a requested time cannot be sooner than prep
 /// allows. (Slot throttling is applied when orders are placed.)
-fn promised_time(
-    cart: &Cart,
-    location: &commerce_api::commerce::checkout::v1::Location,
-    now: i64,
-) -> Result<i64, CheckoutError> {
+fn promised_time(cart: &Cart, location: &Location, now: i64) -> Result<i64, CheckoutError> {
     let prep_ms = i64::from(location.slot_capacity.map_or(0, |slots| slots.prep_minutes)) * 60_000;
     let earliest = now + prep_ms;
     let promised = cart
         .fulfillment
         .as_ref()
         .and_then(|fulfillment| fulfillment.requested_time)
-        .map(|time| time.seconds * 1000 + i64::from(time.nanos) / 1_000_000)
+        .map(|time| ms_of_timestamp(&time))
         .map_or(earliest, |requested| requested.max(earliest));
     let zone = hours::zone(&location.time_zone).ok_or_else(|| {
         CheckoutError::Corrupt(format!(

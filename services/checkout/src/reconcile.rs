@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 use commerce_api::commerce::checkout::v1::{
     Order, PaymentMismatch, PaymentStatus, ReconcilePaymentsResponse,
 };
+use ledger::Ledger;
+use platform::units::{minor, money, ms_or_epoch};
 
 use crate::error::CheckoutError;
-use crate::orders::{
-    ORDER, Orders, PLACEMENT, PlacementRecord, Step, minor, money, money_account, psp_unavailable,
-};
+use crate::money_ledger;
+use crate::orders::Psp;
 use crate::psp::{Transaction, TransactionKind};
 
 /// Orders created in `[start, end)` (unix ms); `None` leaves that side open.
@@ -89,34 +90,51 @@ fn ledger_field(problem: &ledger::Problem) -> String {
     field
 }
 
-impl Orders {
-    /// Reconciles the tenant's orders placed in `period` (see the module docs).
-    pub async fn reconcile_payments(
+/// A placement that failed for good, with the order it would have made: it must have left no
+/// authorization standing.
+pub(crate) struct FailedPlacement {
+    /// When it started (unix ms).
+    pub(crate) started_ms: i64,
+    /// Its draft order (ids, payment).
+    pub(crate) order: Order,
+}
+
+/// Checks orders against what the PSP and the money ledger recorded.
+pub(crate) struct Reconciler<'a> {
+    ledger: &'a Ledger,
+    psp: &'a Psp,
+}
+
+impl<'a> Reconciler<'a> {
+    pub(crate) fn new(ledger: &'a Ledger, psp: &'a Psp) -> Self {
+        Reconciler { ledger, psp }
+    }
+
+    /// Reconciles the tenant's `orders` and `failed` placements that fall in `period` (see the
+    /// module docs).
+    pub(crate) async fn reconcile(
         &self,
         tenant: &str,
         period: Period,
+        orders: &[Order],
+        failed: &[FailedPlacement],
     ) -> Result<ReconcilePaymentsResponse, CheckoutError> {
         let mut mismatches = Vec::new();
         let mut net: BTreeMap<String, i64> = BTreeMap::new();
         let mut checked = 0;
-        for (_, stored) in self.every(tenant, ORDER).await? {
-            let order: Order = crate::orders::decode(&stored.data, "order")?;
-            let created = order.create_time.map_or(0, |time| {
-                time.seconds * 1000 + i64::from(time.nanos) / 1_000_000
-            });
-            if !period.contains(created) {
+        for order in orders {
+            if !period.contains(ms_or_epoch(&order.create_time)) {
                 continue;
             }
             checked += 1;
-            let currency = self.check_order(tenant, &order, &mut mismatches).await?;
-            let payment = order.payment.unwrap_or_default();
+            let currency = self.check_order(tenant, order, &mut mismatches).await?;
+            let payment = order.payment.clone().unwrap_or_default();
             *net.entry(currency).or_default() +=
                 minor(&payment.captured_amount) - minor(&payment.refunded_amount);
         }
-        for (_, stored) in self.every(tenant, PLACEMENT).await? {
-            let record: PlacementRecord = crate::orders::decode(&stored.data, "placement")?;
-            if record.step == Step::Failed as i32 && period.contains(record.started_ms) {
-                self.check_failed_placement(&record, &mut mismatches)
+        for placement in failed {
+            if period.contains(placement.started_ms) {
+                self.check_failed_placement(&placement.order, &mut mismatches)
                     .await?;
             }
         }
@@ -169,48 +187,16 @@ impl Orders {
             order: Some(minor(&payment.captured_amount)),
             psp: Some(psp_sum(&transactions, TransactionKind::Capture).1),
             ledger: Some(
-                self.ledger_amount(tenant, &format!("checkout:capture:{id}"), &currency)
+                self.ledger_amount(tenant, &money_ledger::capture_entry(id), &currency)
                     .await?,
             ),
         };
         if !captured.agree() {
             mismatches.push(captured.mismatch(id, "captured_amount", &currency));
         }
-        let mut ledger_refunded = 0;
-        for refund in &order.refunds {
-            let amount = minor(&refund.amount);
-            let at_psp = transactions.iter().find(|transaction| {
-                transaction.id == refund.psp_reference && transaction.succeeded()
-            });
-            if at_psp.is_none_or(|transaction| transaction.amount.amount_minor != amount) {
-                mismatches.push(
-                    Amounts {
-                        order: Some(amount),
-                        psp: at_psp.map(|transaction| transaction.amount.amount_minor),
-                        ledger: None,
-                    }
-                    .mismatch(id, "refund_missing_at_psp", &currency),
-                );
-            }
-            let in_ledger = self
-                .ledger_amount(
-                    tenant,
-                    &format!("checkout:refund:{}", refund.refund_id),
-                    &currency,
-                )
-                .await?;
-            ledger_refunded += in_ledger;
-            if in_ledger != -amount {
-                mismatches.push(
-                    Amounts {
-                        order: Some(amount),
-                        psp: None,
-                        ledger: Some(-in_ledger),
-                    }
-                    .mismatch(id, "refund_missing_in_ledger", &currency),
-                );
-            }
-        }
+        let ledger_refunded = self
+            .check_refunds(tenant, order, &transactions, &currency, mismatches)
+            .await?;
         let refunded = Amounts {
             order: Some(minor(&payment.refunded_amount)),
             psp: Some(psp_sum(&transactions, TransactionKind::Refund).1),
@@ -234,29 +220,77 @@ impl Orders {
         Ok(currency)
     }
 
+    /// Each of the order's refunds against its PSP transaction and its ledger entry; returns
+    /// what the ledger holds refunded (negative: out of the PSP account).
+    async fn check_refunds(
+        &self,
+        tenant: &str,
+        order: &Order,
+        transactions: &[Transaction],
+        currency: &str,
+        mismatches: &mut Vec<PaymentMismatch>,
+    ) -> Result<i64, CheckoutError> {
+        let id = order.order_id.as_str();
+        let mut ledger_refunded = 0;
+        for refund in &order.refunds {
+            let amount = minor(&refund.amount);
+            let at_psp = transactions.iter().find(|transaction| {
+                transaction.id == refund.psp_reference && transaction.succeeded()
+            });
+            if at_psp.is_none_or(|transaction| transaction.amount.amount_minor != amount) {
+                mismatches.push(
+                    Amounts {
+                        order: Some(amount),
+                        psp: at_psp.map(|transaction| transaction.amount.amount_minor),
+                        ledger: None,
+                    }
+                    .mismatch(id, "refund_missing_at_psp", currency),
+                );
+            }
+            let in_ledger = self
+                .ledger_amount(
+                    tenant,
+                    &money_ledger::refund_entry(&refund.refund_id),
+                    currency,
+                )
+                .await?;
+            ledger_refunded += in_ledger;
+            if in_ledger != -amount {
+                mismatches.push(
+                    Amounts {
+                        order: Some(amount),
+                        psp: None,
+                        ledger: Some(-in_ledger),
+                    }
+                    .mismatch(id, "refund_missing_in_ledger", currency),
+                );
+            }
+        }
+        Ok(ledger_refunded)
+    }
+
     /// A failed placement must have left no authorization standing at the PSP.
     async fn check_failed_placement(
         &self,
-        record: &PlacementRecord,
+        order: &Order,
         mismatches: &mut Vec<PaymentMismatch>,
     ) -> Result<(), CheckoutError> {
-        let order = record.order.clone().unwrap_or_default();
         let transactions = self.psp_transactions(&order.order_id).await?;
         let (_, authorized) = psp_sum(&transactions, TransactionKind::Authorization);
         let (voids, _) = psp_sum(&transactions, TransactionKind::Void);
         if authorized > 0 && voids == 0 {
             let currency = order
                 .payment
-                .and_then(|payment| payment.authorized_amount)
-                .map(|amount| amount.currency_code)
-                .unwrap_or_default();
+                .as_ref()
+                .and_then(|payment| payment.authorized_amount.as_ref())
+                .map_or("", |amount| amount.currency_code.as_str());
             mismatches.push(
                 Amounts {
                     order: Some(0),
                     psp: Some(authorized),
                     ledger: None,
                 }
-                .mismatch(&order.order_id, "authorization_not_voided", &currency),
+                .mismatch(&order.order_id, "authorization_not_voided", currency),
             );
         }
         Ok(())
@@ -279,7 +313,7 @@ impl Orders {
         for (currency, orders_net) in net {
             let balance = self
                 .ledger
-                .account(tenant, &money_account("psp", currency))
+                .account(tenant, &money_ledger::account("psp", currency))
                 .await?
                 .map_or(0, |account| account.balances.posted);
             if balance != *orders_net {
@@ -303,7 +337,7 @@ impl Orders {
         id: &str,
         currency: &str,
     ) -> Result<i64, CheckoutError> {
-        let account = money_account("psp", currency);
+        let account = money_ledger::account("psp", currency);
         Ok(self.ledger.entry(tenant, id).await?.map_or(0, |entry| {
             entry
                 .postings
@@ -315,12 +349,6 @@ impl Orders {
     }
 
     async fn psp_transactions(&self, reference: &str) -> Result<Vec<Transaction>, CheckoutError> {
-        self.psp
-            .transactions(Some(reference))
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, "checkout: PSP transactions unavailable for reconciliation");
-                psp_unavailable()
-            })
+        self.psp.transactions(reference).await
     }
 }

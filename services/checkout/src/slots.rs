@@ -5,7 +5,6 @@
 //! however often its placement is retried.
 
 use commerce_api::commerce::checkout::v1::Location;
-use prost::Message as _;
 use store::{AggregateKey, Commit, Store};
 
 use crate::error::CheckoutError;
@@ -64,11 +63,7 @@ pub async fn promise(
         }
         let key = AggregateKey::new(tenant, SLOT, format!("{}:{start}", location.location_id));
         let (version, mut record) = match store.load(&key).await? {
-            Some(stored) => (
-                stored.version,
-                SlotRecord::decode(stored.data.as_ref())
-                    .map_err(|error| CheckoutError::Corrupt(format!("slot: {error}")))?,
-            ),
+            Some(stored) => (stored.version, stored.decode(&format!("slot {}", key.id))?),
             None => (0, SlotRecord::default()),
         };
         if !order_id.is_empty() && record.orders.iter().any(|id| id == order_id) {
@@ -84,14 +79,7 @@ pub async fn promise(
             }
             let reservation = (!order_id.is_empty()).then(|| {
                 record.orders.push(order_id.to_owned());
-                Commit {
-                    key,
-                    expected_version: version,
-                    data: record.encode_to_vec().into(),
-                    index: Vec::new(),
-                    events: Vec::new(),
-                    idempotency: None,
-                }
+                Commit::record(key, version, &record)
             });
             return Ok(Promise {
                 promised_ms,

@@ -156,11 +156,22 @@ pub async fn tax_with_deadline(
     request: &TaxRequest,
     timeout: Duration,
 ) -> Result<TaxResponse, TaxError> {
-    let response = tokio::time::timeout(timeout, hook.tax(request))
-        .await
-        .map_err(|_| TaxError::Timeout(timeout))??;
-    check_covers_request(request, &response)?;
-    Ok(response)
+    use tracing::Instrument as _;
+    // The hook is an outbound call: a CLIENT span under the quote that asked.
+    let span = platform::telemetry::attempt_span("tax", "tax", "tax_hook", 1, false);
+    let answer = async {
+        let response = tokio::time::timeout(timeout, hook.tax(request))
+            .await
+            .map_err(|_| TaxError::Timeout(timeout))??;
+        check_covers_request(request, &response)?;
+        Ok(response)
+    }
+    .instrument(span.clone())
+    .await;
+    if let Err(error) = &answer {
+        platform::telemetry::mark_failed(&span, error);
+    }
+    answer
 }
 
 fn check_covers_request(request: &TaxRequest, response: &TaxResponse) -> Result<(), TaxError> {

@@ -129,3 +129,81 @@ async fn redis_down_is_unavailable_not_a_lost_cart() {
         "{down:?}"
     );
 }
+
+/// Carts in the store, except that every change of an existing cart loses its race (another
+/// writer always got there first); counts the attempts.
+struct AlwaysRaced {
+    inner: checkout::StoreCarts,
+    attempts: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl checkout::CartStorage for AlwaysRaced {
+    async fn load(
+        &self,
+        tenant: &str,
+        cart_id: &str,
+    ) -> Result<Option<store::Versioned>, CheckoutError> {
+        self.inner.load(tenant, cart_id).await
+    }
+
+    async fn save(
+        &self,
+        tenant: &str,
+        cart_id: &str,
+        expected_version: u64,
+        data: bytes::Bytes,
+        ttl: std::time::Duration,
+        idempotency: Option<store::IdempotencyRecord>,
+    ) -> Result<u64, CheckoutError> {
+        if expected_version == 0 {
+            return self
+                .inner
+                .save(tenant, cart_id, 0, data, ttl, idempotency)
+                .await;
+        }
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(CheckoutError::Store(store::StoreError::Conflict {
+            key: cart_id.to_owned(),
+            expected: expected_version,
+            found: expected_version + 1,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn a_cart_change_that_loses_every_race_gives_up_as_contended_after_bounded_attempts() {
+    let store: Arc<dyn store::Store> = Arc::new(store::EmbeddedStore::in_memory().unwrap());
+    let raced = Arc::new(AlwaysRaced {
+        inner: checkout::StoreCarts(store.clone()),
+        attempts: 0.into(),
+    });
+    let world = common::world_on(store, Some(raced.clone())).await;
+    let cart = world
+        .carts
+        .create(TENANT, &world.location, "", None, "cart-1")
+        .await
+        .unwrap();
+    let one = checkout::carts::LineChoice {
+        quantity: 1,
+        ..Default::default()
+    };
+    let added = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        world
+            .carts
+            .add_line(TENANT, &cart.cart_id, &world.burger, &one, "add-1"),
+    )
+    .await
+    .expect("a bounded number of attempts, not a loop without end");
+    assert!(
+        matches!(added, Err(CheckoutError::Contended(_))),
+        "{added:?}"
+    );
+    let attempts = raced.attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=64).contains(&attempts), "{attempts} attempts");
+    let status =
+        platform::ApiError::from(added.unwrap_err()).into_status(checkout::error::ERROR_DOMAIN);
+    assert_eq!(status.code(), tonic::Code::Aborted);
+}

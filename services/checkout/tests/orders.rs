@@ -622,6 +622,8 @@ async fn assert_captured_once(world: &World, psp: &PspSimulator, orders: &Orders
 struct GatedStore {
     inner: Arc<dyn store::Store>,
     armed: std::sync::atomic::AtomicBool,
+    /// Set, every commit of an order loses its race (another writer always got there first).
+    orders_contended: std::sync::atomic::AtomicBool,
     held: tokio::sync::Notify,
     release: tokio::sync::Notify,
     order_loads: std::sync::atomic::AtomicUsize,
@@ -632,6 +634,7 @@ impl GatedStore {
         Arc::new(GatedStore {
             inner: Arc::new(store::EmbeddedStore::in_memory().unwrap()),
             armed: false.into(),
+            orders_contended: false.into(),
             held: tokio::sync::Notify::new(),
             release: tokio::sync::Notify::new(),
             order_loads: 0.into(),
@@ -656,6 +659,17 @@ impl store::Store for GatedStore {
         self.inner.load(key).await
     }
     async fn commit(&self, commit: store::Commit) -> Result<u64, store::StoreError> {
+        if commit.key.kind == "checkout_order"
+            && self
+                .orders_contended
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(store::StoreError::Conflict {
+                key: commit.key.to_string(),
+                expected: commit.expected_version,
+                found: commit.expected_version + 1,
+            });
+        }
         self.inner.commit(commit).await
     }
     async fn commit_all(&self, commits: Vec<store::Commit>) -> Result<Vec<u64>, store::StoreError> {
@@ -1069,4 +1083,368 @@ async fn a_declined_placement_leaves_the_cart_and_its_external_id_placeable() {
         orders.place(TENANT, &placement, "key-1").await,
         ErrorReason::PaymentDeclined,
     );
+}
+
+/// The placement record as builds before `pending_reward_id` wrote it (tags 1–6): a reward still
+/// to hold was `pending:<reward id>` in the order's `redemption_id`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LegacyPlacementRecord {
+    #[prost(int32, tag = "1")]
+    step: i32,
+    #[prost(message, optional, tag = "2")]
+    order: Option<commerce_api::commerce::checkout::v1::Order>,
+    #[prost(string, tag = "3")]
+    payment_token: String,
+    #[prost(string, tag = "4")]
+    failure: String,
+    #[prost(int32, tag = "5")]
+    failure_reason: i32,
+    #[prost(int64, tag = "6")]
+    started_ms: i64,
+}
+
+/// Stores `record` as placement `key`, listed where the background round looks for `step`.
+async fn store_placement(world: &World, key: &str, record: &LegacyPlacementRecord, step: &str) {
+    let index = |name: &str, value: &str| store::IndexEntry {
+        name: name.into(),
+        value: value.into(),
+    };
+    world
+        .store
+        .commit(
+            store::Commit::record(
+                store::AggregateKey::new(TENANT, "checkout_placement", key),
+                0,
+                record,
+            )
+            .indexed(vec![index("all", "1"), index("step", step)]),
+        )
+        .await
+        .unwrap();
+}
+
+/// A started placement of one burger (979 USD cents, captured on placement) for member `m-1`,
+/// as an older build stored it: the reward `rw-1` still to hold, marked in the order.
+fn legacy_started(world: &World, order_id: &str) -> LegacyPlacementRecord {
+    use commerce_api::commerce::checkout::v1::{CaptureMode, Order, OrderTotals, Payment};
+    LegacyPlacementRecord {
+        step: 0,
+        order: Some(Order {
+            order_id: order_id.into(),
+            cart_id: format!("cart-of-{order_id}"),
+            location_id: world.location.clone(),
+            member_id: "m-1".into(),
+            totals: Some(OrderTotals {
+                items_subtotal: usd(899),
+                tax_total: usd(80),
+                total: usd(979),
+                ..OrderTotals::default()
+            }),
+            payment: Some(Payment {
+                payment_id: format!("pay-{order_id}"),
+                authorized_amount: usd(979),
+                capture_mode: CaptureMode::OnPlacement as i32,
+                ..Payment::default()
+            }),
+            redemption_id: "pending:rw-1".into(),
+            ..Order::default()
+        }),
+        payment_token: "tok_ok".into(),
+        ..LegacyPlacementRecord::default()
+    }
+}
+
+/// Loyalty that holds any reward (as `red-<reward>`) and remembers every call.
+#[derive(Default)]
+struct RecordingLoyalty {
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+impl RecordingLoyalty {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn note(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+#[async_trait::async_trait]
+impl checkout::LoyaltyPort for RecordingLoyalty {
+    async fn reward(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<commerce_api::commerce::loyalty::v1::Reward>, CheckoutError> {
+        Ok(None)
+    }
+    async fn hold(
+        &self,
+        _: &str,
+        member_id: &str,
+        reward_id: &str,
+        order_id: &str,
+        _: &str,
+    ) -> Result<String, CheckoutError> {
+        self.note(format!("hold {member_id} {reward_id} {order_id}"));
+        Ok(format!("red-{reward_id}"))
+    }
+    async fn commit(&self, _: &str, redemption_id: &str) -> Result<(), CheckoutError> {
+        self.note(format!("commit {redemption_id}"));
+        Ok(())
+    }
+    async fn void(&self, _: &str, redemption_id: &str) -> Result<(), CheckoutError> {
+        self.note(format!("void {redemption_id}"));
+        Ok(())
+    }
+    async fn reverse(&self, _: &str, redemption_id: &str) -> Result<(), CheckoutError> {
+        self.note(format!("reverse {redemption_id}"));
+        Ok(())
+    }
+}
+
+/// The engines with `loyalty` and `psp` in place of the defaults.
+fn engines_with(
+    world: &World,
+    loyalty: Arc<dyn checkout::LoyaltyPort>,
+    psp: Arc<dyn PaymentProvider>,
+) -> Orders {
+    let quotes = Quotes::new(
+        world.carts.clone(),
+        world.promotions.clone(),
+        loyalty.clone(),
+        None,
+        Duration::from_secs(2),
+        world.store.clone(),
+        world.clocks.clone(),
+    );
+    Orders::new(
+        world.store.clone(),
+        world.carts.clone(),
+        quotes,
+        loyalty,
+        psp,
+        world.clocks.clone(),
+    )
+}
+
+#[tokio::test]
+async fn a_legacy_placement_with_a_pending_reward_holds_it_and_places_the_order() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    let loyalty = Arc::new(RecordingLoyalty::default());
+    let orders = engines_with(&world, loyalty.clone(), Arc::new(psp.clone()));
+    store_placement(
+        &world,
+        "legacy-key",
+        &legacy_started(&world, "ord-legacy-1"),
+        "in_flight",
+    )
+    .await;
+    // The retry of the request that started it carries on from the stored step.
+    let retry = Placement {
+        payment_token: "tok_ok".into(),
+        ..Placement::default()
+    };
+    let order = orders.place(TENANT, &retry, "legacy-key").await.unwrap();
+    assert_eq!(order.order_id, "ord-legacy-1");
+    assert_eq!(order.redemption_id, "red-rw-1", "the reward was held");
+    assert_eq!(
+        order.payment.unwrap().status,
+        PaymentStatus::Captured as i32
+    );
+    assert_eq!(
+        loyalty.calls(),
+        ["hold m-1 rw-1 ord-legacy-1", "commit red-rw-1"],
+        "held once under the reward the marker named, then posted at capture"
+    );
+    assert_eq!(psp.authorization_count("ord-legacy-1"), 1);
+    // Again: the same order, nothing held or charged twice.
+    let again = orders.place(TENANT, &retry, "legacy-key").await.unwrap();
+    assert_eq!(again.order_id, "ord-legacy-1");
+    assert_eq!(loyalty.calls().len(), 2);
+}
+
+#[tokio::test]
+async fn a_legacy_placement_abandoned_before_its_reward_was_held_rolls_back_holding_nothing() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    let loyalty = Arc::new(RecordingLoyalty::default());
+    let orders = engines_with(&world, loyalty.clone(), Arc::new(psp.clone()))
+        .with_abandon_after(Duration::ZERO);
+    store_placement(
+        &world,
+        "legacy-key",
+        &legacy_started(&world, "ord-legacy-2"),
+        "in_flight",
+    )
+    .await;
+    // Registers the tenant for the background round, as starting the placement did.
+    let other = quoted(&world, &engines(&world, &psp).0, "cart-1", "tok_ok").await;
+    orders.place(TENANT, &other, "key-1").await.unwrap();
+    let settled = orders.settle_payments().await.unwrap();
+    assert_eq!(settled.abandoned, 1);
+    assert!(
+        loyalty.calls().is_empty(),
+        "a reward still to hold was never held, so nothing is voided: {:?}",
+        loyalty.calls()
+    );
+    assert_eq!(psp.authorization_count("ord-legacy-2"), 0);
+    let retry = Placement {
+        payment_token: "tok_ok".into(),
+        ..Placement::default()
+    };
+    failed_with(
+        orders.place(TENANT, &retry, "legacy-key").await,
+        ErrorReason::PlacementAbandoned,
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_stored_step_is_a_corrupt_record_not_a_panic_or_a_default() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let mut record = legacy_started(&world, "ord-future-1");
+    record.step = 99;
+    store_placement(&world, "future-key", &record, "payment_unknown").await;
+    let retry = Placement {
+        payment_token: "tok_ok".into(),
+        ..Placement::default()
+    };
+    let placed = orders.place(TENANT, &retry, "future-key").await;
+    match &placed {
+        Err(CheckoutError::Corrupt(message)) => {
+            assert!(message.contains("99"), "{message}")
+        }
+        other => panic!("expected a corrupt record, got {other:?}"),
+    }
+    let status =
+        platform::ApiError::from(placed.unwrap_err()).into_status(checkout::error::ERROR_DOMAIN);
+    assert_eq!(status.code(), tonic::Code::Internal);
+    // The background round reports it and carries on with the rest.
+    let placement = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    orders.place(TENANT, &placement, "key-1").await.unwrap();
+    assert_eq!(orders.settle_payments().await.unwrap().payments_resolved, 0);
+    assert_eq!(psp.authorization_count("ord-future-1"), 0);
+}
+
+/// The simulator, except that `lookup` never answers (a PSP hung on that one endpoint).
+struct HangingLookup(PspSimulator);
+
+#[async_trait::async_trait]
+impl PaymentProvider for HangingLookup {
+    async fn authorize(
+        &self,
+        request: checkout::psp::AuthorizeRequest,
+    ) -> Result<checkout::psp::Transaction, checkout::psp::PspError> {
+        self.0.authorize(request).await
+    }
+    async fn capture(
+        &self,
+        request: checkout::psp::CaptureRequest,
+    ) -> Result<checkout::psp::Transaction, checkout::psp::PspError> {
+        self.0.capture(request).await
+    }
+    async fn void(
+        &self,
+        request: checkout::psp::VoidRequest,
+    ) -> Result<checkout::psp::Transaction, checkout::psp::PspError> {
+        self.0.void(request).await
+    }
+    async fn refund(
+        &self,
+        request: checkout::psp::RefundRequest,
+    ) -> Result<checkout::psp::Transaction, checkout::psp::PspError> {
+        self.0.refund(request).await
+    }
+    async fn lookup(
+        &self,
+        _: &str,
+    ) -> Result<Option<checkout::psp::Transaction>, checkout::psp::PspError> {
+        std::future::pending().await
+    }
+    async fn transactions(
+        &self,
+        reference: Option<&str>,
+    ) -> Result<Vec<checkout::psp::Transaction>, checkout::psp::PspError> {
+        self.0.transactions(reference).await
+    }
+}
+
+#[tokio::test]
+async fn a_psp_whose_lookup_hangs_holds_the_payment_round_no_longer_than_the_outbound_deadline() {
+    let world = world(None).await;
+    let psp = PspSimulator::new();
+    psp.set_timeout_delay(Duration::from_millis(10));
+    let (quotes, _) = engines(&world, &psp);
+    let mut policy = platform::outbound::OutboundPolicy::new("psp");
+    policy.timeout = Duration::from_millis(200);
+    policy.max_attempts = 2;
+    policy.backoff_base = Duration::from_millis(1);
+    policy.backoff_max = Duration::from_millis(5);
+    policy.breaker.failure_threshold = 1_000;
+    let orders = engines_with(
+        &world,
+        Arc::new(NoLoyalty),
+        Arc::new(HangingLookup(psp.clone())),
+    )
+    .with_psp_policy(policy)
+    .with_abandon_after(Duration::from_secs(3600));
+    let placement = quoted(&world, &quotes, "cart-1", "tok_timeout").await;
+    unavailable_with(
+        orders.place(TENANT, &placement, "key-1").await,
+        ErrorReason::PaymentOutcomeUnknown,
+    );
+    // The round asks the PSP about the unknown payment: the lookup is cut at its deadline
+    // (2 attempts of 200 ms), and the payment stays unknown for the next round.
+    let started = std::time::Instant::now();
+    let round = tokio::time::timeout(Duration::from_secs(10), orders.settle_payments())
+        .await
+        .expect("the round ends although the PSP's lookup never answers")
+        .unwrap();
+    assert_eq!(round.payments_resolved, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The caller's retry asks too, and is answered as unknown in the same bounded time.
+    let retried = tokio::time::timeout(
+        Duration::from_secs(10),
+        orders.place(TENANT, &placement, "key-1"),
+    )
+    .await
+    .expect("the retry ends although the PSP's lookup never answers");
+    unavailable_with(retried, ErrorReason::PaymentOutcomeUnknown);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_change_that_loses_every_race_gives_up_as_contended() {
+    let gate = GatedStore::new();
+    let world = common::world_on(gate.clone(), None).await;
+    let psp = PspSimulator::new();
+    let (quotes, orders) = engines(&world, &psp);
+    let placement = quoted(&world, &quotes, "cart-1", "tok_ok").await;
+    let order = orders.place(TENANT, &placement, "key-1").await.unwrap();
+    gate.orders_contended
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let moved = tokio::time::timeout(
+        Duration::from_secs(20),
+        orders.advance_status(TENANT, &order.order_id, OrderStatus::Accepted),
+    )
+    .await
+    .expect("a bounded number of attempts");
+    match moved {
+        Err(CheckoutError::Contended(_)) => {}
+        other => panic!("expected contended, got {other:?}"),
+    }
+    gate.orders_contended
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let moved = orders
+        .advance_status(TENANT, &order.order_id, OrderStatus::Accepted)
+        .await
+        .unwrap();
+    assert_eq!(moved.status, OrderStatus::Accepted as i32);
 }
