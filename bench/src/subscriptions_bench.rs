@@ -479,7 +479,11 @@ async fn create_all(
                     "{customer}'s subscription was not paid at creation: {:?}",
                     sub.status()
                 );
-                created.push((index, sub.subscription_id, millis(&sub.current_period_end)));
+                created.push((
+                    index,
+                    sub.subscription_id,
+                    platform::units::ms_or_epoch(&sub.current_period_end),
+                ));
             }
         }));
     }
@@ -571,10 +575,11 @@ async fn check_all(
                 let sub = engine.subscription(TENANT, id).await?;
                 ensure!(
                     sub.status() == SubscriptionStatus::Active
-                        && millis(&sub.current_period_start) == first_period_end_ms,
+                        && platform::units::ms_or_epoch(&sub.current_period_start)
+                            == first_period_end_ms,
                     "subscription {id}: {:?}, period from {}",
                     sub.status(),
-                    millis(&sub.current_period_start)
+                    platform::units::ms_or_epoch(&sub.current_period_start)
                 );
                 let (invoices, more) = engine.list_invoices(TENANT, id, &[], 10, "").await?;
                 ensure!(
@@ -613,11 +618,4 @@ async fn check_all(
         );
     }
     Ok(())
-}
-
-/// Unix ms of a protobuf timestamp (0 when unset).
-fn millis(time: &Option<prost_types::Timestamp>) -> i64 {
-    time.as_ref().map_or(0, |time| {
-        time.seconds * 1000 + i64::from(time.nanos) / 1_000_000
-    })
 }

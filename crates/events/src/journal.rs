@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -127,14 +127,6 @@ pub struct Journal {
     listed: Arc<Mutex<HashSet<String>>>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
-}
-
 impl Journal {
     /// A journal in `store` that wants nothing yet (see [`Journal::expect`]).
     pub fn new(store: Arc<dyn Store>) -> Self {
@@ -171,7 +163,7 @@ impl Journal {
             event_id: message.event_id.clone(),
             event_type: message.event_type.clone(),
             envelope: message.envelope.clone(),
-            published_ms: now_ms(),
+            published_ms: platform::units::unix_now_ms(),
             confirmed: false,
             republished: 0,
         };
@@ -250,7 +242,7 @@ impl Journal {
         group: &str,
         older_than: Duration,
     ) -> Result<Vec<MissingEffect>, StoreError> {
-        let cutoff = now_ms().saturating_sub(older_than.as_millis() as i64);
+        let cutoff = platform::units::unix_now_ms().saturating_sub(older_than.as_millis() as i64);
         let mut found = Vec::new();
         let mut pages = Pages::new(self.store.as_ref(), tenant, ENTRY, unconfirmed(), 256);
         while let Some(page) = pages.next().await? {
@@ -345,7 +337,9 @@ impl Journal {
                 .unwrap_or(u32::MAX)
                 .min(MAX_GRACE_FACTOR);
             let wait = grace.saturating_mul(factor);
-            if entry.published_ms > now_ms().saturating_sub(wait.as_millis() as i64) {
+            if entry.published_ms
+                > platform::units::unix_now_ms().saturating_sub(wait.as_millis() as i64)
+            {
                 continue; // consumers may simply not have got to it (or its last copy) yet
             }
             if entry.republished >= MAX_REPUBLISHED {
@@ -377,7 +371,7 @@ impl Journal {
                 );
             }
             // Restart the grace period, so a slow consumer is not flooded with copies.
-            entry.published_ms = now_ms();
+            entry.published_ms = platform::units::unix_now_ms();
             let commit = Commit {
                 key,
                 expected_version: stored.version,

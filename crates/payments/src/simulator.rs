@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -583,7 +583,7 @@ impl State {
             reference,
             idempotency_key: request.idempotency_key().to_owned(),
             parent_id: parent.map(|parent| parent.id.clone()),
-            created_at_ms: now_ms(),
+            created_at_ms: platform::units::unix_now_ms(),
         };
         let sequence = self.next_sequence;
         let (stored, durability) = if self.persistent {
@@ -684,14 +684,6 @@ fn validate(request: &Request) -> Result<(), PspError> {
         }
         _ => Ok(()),
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 #[async_trait]

@@ -73,9 +73,7 @@ pub(crate) fn transaction_from_wire(transaction: wire::Transaction) -> Option<Tr
             hard: transaction.hard_decline,
         }
     };
-    let created_at_ms = transaction.create_time.map_or(0, |time| {
-        time.seconds * 1000 + i64::from(time.nanos) / 1_000_000
-    });
+    let created_at_ms = platform::units::ms_or_epoch(&transaction.create_time);
     Some(Transaction {
         id: transaction.id,
         kind,

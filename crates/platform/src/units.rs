@@ -19,6 +19,15 @@ pub fn timestamp_of_seconds(seconds: i64) -> Timestamp {
     Timestamp { seconds, nanos: 0 }
 }
 
+/// The wall clock in unix ms (0 before 1970, saturating far after).
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
 /// Unix ms of `time`, truncating below a millisecond; saturates far outside the contract's range.
 pub fn ms_of_timestamp(time: &Timestamp) -> i64 {
     time.seconds

@@ -473,9 +473,10 @@ impl Loyalty {
                 });
             }
             let now_ms = self.now_ms(tenant).await?;
-            let expires_ms = redemption.hold_expire_time.map_or(i64::MAX, |time| {
-                time.seconds * 1000 + i64::from(time.nanos) / 1_000_000
-            });
+            let expires_ms = redemption
+                .hold_expire_time
+                .as_ref()
+                .map_or(i64::MAX, platform::units::ms_of_timestamp);
             let lapsed = status == RedemptionStatus::Held && now_ms >= expires_ms;
             let resolution = match resolution {
                 // A hold past its expiry is expired, whatever was asked.
@@ -631,7 +632,8 @@ impl Loyalty {
                 let redemption = record.redemption.unwrap_or_default();
                 let expires_ms = redemption
                     .hold_expire_time
-                    .map_or(i64::MAX, |time| time.seconds * 1000);
+                    .as_ref()
+                    .map_or(i64::MAX, platform::units::ms_of_timestamp);
                 if expires_ms > now_ms {
                     continue;
                 }
