@@ -115,27 +115,8 @@ fn usd(minor: i64) -> Option<Money> {
 }
 
 async fn seed(channel: Channel, token: &str, patience: Duration) -> anyhow::Result<Seeded> {
+    let location = create_location(&channel, token, patience).await?;
     let mut menu = MenuServiceClient::new(channel.clone());
-    // The first call also waits out a server that listens but is not serving yet.
-    let started = Instant::now();
-    let location = loop {
-        match menu
-            .create_location(request(
-                demo_location(),
-                token,
-                Some("quickstart-location"),
-            )?)
-            .await
-        {
-            Ok(response) => break response.into_inner().location.unwrap_or_default(),
-            Err(status)
-                if status.code() == tonic::Code::Unavailable && started.elapsed() < patience =>
-            {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(status) => return Err(status).context("CreateLocation"),
-        }
-    };
     let coffee = menu
         .create_menu_item(request(
             CreateMenuItemRequest {
@@ -165,7 +146,57 @@ async fn seed(channel: Channel, token: &str, patience: Duration) -> anyhow::Resu
         .into_inner()
         .member
         .unwrap_or_default();
-    let plan = PlanServiceClient::new(channel.clone())
+    let plan = create_plan(&channel, token).await?;
+    let (cart_id, quote) =
+        quoted_cart(channel, token, &location.location_id, &coffee.item_id).await?;
+    let total = quote.total.clone().unwrap_or_default();
+    Ok(Seeded {
+        location_id: location.location_id,
+        item_id: coffee.item_id,
+        member_id: member.member_id,
+        plan_id: plan.plan_id,
+        cart_id,
+        quote_id: quote.quote_id,
+        total_minor: total.amount_minor,
+        currency: total.currency_code,
+    })
+}
+
+/// The demo location; the first call also waits out a server that listens but is not serving
+/// yet.
+async fn create_location(
+    channel: &Channel,
+    token: &str,
+    patience: Duration,
+) -> anyhow::Result<Location> {
+    let mut menu = MenuServiceClient::new(channel.clone());
+    let started = Instant::now();
+    loop {
+        match menu
+            .create_location(request(
+                demo_location(),
+                token,
+                Some("quickstart-location"),
+            )?)
+            .await
+        {
+            Ok(response) => return Ok(response.into_inner().location.unwrap_or_default()),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && started.elapsed() < patience =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(status) => return Err(status).context("CreateLocation"),
+        }
+    }
+}
+
+/// A monthly plan.
+async fn create_plan(
+    channel: &Channel,
+    token: &str,
+) -> anyhow::Result<commerce_api::commerce::subscriptions::v1::Plan> {
+    Ok(PlanServiceClient::new(channel.clone())
         .create_plan(request(
             CreatePlanRequest {
                 display_name: "Coffee Club".into(),
@@ -184,12 +215,21 @@ async fn seed(channel: Channel, token: &str, patience: Duration) -> anyhow::Resu
         .context("CreatePlan")?
         .into_inner()
         .plan
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+/// The member's cart at `location_id` with two coffees (a large one, two regular), quoted.
+async fn quoted_cart(
+    channel: Channel,
+    token: &str,
+    location_id: &str,
+    item_id: &str,
+) -> anyhow::Result<(String, commerce_api::commerce::checkout::v1::Quote)> {
     let mut carts = CartServiceClient::new(channel);
     let cart = carts
         .create_cart(request(
             CreateCartRequest {
-                location_id: location.location_id.clone(),
+                location_id: location_id.to_owned(),
                 customer_id: CUSTOMER.into(),
                 fulfillment: Some(Fulfillment {
                     mode: FulfillmentMode::Pickup as i32,
@@ -204,15 +244,16 @@ async fn seed(channel: Channel, token: &str, patience: Duration) -> anyhow::Resu
         .into_inner()
         .cart
         .unwrap_or_default();
-    for (key, size, quantity) in [
+    let lines = [
         ("quickstart-line-1", "large", 1),
         ("quickstart-line-2", "regular", 2),
-    ] {
+    ];
+    for (key, size, quantity) in lines {
         carts
             .add_cart_line(request(
                 AddCartLineRequest {
                     cart_id: cart.cart_id.clone(),
-                    item_id: coffee.item_id.clone(),
+                    item_id: item_id.to_owned(),
                     quantity,
                     modifiers: vec![SelectedModifier {
                         group_id: "size".into(),
@@ -240,17 +281,7 @@ async fn seed(channel: Channel, token: &str, patience: Duration) -> anyhow::Resu
         .into_inner()
         .quote
         .unwrap_or_default();
-    let total = quote.total.clone().unwrap_or_default();
-    Ok(Seeded {
-        location_id: location.location_id,
-        item_id: coffee.item_id,
-        member_id: member.member_id,
-        plan_id: plan.plan_id,
-        cart_id: cart.cart_id,
-        quote_id: quote.quote_id,
-        total_minor: total.amount_minor,
-        currency: total.currency_code,
-    })
+    Ok((cart.cart_id, quote))
 }
 
 /// A location open around the clock (UTC), so the demo works at any hour: a location without

@@ -264,75 +264,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         );
     }
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    let server_config = ServerConfig {
-        listen_addr: config.listen,
-        admin_addr: Some(config.admin_listen),
-        cors: CorsConfig {
-            allowed_origins: config.cors_origins.clone(),
-        },
-        shutdown_delay: Duration::from_secs(config.shutdown_delay_seconds),
-        shutdown_grace: grace,
-        max_message_bytes: config.max_message_bytes,
-        connections: config.connections.limits(),
-        // The connection made below is handed to the server (`fast_path`), not made twice.
-        redis_url: None,
-        interceptors: InterceptorConfig {
-            auth: Some(config.auth.config()?),
-            rate_limit: RateLimitConfig {
-                tokens_per_second: config.rate_limit_per_second,
-                burst: config.rate_limit_burst,
-            },
-            anonymous_rate_limit: AnonymousRateLimitConfig {
-                per_client: RateLimitConfig {
-                    tokens_per_second: config.anonymous_client_rate_limit_per_second,
-                    burst: config.anonymous_client_rate_limit_burst,
-                },
-                per_tenant: RateLimitConfig {
-                    tokens_per_second: config.anonymous_tenant_rate_limit_per_second,
-                    burst: config.anonymous_tenant_rate_limit_burst,
-                },
-                trusted_proxies: config.trusted_proxies.clone(),
-            },
-            max_in_flight: config.max_in_flight,
-            default_timeout: None,
-            idempotency: IdempotencyConfig {
-                retention: Duration::from_secs(config.idempotency_retention_hours * 3600),
-                ..IdempotencyConfig::default()
-            },
-        },
-    };
+    let server_config = config.server_config()?;
 
     // What every module of the process shares.
-    let store = config.store.open().await?;
-    let degraded = fastpath::Degraded::default();
-    let redis = match &config.redis_url {
-        Some(url) => {
-            let redis = fastpath::connect(&url.0)
-                .await
-                .context("connecting to Redis")?;
-            warn_if_unreachable(&redis, &degraded).await;
-            Some(redis)
-        }
-        None => None,
-    };
-    let bus: Arc<dyn events::Bus> = match &redis {
-        Some(redis) => {
-            let bus = events::RedisBus::new(redis.clone(), degraded.clone());
-            warn_if_not_durable(&bus).await;
-            Arc::new(bus)
-        }
-        None => Arc::new(events::MemoryBus::new()),
-    };
-    let shared = Shared {
-        store: store.clone(),
-        redis: redis.clone(),
-        degraded: degraded.clone(),
-        bus: bus.clone(),
-        clocks: Clocks::new(store.clone()),
-        instance: topology.instance(),
-        drain: grace,
-        repair_after: Duration::from_secs(config.event_repair_after_seconds.max(1)),
-    };
+    let shared = shared_parts(&config, grace).await?;
+    let Shared {
+        store,
+        redis,
+        degraded,
+        bus,
+        ..
+    } = shared.clone();
 
     // The modules, and how they reach each other.
     let metrics = platform::interceptors::Metrics::default();
@@ -347,39 +289,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         hedge_after: topology.hedge_after_ms.map(Duration::from_millis),
         built: std::sync::Mutex::default(),
     };
-    let psp = psp(topology, &shared, &callees).await?;
-    let mut modules: Vec<Box<dyn ServiceModule>> = Vec::new();
-    let mut loyalty_in_process = None;
-    if topology.runs(ServiceName::Loyalty) {
-        let module = loyalty::LoyaltyModule::new(&config.loyalty, &shared);
-        loyalty_in_process = Some(module.engine());
-        modules.push(Box::new(module));
-    }
-    if topology.runs(ServiceName::Checkout) {
-        let loyalty_port: Arc<dyn checkout::LoyaltyPort> =
-            match (&loyalty_in_process, &topology.loyalty_url) {
-                (Some(engine), _) => Arc::new(commerce::LoyaltyForCheckout(engine.clone())),
-                (None, Some(url)) => Arc::new(checkout::loyalty_remote::RemoteLoyalty::new(
-                    callees.callee("loyalty", url, None, |_| {})?,
-                )),
-                (None, None) => {
-                    unreachable!("checked: checkout without loyalty needs --loyalty-url")
-                }
-            };
-        let psp = psp.clone().context("checkout needs a PSP")?;
-        modules.push(Box::new(
-            checkout::CheckoutModule::new(&config.checkout, &shared, loyalty_port, psp)
-                .map_err(|error| anyhow::anyhow!("checkout: {error}"))?,
-        ));
-    }
-    if topology.runs(ServiceName::Subscriptions) {
-        let psp = psp.clone().context("subscriptions needs a PSP")?;
-        modules.push(Box::new(subscriptions::SubscriptionsModule::new(
-            &config.subscriptions,
-            &shared,
-            psp,
-        )));
-    }
+    let modules = build_modules(&config, &shared, &callees).await?;
 
     // Advancing a tenant's clock runs every module's due jobs, in module order (loyalty's sweep
     // before the billing run).
@@ -489,6 +399,130 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     telemetry.shutdown();
     eprintln!("commerce: stopped");
     Ok(())
+}
+
+impl ServeConfig {
+    /// The server's own settings: where it listens, its limits, its interceptors.
+    fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let grace = Duration::from_secs(self.shutdown_grace_seconds);
+        Ok(ServerConfig {
+            listen_addr: self.listen,
+            admin_addr: Some(self.admin_listen),
+            cors: CorsConfig {
+                allowed_origins: self.cors_origins.clone(),
+            },
+            shutdown_delay: Duration::from_secs(self.shutdown_delay_seconds),
+            shutdown_grace: grace,
+            max_message_bytes: self.max_message_bytes,
+            connections: self.connections.limits(),
+            // The connection made below is handed to the server (`fast_path`), not made twice.
+            redis_url: None,
+            interceptors: InterceptorConfig {
+                auth: Some(self.auth.config()?),
+                rate_limit: RateLimitConfig {
+                    tokens_per_second: self.rate_limit_per_second,
+                    burst: self.rate_limit_burst,
+                },
+                anonymous_rate_limit: AnonymousRateLimitConfig {
+                    per_client: RateLimitConfig {
+                        tokens_per_second: self.anonymous_client_rate_limit_per_second,
+                        burst: self.anonymous_client_rate_limit_burst,
+                    },
+                    per_tenant: RateLimitConfig {
+                        tokens_per_second: self.anonymous_tenant_rate_limit_per_second,
+                        burst: self.anonymous_tenant_rate_limit_burst,
+                    },
+                    trusted_proxies: self.trusted_proxies.clone(),
+                },
+                max_in_flight: self.max_in_flight,
+                default_timeout: None,
+                idempotency: IdempotencyConfig {
+                    retention: Duration::from_secs(self.idempotency_retention_hours * 3600),
+                    ..IdempotencyConfig::default()
+                },
+            },
+        })
+    }
+}
+
+/// What every module of the process shares: the store, Redis (when configured), the event bus
+/// (Redis Streams with Redis, in process without), the tenant clocks.
+async fn shared_parts(config: &ServeConfig, grace: Duration) -> anyhow::Result<Shared> {
+    let topology = &config.topology;
+    let store = config.store.open().await?;
+    let degraded = fastpath::Degraded::default();
+    let redis = match &config.redis_url {
+        Some(url) => {
+            let redis = fastpath::connect(&url.0)
+                .await
+                .context("connecting to Redis")?;
+            warn_if_unreachable(&redis, &degraded).await;
+            Some(redis)
+        }
+        None => None,
+    };
+    let bus: Arc<dyn events::Bus> = match &redis {
+        Some(redis) => {
+            let bus = events::RedisBus::new(redis.clone(), degraded.clone());
+            warn_if_not_durable(&bus).await;
+            Arc::new(bus)
+        }
+        None => Arc::new(events::MemoryBus::new()),
+    };
+    Ok(Shared {
+        store: store.clone(),
+        redis: redis.clone(),
+        degraded: degraded.clone(),
+        bus: bus.clone(),
+        clocks: Clocks::new(store.clone()),
+        instance: topology.instance(),
+        drain: grace,
+        repair_after: Duration::from_secs(config.event_repair_after_seconds.max(1)),
+    })
+}
+
+/// The modules `--services` names, and how they reach each other: loyalty in process or over
+/// gRPC, the PSP in process or over gRPC.
+async fn build_modules(
+    config: &ServeConfig,
+    shared: &Shared,
+    callees: &Callees,
+) -> anyhow::Result<Vec<Box<dyn ServiceModule>>> {
+    let topology = &config.topology;
+    let psp = psp(topology, shared, callees).await?;
+    let mut modules: Vec<Box<dyn ServiceModule>> = Vec::new();
+    let mut loyalty_in_process = None;
+    if topology.runs(ServiceName::Loyalty) {
+        let module = loyalty::LoyaltyModule::new(&config.loyalty, shared);
+        loyalty_in_process = Some(module.engine());
+        modules.push(Box::new(module));
+    }
+    if topology.runs(ServiceName::Checkout) {
+        let loyalty_port: Arc<dyn checkout::LoyaltyPort> =
+            match (&loyalty_in_process, &topology.loyalty_url) {
+                (Some(engine), _) => Arc::new(commerce::LoyaltyForCheckout(engine.clone())),
+                (None, Some(url)) => Arc::new(checkout::loyalty_remote::RemoteLoyalty::new(
+                    callees.callee("loyalty", url, None, |_| {})?,
+                )),
+                (None, None) => {
+                    unreachable!("checked: checkout without loyalty needs --loyalty-url")
+                }
+            };
+        let psp = psp.clone().context("checkout needs a PSP")?;
+        modules.push(Box::new(
+            checkout::CheckoutModule::new(&config.checkout, shared, loyalty_port, psp)
+                .map_err(|error| anyhow::anyhow!("checkout: {error}"))?,
+        ));
+    }
+    if topology.runs(ServiceName::Subscriptions) {
+        let psp = psp.clone().context("subscriptions needs a PSP")?;
+        modules.push(Box::new(subscriptions::SubscriptionsModule::new(
+            &config.subscriptions,
+            shared,
+            psp,
+        )));
+    }
+    Ok(modules)
 }
 
 /// How this process builds its callees: its identity (every call signed with it), the scopes
