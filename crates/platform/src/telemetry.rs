@@ -477,6 +477,7 @@ impl TracedStore {
             db.operation.name = operation,
             db.collection.name = kind,
             db.operation.batch.size = batch,
+            db.group_commit.size = tracing::field::Empty,
             error.type = tracing::field::Empty,
         )
     }

@@ -50,7 +50,8 @@ impl Default for EmbeddedOptions {
 /// The commits of one `commit` or `commit_all` call, applied together or not at all.
 struct Job {
     commits: Vec<Commit>,
-    done: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    /// The job's outcome, and how many jobs shared its transaction.
+    done: oneshot::Sender<(Result<Vec<u64>, StoreError>, usize)>,
 }
 
 /// The embedded store. Clones share one database and writer; dropping the last clone stops the
@@ -186,16 +187,17 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, max_batch: usize) {
             txn.commit().map_err(backend)?;
             Ok(results)
         });
+        let group = batch.len();
         match outcome {
             Ok(results) => {
                 for (job, result) in batch.into_iter().zip(results) {
-                    let _ = job.done.send(result);
+                    let _ = job.done.send((result, group));
                 }
             }
             // The transaction did not commit: nothing of the group happened; each may retry.
             Err(error) => {
                 for job in batch {
-                    let _ = job.done.send(Err(error.clone()));
+                    let _ = job.done.send((Err(error.clone()), group));
                 }
             }
         }
@@ -404,7 +406,10 @@ impl Store for EmbeddedStore {
         }
         let (done, result) = oneshot::channel();
         self.writer.send(Job { commits, done })?;
-        result.await.map_err(|_| backend("store writer stopped"))?
+        let (result, group) = result.await.map_err(|_| backend("store writer stopped"))?;
+        // How many callers' commits shared the transaction (a traced store span declares it).
+        tracing::Span::current().record("db.group_commit.size", group);
+        result
     }
 
     async fn find(

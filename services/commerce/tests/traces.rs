@@ -186,8 +186,10 @@ async fn a_place_order_is_one_trace_from_the_callers_span_to_loyaltys_accrual() 
     assert!(
         spans.iter().any(|s| s.kind == SpanKind::Client as i32
             && attribute(s, "db.system").as_deref() == Some("redb")
-            && attribute(s, "db.operation.name").as_deref() == Some("commit_all")),
-        "a store commit:\n  {shown}"
+            && attribute(s, "db.operation.name").as_deref() == Some("commit_all")
+            && attribute(s, "db.group_commit.size")
+                .is_some_and(|n| n.parse::<u32>().unwrap() >= 1)),
+        "a store commit, with the size of the group commit it shared:\n  {shown}"
     );
     // OrderPaid: published (PRODUCER) and handled by loyalty (CONSUMER), in this trace.
     let publish = spans
