@@ -50,9 +50,14 @@ pub enum EnvelopeError {
 pub fn wrap<M: ReflectMessage>(source: &EventSource, event: &M) -> EventEnvelope {
     let (traceparent, tracestate) = match &source.traceparent {
         Some(traceparent) => (traceparent.clone(), source.tracestate.clone()),
-        None => {
-            platform::telemetry::trace_context_of(&tracing::Span::current()).unwrap_or_default()
-        }
+        // The current span's context when it is sampled; otherwise the caller's own (its
+        // unsampled flag then keeps the event's spans unsampled too).
+        None => platform::telemetry::trace_context_of(&tracing::Span::current())
+            .or_else(|| {
+                let trace = platform::outbound::CallContext::current().trace;
+                Some((trace.traceparent?, trace.tracestate))
+            })
+            .unwrap_or_default(),
     };
     let event_type = event.descriptor().full_name().to_owned();
     let occur_time = prost_types::Timestamp::from(source.occurred_at);

@@ -19,6 +19,13 @@ pub(crate) fn publish_span(stream: &str, event: &OutboxEvent) -> tracing::Span {
     if !telemetry::enabled() {
         return tracing::Span::none();
     }
+    let Ok(envelope) = envelope::open(&event.envelope) else {
+        return tracing::Span::none();
+    };
+    // Sampled when the work that wrote the event was (an event without a context: the ratio).
+    if !telemetry::sample(non_empty(&envelope.traceparent)) {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         target: "events",
         "publish",
@@ -29,13 +36,11 @@ pub(crate) fn publish_span(stream: &str, event: &OutboxEvent) -> tracing::Span {
         messaging.message.id = event.event_id.as_str(),
         commerce.event_type = event.event_type.as_str(),
     );
-    if let Ok(envelope) = envelope::open(&event.envelope) {
-        telemetry::adopt_remote_parent(
-            &span,
-            non_empty(&envelope.traceparent),
-            non_empty(&envelope.tracestate),
-        );
-    }
+    telemetry::adopt_remote_parent(
+        &span,
+        non_empty(&envelope.traceparent),
+        non_empty(&envelope.tracestate),
+    );
     span
 }
 
@@ -46,7 +51,7 @@ pub(crate) fn consumer_span(
     event: &EventEnvelope,
     deliveries: u64,
 ) -> tracing::Span {
-    if !telemetry::enabled() {
+    if !telemetry::sample(non_empty(&event.traceparent)) {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
@@ -59,7 +64,7 @@ pub(crate) fn consumer_span(
         messaging.destination.name = stream,
         messaging.consumer.group.name = group,
         messaging.message.id = event.event_id.as_str(),
-        messaging.message.delivery_count = deliveries,
+        messaging.message.delivery_count = deliveries as i64,
         commerce.event_type = event.event_type.as_str(),
         commerce.tenant = event.tenant_id.as_str(),
         error.type = tracing::field::Empty,

@@ -36,6 +36,97 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 /// Whether spans are exported (set once, by [`Telemetry::install`]).
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
+/// How traces are sampled, decided **before** any span is opened: a call that is not sampled
+/// opens no span at all (opening and dropping spans was most of the cost of tracing), and the
+/// SDK samples every span that is opened.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Follow a caller's (or an event producer's) sampled flag when there is one.
+    pub parent_based: bool,
+    /// The share of traces started here that are sampled (0 to 1).
+    pub ratio: f64,
+}
+
+impl Sampling {
+    /// From `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (the specification's values);
+    /// default `parentbased_always_on`.
+    fn from_env(sampler: Option<&str>, arg: Option<&str>) -> Sampling {
+        let ratio = || {
+            arg.and_then(|arg| arg.trim().parse::<f64>().ok())
+                .filter(|ratio| (0.0..=1.0).contains(ratio))
+                .unwrap_or(1.0)
+        };
+        match sampler.unwrap_or("parentbased_always_on") {
+            "always_on" => Sampling {
+                parent_based: false,
+                ratio: 1.0,
+            },
+            "always_off" => Sampling {
+                parent_based: false,
+                ratio: 0.0,
+            },
+            "traceidratio" => Sampling {
+                parent_based: false,
+                ratio: ratio(),
+            },
+            "parentbased_always_off" => Sampling {
+                parent_based: true,
+                ratio: 0.0,
+            },
+            "parentbased_traceidratio" => Sampling {
+                parent_based: true,
+                ratio: ratio(),
+            },
+            _ => Sampling {
+                parent_based: true,
+                ratio: 1.0,
+            },
+        }
+    }
+}
+
+static SAMPLING: std::sync::RwLock<Sampling> = std::sync::RwLock::new(Sampling {
+    parent_based: true,
+    ratio: 1.0,
+});
+
+/// Whether a trace continued from `traceparent` (or started here, without one) is sampled.
+/// False whenever traces are off.
+pub fn sample(traceparent: Option<&str>) -> bool {
+    if !enabled() {
+        return false;
+    }
+    let sampling = *SAMPLING
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    decide(sampling, traceparent, fastrand::f64())
+}
+
+/// The sampling decision for a trace continued from `traceparent` (or new), `draw` uniform in
+/// [0, 1).
+fn decide(sampling: Sampling, traceparent: Option<&str>, draw: f64) -> bool {
+    // `00-<trace id>-<span id>-<flags>`: bit 0 of the flags is "sampled".
+    let parent_sampled = traceparent
+        .filter(|_| sampling.parent_based)
+        .and_then(|traceparent| traceparent.get(53..55))
+        .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+        .map(|flags| flags & 1 == 1);
+    match parent_sampled {
+        Some(sampled) => sampled,
+        None => draw < sampling.ratio,
+    }
+}
+
+/// Whether the current task is inside a sampled trace: child spans (outbound calls, store,
+/// Redis, steps) are opened only then.
+pub fn in_trace() -> bool {
+    enabled() && !tracing::Span::current().is_none()
+}
+
+/// The `tracing` target of child spans: the log layer leaves them out (only the spans that
+/// carry `trace_id` matter to log lines), which keeps tracing's cost on the log side small.
+pub const CHILD_SPANS: &str = "commerce_trace";
+
 /// Whether traces are exported: callers open spans only then, so a process without a collector
 /// pays nothing for them.
 pub fn enabled() -> bool {
@@ -66,8 +157,10 @@ pub struct TelemetryConfig {
     pub endpoint: Option<String>,
     /// `OTEL_SERVICE_NAME`, or the process's default.
     pub service_name: String,
-    /// `OTEL_TRACES_SAMPLER` (+ `_ARG`), or the default.
+    /// `OTEL_TRACES_SAMPLER` (+ `_ARG`), or the default, as printed.
     pub sampler: String,
+    /// The sampling decision's rules.
+    pub sampling: Sampling,
 }
 
 impl TelemetryConfig {
@@ -77,15 +170,20 @@ impl TelemetryConfig {
         let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .filter(|_| var("OTEL_TRACES_EXPORTER").as_deref() != Some("none"));
-        let sampler = match (var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG")) {
-            (Some(sampler), Some(arg)) => format!("{sampler} {arg}"),
-            (Some(sampler), None) => sampler,
-            (None, _) => "parentbased_traceidratio 1.0 (default)".to_owned(),
-        };
+        let (sampler_var, sampler_arg) =
+            (var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG"));
+        let sampling = Sampling::from_env(sampler_var.as_deref(), sampler_arg.as_deref());
+        let sampler = format!(
+            "{} (parent-based: {}, ratio for new traces: {})",
+            sampler_var.as_deref().unwrap_or("parentbased_always_on"),
+            sampling.parent_based,
+            sampling.ratio
+        );
         TelemetryConfig {
             endpoint,
             service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service_name.into()),
             sampler,
+            sampling,
         }
     }
 }
@@ -133,20 +231,28 @@ impl Telemetry {
             .with_tonic()
             .build()
             .map_err(|error| TelemetryError(error.to_string()))?;
+        // The SDK reads OTEL_BSP_*; where they are unset, a larger queue and a shorter delay than
+        // its defaults suit an API server (bursts; traces visible within a second).
+        let mut batch = BatchConfigBuilder::default();
+        if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+            batch = batch.with_max_queue_size(8192);
+        }
+        if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
+            batch = batch.with_scheduled_delay(Duration::from_millis(500));
+        }
         let processor = BatchSpanProcessor::builder(Counted(exporter))
-            .with_batch_config(
-                BatchConfigBuilder::default()
-                    .with_max_queue_size(4096)
-                    .with_max_export_batch_size(512)
-                    .with_scheduled_delay(Duration::from_millis(500))
-                    .build(),
-            )
+            .with_batch_config(batch.build())
             .build();
         let resource = Resource::builder()
             .with_service_name(config.service_name.clone())
             .with_attributes(attributes)
             .build();
+        // The decision is made before a span is opened ([`sample`]): every span opened is sampled.
+        *SAMPLING
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config.sampling;
         let provider = SdkTracerProvider::builder()
+            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
             .with_span_processor(CountEnded)
             .with_span_processor(processor)
             .with_resource(resource)
@@ -310,9 +416,11 @@ pub fn init(
         .json()
         .event_format(WithTraceIds(tracing_subscriber::fmt::format().json()))
         .with_writer(std::io::stderr)
-        .with_filter(
-            EnvFilter::try_from_env("COMMERCE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        );
+        .with_filter({
+            let wanted = std::env::var("COMMERCE_LOG").unwrap_or_else(|_| "info".to_owned());
+            EnvFilter::try_new(format!("{wanted},{CHILD_SPANS}=off"))
+                .unwrap_or_else(|_| EnvFilter::new(format!("info,{CHILD_SPANS}=off")))
+        });
     let (telemetry, traces) = Telemetry::install(&config, attributes)?;
     // Spans are filtered for the exporter on their own: quieter logs (COMMERCE_LOG=warn) must
     // not thin out the traces.
@@ -376,11 +484,11 @@ fn json_string_field<'a>(json: &'a str, name: &str) -> Option<&'a str> {
 /// The span of one logical outbound call to `callee` (INTERNAL: its attempts are the CLIENT
 /// spans). Disabled when traces are off.
 pub fn call_span(callee: &str, method: &str) -> tracing::Span {
-    if !enabled() {
+    if !in_trace() {
         return tracing::Span::none();
     }
     tracing::info_span!(
-        target: "outbound",
+        target: CHILD_SPANS,
         "outbound call",
         otel.name = format!("{callee} {method}"),
         otel.kind = "internal",
@@ -409,22 +517,27 @@ pub fn attempt_span(
     number: u32,
     hedge: bool,
 ) -> tracing::Span {
-    if !enabled() {
+    if !in_trace() {
         return tracing::Span::none();
     }
-    let (service, name) = method.rsplit_once('/').unwrap_or((method, ""));
+    // A gRPC method is `/package.Service/Method`; a dependency's operation (`authorize`) is the
+    // method of the dependency itself.
+    let (service, name) = match method.trim_start_matches('/').rsplit_once('/') {
+        Some((service, name)) => (service, name),
+        None => (callee, method),
+    };
     tracing::info_span!(
-        target: "outbound",
+        target: CHILD_SPANS,
         "outbound attempt",
-        otel.name = method,
+        otel.name = method.trim_start_matches('/'),
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
         rpc.system = system,
         rpc.service = service,
         rpc.method = name,
         rpc.grpc.status_code = tracing::field::Empty,
-        server.address = callee,
-        commerce.attempt = number,
+        commerce.callee = callee,
+        commerce.attempt = i64::from(number),
         commerce.hedge = hedge,
         error.type = tracing::field::Empty,
     )
@@ -432,6 +545,9 @@ pub fn attempt_span(
 
 /// Ends an attempt's span with its status.
 pub fn end_attempt_span(span: &tracing::Span, outcome: Result<(), tonic::Code>) {
+    if span.is_none() {
+        return;
+    }
     let code = match outcome {
         Ok(()) => tonic::Code::Ok,
         Err(code) => code,
@@ -450,6 +566,7 @@ pub fn traced_store(
     system: &'static str,
 ) -> std::sync::Arc<dyn store::Store> {
     if enabled() {
+        // Operations outside a sampled trace pass straight through (see `TracedStore::traced`).
         std::sync::Arc::new(TracedStore {
             inner: store,
             system,
@@ -467,8 +584,11 @@ struct TracedStore {
 impl TracedStore {
     /// The span of one operation on aggregates of `kind` (`""` when it spans kinds).
     fn span(&self, operation: &'static str, kind: &str, batch: usize) -> tracing::Span {
+        if !in_trace() {
+            return tracing::Span::none();
+        }
         tracing::info_span!(
-            target: "store",
+            target: CHILD_SPANS,
             "store",
             otel.name = format!("{operation} {kind}").trim_end().to_owned(),
             otel.kind = "client",
@@ -476,7 +596,7 @@ impl TracedStore {
             db.system = self.system,
             db.operation.name = operation,
             db.collection.name = kind,
-            db.operation.batch.size = batch,
+            db.operation.batch.size = batch as i64,
             db.group_commit.size = tracing::field::Empty,
             error.type = tracing::field::Empty,
         )
@@ -493,7 +613,9 @@ async fn traced<T>(
     let result = operation.instrument(span.clone()).await;
     if let Err(error) = &result {
         let kind = match error {
+            // Answers, not failures: a lost race, a key another call recorded first.
             store::StoreError::Conflict { .. } => "conflict",
+            store::StoreError::IdempotencyKeyTaken(_) => "idempotency_key_taken",
             _ => {
                 span.record("otel.status_code", "error");
                 "backend"
@@ -581,7 +703,7 @@ impl store::Store for TracedStore {
 /// The ROOT span of one round of background work (`billing run`, `loyalty sweep`, …): it has no
 /// request to belong to, so it starts a trace of its own.
 pub fn round_span(what: &'static str) -> tracing::Span {
-    if !enabled() {
+    if !sample(None) {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
@@ -602,14 +724,16 @@ pub fn round_span(what: &'static str) -> tracing::Span {
 /// A step of background work worth seeing in its round's trace: one tenant's share, one
 /// renewal, one settled payment (`what` names it; `id` says which).
 pub fn step_span(what: &'static str, id: &str) -> tracing::Span {
-    if !enabled() {
+    if !in_trace() {
         return tracing::Span::none();
     }
     tracing::info_span!(
-        target: "background",
+        target: CHILD_SPANS,
         "step",
         otel.name = format!("{what} {id}"),
         otel.kind = "internal",
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
         commerce.step = what,
         commerce.id = id,
     )
@@ -626,15 +750,93 @@ pub fn mark_failed(span: &tracing::Span, error: &dyn std::fmt::Display) {
 /// A fast-path operation on the request path (CLIENT, `db.system` `redis`): one span per logical
 /// operation — a rate-limit charge, a lock, a cache read — not per command.
 pub fn fast_path_span(operation: &'static str) -> tracing::Span {
-    if !enabled() {
+    if !in_trace() {
         return tracing::Span::none();
     }
     tracing::info_span!(
-        target: "fastpath",
+        target: CHILD_SPANS,
         "fast path",
         otel.name = format!("redis {operation}"),
         otel.kind = "client",
         db.system = "redis",
         db.operation.name = operation,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const UNSAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+
+    #[test]
+    fn the_standard_sampler_variables_are_understood() {
+        let parse = |sampler, arg| Sampling::from_env(sampler, arg);
+        assert_eq!(
+            parse(None, None),
+            Sampling {
+                parent_based: true,
+                ratio: 1.0
+            }
+        );
+        assert_eq!(
+            parse(Some("always_off"), None),
+            Sampling {
+                parent_based: false,
+                ratio: 0.0
+            }
+        );
+        assert_eq!(
+            parse(Some("parentbased_traceidratio"), Some("0.01")),
+            Sampling {
+                parent_based: true,
+                ratio: 0.01
+            }
+        );
+        assert_eq!(
+            parse(Some("traceidratio"), Some("7")),
+            Sampling {
+                parent_based: false,
+                ratio: 1.0
+            },
+            "an out-of-range ratio falls back to 1"
+        );
+    }
+
+    #[test]
+    fn a_parent_decides_when_sampling_is_parent_based_and_the_ratio_decides_roots() {
+        let one_percent = Sampling {
+            parent_based: true,
+            ratio: 0.01,
+        };
+        assert!(decide(one_percent, Some(SAMPLED), 0.99));
+        assert!(!decide(one_percent, Some(UNSAMPLED), 0.0));
+        assert!(decide(one_percent, None, 0.005));
+        assert!(!decide(one_percent, None, 0.5));
+        let ratio_only = Sampling {
+            parent_based: false,
+            ratio: 0.0,
+        };
+        assert!(
+            !decide(ratio_only, Some(SAMPLED), 0.0),
+            "traceidratio ignores the parent"
+        );
+        assert!(!decide(
+            Sampling {
+                parent_based: true,
+                ratio: 0.0
+            },
+            None,
+            0.0
+        ));
+    }
+
+    #[test]
+    fn ids_are_read_from_a_spans_json_fields() {
+        let fields = r#"{"request_id":"r-1","trace_id":"abc","span_id":"def"}"#;
+        assert_eq!(json_string_field(fields, "trace_id"), Some("abc"));
+        assert_eq!(json_string_field(fields, "span_id"), Some("def"));
+        assert_eq!(json_string_field(fields, "missing"), None);
+    }
 }

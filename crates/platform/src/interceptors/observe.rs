@@ -164,7 +164,12 @@ impl Around for Observe {
             .get::<WireProtocol>()
             .copied()
             .unwrap_or(WireProtocol::Grpc);
-        let span = if telemetry::enabled() {
+        let traceparent = request
+            .extensions()
+            .get::<TraceContext>()
+            .and_then(|trace| trace.traceparent.as_deref());
+        // Sampled or not is decided first: an unsampled call opens no span at all.
+        let span = if telemetry::sample(traceparent) {
             server_span(&request, &method, &request_id, protocol)
         } else {
             tracing::Span::none()
@@ -331,7 +336,7 @@ impl CallRecord {
                 code: code.to_owned(),
             })
             .inc();
-        let (trace_id, span_id) = trace_ids.unwrap_or_default();
+        let trace_id = trace_ids.map(|(trace_id, _)| trace_id).unwrap_or_default();
         self.metrics
             .durations
             .get_or_create(&MethodLabels {
@@ -339,34 +344,21 @@ impl CallRecord {
             })
             .observe(
                 elapsed.as_secs_f64(),
-                (!trace_id.is_empty()).then(|| TraceExemplar {
-                    trace_id: trace_id.clone(),
-                }),
+                (!trace_id.is_empty()).then_some(TraceExemplar { trace_id }),
                 None,
             );
-        if trace_id.is_empty() {
-            tracing::info!(
-                target: "rpc",
-                method = %self.method,
-                code,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                request_id = %self.request_id,
-                grpc_timeout = %self.timeout,
-                "rpc finished"
-            );
-        } else {
-            tracing::info!(
-                target: "rpc",
-                method = %self.method,
-                code,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                request_id = %self.request_id,
-                grpc_timeout = %self.timeout,
-                trace_id = %trace_id,
-                span_id = %span_id,
-                "rpc finished"
-            );
-        }
+        // Inside the span (when there is one), so the line carries its trace and span ids.
+        let _inside = self.span.enter();
+        tracing::info!(
+            target: "rpc",
+            method = %self.method,
+            code,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id = %self.request_id,
+            grpc_timeout = %self.timeout,
+            "rpc finished"
+        );
+        drop(_inside);
         // The span ends here, with the call: its end time is its last exit (tracing-opentelemetry),
         // which for a stream is long after the handler returned, so exit it once more now.
         drop(self.span.enter());
