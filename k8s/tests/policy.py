@@ -28,12 +28,14 @@ CREDENTIALS_IN_URL = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
 
 # Environment variables of commerce containers that are not flags of the binary, and why.
 NOT_FLAGS = {
-    # Read by the binary's logging set-up (services/commerce/src/main.rs), not by clap.
-    "COMMERCE_LOG": "services/commerce/src/main.rs",
+    # Read by the binary's logging set-up (crates/platform/src/telemetry.rs), not by clap.
+    "COMMERCE_LOG": "crates/platform/src/telemetry.rs",
     # Only referenced as $(POD_NAME) by other variables of the same container.
     "POD_NAME": None,
 }
-OTEL = re.compile(r"^OTEL_[A-Z_]+$")  # for the collector/agents; the binary exports none yet
+# The standard OpenTelemetry variables, read by the binary's trace set-up (crates/platform/src/
+# telemetry.rs and the OTLP exporter), not by clap.
+OTEL = re.compile(r"^OTEL_[A-Z_]+$")
 
 
 def pod_template(obj: dict) -> dict:
