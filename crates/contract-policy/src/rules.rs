@@ -20,6 +20,10 @@ pub const RULES: &[(&str, &str)] = &[
         "every RPC declares (commerce.api.v1.rpc).auth: public, or at least one scope",
     ),
     (
+        "customer-access-scoped",
+        "(commerce.api.v1.rpc).auth.customer is set only on RPCs that need a token (with scopes), never on public ones",
+    ),
+    (
         "scope-format",
         "scopes are dotted lower_snake words, e.g. checkout.orders.write",
     ),
@@ -185,6 +189,17 @@ impl Checker {
                 format!(
                     "RPC {name} {problem}; set (commerce.api.v1.rpc).auth to {{public: true}} or to required scopes"
                 ),
+            );
+        }
+        // Customer access narrows what a token may do; on a public method there is no token to
+        // narrow, so declaring it there would promise a check that never runs.
+        let customer_access = auth.as_ref().map_or(0, |auth| enum_field(auth, "customer"));
+        if customer_access != 0 && public {
+            self.report(
+                file,
+                method.path(),
+                "customer-access-scoped",
+                format!("RPC {name} is public but declares auth.customer; public methods take no token to scope"),
             );
         }
         let bad_scopes: Vec<&String> = scopes

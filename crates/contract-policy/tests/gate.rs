@@ -274,3 +274,22 @@ fn a_cache_option_on_an_authenticated_or_mutating_rpc_fails_the_policy_check() {
         "RPC commerce.checkout.v1.OrderService.ReprintReceipt declares (commerce.api.v1.rpc).cache but may have side effects",
     ]);
 }
+
+#[test]
+fn customer_access_on_a_public_rpc_fails_the_policy_check() {
+    let workspace = Workspace::copy();
+    workspace.edit("checkout/v1/menu_service.proto", |text| {
+        replace_once(
+            text,
+            "  rpc GetLocation(GetLocationRequest) returns (GetLocationResponse) {\n    option idempotency_level = NO_SIDE_EFFECTS;\n    option (commerce.api.v1.rpc) = {\n      auth: {public: true}\n",
+            "  rpc GetLocation(GetLocationRequest) returns (GetLocationResponse) {\n    option idempotency_level = NO_SIDE_EFFECTS;\n    option (commerce.api.v1.rpc) = {\n      auth: {\n        public: true\n        customer: CUSTOMER_ACCESS_OWN\n      }\n",
+        )
+    });
+    let line = workspace.line_of("checkout/v1/menu_service.proto", "rpc GetLocation(");
+    workspace.gate(&["policy"]).assert_failed_mentioning(&[
+        &format!("commerce/checkout/v1/menu_service.proto:{line}: customer-access-scoped:"),
+        "RPC commerce.checkout.v1.MenuService.GetLocation is public but declares auth.customer",
+    ]);
+    // Declaring customer access is additive: the breaking check lets it through.
+    workspace.gate(&["breaking"]).assert_passed();
+}

@@ -3,7 +3,7 @@
 
 use tonic::{Request, Status};
 
-use crate::interceptors::{IdempotencyContext, Tenant};
+use crate::interceptors::{Customer, IdempotencyContext, Tenant};
 
 /// The caller's tenant, set by the authorization layer (from the token, or the
 /// `commerce-tenant` header on public reads).
@@ -13,6 +13,23 @@ pub fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
         .get::<Tenant>()
         .map(|tenant| tenant.0.clone())
         .ok_or_else(|| Status::internal("no tenant on the request"))
+}
+
+/// The customer a customer token acts for, when one called: the handler answers only for this
+/// customer's objects (another customer's are reported as not found). `None` for staff and
+/// service tokens, which see the whole tenant.
+pub fn customer<T>(request: &Request<T>) -> Option<String> {
+    request
+        .extensions()
+        .get::<Customer>()
+        .map(|customer| customer.0.clone())
+}
+
+/// Whether the caller may see an object owned by `owner` (a `customer_id`): always for
+/// tenant-wide callers, else only its own customer's. An object without an owner belongs to no
+/// customer, so a customer may not see it.
+pub fn may_see(customer: Option<&str>, owner: &str) -> bool {
+    customer.is_none_or(|customer| customer == owner)
 }
 
 /// The stable id a call of `method` (`pkg.Service/Method`) with idempotency `key` for `tenant`

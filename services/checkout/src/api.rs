@@ -8,7 +8,9 @@ use commerce_api::commerce::checkout::v1::{
     order_service_server::OrderService,
 };
 use platform::ApiError;
-use platform::request::{field_mask, idempotency, idempotency_id, page_size, tenant};
+use platform::request::{
+    customer, field_mask, idempotency, idempotency_id, may_see, page_size, tenant,
+};
 use platform::units::ms_of;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
@@ -24,6 +26,34 @@ type Reply<T> = Result<Response<T>, Status>;
 
 fn fail(error: CheckoutError) -> Status {
     ApiError::from(error).into_status(ERROR_DOMAIN)
+}
+
+/// PERMISSION_DENIED / CUSTOMER_NOT_ALLOWED: a customer token asked to act for another customer.
+fn customer_mismatch(message: &str) -> Status {
+    ApiError::new(
+        tonic::Code::PermissionDenied,
+        commerce_api::commerce::common::v1::ErrorReason::CustomerNotAllowed,
+        message,
+    )
+    .into_status(ERROR_DOMAIN)
+}
+
+/// A customer token acts only on its own customer's carts and orders: another customer's reads
+/// as not found, exactly like one that does not exist, so a guessed id reveals nothing.
+fn owned_by(
+    customer: Option<&str>,
+    owner: &str,
+    resource: &'static str,
+    id: &str,
+) -> Result<(), Status> {
+    if may_see(customer, owner) {
+        Ok(())
+    } else {
+        Err(fail(CheckoutError::NotFound {
+            resource,
+            id: id.to_owned(),
+        }))
+    }
 }
 
 /// MenuService over the catalog.
@@ -224,6 +254,44 @@ impl CartApi {
     pub fn new(carts: Carts, quotes: Quotes) -> Self {
         CartApi { carts, quotes }
     }
+
+    /// For a customer token: the cart must be the caller's own (else NOT_FOUND). Staff and
+    /// service tokens pass without a read.
+    async fn own_cart<T>(
+        &self,
+        request: &Request<T>,
+        tenant: &str,
+        cart_id: &str,
+    ) -> Result<(), Status> {
+        let Some(customer) = customer(request) else {
+            return Ok(());
+        };
+        let cart = self.carts.get(tenant, cart_id).await.map_err(fail)?;
+        owned_by(Some(&customer), &cart.customer_id, "cart", cart_id)
+    }
+
+    /// For a customer token: the loyalty member put on a cart must be the caller's own (else
+    /// NOT_FOUND, as loyalty would answer for an unknown member).
+    async fn own_member<T>(
+        &self,
+        request: &Request<T>,
+        tenant: &str,
+        member_id: &str,
+    ) -> Result<(), Status> {
+        let Some(customer) = customer(request) else {
+            return Ok(());
+        };
+        if member_id.is_empty() {
+            return Ok(()); // clearing the member and reward
+        }
+        let owner = self
+            .quotes
+            .member_customer(tenant, member_id)
+            .await
+            .map_err(fail)?
+            .unwrap_or_default();
+        owned_by(Some(&customer), &owner, "member", member_id)
+    }
 }
 
 fn cart_reply<T>(cart: Result<Cart, CheckoutError>, wrap: impl FnOnce(Cart) -> T) -> Reply<T> {
@@ -239,7 +307,17 @@ impl CartService for CartApi {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
         let idempotency = idempotency(&request);
-        let body = request.into_inner();
+        let customer = customer(&request);
+        let mut body = request.into_inner();
+        // A customer's cart is always their own: the token names the customer.
+        if let Some(customer) = customer {
+            if !body.customer_id.is_empty() && body.customer_id != customer {
+                return Err(customer_mismatch(
+                    "a customer token creates carts for its own customer only",
+                ));
+            }
+            body.customer_id = customer;
+        }
         // The write creating the cart recorded this very response for the key (in the store;
         // see `CartStorage::save` for carts in Redis).
         let cart = self
@@ -261,6 +339,8 @@ impl CartService for CartApi {
 
     async fn get_cart(&self, request: Request<v1::GetCartRequest>) -> Reply<v1::GetCartResponse> {
         let tenant = tenant(&request)?;
+        self.own_cart(&request, &tenant, &request.get_ref().cart_id)
+            .await?;
         let cart = self.carts.get(&tenant, &request.get_ref().cart_id).await;
         cart_reply(cart, |cart| v1::GetCartResponse { cart: Some(cart) })
     }
@@ -270,6 +350,8 @@ impl CartService for CartApi {
         request: Request<v1::AddCartLineRequest>,
     ) -> Reply<v1::AddCartLineResponse> {
         let tenant = tenant(&request)?;
+        self.own_cart(&request, &tenant, &request.get_ref().cart_id)
+            .await?;
         let key = idempotency_id(&request);
         let idempotency = idempotency(&request);
         let body = request.into_inner();
@@ -304,6 +386,8 @@ impl CartService for CartApi {
         request: Request<v1::UpdateCartLineRequest>,
     ) -> Reply<v1::UpdateCartLineResponse> {
         let tenant = tenant(&request)?;
+        self.own_cart(&request, &tenant, &request.get_ref().cart_id)
+            .await?;
         let body = request.into_inner();
         let cart = self
             .carts
@@ -326,6 +410,8 @@ impl CartService for CartApi {
         request: Request<v1::RemoveCartLineRequest>,
     ) -> Reply<v1::RemoveCartLineResponse> {
         let tenant = tenant(&request)?;
+        self.own_cart(&request, &tenant, &request.get_ref().cart_id)
+            .await?;
         let body = request.into_inner();
         let cart = self
             .carts
@@ -339,6 +425,8 @@ impl CartService for CartApi {
         request: Request<v1::ApplyPromotionCodeRequest>,
     ) -> Reply<v1::ApplyPromotionCodeResponse> {
         let tenant = tenant(&request)?;
+        self.own_cart(&request, &tenant, &request.get_ref().cart_id)
+            .await?;
         let body = request.into_inner();
         let cart = self
             .carts
@@ -354,6 +442,8 @@ impl CartService for CartApi {
         request: Request<v1::RemovePromotionCodeRequest>,
     ) -> Reply<v1::RemovePromotionCodeResponse> {
         let tenant = tenant(&request)?;
+        self.own_cart(&request, &tenant, &request.get_ref().cart_id)
+            .await?;
         let body = request.into_inner();
         let cart = self
             .carts
@@ -369,6 +459,10 @@ impl CartService for CartApi {
         request: Request<v1::SetLoyaltyRewardRequest>,
     ) -> Reply<v1::SetLoyaltyRewardResponse> {
         let tenant = tenant(&request)?;
+        self.own_cart(&request, &tenant, &request.get_ref().cart_id)
+            .await?;
+        self.own_member(&request, &tenant, &request.get_ref().member_id)
+            .await?;
         let body = request.into_inner();
         let cart = self
             .carts
@@ -384,6 +478,8 @@ impl CartService for CartApi {
         request: Request<v1::SetFulfillmentRequest>,
     ) -> Reply<v1::SetFulfillmentResponse> {
         let tenant = tenant(&request)?;
+        self.own_cart(&request, &tenant, &request.get_ref().cart_id)
+            .await?;
         let body = request.into_inner();
         let cart = self
             .carts
@@ -397,6 +493,8 @@ impl CartService for CartApi {
         request: Request<v1::QuoteCartRequest>,
     ) -> Reply<v1::QuoteCartResponse> {
         let tenant = tenant(&request)?;
+        self.own_cart(&request, &tenant, &request.get_ref().cart_id)
+            .await?;
         let quote = self
             .quotes
             .quote(&tenant, &request.get_ref().cart_id)
@@ -407,6 +505,8 @@ impl CartService for CartApi {
 
     async fn set_tip(&self, request: Request<v1::SetTipRequest>) -> Reply<v1::SetTipResponse> {
         let tenant = tenant(&request)?;
+        self.own_cart(&request, &tenant, &request.get_ref().cart_id)
+            .await?;
         let body = request.into_inner();
         let cart = self.carts.set_tip(&tenant, &body.cart_id, body.tip).await;
         cart_reply(cart, |cart| v1::SetTipResponse { cart: Some(cart) })
@@ -424,6 +524,20 @@ impl OrderApi {
     pub fn new(orders: Orders) -> Self {
         OrderApi { orders }
     }
+
+    /// For a customer token: the order must be the caller's own (else NOT_FOUND).
+    async fn own_order<T>(
+        &self,
+        request: &Request<T>,
+        tenant: &str,
+        order_id: &str,
+    ) -> Result<(), Status> {
+        let Some(customer) = customer(request) else {
+            return Ok(());
+        };
+        let order = self.orders.order(tenant, order_id).await.map_err(fail)?;
+        owned_by(Some(&customer), &order.customer_id, "order", order_id)
+    }
 }
 
 #[tonic::async_trait]
@@ -433,6 +547,15 @@ impl OrderService for OrderApi {
         request: Request<v1::PlaceOrderRequest>,
     ) -> Reply<v1::PlaceOrderResponse> {
         let tenant = tenant(&request)?;
+        if let Some(customer) = customer(&request) {
+            let cart_id = &request.get_ref().cart_id;
+            let owner = self
+                .orders
+                .cart_owner(&tenant, cart_id)
+                .await
+                .map_err(fail)?;
+            owned_by(Some(&customer), &owner, "cart", cart_id)?;
+        }
         let key = idempotency_id(&request);
         let idempotency = idempotency(&request);
         let body = request.into_inner();
@@ -459,6 +582,8 @@ impl OrderService for OrderApi {
         request: Request<v1::GetOrderRequest>,
     ) -> Reply<v1::GetOrderResponse> {
         let tenant = tenant(&request)?;
+        self.own_order(&request, &tenant, &request.get_ref().order_id)
+            .await?;
         let order = self
             .orders
             .order(&tenant, &request.get_ref().order_id)
@@ -472,7 +597,15 @@ impl OrderService for OrderApi {
         request: Request<v1::ListOrdersRequest>,
     ) -> Reply<v1::ListOrdersResponse> {
         let tenant = tenant(&request)?;
-        let body = request.into_inner();
+        let customer = customer(&request);
+        let mut body = request.into_inner();
+        // A customer lists only their own orders; asking for another customer's finds none.
+        if let Some(customer) = customer {
+            if !body.customer_id.is_empty() && body.customer_id != customer {
+                return Ok(Response::new(v1::ListOrdersResponse::default()));
+            }
+            body.customer_id = customer;
+        }
         let (orders, next_page_token) = self
             .orders
             .orders(
@@ -525,6 +658,8 @@ impl OrderService for OrderApi {
         request: Request<v1::WatchOrderRequest>,
     ) -> Reply<tonic::codegen::BoxStream<v1::WatchOrderResponse>> {
         let tenant = tenant(&request)?;
+        self.own_order(&request, &tenant, &request.get_ref().order_id)
+            .await?;
         let changes = self
             .orders
             .watch(&tenant, &request.get_ref().order_id)
@@ -540,6 +675,8 @@ impl OrderService for OrderApi {
         request: Request<v1::CancelOrderRequest>,
     ) -> Reply<v1::CancelOrderResponse> {
         let tenant = tenant(&request)?;
+        self.own_order(&request, &tenant, &request.get_ref().order_id)
+            .await?;
         let body = request.into_inner();
         let order = self
             .orders

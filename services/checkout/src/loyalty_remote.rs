@@ -13,10 +13,12 @@
 
 use async_trait::async_trait;
 use commerce_api::commerce::common::v1::ErrorReason;
+use commerce_api::commerce::loyalty::v1::get_member_request::Lookup;
+use commerce_api::commerce::loyalty::v1::member_service_client::MemberServiceClient;
 use commerce_api::commerce::loyalty::v1::reward_service_client::RewardServiceClient;
 use commerce_api::commerce::loyalty::v1::{
-    CommitRedemptionRequest, GetRewardRequest, RedeemRewardRequest, ReverseRedemptionRequest,
-    Reward, VoidRedemptionRequest,
+    CommitRedemptionRequest, GetMemberRequest, GetRewardRequest, RedeemRewardRequest,
+    ReverseRedemptionRequest, Reward, VoidRedemptionRequest,
 };
 use platform::outbound::{CallContext, CallError, Callee, CalleeChannel};
 use tonic::{Code, Request, Status};
@@ -56,16 +58,28 @@ impl RemoteLoyalty {
         F: FnMut(CalleeChannel, Request<M>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
     {
+        self.call_path(tenant, &format!("{SERVICE}{method}"), message, key, attempt)
+            .await
+    }
+
+    /// One call of the RPC at `path` (`/pkg.Service/Method`) for `tenant`.
+    async fn call_path<M, R, F, Fut>(
+        &self,
+        tenant: &str,
+        path: &str,
+        message: M,
+        key: Option<&str>,
+        attempt: F,
+    ) -> Result<R, CallError>
+    where
+        M: Clone,
+        F: FnMut(CalleeChannel, Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
+    {
         let mut context = CallContext::current();
         context.tenant = Some(tenant.to_owned());
         self.callee
-            .unary(
-                &context,
-                &format!("{SERVICE}{method}"),
-                message,
-                key,
-                attempt,
-            )
+            .unary(&context, path, message, key, attempt)
             .await
             .map(tonic::Response::into_inner)
     }
@@ -244,6 +258,32 @@ impl LoyaltyPort for RemoteLoyalty {
             Ok(_) => Ok(()),
             Err(error) if already_resolved(&error) => Ok(()),
             Err(error) => Err(failed(error, "redemption", redemption_id)),
+        }
+    }
+
+    async fn member_customer(
+        &self,
+        tenant: &str,
+        member_id: &str,
+    ) -> Result<Option<String>, CheckoutError> {
+        let message = GetMemberRequest {
+            lookup: Some(Lookup::MemberId(member_id.to_owned())),
+        };
+        let answer = self
+            .call_path(
+                tenant,
+                "/commerce.loyalty.v1.MemberService/GetMember",
+                message,
+                None,
+                |channel, request| async move {
+                    MemberServiceClient::new(channel).get_member(request).await
+                },
+            )
+            .await;
+        match answer {
+            Ok(response) => Ok(response.member.map(|member| member.customer_id)),
+            Err(CallError::Failed { status, .. }) if status.code() == Code::NotFound => Ok(None),
+            Err(error) => Err(failed(error, "member", member_id)),
         }
     }
 }

@@ -48,6 +48,16 @@ pub trait LoyaltyPort: Send + Sync {
     async fn void(&self, tenant: &str, redemption_id: &str) -> Result<(), CheckoutError>;
     /// Returns a posted redemption's points (the paid order was canceled); a repeat is a no-op.
     async fn reverse(&self, tenant: &str, redemption_id: &str) -> Result<(), CheckoutError>;
+    /// The customer id of loyalty member `member_id`, `None` when there is no such member: a
+    /// customer may put only their own membership on a cart. Without an adapter that can tell,
+    /// no member belongs to anyone (customers cannot attach one; staff still can).
+    async fn member_customer(
+        &self,
+        _tenant: &str,
+        _member_id: &str,
+    ) -> Result<Option<String>, CheckoutError> {
+        Ok(None)
+    }
 }
 
 /// No loyalty service: rewards never apply, and no order can redeem one.
@@ -117,6 +127,16 @@ pub struct Quotes {
 }
 
 impl Quotes {
+    /// The customer id of loyalty member `member_id`, when it exists (see
+    /// [`LoyaltyPort::member_customer`]).
+    pub async fn member_customer(
+        &self,
+        tenant: &str,
+        member_id: &str,
+    ) -> Result<Option<String>, CheckoutError> {
+        self.loyalty.member_customer(tenant, member_id).await
+    }
+
     /// Quotes of `carts`' carts; `tax_hook` replaces the default rate table of each location.
     pub fn new(
         carts: Carts,

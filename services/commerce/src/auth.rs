@@ -83,6 +83,10 @@ pub struct TokenArgs {
     /// Lifetime in minutes.
     #[arg(long, default_value_t = 60)]
     pub ttl_minutes: u64,
+    /// Makes a customer token for this customer id (claim `customer_id`): it may call only the
+    /// methods the contract opens to customers, for that customer's own objects.
+    #[arg(long)]
+    pub customer: Option<String>,
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -112,6 +116,9 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<String> {
     }
     if let Some(audience) = &args.auth.jwt_audience {
         claims["aud"] = audience.clone().into();
+    }
+    if let Some(customer) = &args.customer {
+        claims[platform::interceptors::CUSTOMER_ID_CLAIM] = customer.clone().into();
     }
     Ok(mint_hs256(args.auth.secret().as_bytes(), &claims)?)
 }

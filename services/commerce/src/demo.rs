@@ -66,6 +66,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         subject: "quickstart".into(),
         scopes: None,
         ttl_minutes: 12 * 60,
+        customer: None,
         auth: args.auth.clone(),
     })?;
     let channel = connect(&args.server, Duration::from_secs(args.wait_seconds)).await?;

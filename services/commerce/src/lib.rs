@@ -131,4 +131,16 @@ impl checkout::LoyaltyPort for LoyaltyForCheckout {
             Err(error) => Err(loyalty_failed(error)),
         }
     }
+
+    async fn member_customer(
+        &self,
+        tenant: &str,
+        member_id: &str,
+    ) -> Result<Option<String>, checkout::error::CheckoutError> {
+        match self.0.member(tenant, member_id).await {
+            Ok(member) => Ok(Some(member.customer_id)),
+            Err(loyalty::LoyaltyError::NotFound { .. }) => Ok(None),
+            Err(error) => Err(loyalty_failed(error)),
+        }
+    }
 }

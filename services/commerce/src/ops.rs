@@ -145,6 +145,7 @@ pub async fn checkout(command: CheckoutCommand) -> anyhow::Result<()> {
         subject: "operator".into(),
         scopes: Some("checkout.admin".into()),
         ttl_minutes: 10,
+        customer: None,
         auth,
     })?;
     let mut client = CheckoutAdminServiceClient::connect(server.clone())

@@ -61,6 +61,11 @@ struct Case {
     call: Call,
     #[serde(default)]
     protocols: Option<Vec<String>>,
+    /// For customer-scope cases: `owner` (a customer on their own object), `foreign` (on another
+    /// customer's), `shared` (a read every customer gets), `refused` (a method closed to
+    /// customers); checked for coverage by `every_method_has_its_customer_scope_cases`.
+    #[serde(default)]
+    scope: Option<String>,
     expect: Expect,
 }
 
@@ -69,6 +74,9 @@ struct Auth {
     scopes: Vec<String>,
     #[serde(default = "default_tenant")]
     tenant: String,
+    /// Makes it a customer token for this customer id (claim `customer_id`).
+    #[serde(default)]
+    customer: Option<String>,
 }
 
 fn default_tenant() -> String {
@@ -589,7 +597,12 @@ fn at_path<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
 impl Auth {
     /// A token for this tenant and these scopes, signed with the server's secret.
     fn token(&self) -> String {
-        common::tenant_token(&self.tenant, Some(&self.scopes.join(" ")))
+        match &self.customer {
+            Some(customer) => {
+                common::customer_token(&self.tenant, customer, &self.scopes.join(" "))
+            }
+            None => common::tenant_token(&self.tenant, Some(&self.scopes.join(" "))),
+        }
     }
 }
 
@@ -698,6 +711,74 @@ fn check(outcome: &Outcome, expect: &Expect, vars: &HashMap<String, String>) -> 
         }
     }
     wrong
+}
+
+/// The customer-scope promise is tested per method, not by sampling: every method the contract
+/// opens to customers for their own objects has an owner case and a foreign case, every shared
+/// read a customer case, and every other authenticated method a case refusing a customer token.
+#[test]
+fn every_method_has_its_customer_scope_cases() {
+    use platform::interceptors::{CustomerAccess, Policies};
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contract-tests/cases/customer_scope.json");
+    let cases: CaseFile = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let has = |method: &str, scope: &str, code: Option<&str>| {
+        cases.cases.iter().any(|case| {
+            case.call.method == method
+                && case.scope.as_deref() == Some(scope)
+                && case
+                    .call
+                    .auth
+                    .as_ref()
+                    .is_some_and(|auth| auth.customer.is_some())
+                && code.is_none_or(|code| case.expect.code == code)
+        })
+    };
+    let mut missing = Vec::new();
+    for (_, policy) in Policies::from_pool(&pool()).iter() {
+        let name = &policy.name;
+        if policy.infrastructure || policy.public || name.starts_with("commerce.psp.") {
+            continue;
+        }
+        let wanted: &[(&str, Option<&str>)] = match policy.customer {
+            CustomerAccess::Own => &[("owner", None), ("foreign", None)],
+            CustomerAccess::Shared => &[("shared", Some("ok"))],
+            CustomerAccess::Refused => &[("refused", Some("permission_denied"))],
+        };
+        for (scope, code) in wanted {
+            if !has(name, scope, *code) {
+                missing.push(format!("{name}: no `{scope}` case"));
+            }
+        }
+    }
+    // A foreign case must not succeed in reaching another customer's object: it is refused or
+    // not found, or (for lists) finds nothing.
+    for case in cases
+        .cases
+        .iter()
+        .filter(|case| case.scope.as_deref() == Some("foreign"))
+    {
+        let empty_list = case.expect.code == "ok"
+            && case.expect.response.as_ref().is_some_and(|response| {
+                response.as_object().is_some_and(|fields| {
+                    fields
+                        .values()
+                        .all(|value| value.as_array().is_some_and(Vec::is_empty))
+                })
+            });
+        assert!(
+            ["not_found", "permission_denied"].contains(&case.expect.code.as_str()) || empty_list,
+            "foreign case {} expects {}",
+            case.call.name,
+            case.expect.code
+        );
+    }
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "customer-scope cases missing:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[tokio::test]

@@ -10,7 +10,9 @@ use commerce_api::commerce::loyalty::v1::{
     reward_service_server::RewardService,
 };
 use platform::ApiError;
-use platform::request::{field_mask, idempotency, idempotency_id, page_size, tenant};
+use platform::request::{
+    customer, field_mask, idempotency, idempotency_id, may_see, page_size, tenant,
+};
 use tonic::{Request, Response, Status};
 
 use crate::engine::Loyalty;
@@ -29,6 +31,38 @@ impl LoyaltyApi {
     /// Handlers over `engine`.
     pub fn new(engine: Arc<Loyalty>) -> Self {
         LoyaltyApi { engine }
+    }
+
+    /// For a customer token: member `member_id` must be the caller's own. Another customer's
+    /// member reads as not found, exactly like one that does not exist.
+    async fn own_member<T>(
+        &self,
+        request: &Request<T>,
+        tenant: &str,
+        member_id: &str,
+    ) -> Result<(), Status> {
+        let Some(customer) = customer(request) else {
+            return Ok(());
+        };
+        let member = self.engine.member(tenant, member_id).await.map_err(fail)?;
+        owned_by(Some(&customer), &member.customer_id, "member", member_id)
+    }
+}
+
+/// NOT_FOUND for an object a customer token may not see (see [`may_see`]).
+fn owned_by(
+    customer: Option<&str>,
+    owner: &str,
+    resource: &'static str,
+    id: &str,
+) -> Result<(), Status> {
+    if may_see(customer, owner) {
+        Ok(())
+    } else {
+        Err(fail(LoyaltyError::NotFound {
+            resource,
+            id: id.to_owned(),
+        }))
     }
 }
 
@@ -92,6 +126,7 @@ impl MemberService for LoyaltyApi {
         request: Request<v1::GetMemberRequest>,
     ) -> Reply<v1::GetMemberResponse> {
         let tenant = tenant(&request)?;
+        let customer = customer(&request);
         let member = match request.into_inner().lookup {
             Some(Lookup::MemberId(id)) => self.engine.member(&tenant, &id).await,
             Some(Lookup::CustomerId(id)) => self.engine.member_by_customer(&tenant, &id).await,
@@ -101,6 +136,12 @@ impl MemberService for LoyaltyApi {
             )),
         }
         .map_err(fail)?;
+        owned_by(
+            customer.as_deref(),
+            &member.customer_id,
+            "member",
+            &member.member_id,
+        )?;
         ok(v1::GetMemberResponse {
             member: Some(member),
         })
@@ -111,6 +152,8 @@ impl MemberService for LoyaltyApi {
         request: Request<v1::GetBalanceRequest>,
     ) -> Reply<v1::GetBalanceResponse> {
         let tenant = tenant(&request)?;
+        self.own_member(&request, &tenant, &request.get_ref().member_id)
+            .await?;
         let balance = self
             .engine
             .balance(&tenant, &request.get_ref().member_id)
@@ -126,6 +169,8 @@ impl MemberService for LoyaltyApi {
         request: Request<v1::ListPointsEntriesRequest>,
     ) -> Reply<v1::ListPointsEntriesResponse> {
         let tenant = tenant(&request)?;
+        self.own_member(&request, &tenant, &request.get_ref().member_id)
+            .await?;
         let body = request.into_inner();
         let (entries, next_page_token) = self
             .engine
@@ -148,6 +193,8 @@ impl MemberService for LoyaltyApi {
         request: Request<v1::ListExpiringPointsRequest>,
     ) -> Reply<v1::ListExpiringPointsResponse> {
         let tenant = tenant(&request)?;
+        self.own_member(&request, &tenant, &request.get_ref().member_id)
+            .await?;
         let body = request.into_inner();
         let (expiring_points, next_page_token) = self
             .engine
@@ -429,11 +476,18 @@ impl RewardService for LoyaltyApi {
         request: Request<v1::GetRedemptionRequest>,
     ) -> Reply<v1::GetRedemptionResponse> {
         let tenant = tenant(&request)?;
+        let redemption_id = &request.get_ref().redemption_id;
         let redemption = self
             .engine
-            .redemption(&tenant, &request.get_ref().redemption_id)
+            .redemption(&tenant, redemption_id)
             .await
             .map_err(fail)?;
+        // A customer sees the redemptions of their own membership only.
+        if let Some(customer) = customer(&request) {
+            let member = self.engine.member(&tenant, &redemption.member_id).await;
+            let owner = member.map(|member| member.customer_id).unwrap_or_default();
+            owned_by(Some(&customer), &owner, "redemption", redemption_id)?;
+        }
         ok(v1::GetRedemptionResponse {
             redemption: Some(redemption),
         })

@@ -15,7 +15,7 @@ use commerce_api::commerce::subscriptions::v1::{
     plan_service_server::PlanService, subscription_service_server::SubscriptionService,
 };
 use platform::ApiError;
-use platform::request::{idempotency, idempotency_id, page_size, tenant};
+use platform::request::{customer, idempotency, idempotency_id, may_see, page_size, tenant};
 use tonic::{Request, Response, Status};
 
 use crate::engine::Subscriptions;
@@ -25,6 +25,57 @@ type Reply<T> = Result<Response<T>, Status>;
 
 fn fail(error: SubscriptionsError) -> Status {
     ApiError::from(error).into_status(ERROR_DOMAIN)
+}
+
+/// NOT_FOUND for an object a customer token may not see (another customer's reads exactly like
+/// one that does not exist).
+fn owned_by(
+    customer: Option<&str>,
+    owner: &str,
+    resource: &'static str,
+    id: &str,
+) -> Result<(), Status> {
+    if may_see(customer, owner) {
+        Ok(())
+    } else {
+        Err(fail(SubscriptionsError::NotFound {
+            resource,
+            id: id.to_owned(),
+        }))
+    }
+}
+
+/// For a customer token: subscription `id` must be the caller's own.
+async fn own_subscription<T>(
+    engine: &Subscriptions,
+    request: &Request<T>,
+    tenant: &str,
+    id: &str,
+) -> Result<(), Status> {
+    let Some(customer) = customer(request) else {
+        return Ok(());
+    };
+    let subscription = engine.subscription(tenant, id).await.map_err(fail)?;
+    owned_by(
+        Some(&customer),
+        &subscription.customer_id,
+        "subscription",
+        id,
+    )
+}
+
+/// For a customer token: invoice `id` must bill the caller.
+async fn own_invoice<T>(
+    engine: &Subscriptions,
+    request: &Request<T>,
+    tenant: &str,
+    id: &str,
+) -> Result<(), Status> {
+    let Some(customer) = customer(request) else {
+        return Ok(());
+    };
+    let invoice = engine.invoice(tenant, id).await.map_err(fail)?;
+    owned_by(Some(&customer), &invoice.customer_id, "invoice", id)
 }
 
 fn ok<T>(message: T) -> Reply<T> {
@@ -189,7 +240,20 @@ impl SubscriptionService for SubscriptionApi {
         let tenant = tenant(&request)?;
         let key = idempotency_id(&request);
         let idempotency = idempotency(&request);
-        let body = request.into_inner();
+        let customer = customer(&request);
+        let mut body = request.into_inner();
+        // A customer subscribes themselves: the token names the customer.
+        if let Some(customer) = customer {
+            if !body.customer_id.is_empty() && body.customer_id != customer {
+                return Err(ApiError::new(
+                    tonic::Code::PermissionDenied,
+                    commerce_api::commerce::common::v1::ErrorReason::CustomerNotAllowed,
+                    "a customer token subscribes its own customer only",
+                )
+                .into_status(ERROR_DOMAIN));
+            }
+            body.customer_id = customer;
+        }
         // The commit completing the creation (the first charge's outcome, or the creation of a
         // trial) recorded this very response for the key.
         let created = self
@@ -218,6 +282,13 @@ impl SubscriptionService for SubscriptionApi {
         request: Request<v1::GetSubscriptionRequest>,
     ) -> Reply<v1::GetSubscriptionResponse> {
         let tenant = tenant(&request)?;
+        own_subscription(
+            &self.engine,
+            &request,
+            &tenant,
+            &request.get_ref().subscription_id,
+        )
+        .await?;
         let subscription = self
             .engine
             .subscription(&tenant, &request.get_ref().subscription_id)
@@ -233,7 +304,15 @@ impl SubscriptionService for SubscriptionApi {
         request: Request<v1::ListSubscriptionsRequest>,
     ) -> Reply<v1::ListSubscriptionsResponse> {
         let tenant = tenant(&request)?;
-        let body = request.into_inner();
+        let customer = customer(&request);
+        let mut body = request.into_inner();
+        // A customer lists only their own subscriptions; asking for another's finds none.
+        if let Some(customer) = customer {
+            if !body.customer_id.is_empty() && body.customer_id != customer {
+                return ok(v1::ListSubscriptionsResponse::default());
+            }
+            body.customer_id = customer;
+        }
         let statuses = statuses::<SubscriptionStatus>(&body.statuses)?;
         let (subscriptions, next_page_token) = self
             .engine
@@ -257,6 +336,13 @@ impl SubscriptionService for SubscriptionApi {
         request: Request<v1::PreviewPlanChangeRequest>,
     ) -> Reply<v1::PreviewPlanChangeResponse> {
         let tenant = tenant(&request)?;
+        own_subscription(
+            &self.engine,
+            &request,
+            &tenant,
+            &request.get_ref().subscription_id,
+        )
+        .await?;
         let body = request.into_inner();
         let proration = self
             .engine
@@ -273,6 +359,13 @@ impl SubscriptionService for SubscriptionApi {
         request: Request<v1::ChangePlanRequest>,
     ) -> Reply<v1::ChangePlanResponse> {
         let tenant = tenant(&request)?;
+        own_subscription(
+            &self.engine,
+            &request,
+            &tenant,
+            &request.get_ref().subscription_id,
+        )
+        .await?;
         let key = idempotency_id(&request);
         let idempotency = idempotency(&request);
         let body = request.into_inner();
@@ -303,6 +396,13 @@ impl SubscriptionService for SubscriptionApi {
         request: Request<v1::PauseSubscriptionRequest>,
     ) -> Reply<v1::PauseSubscriptionResponse> {
         let tenant = tenant(&request)?;
+        own_subscription(
+            &self.engine,
+            &request,
+            &tenant,
+            &request.get_ref().subscription_id,
+        )
+        .await?;
         let body = request.into_inner();
         let subscription = self
             .engine
@@ -319,6 +419,13 @@ impl SubscriptionService for SubscriptionApi {
         request: Request<v1::ResumeSubscriptionRequest>,
     ) -> Reply<v1::ResumeSubscriptionResponse> {
         let tenant = tenant(&request)?;
+        own_subscription(
+            &self.engine,
+            &request,
+            &tenant,
+            &request.get_ref().subscription_id,
+        )
+        .await?;
         let body = request.into_inner();
         let subscription = self
             .engine
@@ -335,6 +442,13 @@ impl SubscriptionService for SubscriptionApi {
         request: Request<v1::CancelSubscriptionRequest>,
     ) -> Reply<v1::CancelSubscriptionResponse> {
         let tenant = tenant(&request)?;
+        own_subscription(
+            &self.engine,
+            &request,
+            &tenant,
+            &request.get_ref().subscription_id,
+        )
+        .await?;
         let body = request.into_inner();
         let subscription = self
             .engine
@@ -356,6 +470,13 @@ impl SubscriptionService for SubscriptionApi {
         request: Request<v1::UpdatePaymentMethodRequest>,
     ) -> Reply<v1::UpdatePaymentMethodResponse> {
         let tenant = tenant(&request)?;
+        own_subscription(
+            &self.engine,
+            &request,
+            &tenant,
+            &request.get_ref().subscription_id,
+        )
+        .await?;
         let body = request.into_inner();
         let subscription = self
             .engine
@@ -404,6 +525,13 @@ impl InvoiceService for InvoiceApi {
         request: Request<v1::GetInvoiceRequest>,
     ) -> Reply<v1::GetInvoiceResponse> {
         let tenant = tenant(&request)?;
+        own_invoice(
+            &self.engine,
+            &request,
+            &tenant,
+            &request.get_ref().invoice_id,
+        )
+        .await?;
         let invoice = self
             .engine
             .invoice(&tenant, &request.get_ref().invoice_id)
@@ -419,6 +547,24 @@ impl InvoiceService for InvoiceApi {
         request: Request<v1::ListInvoicesRequest>,
     ) -> Reply<v1::ListInvoicesResponse> {
         let tenant = tenant(&request)?;
+        // A customer lists the invoices of one of their own subscriptions (never the tenant's).
+        if customer(&request).is_some() {
+            if request.get_ref().subscription_id.is_empty() {
+                return Err(ApiError::new(
+                    tonic::Code::InvalidArgument,
+                    commerce_api::commerce::common::v1::ErrorReason::ValidationFailed,
+                    "a customer token lists invoices by subscription_id",
+                )
+                .into_status(ERROR_DOMAIN));
+            }
+            own_subscription(
+                &self.engine,
+                &request,
+                &tenant,
+                &request.get_ref().subscription_id,
+            )
+            .await?;
+        }
         let body = request.into_inner();
         let statuses = statuses::<InvoiceStatus>(&body.statuses)?;
         let (invoices, next_page_token) = self
@@ -443,6 +589,13 @@ impl InvoiceService for InvoiceApi {
         request: Request<v1::PayInvoiceRequest>,
     ) -> Reply<v1::PayInvoiceResponse> {
         let tenant = tenant(&request)?;
+        own_invoice(
+            &self.engine,
+            &request,
+            &tenant,
+            &request.get_ref().invoice_id,
+        )
+        .await?;
         let invoice = self
             .engine
             .pay_invoice(&tenant, &request.get_ref().invoice_id)

@@ -42,7 +42,7 @@ pub const BEHAVIOUR_RULES: &[(&str, &str)] = &[
     ),
     (
         "auth-tightened",
-        "a public RPC requires a token, or an RPC requires a scope the release did not",
+        "a public RPC requires a token, an RPC requires a scope the release did not, or customer tokens lose access (closed to customers, or shared → own objects only)",
     ),
     (
         "idempotency-tightened",

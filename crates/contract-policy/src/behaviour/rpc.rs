@@ -15,6 +15,10 @@ use crate::options::{
 /// for what it lacks (no `Idempotency-Key`).
 const IDEMPOTENCY_KEY_REQUIRED: i32 = 1;
 
+/// `commerce.api.v1.CustomerAccess.CUSTOMER_ACCESS_OWN` and `..._SHARED`.
+const CUSTOMER_ACCESS_OWN: i32 = 1;
+const CUSTOMER_ACCESS_SHARED: i32 = 2;
+
 /// `rate_limit_tokens` may grow up to this factor before callers' budgets visibly shrink.
 pub const RATE_COST_FACTOR: u32 = 2;
 
@@ -23,6 +27,8 @@ pub const RATE_COST_FACTOR: u32 = 2;
 pub struct RpcPolicy {
     pub public: bool,
     pub scopes: BTreeSet<String>,
+    /// `commerce.api.v1.CustomerAccess` number of `auth.customer` (0: closed to customer tokens).
+    pub customer: i32,
     /// `commerce.api.v1.Idempotency` number.
     pub idempotency: i32,
     /// `google.protobuf.MethodOptions.IdempotencyLevel` number.
@@ -48,6 +54,7 @@ impl RpcPolicy {
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
+            customer: auth.as_ref().map_or(0, |auth| enum_field(auth, "customer")),
             idempotency: policy
                 .as_ref()
                 .map_or(0, |policy| enum_field(policy, "idempotency")),
@@ -65,6 +72,14 @@ impl RpcPolicy {
     /// closed): nothing about it can get stricter.
     fn callable(&self) -> bool {
         self.public || !self.scopes.is_empty()
+    }
+}
+
+fn customer_name(access: i32) -> &'static str {
+    match access {
+        CUSTOMER_ACCESS_OWN => "CUSTOMER_ACCESS_OWN",
+        CUSTOMER_ACCESS_SHARED => "CUSTOMER_ACCESS_SHARED",
+        _ => "none",
     }
 }
 
@@ -88,6 +103,20 @@ pub fn compare(
                     "scopes {} → {}",
                     scope_list(&old.scopes),
                     scope_list(&new.scopes)
+                ),
+            ));
+        }
+        // Browsers and apps holding customer tokens break when a method they call is closed to
+        // customers, or when a shared read starts answering only for the caller's own objects.
+        let narrowed = (old.customer != 0 && new.customer == 0)
+            || (old.customer == CUSTOMER_ACCESS_SHARED && new.customer == CUSTOMER_ACCESS_OWN);
+        if narrowed {
+            changes.push((
+                "auth-tightened",
+                format!(
+                    "customer access {} → {}",
+                    customer_name(old.customer),
+                    customer_name(new.customer)
                 ),
             ));
         }
@@ -172,6 +201,7 @@ mod tests {
         RpcPolicy {
             public: false,
             scopes: ["loyalty.members.read".to_owned()].into(),
+            customer: CUSTOMER_ACCESS_OWN,
             idempotency: 2,
             idempotency_level: 0,
             rate_limit_tokens: 1,
@@ -204,6 +234,18 @@ mod tests {
         let mut new = policy();
         new.scopes = ["loyalty.read".to_owned()].into();
         assert_eq!(rules(&policy(), &new), ["auth-tightened"]);
+    }
+
+    #[test]
+    fn closing_a_method_to_customers_is_a_tightening_and_opening_it_is_not() {
+        let mut closed = policy();
+        closed.customer = 0;
+        assert_eq!(rules(&policy(), &closed), ["auth-tightened"]);
+        assert!(rules(&closed, &policy()).is_empty());
+        let mut shared = policy();
+        shared.customer = CUSTOMER_ACCESS_SHARED;
+        assert_eq!(rules(&shared, &policy()), ["auth-tightened"]);
+        assert!(rules(&policy(), &shared).is_empty());
     }
 
     #[test]

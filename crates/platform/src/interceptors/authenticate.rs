@@ -83,6 +83,9 @@ pub struct Claims {
     pub exp: u64,
 }
 
+/// Longest customer id a token may name: the contracts cap `customer_id` fields at 64.
+const MAX_CUSTOMER_ID_LEN: usize = 64;
+
 /// Seconds by which a token's time claims may disagree with this server's clock.
 const CLOCK_LEEWAY_SECONDS: u64 = 5;
 
@@ -94,7 +97,17 @@ struct TokenClaims {
     /// Issued at (seconds since the epoch; a JSON number, possibly fractional).
     #[serde(default)]
     iat: Option<f64>,
+    /// The customer a customer token acts for ([`CUSTOMER_ID_CLAIM`]); absent on staff and
+    /// service tokens.
+    #[serde(default)]
+    customer_id: Option<String>,
 }
+
+/// The claim that makes a token a customer token: its value is the customer's id (the same id
+/// carts, orders, members and subscriptions carry as `customer_id`). A token with it may call only
+/// the methods the contract opens to customers (`(commerce.api.v1.rpc).auth.customer`), for that
+/// customer's own objects. `sub` stays the caller's identity (e.g. `customer:<id>`).
+pub const CUSTOMER_ID_CLAIM: &str = "customer_id";
 
 struct JwksKey {
     kid: Option<String>,
@@ -208,7 +221,11 @@ impl Authenticate {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        let TokenClaims { claims, iat } = decode::<TokenClaims>(token, key, &validation)
+        let TokenClaims {
+            claims,
+            iat,
+            customer_id,
+        } = decode::<TokenClaims>(token, key, &validation)
             .map_err(|err| match err.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => errors::status(
                     Code::Unauthenticated,
@@ -231,6 +248,14 @@ impl Authenticate {
         if claims.tenant.is_empty() || claims.sub.is_empty() {
             return Err(invalid("token lacks a sub or tenant claim"));
         }
+        // An empty or oversized customer id would match no object (or every object without
+        // one): refuse the token rather than guess what it means.
+        if customer_id
+            .as_ref()
+            .is_some_and(|id| id.is_empty() || id.len() > MAX_CUSTOMER_ID_LEN)
+        {
+            return Err(invalid("token's customer_id claim is empty or too long"));
+        }
         Ok(Principal {
             subject: claims.sub,
             tenant: claims.tenant,
@@ -239,6 +264,7 @@ impl Authenticate {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect::<BTreeSet<_>>(),
+            customer: customer_id,
         })
     }
 }
@@ -335,5 +361,24 @@ mod tests {
                 .verify(&token(serde_json::json!({})))
                 .is_ok()
         );
+    }
+
+    /// `customer_id` makes a customer token; an empty or oversized one names nobody (or, compared
+    /// with objects that carry no customer, everybody), so the token is refused.
+    #[test]
+    fn a_customer_token_names_its_customer_and_an_empty_one_is_refused() {
+        let verifier = verifier(None, None);
+        let principal = verifier
+            .verify(&token(serde_json::json!({"customer_id": "cust-ada"})))
+            .unwrap();
+        assert_eq!(principal.customer.as_deref(), Some("cust-ada"));
+        let staff = verifier.verify(&token(serde_json::json!({}))).unwrap();
+        assert_eq!(staff.customer, None);
+        for bad in [serde_json::json!(""), serde_json::json!("x".repeat(65))] {
+            let refused = verifier
+                .verify(&token(serde_json::json!({ "customer_id": bad })))
+                .unwrap_err();
+            assert_eq!(refused.code(), Code::Unauthenticated);
+        }
     }
 }

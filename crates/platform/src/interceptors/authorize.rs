@@ -10,9 +10,9 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 use super::check::Check;
-use super::context::{Principal, Tenant};
+use super::context::{Customer, Principal, Tenant};
 use super::errors;
-use super::policy::{MethodPolicy, PLATFORM_ERROR_DOMAIN};
+use super::policy::{CustomerAccess, MethodPolicy, PLATFORM_ERROR_DOMAIN};
 
 /// Header naming the tenant of calls to public methods.
 pub const TENANT_HEADER: &str = "commerce-tenant";
@@ -94,6 +94,19 @@ impl Check for Authorize {
                     format!("{} needs scopes: {}", policy.name, missing.join(" ")),
                     [("missing_scopes".to_owned(), missing.join(" "))],
                 ));
+            }
+            // A customer token reaches only what the contract opens to customers, whatever
+            // scopes it carries: scopes say what kind of call, this says on whose behalf.
+            if let Some(customer) = &principal.customer {
+                if policy.customer == CustomerAccess::Refused {
+                    return Err(errors::status(
+                        Code::PermissionDenied,
+                        ErrorReason::CustomerNotAllowed,
+                        &domain,
+                        format!("{} is not open to customer tokens", policy.name),
+                    ));
+                }
+                request.extensions_mut().insert(Customer(customer.clone()));
             }
             principal.tenant
         };

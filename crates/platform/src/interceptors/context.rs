@@ -31,7 +31,15 @@ pub struct Principal {
     pub tenant: String,
     /// Scopes from the `scope` claim.
     pub scopes: BTreeSet<String>,
+    /// The customer a customer token acts for (claim `customer_id`); `None` for staff and
+    /// service tokens, which are tenant-wide.
+    pub customer: Option<String>,
 }
+
+/// The customer a call acts for, set by the authorization layer when a customer token called a
+/// method open to customers: handlers answer only for this customer's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer(pub String);
 
 /// The tenant the call acts for: from the token, or from `commerce-tenant` on public methods.
 #[derive(Debug, Clone, PartialEq, Eq)]

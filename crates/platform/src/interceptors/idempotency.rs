@@ -40,7 +40,7 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 use super::around::{Around, Next};
-use super::context::{Deadline, Tenant};
+use super::context::{Customer, Deadline, Tenant};
 use super::errors;
 use super::policy::MethodPolicy;
 
@@ -225,6 +225,12 @@ impl Idempotency {
             .map(|tenant| tenant.0.clone())
             .unwrap_or_default();
         let deadline = request.extensions().get::<Deadline>().copied();
+        // A customer's keys are their own: one customer's key never replays, blocks or collides
+        // with another customer's call (which would hand them the other's answer).
+        let key = match request.extensions().get::<Customer>() {
+            Some(Customer(customer)) => format!("{key}\u{1f}customer:{customer}"),
+            None => key,
+        };
         let (mut parts, body) = request.into_parts();
         // Validation already read and re-framed this body; a failure here is refused the same
         // way (nothing ran, so nothing is recorded).

@@ -42,16 +42,18 @@ use tower::util::BoxCloneService;
 use around::AroundLayer;
 use check::CheckLayer;
 
-pub use authenticate::{AuthConfig, AuthConfigError, Authenticate, Claims, mint_hs256};
+pub use authenticate::{
+    AuthConfig, AuthConfigError, Authenticate, CUSTOMER_ID_CLAIM, Claims, mint_hs256,
+};
 pub use authorize::TENANT_HEADER;
 pub use client_address::{FORWARDED_FOR_HEADER, InvalidTrustedProxy, TrustedProxies};
-pub use context::{ClientAddress, Deadline, Principal, RequestId, Tenant, TraceContext};
+pub use context::{ClientAddress, Customer, Deadline, Principal, RequestId, Tenant, TraceContext};
 
 pub use idempotency::{
     IDEMPOTENCY_KEY_HEADER, IdempotencyConfig, IdempotencyContext, REPLAYED_HEADER, RecordedOutcome,
 };
 pub use observe::{Metrics, WireProtocol};
-pub use policy::{CacheRule, DeprecationPolicy, MethodPolicy, Policies};
+pub use policy::{CacheRule, CustomerAccess, DeprecationPolicy, MethodPolicy, Policies};
 pub use rate_limit::{AnonymousRateLimitConfig, RateLimitConfig};
 
 /// Settings of the interceptor stack.

@@ -30,6 +30,8 @@ pub struct MethodPolicy {
     pub public: bool,
     /// Scopes the token must carry.
     pub scopes: Vec<String>,
+    /// What a customer token may do with the method (`auth.customer`).
+    pub customer: CustomerAccess,
     /// `commerce.api.v1.Idempotency` number (0 when unspecified).
     pub idempotency: i32,
     /// Tokens a call costs in the tenant's rate limit.
@@ -46,6 +48,18 @@ pub struct MethodPolicy {
     pub deprecation: Option<DeprecationPolicy>,
     /// How HTTP caches may keep its Connect GET answers, from `(commerce.api.v1.rpc).cache`.
     pub cache: Option<CacheRule>,
+}
+
+/// What a customer token may do with a method, from `(commerce.api.v1.rpc).auth.customer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CustomerAccess {
+    /// Customer tokens are refused (staff and service methods).
+    #[default]
+    Refused,
+    /// Customer tokens may call it for their own objects; the handler checks ownership.
+    Own,
+    /// Customer tokens may call it; the answer is the same for every customer.
+    Shared,
 }
 
 /// Cacheability of a public read, from `(commerce.api.v1.rpc).cache`.
@@ -134,6 +148,12 @@ fn method_policy(
             || auth
                 .as_ref()
                 .is_some_and(|auth| matches!(field(auth, "public"), Some(Value::Bool(true)))),
+        customer: match auth.as_ref().and_then(|auth| field(auth, "customer")) {
+            Some(Value::EnumNumber(1)) => CustomerAccess::Own,
+            Some(Value::EnumNumber(2)) => CustomerAccess::Shared,
+            // Unset, or a value this build does not know: closed to customers.
+            _ => CustomerAccess::Refused,
+        },
         scopes: match auth.as_ref().and_then(|auth| field(auth, "scopes")) {
             Some(Value::List(items)) => items
                 .into_iter()

@@ -16,6 +16,11 @@ const WATCH_POLL: Duration = Duration::from_secs(1);
 
 impl Orders {
     /// An order by id.
+    /// The customer the cart `cart_id` belongs to (to check a customer places only their own).
+    pub async fn cart_owner(&self, tenant: &str, cart_id: &str) -> Result<String, CheckoutError> {
+        Ok(self.carts.get(tenant, cart_id).await?.customer_id)
+    }
+
     pub async fn order(&self, tenant: &str, order_id: &str) -> Result<Order, CheckoutError> {
         let stored = self.load_order(tenant, order_id).await?;
         Ok(stored.decode(&format!("order {order_id}"))?)

@@ -219,6 +219,27 @@ pub fn tenant_token(tenant: &str, scopes: Option<&str>) -> String {
         .to_owned()
 }
 
+/// A customer token (claim `customer_id`) for `customer` of `tenant` with `scopes`, signed with
+/// the test secret by `commerce token --customer`.
+pub fn customer_token(tenant: &str, customer: &str, scopes: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_commerce"))
+        .args(["token", "--tenant", tenant, "--scopes", scopes])
+        .args([
+            "--subject",
+            &format!("customer:{customer}"),
+            "--customer",
+            customer,
+        ])
+        .env("COMMERCE_JWT_HS256_SECRET", SECRET)
+        .output()
+        .expect("commerce token");
+    assert!(output.status.success());
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
 /// A Connect JSON call over a plain HTTP/1.1 connection, with a bearer `token` and extra
 /// `headers`; returns the HTTP status and the JSON body.
 pub fn connect_json(

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file commerce/api/v1/options.proto.
  */
 export const file_commerce_api_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jb21tZXJjZS9hcGkvdjEvb3B0aW9ucy5wcm90bxIPY29tbWVyY2UuYXBpLnYxIiwKCkF1dGhQb2xpY3kSDgoGcHVibGljGAEgASgIEg4KBnNjb3BlcxgCIAMoCSJQCgtEZXByZWNhdGlvbhITCgtyZXBsYWNlbWVudBgBIAEoCRIXCg9yZW1vdmFsX3ZlcnNpb24YAiABKAkSEwoLc3Vuc2V0X2RhdGUYAyABKAki/AEKCVJwY1BvbGljeRIpCgRhdXRoGAEgASgLMhsuY29tbWVyY2UuYXBpLnYxLkF1dGhQb2xpY3kSMQoLaWRlbXBvdGVuY3kYAiABKA4yHC5jb21tZXJjZS5hcGkudjEuSWRlbXBvdGVuY3kSMQoLZGVwcmVjYXRpb24YAyABKAsyHC5jb21tZXJjZS5hcGkudjEuRGVwcmVjYXRpb24SGQoRcmF0ZV9saW1pdF90b2tlbnMYBCABKA0SFgoObWF4X3RpbWVvdXRfbXMYBSABKA0SKwoFY2FjaGUYBiABKAsyHC5jb21tZXJjZS5hcGkudjEuQ2FjaGVQb2xpY3kiNgoLQ2FjaGVQb2xpY3kSFwoPbWF4X2FnZV9zZWNvbmRzGAEgASgNEg4KBnNoYXJlZBgCIAEoCCIlCg1TZXJ2aWNlUG9saWN5EhQKDGVycm9yX2RvbWFpbhgBIAEoCSI2CgtFdmVudFBvbGljeRIRCglhZ2dyZWdhdGUYASABKAkSFAoMZW1pdHRlZF93aGVuGAIgASgJIiAKC0ZpZWxkUG9saWN5EhEKCXNlbnNpdGl2ZRgBIAEoCCp/CgtJZGVtcG90ZW5jeRIbChdJREVNUE9URU5DWV9VTlNQRUNJRklFRBAAEhwKGElERU1QT1RFTkNZX0tFWV9SRVFVSVJFRBABEhwKGElERU1QT1RFTkNZX0tFWV9PUFRJT05BTBACEhcKE0lERU1QT1RFTkNZX05BVFVSQUwQAzpOCgNycGMSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxi1hwMgASgLMhouY29tbWVyY2UuYXBpLnYxLlJwY1BvbGljeVIDcnBjOlsKB3NlcnZpY2USHy5nb29nbGUucHJvdG9idWYuU2VydmljZU9wdGlvbnMYtocDIAEoCzIeLmNvbW1lcmNlLmFwaS52MS5TZXJ2aWNlUG9saWN5UgdzZXJ2aWNlOlUKBWV2ZW50Eh8uZ29vZ2xlLnByb3RvYnVmLk1lc3NhZ2VPcHRpb25zGLeHAyABKAsyHC5jb21tZXJjZS5hcGkudjEuRXZlbnRQb2xpY3lSBWV2ZW50OlMKBWZpZWxkEh0uZ29vZ2xlLnByb3RvYnVmLkZpZWxkT3B0aW9ucxi4hwMgASgLMhwuY29tbWVyY2UuYXBpLnYxLkZpZWxkUG9saWN5UgVmaWVsZGIGcHJvdG8z", [file_google_protobuf_descriptor]);
+  fileDesc("Ch1jb21tZXJjZS9hcGkvdjEvb3B0aW9ucy5wcm90bxIPY29tbWVyY2UuYXBpLnYxIl8KCkF1dGhQb2xpY3kSDgoGcHVibGljGAEgASgIEg4KBnNjb3BlcxgCIAMoCRIxCghjdXN0b21lchgDIAEoDjIfLmNvbW1lcmNlLmFwaS52MS5DdXN0b21lckFjY2VzcyJQCgtEZXByZWNhdGlvbhITCgtyZXBsYWNlbWVudBgBIAEoCRIXCg9yZW1vdmFsX3ZlcnNpb24YAiABKAkSEwoLc3Vuc2V0X2RhdGUYAyABKAki/AEKCVJwY1BvbGljeRIpCgRhdXRoGAEgASgLMhsuY29tbWVyY2UuYXBpLnYxLkF1dGhQb2xpY3kSMQoLaWRlbXBvdGVuY3kYAiABKA4yHC5jb21tZXJjZS5hcGkudjEuSWRlbXBvdGVuY3kSMQoLZGVwcmVjYXRpb24YAyABKAsyHC5jb21tZXJjZS5hcGkudjEuRGVwcmVjYXRpb24SGQoRcmF0ZV9saW1pdF90b2tlbnMYBCABKA0SFgoObWF4X3RpbWVvdXRfbXMYBSABKA0SKwoFY2FjaGUYBiABKAsyHC5jb21tZXJjZS5hcGkudjEuQ2FjaGVQb2xpY3kiNgoLQ2FjaGVQb2xpY3kSFwoPbWF4X2FnZV9zZWNvbmRzGAEgASgNEg4KBnNoYXJlZBgCIAEoCCIlCg1TZXJ2aWNlUG9saWN5EhQKDGVycm9yX2RvbWFpbhgBIAEoCSI2CgtFdmVudFBvbGljeRIRCglhZ2dyZWdhdGUYASABKAkSFAoMZW1pdHRlZF93aGVuGAIgASgJIiAKC0ZpZWxkUG9saWN5EhEKCXNlbnNpdGl2ZRgBIAEoCCpmCg5DdXN0b21lckFjY2VzcxIfChtDVVNUT01FUl9BQ0NFU1NfVU5TUEVDSUZJRUQQABIXChNDVVNUT01FUl9BQ0NFU1NfT1dOEAESGgoWQ1VTVE9NRVJfQUNDRVNTX1NIQVJFRBACKn8KC0lkZW1wb3RlbmN5EhsKF0lERU1QT1RFTkNZX1VOU1BFQ0lGSUVEEAASHAoYSURFTVBPVEVOQ1lfS0VZX1JFUVVJUkVEEAESHAoYSURFTVBPVEVOQ1lfS0VZX09QVElPTkFMEAISFwoTSURFTVBPVEVOQ1lfTkFUVVJBTBADOk4KA3JwYxIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGLWHAyABKAsyGi5jb21tZXJjZS5hcGkudjEuUnBjUG9saWN5UgNycGM6WwoHc2VydmljZRIfLmdvb2dsZS5wcm90b2J1Zi5TZXJ2aWNlT3B0aW9ucxi2hwMgASgLMh4uY29tbWVyY2UuYXBpLnYxLlNlcnZpY2VQb2xpY3lSB3NlcnZpY2U6VQoFZXZlbnQSHy5nb29nbGUucHJvdG9idWYuTWVzc2FnZU9wdGlvbnMYt4cDIAEoCzIcLmNvbW1lcmNlLmFwaS52MS5FdmVudFBvbGljeVIFZXZlbnQ6UwoFZmllbGQSHS5nb29nbGUucHJvdG9idWYuRmllbGRPcHRpb25zGLiHAyABKAsyHC5jb21tZXJjZS5hcGkudjEuRmllbGRQb2xpY3lSBWZpZWxkYgZwcm90bzM", [file_google_protobuf_descriptor]);
 
 /**
  * Who may call a method. Exactly one of `public` or a non-empty `scopes` must be set; the contract
@@ -39,6 +39,15 @@ export type AuthPolicy = Message<"commerce.api.v1.AuthPolicy"> & {
    * @generated from field: repeated string scopes = 2;
    */
   scopes: string[];
+
+  /**
+   * Whether a customer token (one with a `customer_id` claim) may call the method, and what it
+   * then sees. Unset: customer tokens are refused with PERMISSION_DENIED / CUSTOMER_NOT_ALLOWED,
+   * whatever scopes they carry. Only for methods with scopes (public methods need no token).
+   *
+   * @generated from field: commerce.api.v1.CustomerAccess customer = 3;
+   */
+  customer: CustomerAccess;
 };
 
 /**
@@ -247,6 +256,45 @@ export const FieldPolicySchema: GenMessage<FieldPolicy> = /*@__PURE__*/
   messageDesc(file_commerce_api_v1_options, 6);
 
 /**
+ * What a customer token (claim `customer_id`) may do with a method. Staff and service tokens (no
+ * `customer_id`) are tenant-wide and ignore this.
+ *
+ * @generated from enum commerce.api.v1.CustomerAccess
+ */
+export enum CustomerAccess {
+  /**
+   * Customer tokens may not call the method (staff and service RPCs).
+   *
+   * @generated from enum value: CUSTOMER_ACCESS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Customer tokens may call it for their own objects only: the service checks that the cart,
+   * order, member, subscription or invoice named belongs to the token's customer, and answers
+   * NOT_FOUND for another customer's (exactly as for one that does not exist); lists return only
+   * the caller's own; creates are made for the token's customer.
+   *
+   * @generated from enum value: CUSTOMER_ACCESS_OWN = 1;
+   */
+  OWN = 1,
+
+  /**
+   * Customer tokens may call it and get the same answer as any customer of the tenant (a reward
+   * catalogue, a loyalty programme, plans): the method reads nothing that belongs to a customer.
+   *
+   * @generated from enum value: CUSTOMER_ACCESS_SHARED = 2;
+   */
+  SHARED = 2,
+}
+
+/**
+ * Describes the enum commerce.api.v1.CustomerAccess.
+ */
+export const CustomerAccessSchema: GenEnum<CustomerAccess> = /*@__PURE__*/
+  enumDesc(file_commerce_api_v1_options, 0);
+
+/**
  * How retries of a mutating method are made safe.
  *
  * @generated from enum commerce.api.v1.Idempotency
@@ -288,7 +336,7 @@ export enum Idempotency {
  * Describes the enum commerce.api.v1.Idempotency.
  */
 export const IdempotencySchema: GenEnum<Idempotency> = /*@__PURE__*/
-  enumDesc(file_commerce_api_v1_options, 0);
+  enumDesc(file_commerce_api_v1_options, 1);
 
 /**
  * Runtime policy of an RPC.
