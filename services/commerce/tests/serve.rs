@@ -126,17 +126,9 @@ fn sigterm_stops_the_server_cleanly_and_calls_are_logged_as_json() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn starts_with_redis_down_serves_on_fallbacks_and_reports_degraded_health() {
-    let (closed, admin) = (free_port(), free_port());
+    let (closed, admin) = (common::free_port(), common::free_port());
     let redis_url = format!("redis://127.0.0.1:{closed}/");
     let admin_addr = format!("127.0.0.1:{admin}");
     let mut server = common::start_in(
@@ -212,7 +204,7 @@ fn get_healthz(admin: &str) -> Option<String> {
 
 #[test]
 fn running_out_of_file_descriptors_neither_spins_the_cpu_nor_stops_either_port() {
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", common::free_port());
     // A descriptor table of 64 and no connection caps: the table fills before any cap is reached.
     let server = common::start_with_file_limit(
         64,

@@ -585,14 +585,6 @@ fn the_rules_file_has_the_shape_prometheus_and_the_doc_promise() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn metrics(admin: &str) -> String {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(admin).expect("admin port");
@@ -619,7 +611,7 @@ async fn every_metric_the_rules_select_is_exposed_by_the_binary() {
         .collect();
 
     let endpoint = common::otlp::Received::default().start().await;
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", common::free_port());
     let server = common::start_with(
         tempfile::tempdir().unwrap(),
         &["--admin-listen", &admin],

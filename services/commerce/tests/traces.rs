@@ -17,14 +17,6 @@ use common::shop::Shop;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A W3C traceparent of a new trace, sampled or not: (header, trace id, parent span id).
 fn traceparent(sampled: bool) -> (String, String, String) {
     let trace_id = format!("{:032x}", fastrand::u128(1..));
@@ -64,7 +56,7 @@ fn metrics(admin: &str) -> String {
 async fn a_place_order_is_one_trace_from_the_callers_span_to_loyaltys_accrual() {
     let received = Received::default();
     let endpoint = received.start().await;
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", common::free_port());
     let mut server = common::start_with(
         tempfile::tempdir().unwrap(),
         &["--admin-listen", &admin],
@@ -394,8 +386,8 @@ async fn grpc_web_calls_and_server_streams_get_server_spans_and_sampling_follows
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_collector_changes_no_answer_and_its_losses_are_counted() {
     // A collector that is not there: the port refuses connections.
-    let endpoint = format!("http://127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
+    let endpoint = format!("http://127.0.0.1:{}", common::free_port());
+    let admin = format!("127.0.0.1:{}", common::free_port());
     let server = common::start_with(
         tempfile::tempdir().unwrap(),
         &["--admin-listen", &admin],

@@ -69,6 +69,15 @@ impl Running {
 }
 
 /// Runs a `commerce` subcommand (operator tools) with the test secret.
+/// A port free on 127.0.0.1 at the time of asking (for a process the test starts with it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_commerce"))
         .args(args)
