@@ -18,7 +18,7 @@ const ORDER_SERVICE: &str = "checkout/v1/order_service.proto";
 const MENU_SERVICE: &str = "checkout/v1/menu_service.proto";
 
 const GET_BALANCE_MEMBER_ID: &str = "message GetBalanceRequest {\n  // The member.\n  string member_id = 1 [(buf.validate.field).string = {\n    min_len: 1\n    max_len: 64\n";
-const GET_BALANCE_SCOPE: &str = "    option idempotency_level = NO_SIDE_EFFECTS;\n    option (commerce.api.v1.rpc) = {\n      auth: {\n        scopes: [\"loyalty.members.read\"]\n      }\n    };\n  }\n  // Lists a member's points";
+const GET_BALANCE_SCOPE: &str = "    option idempotency_level = NO_SIDE_EFFECTS;\n    option (commerce.api.v1.rpc) = {\n      auth: {\n        scopes: [\"loyalty.members.read\"]\n        customer: CUSTOMER_ACCESS_OWN\n      }\n    };\n  }\n  // Lists a member's points";
 
 fn behaviour(workspace: &Workspace) -> GateRun {
     workspace.gate(&["behaviour"])
@@ -558,7 +558,7 @@ fn an_unregistered_event_type_fails_naming_the_event() {
 
 // ---- deprecations ----
 
-const GET_ORDER_POLICY: &str = "    option (commerce.api.v1.rpc) = {\n      auth: {\n        scopes: [\"checkout.orders.read\"]\n      }\n    };\n  }\n  // Lists orders";
+const GET_ORDER_POLICY: &str = "    option (commerce.api.v1.rpc) = {\n      auth: {\n        scopes: [\"checkout.orders.read\"]\n        customer: CUSTOMER_ACCESS_OWN\n      }\n    };\n  }\n  // Lists orders";
 
 /// Deprecates GetOrder with `schedule` (fields of its `deprecation`), releases that, then removes
 /// GetOrder from the working tree.
@@ -808,4 +808,29 @@ fn list_rules_names_the_behavioural_rules() {
             "{rule} missing:\n{listed}"
         );
     }
+}
+
+#[test]
+fn closing_a_released_method_to_customers_fails_naming_the_rpc() {
+    let mut workspace = Workspace::copy();
+    // A release in which customers may read their balance…
+    workspace.release();
+    // …then the method is closed to customer tokens: browsers holding one would be refused.
+    workspace.edit(MEMBER_SERVICE, |text| {
+        replace_once(
+            text,
+            GET_BALANCE_SCOPE,
+            &GET_BALANCE_SCOPE.replace("        customer: CUSTOMER_ACCESS_OWN\n", ""),
+        )
+    });
+    let line = workspace.line_of(MEMBER_SERVICE, "rpc GetBalance(");
+    assert_refused(
+        &behaviour(&workspace),
+        &[at(
+            MEMBER_SERVICE,
+            line,
+            "auth-tightened",
+            "MemberService.GetBalance customer access CUSTOMER_ACCESS_OWN → none",
+        )],
+    );
 }

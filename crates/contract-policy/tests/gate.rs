@@ -219,7 +219,7 @@ fn an_unregistered_event_fails_the_policy_check() {
 #[test]
 fn a_deprecated_rpc_must_name_its_replacement() {
     let workspace = Workspace::copy();
-    let marker = "    option (commerce.api.v1.rpc) = {\n      auth: {\n        scopes: [\"checkout.orders.read\"]\n      }\n    };\n  }\n  // Lists orders";
+    let marker = "    option (commerce.api.v1.rpc) = {\n      auth: {\n        scopes: [\"checkout.orders.read\"]\n        customer: CUSTOMER_ACCESS_OWN\n      }\n    };\n  }\n  // Lists orders";
     workspace.edit("checkout/v1/order_service.proto", |text| {
         replace_once(
             text,
