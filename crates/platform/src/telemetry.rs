@@ -92,29 +92,60 @@ static SAMPLING: std::sync::RwLock<Sampling> = std::sync::RwLock::new(Sampling {
 
 /// Whether a trace continued from `traceparent` (or started here, without one) is sampled.
 /// False whenever traces are off.
-pub fn sample(traceparent: Option<&str>) -> bool {
+///
+/// A caller's "sampled" flag is honoured only when `trusted()` says the caller may decide (a
+/// service or staff token — see `Observe`): otherwise anyone could send `-01` on every call and
+/// force each one to be traced and exported whatever the ratio, a cheap way to load the process
+/// and the collector. An untrusted caller's call is sampled by the ratio, in the caller's trace.
+/// A "not sampled" flag is always honoured (it only saves work). `trusted` runs only when the
+/// flag would make the difference.
+pub fn sample(traceparent: Option<&str>, trusted: impl FnOnce() -> bool) -> bool {
     if !enabled() {
         return false;
     }
     let sampling = *SAMPLING
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    decide(sampling, traceparent, fastrand::f64())
+    decide(sampling, traceparent, fastrand::f64(), trusted)
 }
 
 /// The sampling decision for a trace continued from `traceparent` (or new), `draw` uniform in
-/// [0, 1).
-fn decide(sampling: Sampling, traceparent: Option<&str>, draw: f64) -> bool {
+/// [0, 1); `trusted` says whether the caller's "sampled" flag counts.
+fn decide(
+    sampling: Sampling,
+    traceparent: Option<&str>,
+    draw: f64,
+    trusted: impl FnOnce() -> bool,
+) -> bool {
     // `00-<trace id>-<span id>-<flags>`: bit 0 of the flags is "sampled".
     let parent_sampled = traceparent
         .filter(|_| sampling.parent_based)
         .and_then(|traceparent| traceparent.get(53..55))
         .and_then(|flags| u8::from_str_radix(flags, 16).ok())
         .map(|flags| flags & 1 == 1);
+    let by_ratio = draw < sampling.ratio;
     match parent_sampled {
-        Some(sampled) => sampled,
-        None => draw < sampling.ratio,
+        Some(true) => by_ratio || trusted(),
+        Some(false) => false,
+        None => by_ratio,
     }
+}
+
+/// `traceparent` with its "sampled" flag cleared (the rest unchanged), for passing on the
+/// context of a call this process decided not to trace.
+pub fn unsampled(traceparent: String) -> String {
+    let Some(flags) = traceparent
+        .get(53..55)
+        .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+    else {
+        return traceparent;
+    };
+    format!(
+        "{}{:02x}{}",
+        &traceparent[..53],
+        flags & !1,
+        &traceparent[55..]
+    )
 }
 
 /// Whether the current task is inside a sampled trace: child spans (outbound calls, store,
@@ -143,6 +174,28 @@ pub(crate) struct SpanOutcome {
 /// queued were dropped because the queue was full.
 pub(crate) static TRACE_SPANS: LazyLock<Family<SpanOutcome, Counter>> =
     LazyLock::new(Family::default);
+
+/// Log lines the writer queue may hold before new lines are dropped.
+const LOG_QUEUE_LINES: usize = 64 * 1024;
+
+/// The log writer's count of lines it dropped because its queue was full.
+static LOG_DROPS: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// `log_lines_dropped_total`: log lines dropped because the writer's queue was full (stderr
+/// slower than the calls); brought up to date by [`sync_log_drops`] when metrics are read.
+pub(crate) static LOG_LINES_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Brings `log_lines_dropped_total` up to the writer's own count.
+pub(crate) fn sync_log_drops() {
+    if let Some(drops) = LOG_DROPS.get() {
+        let dropped = drops.dropped_lines() as u64;
+        let counted = LOG_LINES_DROPPED.get();
+        if dropped > counted {
+            LOG_LINES_DROPPED.inc_by(dropped - counted);
+        }
+    }
+}
 
 fn count(outcome: &'static str, spans: u64) {
     TRACE_SPANS
@@ -204,6 +257,8 @@ impl std::fmt::Display for TelemetryConfig {
 /// The installed trace pipeline; [`Telemetry::shutdown`] flushes what is queued.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// The log writer's worker: dropping it writes out the lines still queued.
+    logs: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>>,
 }
 
 /// Why the trace pipeline could not be built.
@@ -224,7 +279,13 @@ impl Telemetry {
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
         let Some(_endpoint) = &config.endpoint else {
-            return Ok((Telemetry { provider: None }, None));
+            return Ok((
+                Telemetry {
+                    provider: None,
+                    logs: std::sync::Mutex::default(),
+                },
+                None,
+            ));
         };
         // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT / _TIMEOUT / _HEADERS itself.
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -267,17 +328,25 @@ impl Telemetry {
         Ok((
             Telemetry {
                 provider: Some(provider),
+                logs: std::sync::Mutex::default(),
             },
             Some(layer),
         ))
     }
 
-    /// Exports what is queued (within a few seconds) and stops the exporter.
+    /// Exports what is queued (within a few seconds) and stops the exporter; writes out the log
+    /// lines still queued.
     pub fn shutdown(&self) {
         if let Some(provider) = &self.provider {
             let _ = provider.force_flush();
             let _ = provider.shutdown_with_timeout(Duration::from_secs(5));
         }
+        drop(
+            self.logs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
@@ -412,16 +481,29 @@ pub fn init(
     use tracing_subscriber::{EnvFilter, Layer as _};
 
     let config = TelemetryConfig::from_env(default_service_name);
+    // Log lines go through a queue to a writer thread, so a slow or blocked stderr (a full pipe,
+    // a stalled log shipper) never holds up a request; when the queue is full, lines are dropped
+    // and counted (`log_lines_dropped_total`) rather than waited for.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("commerce-log")
+        .finish(std::io::stderr());
+    let _ = LOG_DROPS.set(writer.error_counter());
     let logs = tracing_subscriber::fmt::layer()
         .json()
         .event_format(WithTraceIds(tracing_subscriber::fmt::format().json()))
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_filter({
             let wanted = std::env::var("COMMERCE_LOG").unwrap_or_else(|_| "info".to_owned());
             EnvFilter::try_new(format!("{wanted},{CHILD_SPANS}=off"))
                 .unwrap_or_else(|_| EnvFilter::new(format!("info,{CHILD_SPANS}=off")))
         });
     let (telemetry, traces) = Telemetry::install(&config, attributes)?;
+    *telemetry
+        .logs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(guard);
     // Spans are filtered for the exporter on their own: quieter logs (COMMERCE_LOG=warn) must
     // not thin out the traces.
     let traces = traces.map(|layer| layer.with_filter(tracing::level_filters::LevelFilter::INFO));
@@ -703,7 +785,7 @@ impl store::Store for TracedStore {
 /// The ROOT span of one round of background work (`billing run`, `loyalty sweep`, …): it has no
 /// request to belong to, so it starts a trace of its own.
 pub fn round_span(what: &'static str) -> tracing::Span {
-    if !sample(None) {
+    if !sample(None, || false) {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
@@ -810,16 +892,20 @@ mod tests {
             parent_based: true,
             ratio: 0.01,
         };
-        assert!(decide(one_percent, Some(SAMPLED), 0.99));
-        assert!(!decide(one_percent, Some(UNSAMPLED), 0.0));
-        assert!(decide(one_percent, None, 0.005));
-        assert!(!decide(one_percent, None, 0.5));
+        let trusted = || true;
+        assert!(decide(one_percent, Some(SAMPLED), 0.99, trusted));
+        assert!(!decide(one_percent, Some(UNSAMPLED), 0.0, trusted));
+        assert!(decide(one_percent, None, 0.005, trusted));
+        assert!(!decide(one_percent, None, 0.5, trusted));
+        // An untrusted caller's "sampled" flag does not force a trace: the ratio decides.
+        assert!(!decide(one_percent, Some(SAMPLED), 0.99, || false));
+        assert!(decide(one_percent, Some(SAMPLED), 0.005, || false));
         let ratio_only = Sampling {
             parent_based: false,
             ratio: 0.0,
         };
         assert!(
-            !decide(ratio_only, Some(SAMPLED), 0.0),
+            !decide(ratio_only, Some(SAMPLED), 0.0, trusted),
             "traceidratio ignores the parent"
         );
         assert!(!decide(
@@ -828,8 +914,19 @@ mod tests {
                 ratio: 0.0
             },
             None,
-            0.0
+            0.0,
+            trusted
         ));
+    }
+
+    #[test]
+    fn an_unsampled_copy_of_a_traceparent_keeps_its_ids_and_clears_only_the_flag() {
+        assert_eq!(
+            unsampled(SAMPLED.to_owned()),
+            format!("{}00", &SAMPLED[..53])
+        );
+        assert_eq!(unsampled(UNSAMPLED.to_owned()), UNSAMPLED);
+        assert_eq!(unsampled("garbage".to_owned()), "garbage");
     }
 
     #[test]

@@ -327,6 +327,29 @@ async fn grpc_web_calls_and_server_streams_get_server_spans_and_sampling_follows
     );
     assert_eq!(status, 200);
 
+    // A "sampled" flag from a caller without a service or staff token does not force a trace:
+    // anonymous callers (a public read) and customer tokens get the ratio, here 0. Otherwise
+    // anyone could make every call they send traced and exported.
+    let (header, anonymous_trace, _) = traceparent(true);
+    let (status, listed) = common::connect_json(
+        &server.addr,
+        "/commerce.checkout.v1.MenuService/ListLocations",
+        "{}",
+        None,
+        &[("traceparent", &header), ("commerce-tenant", "traced")],
+    );
+    assert_eq!(status, 200, "{listed}");
+    let (header, customer_trace, _) = traceparent(true);
+    let customer = common::customer_token("traced", "cust-traced", "loyalty.members.read");
+    let (status, _) = common::connect_json(
+        &server.addr,
+        "/commerce.loyalty.v1.MemberService/GetMember",
+        r#"{"customerId":"cust-traced"}"#,
+        Some(&customer),
+        &[("traceparent", &header)],
+    );
+    assert_eq!(status, 404, "no such member; the call ran all the same");
+
     let web = received
         .trace(&web_trace, |spans| {
             !named(spans, "commerce.checkout.v1.OrderService/GetOrder").is_empty()
@@ -372,6 +395,15 @@ async fn grpc_web_calls_and_server_streams_get_server_spans_and_sampling_follows
         received.trace(&unsampled_trace, |_| true).await.is_empty(),
         "an unsampled parent's call was exported"
     );
+    for (who, trace) in [
+        ("an anonymous caller", &anonymous_trace),
+        ("a customer token", &customer_trace),
+    ] {
+        assert!(
+            received.trace(trace, |_| true).await.is_empty(),
+            "{who} forced its call to be traced"
+        );
+    }
     let everything = received.0.lock().unwrap().clone();
     assert!(
         everything

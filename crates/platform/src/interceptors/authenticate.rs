@@ -119,6 +119,49 @@ struct JwksKey {
 #[derive(Clone)]
 pub struct Authenticate {
     inner: std::sync::Arc<Keys>,
+    verified: std::sync::Arc<Verified>,
+}
+
+/// Tokens verified recently, by the SHA-256 of the whole token (header, claims and signature),
+/// so a caller that sends the same token on every call pays for its signature and claims once.
+/// A token that was never verified — a forged or altered one, whose bytes differ — cannot match
+/// an entry. An entry dies at its token's `exp` (without the leeway); the keys are fixed for the
+/// process's life, so a revoked signing key is dropped by restarting with a new JWKS, which
+/// starts with an empty cache. Bounded: when full it is emptied (a burst of new tokens only costs
+/// their verification, as without the cache).
+struct Verified {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Principal, u64)>>,
+}
+
+/// Most tokens kept verified at once (one per active caller; ~200 bytes each).
+const VERIFIED_CAPACITY: usize = 10_000;
+
+impl Verified {
+    fn get(&self, digest: &[u8; 32], now: u64) -> Option<Principal> {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match entries.get(digest) {
+            Some((principal, exp)) if *exp > now => Some(principal.clone()),
+            Some(_) => {
+                entries.remove(digest);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, digest: [u8; 32], principal: &Principal, exp: u64) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= VERIFIED_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(digest, (principal.clone(), exp));
+    }
 }
 
 struct Keys {
@@ -170,11 +213,28 @@ impl Authenticate {
                 issuer: config.issuer.clone(),
                 audience: config.audience.clone(),
             }),
+            verified: std::sync::Arc::new(Verified {
+                entries: std::sync::Mutex::default(),
+            }),
         })
     }
 
-    /// Verifies one token.
+    /// Verifies one token: from the cache of verified tokens when it is there and unexpired,
+    /// else by its signature and claims (and then cached).
     pub fn verify(&self, token: &str) -> Result<Principal, Status> {
+        use sha2::{Digest as _, Sha256};
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(principal) = self.verified.get(&digest, now) {
+            return Ok(principal);
+        }
+        let (principal, exp) = self.verify_signed(token)?;
+        self.verified.put(digest, &principal, exp);
+        Ok(principal)
+    }
+
+    /// Verifies one token's signature and claims; returns its principal and `exp`.
+    fn verify_signed(&self, token: &str) -> Result<(Principal, u64), Status> {
         let keys = &self.inner;
         let invalid = |message: &str| {
             errors::status(
@@ -256,7 +316,8 @@ impl Authenticate {
         {
             return Err(invalid("token's customer_id claim is empty or too long"));
         }
-        Ok(Principal {
+        let exp = claims.exp;
+        let principal = Principal {
             subject: claims.sub,
             tenant: claims.tenant,
             scopes: claims
@@ -265,12 +326,22 @@ impl Authenticate {
                 .map(str::to_owned)
                 .collect::<BTreeSet<_>>(),
             customer: customer_id,
-        })
+        };
+        Ok((principal, exp))
     }
 }
 
 impl Check for Authenticate {
     fn check(&self, request: &mut Request<Body>) -> Result<(), Status> {
+        // Health and reflection read no token: verifying one a probe or a client library sends
+        // anyway would be work for nothing.
+        if request
+            .extensions()
+            .get::<std::sync::Arc<super::policy::MethodPolicy>>()
+            .is_some_and(|policy| policy.infrastructure)
+        {
+            return Ok(());
+        }
         let Some(header) = request.headers().get(http::header::AUTHORIZATION) else {
             return Ok(());
         };
@@ -380,5 +451,48 @@ mod tests {
                 .unwrap_err();
             assert_eq!(refused.code(), Code::Unauthenticated);
         }
+    }
+
+    /// The cache of verified tokens answers only for the very token verified: one changed byte
+    /// (a forged signature, an altered claim) is verified afresh and refused, and an expired
+    /// token is refused even though it was verified while it was valid.
+    #[test]
+    fn the_verified_token_cache_never_answers_for_a_forged_or_expired_token() {
+        let verifier = verifier(None, None);
+        let good = token(serde_json::json!({"scope": "a.read"}));
+        assert_eq!(verifier.verify(&good).unwrap().tenant, "t");
+        assert_eq!(
+            verifier.verify(&good).unwrap().tenant,
+            "t",
+            "from the cache"
+        );
+        let (signed, signature) = good.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { "B" } else { "A" };
+        let forged = format!("{signed}.{flipped}{}", &signature[1..]);
+        assert_eq!(
+            verifier.verify(&forged).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        let (header, rest) = good.split_once('.').unwrap();
+        let (_, signature) = rest.split_once('.').unwrap();
+        let claims = serde_json::json!({"sub": "s", "tenant": "other", "exp": jsonwebtoken::get_current_timestamp() + 300});
+        let altered = format!(
+            "{header}.{}.{signature}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                claims.to_string()
+            )
+        );
+        assert_eq!(
+            verifier.verify(&altered).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        // Verified while valid, then its exp passes: the cached entry dies with it.
+        let digest: [u8; 32] = {
+            use sha2::{Digest as _, Sha256};
+            Sha256::digest(good.as_bytes()).into()
+        };
+        let later = jsonwebtoken::get_current_timestamp() + 301;
+        assert!(verifier.verified.get(&digest, later).is_none());
     }
 }

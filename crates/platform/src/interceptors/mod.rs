@@ -138,8 +138,13 @@ pub fn stack(
             .collect(),
     );
     // Without authentication there is no tenant, so no rate limit either (open mode, tests only).
-    let (authenticate, authorize, rate_limit) = match &config.auth {
-        Some(auth) => {
+    let verifier = config
+        .auth
+        .as_ref()
+        .map(authenticate::Authenticate::new)
+        .transpose()?;
+    let (authenticate, authorize, rate_limit) = match &verifier {
+        Some(verifier) => {
             let limiter = |limit: &RateLimitConfig| {
                 fastpath::RateLimiter::new(limit.limit(), redis.clone(), degraded.clone())
             };
@@ -150,7 +155,7 @@ pub fn stack(
                 anonymous_tenants: limiter(&anonymous.per_tenant),
             };
             (
-                Some(CheckLayer(authenticate::Authenticate::new(auth)?)),
+                Some(CheckLayer(verifier.clone())),
                 Some(CheckLayer(authorize::Authorize::new(known_methods))),
                 Some(AroundLayer(rate_limit::RateLimit::new(
                     limiters,
@@ -163,7 +168,10 @@ pub fn stack(
     let service = ServiceBuilder::new()
         // The id comes first so the metrics/log wrapper below can report it.
         .layer(request_id::RequestIdLayer)
-        .layer(AroundLayer(observe::Observe::new(metrics.clone())))
+        .layer(AroundLayer(observe::Observe::new(
+            metrics.clone(),
+            verifier.clone(),
+        )))
         // Inside observe, so a stream ended by shutdown is counted with its status.
         .layer(AroundLayer(end_streams::EndStreams::new(pool, draining)))
         .layer(AroundLayer(load_shed::LoadShed::new(config.max_in_flight)))

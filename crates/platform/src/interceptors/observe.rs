@@ -29,6 +29,7 @@ use prometheus_client::registry::Registry;
 use tonic::body::Body;
 
 use super::around::{Around, Next};
+use super::authenticate::Authenticate;
 use super::context::{RequestId, TraceContext};
 use crate::outbound::OutboundMetrics;
 use crate::telemetry;
@@ -100,6 +101,11 @@ impl Default for Metrics {
             "Trace spans by outcome: ended, exported to the collector, or lost in a failed export",
             telemetry::TRACE_SPANS.clone(),
         );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer's queue was full (stderr slower than the calls)",
+            telemetry::LOG_LINES_DROPPED.clone(),
+        );
         let outbound = OutboundMetrics::register(&mut registry);
         Metrics {
             registry: Arc::new(registry),
@@ -130,6 +136,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        telemetry::sync_log_drops();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -141,17 +148,40 @@ impl Metrics {
 #[derive(Clone)]
 pub struct Observe {
     metrics: Metrics,
+    /// Verifies the bearer token of a call whose caller asks for it to be traced: only service
+    /// and staff callers may (see [`telemetry::sample`]). `None` in open mode (tests).
+    verifier: Option<Authenticate>,
 }
 
 impl Observe {
-    /// Records into `metrics`.
-    pub fn new(metrics: Metrics) -> Self {
-        Observe { metrics }
+    /// Records into `metrics`; `verifier` decides whose "sampled" flag counts.
+    pub fn new(metrics: Metrics, verifier: Option<Authenticate>) -> Self {
+        Observe { metrics, verifier }
+    }
+
+    /// Whether the caller may decide that its call is traced: it presents a valid service or
+    /// staff token (not a customer token: anyone can become a customer). Runs only for calls
+    /// that ask to be traced and that the ratio did not pick, so other calls pay nothing.
+    fn may_force_sampling(&self, request: &Request<Body>) -> bool {
+        let Some(verifier) = &self.verifier else {
+            return false;
+        };
+        request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
+            .and_then(|token| verifier.verify(token.trim()).ok())
+            .is_some_and(|principal| principal.customer.is_none())
     }
 }
 
 impl Around for Observe {
-    fn around(&self, request: Request<Body>, next: Next) -> BoxFuture<'static, Response<Body>> {
+    fn around(&self, mut request: Request<Body>, next: Next) -> BoxFuture<'static, Response<Body>> {
         self.metrics.in_flight.inc();
         let method = request.uri().path().trim_start_matches('/').to_owned();
         let request_id = request
@@ -169,9 +199,17 @@ impl Around for Observe {
             .get::<TraceContext>()
             .and_then(|trace| trace.traceparent.as_deref());
         // Sampled or not is decided first: an unsampled call opens no span at all.
-        let span = if telemetry::sample(traceparent) {
+        let span = if telemetry::sample(traceparent, || self.may_force_sampling(&request)) {
             server_span(&request, &method, &request_id, protocol)
         } else {
+            // What this server decided is what travels on (to callees, into events' envelopes):
+            // a caller's "sampled" flag that did not count here must not count further down. A
+            // process that exports no traces passes the caller's context on untouched.
+            if telemetry::enabled()
+                && let Some(trace) = request.extensions_mut().get_mut::<TraceContext>()
+            {
+                trace.traceparent = trace.traceparent.take().map(telemetry::unsampled);
+            }
             tracing::Span::none()
         };
         let mut call = CallRecord {
@@ -311,6 +349,22 @@ struct CallRecord {
     span: tracing::Span,
 }
 
+/// The share of successful calls that get an `rpc finished` line: `COMMERCE_LOG_SUCCESS_RATIO`
+/// (0–1; default 1, every call). Errors are always logged; metrics count every call whatever this
+/// says, so a busy deployment can log 1% of its successes and lose no signal.
+static SUCCESS_LOG_RATIO: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| {
+    std::env::var("COMMERCE_LOG_SUCCESS_RATIO")
+        .ok()
+        .and_then(|ratio| ratio.parse::<f64>().ok())
+        .filter(|ratio| (0.0..=1.0).contains(ratio))
+        .unwrap_or(1.0)
+});
+
+fn log_this_success() -> bool {
+    let ratio = *SUCCESS_LOG_RATIO;
+    ratio >= 1.0 || fastrand::f64() < ratio
+}
+
 impl CallRecord {
     fn finish(&mut self, code: i32) {
         self.finish_with(code, None);
@@ -347,18 +401,20 @@ impl CallRecord {
                 (!trace_id.is_empty()).then_some(TraceExemplar { trace_id }),
                 None,
             );
-        // Inside the span (when there is one), so the line carries its trace and span ids.
-        let _inside = self.span.enter();
-        tracing::info!(
-            target: "rpc",
-            method = %self.method,
-            code,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            request_id = %self.request_id,
-            grpc_timeout = %self.timeout,
-            "rpc finished"
-        );
-        drop(_inside);
+        // Inside the span (when there is one), so the line carries its trace and span ids. Every
+        // failed call gets its line; successful ones as `COMMERCE_LOG_SUCCESS_RATIO` says.
+        if grpc_code != 0 || log_this_success() {
+            let _inside = self.span.enter();
+            tracing::info!(
+                target: "rpc",
+                method = %self.method,
+                code,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                request_id = %self.request_id,
+                grpc_timeout = %self.timeout,
+                "rpc finished"
+            );
+        }
         // The span ends here, with the call: its end time is its last exit (tracing-opentelemetry),
         // which for a stream is long after the handler returned, so exit it once more now.
         drop(self.span.enter());
