@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Plain tonic server (HTTP/2 gRPC only): the baseline.
     Bare,
+    /// Plain tonic server with tonic-web (gRPC-web over HTTP/1.1 too): the gRPC-web baseline.
+    BareWeb,
     /// The platform: one port, all protocols, every interceptor, JWT auth.
     Platform,
     /// Write the request bodies the benchmark sends into DIR.
@@ -37,6 +39,16 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(any_port).await?;
             println!("listening {}", listener.local_addr()?);
             tonic::transport::Server::builder()
+                .add_service(protocol_testkit::Echo::server())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await?;
+        }
+        Command::BareWeb => {
+            let listener = tokio::net::TcpListener::bind(any_port).await?;
+            println!("listening {}", listener.local_addr()?);
+            tonic::transport::Server::builder()
+                .accept_http1(true)
+                .layer(tonic_web::GrpcWebLayer::new())
                 .add_service(protocol_testkit::Echo::server())
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await?;
