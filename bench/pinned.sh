@@ -36,7 +36,8 @@ for tool in h2load taskset curl redis-server; do
 done
 [ "$(nproc)" -ge 2 ] || { echo "pinned.sh: needs 2 CPUs (server on one, load on the other)" >&2; exit 2; }
 [ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --locked --quiet -p commerce -p bench
-commerce=target/release/commerce
+# COMMERCE_BIN=… measures another build of the platform (e.g. an earlier commit) against the same bare server.
+commerce=${COMMERCE_BIN:-target/release/commerce}
 echo_server=target/release/echo-server
 work=$(mktemp -d)
 pids=()
@@ -66,7 +67,7 @@ h2() {
   taskset -c 1 h2load -n "$requests" -c "$connections" -m "$streams" -t 1 "$@" "$url" >"$work/$name.h2load"
   rps=$(awk '/^finished in/ {print $4}' "$work/$name.h2load")
   local failed
-  failed=$(awk '/^requests:/ {print $8 + $10 + $12}' "$work/$name.h2load")
+  failed=$(awk '/^requests:/ {print $10 + $12 + $14}' "$work/$name.h2load")
   [ "$failed" = 0 ] || { echo "pinned.sh: $name: h2load saw $failed failed/errored/timed-out requests" >&2; cat "$work/$name.h2load" >&2; exit 1; }
 }
 
@@ -131,8 +132,8 @@ platform() {
   h2 "$name" "http://$api$path" "${h1[@]}" "${args[@]}"
   local method=${path%%\?*}; method=${method#/}
   local ok other
-  ok=$(curl -s "http://$admin/metrics" | awk -v m="method=\"$method\"" 'index($0, m) && /^rpc_calls_total/ && /code="ok"/ {n += $2} END {print n + 0}')
-  other=$(curl -s "http://$admin/metrics" | awk -v m="method=\"$method\"" 'index($0, m) && /^rpc_calls_total/ && !/code="ok"/ {n += $2} END {print n + 0}')
+  ok=$(curl -s "$admin/metrics" | awk -v m="method=\"$method\"" 'index($0, m) && /^rpc_calls_total/ && /code="ok"/ {n += $2} END {print n + 0}')
+  other=$(curl -s "$admin/metrics" | awk -v m="method=\"$method\"" 'index($0, m) && /^rpc_calls_total/ && !/code="ok"/ {n += $2} END {print n + 0}')
   if [ "$ok" != $((requests + 2000)) ] || [ "$other" != 0 ]; then
     echo "pinned.sh: $name: rpc_calls_total ok=$ok other=$other, expected ok=$((requests + 2000))" >&2; exit 1
   fi
