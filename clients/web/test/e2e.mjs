@@ -299,6 +299,8 @@ async function main() {
     await page.click(tid("place-order"));
     await page.waitForSelector(`${tid("order-id")}:not(:empty)`, { timeout: 30_000 });
     check(keys.length === 2 && keys[0] === keys[1], `retry after a network error reuses the idempotency key (${keys.join(", ")})`);
+    // The response listener reads headers asynchronously: give it a moment to have run.
+    for (let i = 0; i < 50 && !replayed.includes("true"); i++) await page.waitForTimeout(100);
     check(replayed.includes("true"), "the retry's answer is a replay (idempotent-replayed: true), not a second placement");
     summary.orders["grpc-web"] = await text(page, "order-id");
     summary.orders.retry_cart = retryCart;
