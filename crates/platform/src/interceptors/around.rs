@@ -43,16 +43,18 @@ impl<A: Clone, S> Layer<S> for AroundLayer<A> {
     type Service = AroundService<A, S>;
     fn layer(&self, inner: S) -> Self::Service {
         AroundService {
-            around: self.0.clone(),
+            around: std::sync::Arc::new(self.0.clone()),
             inner,
         }
     }
 }
 
-/// The service produced by [`AroundLayer`].
+/// The service produced by [`AroundLayer`]. Every call clones the stack below it (tower's
+/// ready-service hand-off), so the interceptor's state sits behind one `Arc`: a clone is one
+/// reference count, not a copy of its metrics families, limiters and stores.
 #[derive(Debug, Clone)]
 pub struct AroundService<A, S> {
-    around: A,
+    around: std::sync::Arc<A>,
     inner: S,
 }
 

@@ -26,16 +26,16 @@ impl<C: Clone, S> Layer<S> for CheckLayer<C> {
     type Service = CheckService<C, S>;
     fn layer(&self, inner: S) -> Self::Service {
         CheckService {
-            check: self.0.clone(),
+            check: std::sync::Arc::new(self.0.clone()),
             inner,
         }
     }
 }
 
-/// The service produced by [`CheckLayer`].
+/// The service produced by [`CheckLayer`]; its check behind one `Arc` (see `AroundService`).
 #[derive(Debug, Clone)]
 pub struct CheckService<C, S> {
-    check: C,
+    check: std::sync::Arc<C>,
     inner: S,
 }
 
