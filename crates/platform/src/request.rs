@@ -27,9 +27,18 @@ pub fn customer<T>(request: &Request<T>) -> Option<String> {
 
 /// Whether the caller may see an object owned by `owner` (a `customer_id`): always for
 /// tenant-wide callers, else only its own customer's. An object without an owner belongs to no
-/// customer, so a customer may not see it.
-pub fn may_see(customer: Option<&str>, owner: &str) -> bool {
-    customer.is_none_or(|customer| customer == owner)
+/// customer, so a customer may not see it. Otherwise the error `not_found` makes — the service's
+/// own "does not exist", so another customer's object reads exactly like a missing one.
+pub fn owned<E>(
+    customer: Option<&str>,
+    owner: &str,
+    not_found: impl FnOnce() -> E,
+) -> Result<(), E> {
+    if customer.is_none_or(|customer| customer == owner) {
+        Ok(())
+    } else {
+        Err(not_found())
+    }
 }
 
 /// The stable id a call of `method` (`pkg.Service/Method`) with idempotency `key` for `tenant`

@@ -8,9 +8,7 @@ use commerce_api::commerce::checkout::v1::{
     order_service_server::OrderService,
 };
 use platform::ApiError;
-use platform::request::{
-    customer, field_mask, idempotency, idempotency_id, may_see, page_size, tenant,
-};
+use platform::request::{customer, field_mask, idempotency, idempotency_id, page_size, tenant};
 use platform::units::ms_of;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
@@ -46,14 +44,12 @@ fn owned_by(
     resource: &'static str,
     id: &str,
 ) -> Result<(), Status> {
-    if may_see(customer, owner) {
-        Ok(())
-    } else {
-        Err(fail(CheckoutError::NotFound {
+    platform::request::owned(customer, owner, || {
+        fail(CheckoutError::NotFound {
             resource,
             id: id.to_owned(),
-        }))
-    }
+        })
+    })
 }
 
 /// MenuService over the catalog.

@@ -10,9 +10,7 @@ use commerce_api::commerce::loyalty::v1::{
     reward_service_server::RewardService,
 };
 use platform::ApiError;
-use platform::request::{
-    customer, field_mask, idempotency, idempotency_id, may_see, page_size, tenant,
-};
+use platform::request::{customer, field_mask, idempotency, idempotency_id, page_size, tenant};
 use tonic::{Request, Response, Status};
 
 use crate::engine::Loyalty;
@@ -49,21 +47,19 @@ impl LoyaltyApi {
     }
 }
 
-/// NOT_FOUND for an object a customer token may not see (see [`may_see`]).
+/// NOT_FOUND for an object a customer token may not see (see [`platform::request::owned`]).
 fn owned_by(
     customer: Option<&str>,
     owner: &str,
     resource: &'static str,
     id: &str,
 ) -> Result<(), Status> {
-    if may_see(customer, owner) {
-        Ok(())
-    } else {
-        Err(fail(LoyaltyError::NotFound {
+    platform::request::owned(customer, owner, || {
+        fail(LoyaltyError::NotFound {
             resource,
             id: id.to_owned(),
-        }))
-    }
+        })
+    })
 }
 
 type Reply<T> = Result<Response<T>, Status>;

@@ -15,7 +15,7 @@ use commerce_api::commerce::subscriptions::v1::{
     plan_service_server::PlanService, subscription_service_server::SubscriptionService,
 };
 use platform::ApiError;
-use platform::request::{customer, idempotency, idempotency_id, may_see, page_size, tenant};
+use platform::request::{customer, idempotency, idempotency_id, page_size, tenant};
 use tonic::{Request, Response, Status};
 
 use crate::engine::Subscriptions;
@@ -35,14 +35,12 @@ fn owned_by(
     resource: &'static str,
     id: &str,
 ) -> Result<(), Status> {
-    if may_see(customer, owner) {
-        Ok(())
-    } else {
-        Err(fail(SubscriptionsError::NotFound {
+    platform::request::owned(customer, owner, || {
+        fail(SubscriptionsError::NotFound {
             resource,
             id: id.to_owned(),
-        }))
-    }
+        })
+    })
 }
 
 /// For a customer token: subscription `id` must be the caller's own.
