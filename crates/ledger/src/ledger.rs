@@ -1,6 +1,15 @@
 //! The ledger on the store port: every entry is one `commit_all` of the entry (created, so its id
 //! is unique), each account it changes and the tenant's chain head (compare-and-set, so entries
 //! are numbered and chained in one order), plus the hold's state when it creates or resolves one.
+//!
+//! Appends batch. Every entry of a tenant moves the tenant's one chain head, so appends cannot
+//! race each other for it; instead they queue per (store, tenant), and one task — the chain's
+//! writer — takes everything waiting, computes the entries one after another on top of each
+//! other in memory (chain positions, hashes, account balances and floors, hold states), and hands
+//! them to the store as one [`Store::commit_each`]: on the embedded store, one group commit and
+//! one fsync for the whole batch, as TigerBeetle batches transfers. Each entry stays its own
+//! atomic commit (with the caller's own commits) and fails alone; the entries computed on top of
+//! a refused one are computed again in the next round.
 
 use std::sync::Arc;
 
@@ -35,7 +44,15 @@ pub struct Ledger {
     pub(crate) store: Arc<dyn Store>,
 }
 
+/// Most appends one round of a chain's writer takes.
+const MAX_BATCH: usize = 256;
+
+/// Makes the idempotency record of a caller's response that shows the entry as written (see
+/// [`Ledger::write_recording`]).
+pub type EntryRecorder = Arc<dyn Fn(&Entry) -> Option<IdempotencyRecord> + Send + Sync>;
+
 /// An entry about to be written, before its place in the chain is known.
+#[derive(Clone)]
 struct Draft {
     id: String,
     kind: EntryKind,
@@ -65,6 +82,7 @@ impl Draft {
 }
 
 /// The hold an entry resolves: what it reserved, read from its (hash-chained) entry.
+#[derive(Clone)]
 struct Resolving {
     hold_id: String,
     postings: Vec<Posting>,
@@ -118,36 +136,105 @@ pub struct Written {
     pub new: bool,
 }
 
-/// One lock per (store, tenant) chain, shared by every `Ledger` over the same store in this
+/// One append waiting for its chain's writer.
+struct Pending {
+    draft: Draft,
+    resolving: Option<Resolving>,
+    with: Vec<Commit>,
+    recorded: Option<EntryRecorder>,
+    /// The caller's span: a round's store work is traced under its first append's caller.
+    span: tracing::Span,
+    done: tokio::sync::oneshot::Sender<Result<Written, LedgerError>>,
+}
+
+/// The appends waiting for one (store, tenant) chain, and whether its writer task is running.
+#[derive(Default)]
+struct Chain {
+    waiting: Vec<Pending>,
+    writing: bool,
+}
+
+/// Each (store, tenant) chain's queue, shared by every `Ledger` over the same store in this
 /// process (services each hold their own `Ledger`, but share the tenant's chain). The map holds
-/// only weak references: a lock lives while an append holds or waits for it, and entries whose
-/// lock is gone are swept once the map has doubled since the last sweep, so a process serving
+/// only weak references: a queue lives while an append or its writer holds it, and entries whose
+/// queue is gone are swept once the map has doubled since the last sweep, so a process serving
 /// many tenants (or creating many stores, as tests do) does not grow it without bound.
 #[derive(Default)]
-struct Turns {
-    locks: std::collections::HashMap<(usize, String), std::sync::Weak<tokio::sync::Mutex<()>>>,
+struct Chains {
+    queues: std::collections::HashMap<(usize, String), std::sync::Weak<std::sync::Mutex<Chain>>>,
     /// The map's size after the last sweep.
     swept_at: usize,
 }
 
-impl Turns {
-    fn turn(&mut self, store: usize, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+type ChainQueue = Arc<std::sync::Mutex<Chain>>;
+
+impl Chains {
+    fn queue(&mut self, store: usize, tenant: &str) -> ChainQueue {
         let key = (store, tenant.to_owned());
-        if let Some(lock) = self.locks.get(&key).and_then(std::sync::Weak::upgrade) {
-            return lock;
+        if let Some(queue) = self.queues.get(&key).and_then(std::sync::Weak::upgrade) {
+            return queue;
         }
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        self.locks.insert(key, Arc::downgrade(&lock));
-        if self.locks.len() >= 2 * self.swept_at.max(64) {
-            self.locks.retain(|_, lock| lock.strong_count() > 0);
-            self.swept_at = self.locks.len();
+        let queue = ChainQueue::default();
+        self.queues.insert(key, Arc::downgrade(&queue));
+        if self.queues.len() >= 2 * self.swept_at.max(64) {
+            self.queues.retain(|_, queue| queue.strong_count() > 0);
+            self.swept_at = self.queues.len();
         }
-        lock
+        queue
     }
 }
 
-static TURNS: std::sync::LazyLock<std::sync::Mutex<Turns>> =
+static CHAINS: std::sync::LazyLock<std::sync::Mutex<Chains>> =
     std::sync::LazyLock::new(Default::default);
+
+/// A chain's queue, locked; a poisoned lock only means a thread panicked holding it, and every
+/// change under it is one push, take or flag.
+fn lock(queue: &ChainQueue) -> std::sync::MutexGuard<'_, Chain> {
+    queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Clears the writing flag when a writer stops, however it stops: a writer that panicked
+/// drops the appends still waiting (their callers get an error, not a hang), and the next append
+/// starts a new writer.
+struct WriterStopped(ChainQueue);
+
+impl Drop for WriterStopped {
+    fn drop(&mut self) {
+        let mut chain = lock(&self.0);
+        chain.writing = false;
+        if std::thread::panicking() {
+            chain.waiting.clear();
+        }
+    }
+}
+
+/// The chain state a round of appends builds on: read from the store once, then moved forward
+/// in memory by each entry the round composes.
+#[derive(Default)]
+struct Tip {
+    head: Option<(u64, HeadRecord)>,
+    accounts: std::collections::HashMap<String, (u64, Account)>,
+    holds: std::collections::HashMap<String, (u64, Hold)>,
+}
+
+/// A hold's id, version and state after an entry.
+type HoldAfter = (String, (u64, Hold));
+
+/// What composing an append gave.
+enum Composed {
+    /// The entry exists with the same content: nothing to write.
+    Repeat(Entry),
+    /// The commits of one atomic job, the entry they write, and the state after it.
+    New {
+        commits: Vec<Commit>,
+        entry: Entry,
+        head: (u64, HeadRecord),
+        accounts: Vec<(String, (u64, Account))>,
+        hold: Option<HoldAfter>,
+    },
+}
 
 fn corrupt(what: impl std::fmt::Display) -> LedgerError {
     LedgerError::Corrupt(what.to_string())
@@ -159,15 +246,15 @@ impl Ledger {
         Ledger { store }
     }
 
-    /// The lock appends to `tenant`'s chain in this store take turns on.
-    fn turn(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The queue of appends to `tenant`'s chain in this store.
+    fn chain(&self, tenant: &str) -> ChainQueue {
         let store = Arc::as_ptr(&self.store).cast::<()>() as usize;
         // A poisoned map only means another thread panicked while holding it; the map itself
         // is always consistent (each change is one insert or retain).
-        TURNS
+        CHAINS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .turn(store, tenant)
+            .queue(store, tenant)
     }
 
     /// Opens an account with its unit and floor (see [`Account::floor`]; a floor is at most 0,
@@ -280,7 +367,8 @@ impl Ledger {
         write: Write,
         with: Vec<Commit>,
     ) -> Result<Written, LedgerError> {
-        self.write_recording(tenant, write, with, &|_| None).await
+        let (draft, resolving) = self.prepare(tenant, write).await?;
+        self.submit(tenant, draft, resolving, with, None).await
     }
 
     /// [`Ledger::write_with`], also committing `recorded` of the entry as written: the
@@ -291,10 +379,10 @@ impl Ledger {
         tenant: &str,
         write: Write,
         with: Vec<Commit>,
-        recorded: &(dyn Fn(&Entry) -> Option<IdempotencyRecord> + Send + Sync),
+        recorded: EntryRecorder,
     ) -> Result<Written, LedgerError> {
         let (draft, resolving) = self.prepare(tenant, write).await?;
-        self.try_append(tenant, &draft, resolving.as_ref(), with, recorded)
+        self.submit(tenant, draft, resolving, with, Some(recorded))
             .await
     }
 
@@ -584,35 +672,147 @@ impl Ledger {
     ) -> Result<Entry, LedgerError> {
         let (draft, resolving) = (&draft, resolving.as_ref());
         retry_on_conflict(CHAIN_RETRY, || async move {
-            self.try_append(tenant, draft, resolving, Vec::new(), &|_| None)
+            self.submit(tenant, draft.clone(), resolving.cloned(), Vec::new(), None)
                 .await
                 .map(|written| written.entry)
         })
         .await
     }
 
-    /// One attempt: read, check, compute, and commit everything (and `with`) at once.
-    async fn try_append(
+    /// One attempt: queues the append for its chain's writer (starting the writer when none
+    /// runs) and waits for its outcome.
+    async fn submit(
         &self,
         tenant: &str,
-        draft: &Draft,
-        resolving: Option<&Resolving>,
+        draft: Draft,
+        resolving: Option<Resolving>,
         with: Vec<Commit>,
-        recorded: &(dyn Fn(&Entry) -> Option<IdempotencyRecord> + Send + Sync),
+        recorded: Option<EntryRecorder>,
     ) -> Result<Written, LedgerError> {
-        // Appends of one tenant in this process take turns: they all move the same chain head,
-        // so racing them only makes all but one fail and start over (other processes still race,
-        // and the compare-and-set on the head keeps that safe).
-        let turn = self.turn(tenant);
-        let _turn = turn.lock().await;
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            draft,
+            resolving,
+            with,
+            recorded,
+            span: tracing::Span::current(),
+            done,
+        };
+        let queue = self.chain(tenant);
+        let start_writer = {
+            let mut chain = lock(&queue);
+            chain.waiting.push(pending);
+            !std::mem::replace(&mut chain.writing, true)
+        };
+        if start_writer {
+            // A task of its own, so a caller that goes away (a cancelled request) cannot strand
+            // the appends of the others.
+            let (ledger, tenant) = (self.clone(), tenant.to_owned());
+            tokio::spawn(async move { ledger.write_chain(&tenant, queue).await });
+        }
+        outcome
+            .await
+            .map_err(|_| LedgerError::Store(StoreError::Backend("ledger writer stopped".into())))?
+    }
+
+    /// A chain's writer: takes what is waiting, writes it, until nothing is.
+    async fn write_chain(&self, tenant: &str, queue: ChainQueue) {
+        let _stopped = WriterStopped(queue.clone());
+        loop {
+            let batch: Vec<Pending> = {
+                let mut chain = lock(&queue);
+                if chain.waiting.is_empty() {
+                    chain.writing = false;
+                    return;
+                }
+                let take = chain.waiting.len().min(MAX_BATCH);
+                chain.waiting.drain(..take).collect()
+            };
+            self.write_batch(tenant, batch).await;
+        }
+    }
+
+    /// Writes a batch of appends: each round composes every append on top of the ones before
+    /// it and commits them with one [`Store::commit_each`]; the appends composed on top of the
+    /// first refused one go again in the next round, from the store's state then. Each round
+    /// settles at least one append, so a batch of n takes at most n rounds (one when nothing is
+    /// refused).
+    async fn write_batch(&self, tenant: &str, batch: Vec<Pending>) {
+        use tracing::Instrument as _;
+        let mut round = batch;
+        while let Some(first) = round.first() {
+            let span = first.span.clone();
+            let mut tip = Tip::default();
+            let mut ids = std::collections::HashSet::new();
+            let mut again = Vec::new();
+            let mut jobs = Vec::new();
+            let mut sent = Vec::new();
+            for pending in round {
+                // A second append of one id waits for the first to be written, then finds it.
+                if !ids.insert(pending.draft.id.clone()) {
+                    again.push(pending);
+                    continue;
+                }
+                match self
+                    .compose(tenant, &mut tip, &pending)
+                    .instrument(span.clone())
+                    .await
+                {
+                    Ok(Composed::Repeat(entry)) => {
+                        let _ = pending.done.send(Ok(Written { entry, new: false }));
+                    }
+                    Ok(Composed::New {
+                        commits,
+                        entry,
+                        head,
+                        accounts,
+                        hold,
+                    }) => {
+                        tip.head = Some(head);
+                        tip.accounts.extend(accounts);
+                        tip.holds.extend(hold);
+                        jobs.push(commits);
+                        sent.push((pending, entry));
+                    }
+                    Err(error) => {
+                        let _ = pending.done.send(Err(error));
+                    }
+                }
+            }
+            let outcomes = self.store.commit_each(jobs).instrument(span).await;
+            let mut refused = false;
+            for ((pending, entry), outcome) in sent.into_iter().zip(outcomes) {
+                match outcome {
+                    Ok(_) => {
+                        let _ = pending.done.send(Ok(Written { entry, new: true }));
+                    }
+                    // The first refusal is the append's own (its commits, or another process
+                    // moved the chain); the ones composed on top of it go again.
+                    Err(error) if !refused => {
+                        refused = true;
+                        let _ = pending.done.send(Err(error.into()));
+                    }
+                    Err(_) => again.push(pending),
+                }
+            }
+            round = again;
+        }
+    }
+
+    /// Composes one append on top of `tip`: checks it and computes its entry and every commit,
+    /// without changing `tip` (the caller moves it forward once the append is in the round).
+    async fn compose(
+        &self,
+        tenant: &str,
+        tip: &mut Tip,
+        pending: &Pending,
+    ) -> Result<Composed, LedgerError> {
+        let draft = &pending.draft;
         // Idempotency by id first: a repeat must return the original even though the hold it
         // resolved, say, is no longer pending.
         if let Some(existing) = self.entry(tenant, &draft.id).await? {
             return if draft.matches(&existing) {
-                Ok(Written {
-                    entry: existing,
-                    new: false,
-                })
+                Ok(Composed::Repeat(existing))
             } else {
                 Err(LedgerError::EntryConflict {
                     id: draft.id.clone(),
@@ -620,22 +820,36 @@ impl Ledger {
             };
         }
         let mut commits = Vec::new();
-        if let Some(hold) = self.hold_change(tenant, draft, resolving).await? {
-            commits.push(hold);
+        let hold = self
+            .hold_change(tenant, tip, draft, pending.resolving.as_ref())
+            .await?;
+        if let Some((commit, _)) = &hold {
+            commits.push(commit.clone());
         }
 
-        let held = resolving.map_or(&[][..], |hold| &hold.postings);
+        let held = pending
+            .resolving
+            .as_ref()
+            .map_or(&[][..], |hold| &hold.postings);
         let changes = model::effects(&draft.kind, &draft.postings, held).ok_or_else(|| {
             LedgerError::AmountOutOfRange {
                 account: draft.id.clone(),
                 detail: "the entry's amounts per account overflow 64 bits".into(),
             }
         })?;
+        let mut accounts = Vec::with_capacity(changes.len());
         for (name, change) in &changes {
-            commits.push(self.account_change(tenant, name, change, draft).await?);
+            let (commit, account) = self
+                .account_change(tenant, tip, name, change, draft)
+                .await?;
+            commits.push(commit);
+            accounts.push(account);
         }
 
-        let (head_version, head) = self.load_head(tenant).await?;
+        let (head_version, head) = match &tip.head {
+            Some(head) => head.clone(),
+            None => self.load_head(tenant).await?,
+        };
         let mut entry = Entry {
             tenant: tenant.to_owned(),
             id: draft.id.clone(),
@@ -662,7 +876,7 @@ impl Ledger {
             record.encode_to_vec(),
             records::entry_index(entry.sequence, changes.keys().map(String::as_str)),
         );
-        created.idempotency = recorded(&entry);
+        created.idempotency = pending.recorded.as_ref().and_then(|record| record(&entry));
         commits.insert(0, created);
         commits.push(change(
             records::key(tenant, HEAD, HEAD_ID),
@@ -670,18 +884,24 @@ impl Ledger {
             head.encode_to_vec(),
             Vec::new(),
         ));
-        commits.extend(with);
-        self.store.commit_all(commits).await?;
-        Ok(Written { entry, new: true })
+        commits.extend(pending.with.iter().cloned());
+        Ok(Composed::New {
+            commits,
+            entry,
+            head: (head_version + 1, head),
+            accounts,
+            hold: hold.map(|(_, hold)| hold),
+        })
     }
 
     /// The hold state the draft creates (a hold) or resolves (compare-and-set from pending).
     async fn hold_change(
         &self,
         tenant: &str,
+        tip: &Tip,
         draft: &Draft,
         resolving: Option<&Resolving>,
-    ) -> Result<Option<Commit>, LedgerError> {
+    ) -> Result<Option<(Commit, HoldAfter)>, LedgerError> {
         if let EntryKind::Hold { expires_at } = draft.kind {
             let hold = Hold {
                 id: draft.id.clone(),
@@ -691,18 +911,20 @@ impl Ledger {
             };
             let data = HoldRecord::from_hold(&hold).encode_to_vec();
             let key = records::key(tenant, HOLD, &draft.id);
-            return Ok(Some(change(key, 0, data, vec![records::open_hold()])));
+            let commit = change(key, 0, data, vec![records::open_hold()]);
+            return Ok(Some((commit, (draft.id.clone(), (1, hold)))));
         }
         let Some(resolving) = resolving else {
             return Ok(None);
         };
         let hold_id = resolving.hold_id.as_str();
-        let (version, mut hold) =
-            self.load_hold(tenant, hold_id)
-                .await?
-                .ok_or_else(|| LedgerError::UnknownHold {
-                    hold: hold_id.to_owned(),
-                })?;
+        let known = match tip.holds.get(hold_id) {
+            Some(known) => Some(known.clone()),
+            None => self.load_hold(tenant, hold_id).await?,
+        };
+        let (version, mut hold) = known.ok_or_else(|| LedgerError::UnknownHold {
+            hold: hold_id.to_owned(),
+        })?;
         let posting = matches!(draft.kind, EntryKind::HoldPosted { .. });
         match hold.status {
             HoldStatus::Pending => {}
@@ -739,23 +961,26 @@ impl Ledger {
         hold.resolved_by = Some(draft.id.clone());
         let data = HoldRecord::from_hold(&hold).encode_to_vec();
         let key = records::key(tenant, HOLD, hold_id);
-        Ok(Some(change(key, version, data, Vec::new())))
+        let commit = change(key, version, data, Vec::new());
+        Ok(Some((commit, (hold_id.to_owned(), (version + 1, hold)))))
     }
 
     /// The account after the draft's change: opened, in the postings' unit, within its floor.
     async fn account_change(
         &self,
         tenant: &str,
+        tip: &Tip,
         name: &str,
         change_by: &Balances,
         draft: &Draft,
-    ) -> Result<Commit, LedgerError> {
-        let (version, mut account) =
-            self.load_account(tenant, name)
-                .await?
-                .ok_or_else(|| LedgerError::UnknownAccount {
-                    account: name.to_owned(),
-                })?;
+    ) -> Result<(Commit, (String, (u64, Account))), LedgerError> {
+        let known = match tip.accounts.get(name) {
+            Some(known) => Some(known.clone()),
+            None => self.load_account(tenant, name).await?,
+        };
+        let (version, mut account) = known.ok_or_else(|| LedgerError::UnknownAccount {
+            account: name.to_owned(),
+        })?;
         if let Some(posting) = draft
             .postings
             .iter()
@@ -789,7 +1014,8 @@ impl Ledger {
         account.balances = after;
         let data = AccountRecord::from_account(&account).encode_to_vec();
         let key = records::key(tenant, ACCOUNT, name);
-        Ok(change(key, version, data, vec![records::account_list()]))
+        let commit = change(key, version, data, vec![records::account_list()]);
+        Ok((commit, (name.to_owned(), (version + 1, account))))
     }
 }
 
@@ -810,20 +1036,20 @@ fn change(
 }
 
 #[cfg(test)]
-mod turn_tests {
-    use super::Turns;
+mod chain_tests {
+    use super::Chains;
 
     #[test]
-    fn tenants_share_a_turn_while_it_lives_and_dead_turns_are_swept() {
-        let mut turns = Turns::default();
-        let held = turns.turn(1, "t-held");
-        assert!(std::sync::Arc::ptr_eq(&held, &turns.turn(1, "t-held")));
-        assert!(!std::sync::Arc::ptr_eq(&held, &turns.turn(2, "t-held")));
-        // A thousand tenants come and go; only the held lock survives a sweep.
+    fn tenants_share_a_queue_while_it_lives_and_dead_queues_are_swept() {
+        let mut chains = Chains::default();
+        let held = chains.queue(1, "t-held");
+        assert!(std::sync::Arc::ptr_eq(&held, &chains.queue(1, "t-held")));
+        assert!(!std::sync::Arc::ptr_eq(&held, &chains.queue(2, "t-held")));
+        // A thousand tenants come and go; only the held queue survives a sweep.
         for tenant in 0..1000 {
-            drop(turns.turn(1, &format!("t-{tenant}")));
+            drop(chains.queue(1, &format!("t-{tenant}")));
         }
-        assert!(turns.locks.len() < 200, "{} entries", turns.locks.len());
-        assert!(std::sync::Arc::ptr_eq(&held, &turns.turn(1, "t-held")));
+        assert!(chains.queues.len() < 200, "{} entries", chains.queues.len());
+        assert!(std::sync::Arc::ptr_eq(&held, &chains.queue(1, "t-held")));
     }
 }

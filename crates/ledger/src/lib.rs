@@ -29,6 +29,6 @@ pub mod records;
 pub mod testing;
 
 pub use error::LedgerError;
-pub use ledger::{Ledger, Write, Written};
+pub use ledger::{EntryRecorder, Ledger, Write, Written};
 pub use model::{Account, Balances, Entry, EntryKind, Hash, Hold, HoldStatus, NewEntry, Posting};
 pub use reconcile::{Problem, ReconcileReport};

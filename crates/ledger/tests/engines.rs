@@ -41,6 +41,7 @@ on_both_engines!(
     racing_post_and_void_resolve_a_hold_once,
     reconcile_is_clean_then_names_the_edited_entry,
     an_entry_and_the_idempotency_record_made_from_it_commit_together_or_not_at_all,
+    a_burst_of_appends_batches_and_each_append_stands_or_fails_alone,
 );
 
 async fn concurrent_transfers_conserve_totals_and_keep_the_chain_intact(
@@ -174,9 +175,9 @@ const ADJUST: &str = "commerce.loyalty.v1.PointsService/AdjustPoints";
 
 /// A caller's response recorded under `key` by `write_recording`: here just the hash the chain
 /// gave the entry, known only inside the write.
-fn record_of(key: &str) -> impl Fn(&Entry) -> Option<IdempotencyRecord> + Send + Sync {
+fn record_of(key: &str) -> ledger::EntryRecorder {
     let key = key.to_owned();
-    move |entry: &Entry| {
+    std::sync::Arc::new(move |entry: &Entry| {
         Some(IdempotencyRecord {
             tenant: TENANT.into(),
             method: ADJUST.into(),
@@ -185,7 +186,7 @@ fn record_of(key: &str) -> impl Fn(&Entry) -> Option<IdempotencyRecord> + Send +
             response: Bytes::copy_from_slice(&entry.hash),
             expires_at: store::unix_now() + 3600,
         })
-    }
+    })
 }
 
 /// A service's own aggregate, written with an entry.
@@ -225,7 +226,7 @@ async fn an_entry_and_the_idempotency_record_made_from_it_commit_together_or_not
             TENANT,
             gift("g-1", 30),
             vec![note(0, "first")],
-            &record_of("k-1"),
+            record_of("k-1"),
         )
         .await
         .expect("write");
@@ -239,7 +240,7 @@ async fn an_entry_and_the_idempotency_record_made_from_it_commit_together_or_not
             TENANT,
             gift("g-2", 10),
             vec![note(0, "stale")],
-            &record_of("k-2"),
+            record_of("k-2"),
         )
         .await;
     assert!(
@@ -255,7 +256,7 @@ async fn an_entry_and_the_idempotency_record_made_from_it_commit_together_or_not
             TENANT,
             gift("g-3", 10),
             vec![note(1, "taken")],
-            &record_of("k-1"),
+            record_of("k-1"),
         )
         .await;
     assert!(
@@ -276,10 +277,197 @@ async fn an_entry_and_the_idempotency_record_made_from_it_commit_together_or_not
 
     // A repeat of the first entry writes nothing, so it records nothing.
     let repeat = ledger
-        .write_recording(TENANT, gift("g-1", 30), Vec::new(), &record_of("k-4"))
+        .write_recording(TENANT, gift("g-1", 30), Vec::new(), record_of("k-4"))
         .await
         .expect("repeat");
     assert!(!repeat.new);
     assert_eq!(recorded("k-4").await, None);
     assert_eq!(posted(&ledger, MEMBERS[0]).await, 70);
+}
+
+/// A burst of appends to one tenant, all at once: they are computed on top of each other and
+/// committed in batches, yet each is judged alone — the floor lets exactly the first ten debits
+/// through, an append whose own commit is stale fails with the conflict (and nothing of it is
+/// written), a repeat of a written id answers the original — and the chain stays gap-free and
+/// reconciles. On the embedded store the burst takes far fewer store transactions than appends.
+async fn a_burst_of_appends_batches_and_each_append_stands_or_fails_alone(
+    ledger: Ledger,
+    store: Arc<dyn Store>,
+) {
+    funded(&ledger, &MEMBERS[..2], 100).await;
+    let mut tasks = Vec::new();
+    for n in 0..60usize {
+        let (ledger, store) = (ledger.clone(), store.clone());
+        tasks.push(tokio::spawn(async move {
+            match n % 3 {
+                // Debits of 10 from a, which holds 100.
+                0 => {
+                    let entry = NewEntry::new(format!("debit-{n}"), 10)
+                        .transfer(MEMBERS[0], ISSUER, "points", 10);
+                    match ledger.post(TENANT, entry).await {
+                        Ok(_) => "debited",
+                        Err(LedgerError::InsufficientFunds { .. }) => "short",
+                        Err(other) => panic!("debit failed: {other}"),
+                    }
+                }
+                // With a record of the caller's that is stale every other time.
+                1 => {
+                    let mine = AggregateKey::new(TENANT, "note", format!("note-{n}"));
+                    let stale = n % 2 == 0;
+                    let with = Commit {
+                        key: mine.clone(),
+                        expected_version: u64::from(stale),
+                        data: Bytes::from_static(b"note"),
+                        index: Vec::new(),
+                        events: Vec::new(),
+                        idempotency: None,
+                    };
+                    let entry = NewEntry::new(format!("with-{n}"), 10)
+                        .transfer(ISSUER, MEMBERS[1], "points", 1);
+                    let written = ledger
+                        .write_with(TENANT, Write::Post(entry), vec![with])
+                        .await;
+                    let note = store.load(&mine).await.unwrap();
+                    let entry = ledger.entry(TENANT, &format!("with-{n}")).await.unwrap();
+                    match written {
+                        Ok(written) => {
+                            assert!(!stale && written.new && note.is_some() && entry.is_some());
+                            "with"
+                        }
+                        Err(LedgerError::Store(StoreError::Conflict { .. })) => {
+                            assert!(stale && note.is_none() && entry.is_none());
+                            "stale"
+                        }
+                        Err(other) => panic!("write_with failed: {other}"),
+                    }
+                }
+                // The same entry twice, at once.
+                _ => {
+                    let entry = NewEntry::new(format!("twice-{}", n / 6), 10)
+                        .transfer(ISSUER, MEMBERS[1], "points", 2);
+                    ledger.post(TENANT, entry).await.expect("twice");
+                    "twice"
+                }
+            }
+        }));
+    }
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for task in tasks {
+        *seen.entry(task.await.expect("task")).or_default() += 1;
+    }
+    assert_eq!(seen["debited"], 10, "{seen:?}");
+    assert_eq!(seen["short"], 10, "{seen:?}");
+    assert_eq!(seen["with"], 10, "{seen:?}");
+    assert_eq!(seen["stale"], 10, "{seen:?}");
+    assert_eq!(seen["twice"], 20, "{seen:?}");
+    assert_eq!(posted(&ledger, MEMBERS[0]).await, 0);
+    // 100 funded + 10 × 1 + 10 distinct "twice" entries × 2.
+    assert_eq!(posted(&ledger, MEMBERS[1]).await, 100 + 10 + 20);
+    let entries = ledger.entries(TENANT, 0, 10_000).await.expect("entries");
+    // 2 fundings, 10 debits, 10 with-entries, 10 distinct twice-entries.
+    assert_eq!(entries.len(), 32);
+    assert!(
+        entries
+            .iter()
+            .enumerate()
+            .all(|(i, entry)| entry.sequence == i as u64 + 1)
+    );
+    let report = ledger.reconcile(TENANT).await.expect("reconcile");
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// Counts the store's transactions: a `commit_all` is one, a `commit_each` one.
+struct Counting {
+    inner: Arc<dyn Store>,
+    transactions: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for Counting {
+    async fn load(&self, key: &AggregateKey) -> Result<Option<store::Versioned>, StoreError> {
+        self.inner.load(key).await
+    }
+    async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
+        self.transactions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.commit(commit).await
+    }
+    async fn commit_all(&self, commits: Vec<Commit>) -> Result<Vec<u64>, StoreError> {
+        self.transactions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.commit_all(commits).await
+    }
+    async fn commit_each(&self, jobs: Vec<Vec<Commit>>) -> Vec<Result<Vec<u64>, StoreError>> {
+        self.transactions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.commit_each(jobs).await
+    }
+    async fn find(
+        &self,
+        tenant: &str,
+        kind: &str,
+        index: &store::IndexEntry,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, store::Versioned)>, StoreError> {
+        self.inner.find(tenant, kind, index, after_id, limit).await
+    }
+    async fn pending_events(&self, limit: usize) -> Result<Vec<store::PendingEvent>, StoreError> {
+        self.inner.pending_events(limit).await
+    }
+    async fn mark_delivered(&self, events: &[store::PendingEvent]) -> Result<(), StoreError> {
+        self.inner.mark_delivered(events).await
+    }
+    async fn idempotency_record(
+        &self,
+        tenant: &str,
+        method: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.inner.idempotency_record(tenant, method, key).await
+    }
+    async fn save_idempotency_record(&self, record: IdempotencyRecord) -> Result<(), StoreError> {
+        self.inner.save_idempotency_record(record).await
+    }
+    async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, StoreError> {
+        self.inner.purge_expired_idempotency(now).await
+    }
+}
+
+/// 200 appends at once to one tenant's chain go to the store in a handful of batches, not one
+/// transaction each (they took turns, one commit and one fsync each, before batching).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_two_hundred_appends_takes_a_handful_of_store_transactions() {
+    let counting = Arc::new(Counting {
+        inner: common::embedded_store(),
+        transactions: 0.into(),
+    });
+    let ledger = Ledger::new(counting.clone());
+    funded(&ledger, &MEMBERS[..1], 1_000).await;
+    let before = counting
+        .transactions
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let tasks: Vec<_> = (0..200)
+        .map(|n| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let entry = NewEntry::new(format!("gift-{n}"), 10)
+                    .transfer(ISSUER, MEMBERS[0], "points", 1);
+                ledger.post(TENANT, entry).await.expect("gift");
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let transactions = counting
+        .transactions
+        .load(std::sync::atomic::Ordering::SeqCst)
+        - before;
+    assert!(
+        transactions <= 20,
+        "200 appends took {transactions} store transactions"
+    );
+    assert_eq!(posted(&ledger, MEMBERS[0]).await, 1_200);
+    assert!(ledger.reconcile(TENANT).await.unwrap().is_clean());
 }

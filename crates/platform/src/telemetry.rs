@@ -731,6 +731,26 @@ impl store::Store for TracedStore {
         traced(span, self.inner.commit_all(commits)).await
     }
 
+    async fn commit_each(
+        &self,
+        jobs: Vec<Vec<store::Commit>>,
+    ) -> Vec<Result<Vec<u64>, store::StoreError>> {
+        use tracing::Instrument as _;
+        let kind = jobs
+            .first()
+            .and_then(|job| job.first())
+            .map(|c| c.key.kind.clone())
+            .unwrap_or_default();
+        let span = self.span("commit_each", &kind, jobs.len());
+        let outcomes = self.inner.commit_each(jobs).instrument(span.clone()).await;
+        if let Some(Err(error)) = outcomes.iter().find(|outcome| outcome.is_err()) {
+            let error = error.clone();
+            // Recorded the way a failed single commit is.
+            let _ = traced(span, async { Err::<(), _>(error) }).await;
+        }
+        outcomes
+    }
+
     async fn find(
         &self,
         tenant: &str,

@@ -1,10 +1,14 @@
 //! The embedded engine: redb, one file, durable commits (fsync before a commit returns), crash-safe
 //! (copy-on-write B-trees: a torn write is never visible after reopening).
 //!
-//! All writes go through one writer thread. With group commit on, the writer takes every commit
-//! waiting in its queue (up to `max_batch`) into one transaction, so concurrent writers share one
-//! fsync; each job (one `commit`, or the commits of one `commit_all`) is still checked on its own
-//! (version compare-and-set, idempotency key) and fails alone. Reads run on tokio's blocking pool against snapshots and never wait for writes.
+//! All writes go through one writer thread — aggregate commits and the bookkeeping writes too
+//! (outbox deliveries, idempotency records of their own, purges), so every fsync the store makes
+//! is the writer's. With group commit on, the writer takes every job waiting in its queue (up to
+//! `max_batch`) into one transaction, so concurrent writers share one fsync; each job (one
+//! `commit`, the commits of one `commit_all`, one job of a `commit_each`, one bookkeeping write)
+//! is still checked on its own (version compare-and-set, idempotency key) and fails alone. Jobs
+//! are applied in the order they were queued, which is what lets `commit_each` chain them. Reads
+//! run on tokio's blocking pool against snapshots and never wait for writes.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
@@ -47,12 +51,24 @@ impl Default for EmbeddedOptions {
     }
 }
 
-/// The commits of one `commit` or `commit_all` call, applied together or not at all.
+/// One unit of the writer's work, applied together or not at all.
 struct Job {
-    commits: Vec<Commit>,
+    work: Work,
     /// The job's outcome, and how many jobs shared its transaction.
     done: oneshot::Sender<(Result<Vec<u64>, StoreError>, usize)>,
 }
+
+/// What a job writes.
+enum Work {
+    /// The commits of one `commit` or `commit_all` call (or one job of `commit_each`).
+    Commits(Vec<Commit>),
+    /// A bookkeeping write (delivered events, an idempotency record of its own, a purge) that
+    /// checks before it writes, like a commit; its number is the job's one "version".
+    Bookkeeping(Bookkeeping),
+}
+
+/// A bookkeeping write, run once inside the group's transaction.
+type Bookkeeping = Box<dyn FnOnce(&WriteTransaction) -> Result<u64, StoreError> + Send>;
 
 /// The embedded store. Clones share one database and writer; dropping the last clone stops the
 /// writer (after the commits already queued) and closes the file.
@@ -69,15 +85,41 @@ struct Writer {
 }
 
 impl Writer {
-    fn send(&self, job: Job) -> Result<(), StoreError> {
+    /// Queues `jobs` back to back (no other caller's job between them), each with its receiver.
+    fn send(&self, jobs: Vec<Work>) -> Vec<Outcome> {
         let queue = self
             .queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        queue
-            .as_ref()
-            .and_then(|queue| queue.send(job).ok())
-            .ok_or_else(|| backend("store writer stopped"))
+        jobs.into_iter()
+            .map(|work| {
+                let (done, outcome) = oneshot::channel();
+                match queue.as_ref().map(|queue| queue.send(Job { work, done })) {
+                    Some(Ok(())) => Outcome::Queued(outcome),
+                    _ => Outcome::Failed(backend("store writer stopped")),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A queued job's future outcome.
+enum Outcome {
+    Queued(oneshot::Receiver<(Result<Vec<u64>, StoreError>, usize)>),
+    Failed(StoreError),
+}
+
+impl Outcome {
+    async fn wait(self) -> Result<Vec<u64>, StoreError> {
+        match self {
+            Outcome::Queued(outcome) => {
+                let (result, group) = outcome.await.map_err(|_| backend("store writer stopped"))?;
+                // How many jobs shared the transaction (a traced store span declares it).
+                tracing::Span::current().record("db.group_commit.size", group);
+                result
+            }
+            Outcome::Failed(error) => Err(error),
+        }
     }
 }
 
@@ -99,6 +141,14 @@ impl Drop for Writer {
             let _ = thread.join();
         }
     }
+}
+
+/// The outcome of the one job queued.
+fn single(outcomes: Vec<Outcome>) -> Outcome {
+    outcomes
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Outcome::Failed(backend("store writer lost a job")))
 }
 
 fn backend(error: impl std::fmt::Display) -> StoreError {
@@ -174,8 +224,16 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, max_batch: usize) {
             }
         }
         let outcome = db.begin_write().map_err(backend).and_then(|txn| {
-            let results: Vec<Result<Vec<u64>, StoreError>> =
-                batch.iter().map(|job| apply(&txn, &job.commits)).collect();
+            let results: Vec<Result<Vec<u64>, StoreError>> = batch
+                .iter_mut()
+                .map(|job| match &mut job.work {
+                    Work::Commits(commits) => apply(&txn, commits),
+                    Work::Bookkeeping(write) => {
+                        let write = std::mem::replace(write, Box::new(|_| Ok(0)));
+                        write(&txn).map(|count| vec![count])
+                    }
+                })
+                .collect();
             // A refused job (conflict, key taken) wrote nothing; an engine failure may have
             // written part of one, so then the whole group is abandoned (the transaction aborts on drop).
             if let Some(Err(failure)) = results
@@ -341,21 +399,18 @@ fn put_idempotency(txn: &WriteTransaction, record: &IdempotencyRecord) -> Result
 }
 
 impl EmbeddedStore {
-    /// Runs `write` in a transaction of its own, outside the commit queue (operator and outbox
-    /// bookkeeping that no aggregate commit depends on).
-    async fn write<T: Send + 'static>(
+    /// Runs a bookkeeping `write` (outbox deliveries, idempotency records of their own, purges)
+    /// through the writer, in the group commit of whatever is queued with it.
+    async fn write(
         &self,
-        write: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(backend)?;
-            let value = write(&txn)?;
-            txn.commit().map_err(backend)?;
-            Ok(value)
-        })
-        .await
-        .map_err(backend)?
+        write: impl FnOnce(&WriteTransaction) -> Result<u64, StoreError> + Send + 'static,
+    ) -> Result<u64, StoreError> {
+        let outcome = self.writer.send(vec![Work::Bookkeeping(Box::new(write))]);
+        let versions = single(outcome).wait().await?;
+        versions
+            .first()
+            .copied()
+            .ok_or_else(|| backend("store writer returned nothing"))
     }
 
     /// Verifies the file's checksums and structure (redb's integrity check); `Ok(true)` when it
@@ -404,12 +459,38 @@ impl Store for EmbeddedStore {
         if commits.is_empty() {
             return Ok(Vec::new());
         }
-        let (done, result) = oneshot::channel();
-        self.writer.send(Job { commits, done })?;
-        let (result, group) = result.await.map_err(|_| backend("store writer stopped"))?;
-        // How many callers' commits shared the transaction (a traced store span declares it).
-        tracing::Span::current().record("db.group_commit.size", group);
-        result
+        single(self.writer.send(vec![Work::Commits(commits)]))
+            .wait()
+            .await
+    }
+
+    async fn commit_each(&self, jobs: Vec<Vec<Commit>>) -> Vec<Result<Vec<u64>, StoreError>> {
+        // Checked jobs go to the writer back to back, so they share its next transaction (and
+        // one fsync) and are applied in order; a job refused here never reaches it.
+        let mut checked = Vec::with_capacity(jobs.len());
+        let mut refusals = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match check_batch(&job) {
+                Ok(()) if job.is_empty() => refusals.push(Some(Ok(Vec::new()))),
+                Ok(()) => {
+                    refusals.push(None);
+                    checked.push(Work::Commits(job));
+                }
+                Err(error) => refusals.push(Some(Err(error))),
+            }
+        }
+        let mut queued = self.writer.send(checked).into_iter();
+        let mut outcomes = Vec::with_capacity(refusals.len());
+        for refusal in refusals {
+            outcomes.push(match refusal {
+                Some(outcome) => outcome,
+                None => match queued.next() {
+                    Some(outcome) => outcome.wait().await,
+                    None => Err(backend("store writer lost a job")),
+                },
+            });
+        }
+        outcomes
     }
 
     async fn find(
@@ -490,17 +571,19 @@ impl Store for EmbeddedStore {
             for sequence in sequences {
                 outbox.remove(sequence).map_err(backend)?;
             }
-            Ok(())
+            Ok(0)
         })
         .await
+        .map(drop)
     }
 
     async fn save_idempotency_record(&self, record: IdempotencyRecord) -> Result<(), StoreError> {
         self.write(move |txn| {
             check_idempotency(txn, &record)?;
-            put_idempotency(txn, &record)
+            put_idempotency(txn, &record).map(|()| 0)
         })
         .await
+        .map(drop)
     }
 
     async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, StoreError> {

@@ -574,6 +574,42 @@ impl Store for MongoStore {
         }
     }
 
+    /// One transaction for the whole batch (a transaction's writes see each other, so a job may
+    /// expect the version an earlier one writes): one commit round trip instead of one per job.
+    /// When any job is refused (or the batch spans tenants), nothing of the batch is kept and
+    /// the jobs go again one by one, each in a transaction of its own, so each gets its own
+    /// outcome.
+    async fn commit_each(&self, jobs: Vec<Vec<Commit>>) -> Vec<Result<Vec<u64>, StoreError>> {
+        let one_tenant = jobs.iter().flatten().all(|commit| {
+            jobs[0]
+                .first()
+                .is_some_and(|first| first.key.tenant == commit.key.tenant)
+        });
+        if self.transactions
+            && jobs.len() > 1
+            && one_tenant
+            && jobs
+                .iter()
+                .all(|job| !job.is_empty() && check_batch(job).is_ok())
+        {
+            let all: Vec<Commit> = jobs.iter().flatten().cloned().collect();
+            if let Ok(mut session) = self.client.start_session().await
+                && let Ok(versions) = self.write_in_transaction(&mut session, &all).await
+            {
+                let mut versions = versions.into_iter();
+                return jobs
+                    .iter()
+                    .map(|job| Ok(versions.by_ref().take(job.len()).collect()))
+                    .collect();
+            }
+        }
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            outcomes.push(self.commit_all(job).await);
+        }
+        outcomes
+    }
+
     async fn find(
         &self,
         tenant: &str,

@@ -163,6 +163,28 @@ pub trait Store: Send + Sync + 'static {
     /// a multi-document transaction (a replica set or sharded cluster).
     async fn commit_all(&self, commits: Vec<Commit>) -> Result<Vec<u64>, StoreError>;
 
+    /// Applies `jobs` in order, each as one [`Store::commit_all`] would (atomically, with its own
+    /// checks), and returns each job's outcome. Jobs may be chained: a later job may expect a
+    /// version an earlier one writes, so once a job is refused, each later one may be refused
+    /// too (its result says whether it was applied). Engines that queue their commits (the
+    /// embedded store) hand the whole list to one group commit — one fsync for all; the default
+    /// commits them one after another and refuses every job after the first refused one with a
+    /// conflict, without trying it.
+    async fn commit_each(&self, jobs: Vec<Vec<Commit>>) -> Vec<Result<Vec<u64>, StoreError>> {
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut refused = false;
+        for job in jobs {
+            if refused {
+                outcomes.push(Err(not_tried(&job)));
+                continue;
+            }
+            let outcome = self.commit_all(job).await;
+            refused = outcome.is_err();
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
     /// Aggregates of `kind` whose index `name` has `value`, by id, after `after_id`, at most `limit`.
     async fn find(
         &self,
@@ -193,6 +215,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops idempotency records expired at unix second `now`; returns how many.
     async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, StoreError>;
+}
+
+/// The answer for a job of [`Store::commit_each`] not tried because an earlier one was refused.
+pub(crate) fn not_tried(job: &[Commit]) -> StoreError {
+    StoreError::Conflict {
+        key: job
+            .first()
+            .map(|commit| commit.key.to_string())
+            .unwrap_or_default(),
+        expected: 0,
+        found: 0,
+    }
 }
 
 /// The checks [`Store::commit_all`] makes before anything is written, the same on every engine:

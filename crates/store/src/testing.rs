@@ -190,6 +190,31 @@ impl crate::Store for FaultyStore {
         self.inner.commit_all(commits).await
     }
 
+    /// The jobs before the first one that trips go to the inner store as one `commit_each`;
+    /// that one fails and the rest are not tried (a crash at that point).
+    async fn commit_each(
+        &self,
+        jobs: Vec<Vec<crate::Commit>>,
+    ) -> Vec<Result<Vec<u64>, crate::StoreError>> {
+        let tripped = jobs
+            .iter()
+            .enumerate()
+            .find_map(|(at, job)| self.trip(job).err().map(|error| (at, error)));
+        let Some((at, error)) = tripped else {
+            return self.inner.commit_each(jobs).await;
+        };
+        let mut jobs = jobs;
+        let rest = jobs.split_off(at);
+        let mut outcomes = self.inner.commit_each(jobs).await;
+        outcomes.push(Err(error));
+        outcomes.extend(
+            rest.iter()
+                .skip(1)
+                .map(|job| Err(crate::port::not_tried(job))),
+        );
+        outcomes
+    }
+
     async fn find(
         &self,
         tenant: &str,

@@ -109,3 +109,86 @@ async fn a_refused_commit_all_leaves_nothing_while_the_rest_of_its_group_commits
     }
     assert_eq!(store.pending_events(1000).await.unwrap().len(), 64);
 }
+
+/// `commit_each` applies its jobs in order in the writer's next transaction: a job may count on
+/// the version an earlier one writes, a refused job leaves nothing, and jobs that did not count
+/// on it still commit.
+#[tokio::test]
+async fn commit_each_chains_jobs_and_a_refused_one_stops_only_what_counted_on_it() {
+    let store = EmbeddedStore::in_memory().unwrap();
+    let update = |id: &str, expected: u64, data: &str| Commit {
+        expected_version: expected,
+        ..created(id, data)
+    };
+    let outcomes = store
+        .commit_each(vec![
+            vec![created("x", "x1")],
+            vec![update("x", 1, "x2")],
+            vec![update("y", 1, "never"), created("z", "never")],
+            vec![update("x", 2, "x3")],
+            vec![update("y", 1, "counted on the refused job")],
+            vec![created("w", "w1"), created("w", "twice")],
+            vec![],
+        ])
+        .await;
+    assert_eq!(outcomes[0], Ok(vec![1]));
+    assert_eq!(outcomes[1], Ok(vec![2]));
+    assert!(matches!(
+        outcomes[2],
+        Err(store::StoreError::Conflict { .. })
+    ));
+    assert_eq!(outcomes[3], Ok(vec![3]));
+    assert!(matches!(
+        outcomes[4],
+        Err(store::StoreError::Conflict { .. })
+    ));
+    assert!(matches!(outcomes[5], Err(store::StoreError::Backend(_))));
+    assert_eq!(outcomes[6], Ok(vec![]));
+    let stored = |id: &str| AggregateKey::new("tenant-a", "order", id);
+    let x = store.load(&stored("x")).await.unwrap().unwrap();
+    assert_eq!(&x.data[..], b"x3");
+    assert_eq!(store.load(&stored("z")).await.unwrap(), None);
+    assert_eq!(store.load(&stored("w")).await.unwrap(), None);
+}
+
+/// Outbox deliveries and idempotency records of their own go through the writer too, in order
+/// with the commits queued around them.
+#[tokio::test]
+async fn bookkeeping_writes_go_through_the_writer_in_order() {
+    let store = EmbeddedStore::in_memory().unwrap();
+    let mut commit = created("o", "o");
+    commit.events = vec![store::OutboxEvent {
+        event_id: "e".into(),
+        event_type: "test.Created".into(),
+        envelope: Bytes::from_static(b"e"),
+    }];
+    store.commit(commit).await.unwrap();
+    let pending = store.pending_events(10).await.unwrap();
+    let record = store::IdempotencyRecord {
+        tenant: "tenant-a".into(),
+        method: "/m".into(),
+        key: "k".into(),
+        request_digest: Bytes::from_static(b"d"),
+        response: Bytes::from_static(b"r"),
+        expires_at: store::unix_now() + 60,
+    };
+    let (delivered, saved, again) = tokio::join!(
+        store.mark_delivered(&pending),
+        store.save_idempotency_record(record.clone()),
+        store.save_idempotency_record(record.clone()),
+    );
+    delivered.unwrap();
+    saved.unwrap();
+    assert!(matches!(
+        again,
+        Err(store::StoreError::IdempotencyKeyTaken(_))
+    ));
+    assert!(store.pending_events(10).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .idempotency_record("tenant-a", "/m", "k")
+            .await
+            .unwrap(),
+        Some(record)
+    );
+}

@@ -145,15 +145,37 @@ struct Ledger {
     orders: BTreeMap<String, i64>,
 }
 
-/// Places `count` orders through restarts; each order is one logical purchase whose every step
-/// is retried with the same key until it answers (a new cart only when the old one vanished).
-async fn shop_through_faults(address: Address, shop: Shop, count: usize) -> Ledger {
+/// Places `count` orders through restarts, `clients` at a time (each client one order after
+/// another); each order is one logical purchase whose every step is retried with the same key
+/// until it answers (a new cart only when the old one vanished).
+async fn shop_through_faults(address: Address, shop: Shop, count: usize, clients: usize) -> Ledger {
+    let shoppers: Vec<_> = (0..clients)
+        .map(|client| {
+            let (address, shop) = (address.clone(), shop.clone());
+            let orders = count / clients + usize::from(client < count % clients);
+            tokio::spawn(async move { shop_one_by_one(&address, &shop, client, orders).await })
+        })
+        .collect();
+    let mut ledger = Ledger::default();
+    for shopper in shoppers {
+        for (order_id, total) in shopper.await.unwrap().orders {
+            assert!(
+                ledger.orders.insert(order_id.clone(), total).is_none(),
+                "order {order_id} acknowledged to two clients"
+            );
+        }
+    }
+    ledger
+}
+
+/// One client's orders, one after another.
+async fn shop_one_by_one(address: &Address, shop: &Shop, client: usize, count: usize) -> Ledger {
     let mut ledger = Ledger::default();
     for n in 0..count {
         let mut attempt = 0;
         loop {
-            let key = format!("order-{n}-{attempt}");
-            match place(&address, &shop, &key).await {
+            let key = format!("client-{client}-order-{n}-{attempt}");
+            match place(address, shop, &key).await {
                 Ok((order_id, total)) => {
                     assert!(
                         ledger.orders.insert(order_id.clone(), total).is_none(),
@@ -401,7 +423,16 @@ fn verify_offline(server: Running) {
 }
 
 async fn restart_loop(extra: &[&str], label: &str, how: impl Fn(usize) -> Kill + Copy) {
-    let size = size();
+    restart_loop_with(extra, label, how, size(), 1).await;
+}
+
+async fn restart_loop_with(
+    extra: &[&str],
+    label: &str,
+    how: impl Fn(usize) -> Kill + Copy,
+    size: Size,
+    clients: usize,
+) {
     let server = start_in(tempfile::tempdir().unwrap(), extra);
     let address = Address::default();
     address.set(&server.addr);
@@ -411,12 +442,13 @@ async fn restart_loop(extra: &[&str], label: &str, how: impl Fn(usize) -> Kill +
         address.clone(),
         shop.clone(),
         size.orders,
+        clients,
     ));
     let (server, kills) = kill_loop(server, extra, &address, size.kills, how, &shopping).await;
     let ledger = shopping.await.unwrap();
     let server = verify(server, &ledger, &shop).await;
     println!(
-        "faults: {} orders through {kills} restarts ({label}) in {:.1}s — lost 0, double charges 0, missing accruals 0",
+        "faults: {} orders from {clients} client(s) through {kills} restarts ({label}) in {:.1}s — lost 0, double charges 0, missing accruals 0",
         ledger.orders.len(),
         started.elapsed().as_secs_f64()
     );
@@ -436,6 +468,26 @@ async fn orders_points_and_payments_survive_a_sigkill_loop_without_redis() {
     let flags = serve_flags(&[]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     restart_loop(&flags, "SIGKILL, no Redis", |_| Kill::Sigkill).await;
+}
+
+/// 64 clients placing at once: their captures share group commits and batched ledger appends,
+/// and SIGKILL lands in the middle of those batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_clients_placing_at_once_survive_a_sigkill_loop() {
+    let flags = serve_flags(&[]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let size = if std::env::var("COMMERCE_FAULTS_FULL").is_ok_and(|full| full == "1") {
+        Size {
+            orders: 1280,
+            kills: 20,
+        }
+    } else {
+        Size {
+            orders: 192,
+            kills: 3,
+        }
+    };
+    restart_loop_with(&flags, "SIGKILL, 64 clients", |_| Kill::Sigkill, size, 64).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,6 +529,7 @@ async fn nothing_acknowledged_is_lost_when_redis_dies_mid_load_and_comes_back_em
         address.clone(),
         shop.clone(),
         size.orders,
+        1,
     ));
     let mut outages = 0;
     while !shopping.is_finished() && outages < size.kills.div_ceil(2) {

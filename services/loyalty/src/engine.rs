@@ -217,16 +217,18 @@ impl Loyalty {
         commits: Vec<Commit>,
         recorded: Option<Recorder>,
     ) -> Result<Written, LoyaltyError> {
-        let recorded = |entry: &ledger::Entry| recorded.as_ref().map(|record| record(entry));
+        let recorded: ledger::EntryRecorder = std::sync::Arc::new(move |entry: &ledger::Entry| {
+            recorded.as_ref().map(|record| record(entry))
+        });
         let written = match self
             .ledger
-            .write_recording(tenant, write.clone(), commits.clone(), &recorded)
+            .write_recording(tenant, write.clone(), commits.clone(), recorded.clone())
             .await
         {
             Err(LedgerError::UnknownAccount { .. }) => {
                 self.open_accounts(tenant, member_id).await?;
                 self.ledger
-                    .write_recording(tenant, write, commits, &recorded)
+                    .write_recording(tenant, write, commits, recorded)
                     .await
             }
             outcome => outcome,

@@ -62,6 +62,16 @@ use crate::transitions::{InvoiceAction, SubscriptionAction, next, next_invoice};
 /// Due markers read per page of the billing run.
 const DUE_PAGE: usize = 256;
 
+/// Subscriptions one wave of the billing run works on at once.
+const WAVE: usize = 64;
+
+/// A due marker of the billing run: whose action falls due when.
+struct Due {
+    marker_id: String,
+    subscription_id: String,
+    due_ms: i64,
+}
+
 /// What one billing run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BillingReport {
@@ -280,81 +290,25 @@ impl Subscriptions {
         new: NewInvoice,
         at_ms: i64,
     ) -> Result<(Invoice, Vec<Commit>), SubscriptionsError> {
-        let counter_key = records::key(tenant, records::COUNTER, records::COUNTER_ID);
-        let (counter_version, counter) = match self.store.load(&counter_key).await? {
+        let mut counter = self.counter(tenant).await?;
+        let number = counter.take();
+        let (invoice, mut commits) = numbered_invoice(tenant, sub, new, at_ms, number)?;
+        commits.insert(1, counter.commit());
+        Ok((invoice, commits))
+    }
+
+    /// The tenant's invoice counter as stored (its version and last number).
+    pub(crate) async fn counter(&self, tenant: &str) -> Result<Counter, SubscriptionsError> {
+        let key = records::key(tenant, records::COUNTER, records::COUNTER_ID);
+        let (version, stored) = match self.store.load(&key).await? {
             Some(stored) => (stored.version, stored.decode::<CounterRecord>("counter")?),
             None => (0, CounterRecord::default()),
         };
-        let invoice_id = records::newest_first_id("inv", at_ms);
-        let lines: Vec<InvoiceLine> = new
-            .lines
-            .into_iter()
-            .enumerate()
-            .map(|(n, line)| InvoiceLine {
-                line_id: format!("{invoice_id}-{}", n + 1),
-                ..line
-            })
-            .collect();
-        let subtotal = crate::limits::sum(
-            "invoice subtotal",
-            lines
-                .iter()
-                .map(|line| line.amount.as_ref().map_or(0, |m| m.amount_minor)),
-        )?;
-        let status = next_invoice(InvoiceStatus::Draft, InvoiceAction::Finalize)?;
-        let number = counter.last_number + 1;
-        let invoice = Invoice {
-            invoice_id: invoice_id.clone(),
-            number,
-            subscription_id: sub.subscription_id.clone(),
-            customer_id: sub.customer_id.clone(),
-            status: status as i32,
-            lines,
-            subtotal: units::money(&new.currency, subtotal),
-            amount_due: units::money(&new.currency, subtotal.max(0)),
-            amount_paid: units::money(&new.currency, 0),
-            period_start: Some(timestamp_of_ms(new.period.start_ms)),
-            period_end: Some(timestamp_of_ms(new.period.end_ms)),
-            create_time: Some(timestamp_of_ms(at_ms)),
-            finalize_time: Some(timestamp_of_ms(at_ms)),
-            ..Invoice::default()
-        };
-        let record = InvoiceRecord {
-            invoice: Some(invoice.clone()),
-            pending_attempt: 0,
-        };
-        let mut commits = vec![
-            Commit::record(
-                records::key(tenant, records::INVOICE, &invoice_id),
-                0,
-                &record,
-            )
-            .indexed(vec![
-                records::all(),
-                records::invoices_of(&sub.subscription_id),
-            ]),
-            Commit::record(
-                counter_key,
-                counter_version,
-                &CounterRecord {
-                    last_number: number,
-                },
-            ),
-        ];
-        if new.claims_period {
-            commits.push(Commit::record(
-                records::key(
-                    tenant,
-                    records::PERIOD_CLAIM,
-                    &records::period_claim_id(&sub.subscription_id, new.period.start_ms),
-                ),
-                0,
-                &PeriodClaim {
-                    invoice_id: invoice_id.clone(),
-                },
-            ));
-        }
-        Ok((invoice, commits))
+        Ok(Counter {
+            key,
+            version,
+            last_number: stored.last_number,
+        })
     }
 
     /// Runs everything due for `tenant` up to `now_ms`, each action at the time it fell due, in
@@ -393,52 +347,149 @@ impl Subscriptions {
                 }
                 after = page.last().map(|(id, _)| id.clone());
             };
-            // Markers in time order, up to the earliest action a processed one scheduled: an
-            // action at or before the next marker's time goes first, so re-read the page.
+            // Markers in time order, up to the earliest action a processed one scheduled (an
+            // action at or before the next marker's time goes first, so re-read the page), in
+            // waves of distinct subscriptions worked on at once.
             let mut horizon = i64::MAX;
             let mut progressed = false;
-            for (marker_id, stored) in page {
-                let Some(due) = records::due_marker_time(&marker_id) else {
-                    return Err(SubscriptionsError::Corrupt(format!(
-                        "due marker {marker_id}"
-                    )));
-                };
-                if due > now_ms {
-                    break;
-                }
-                if due > horizon {
-                    break;
-                }
-                let marker: DueMarker = stored.decode("due marker")?;
-                match self
-                    .perform_due(
-                        tenant,
-                        &marker.subscription_id,
-                        &marker_id,
-                        due,
-                        &mut report,
-                    )
-                    .instrument(platform::telemetry::step_span(
-                        "subscription",
-                        &marker.subscription_id,
-                    ))
-                    .await
-                {
-                    Ok(Some(next_due)) => horizon = horizon.min(next_due),
-                    Ok(None) => {}
-                    Err(SubscriptionsError::PaymentOutcomeUnknown(_)) => {
-                        report.outcomes_unknown += 1;
-                        skipped.insert(marker_id.clone());
+            let mut markers = page.into_iter().peekable();
+            loop {
+                let mut wave: Vec<Due> = Vec::new();
+                while let Some((marker_id, stored)) = markers.peek() {
+                    let Some(due_ms) = records::due_marker_time(marker_id) else {
+                        return Err(SubscriptionsError::Corrupt(format!(
+                            "due marker {marker_id}"
+                        )));
+                    };
+                    if due_ms > now_ms || due_ms > horizon || wave.len() == WAVE {
+                        break;
                     }
-                    Err(error) => return Err(error),
+                    let marker: DueMarker = stored.decode("due marker")?;
+                    if wave
+                        .iter()
+                        .any(|due| due.subscription_id == marker.subscription_id)
+                    {
+                        break;
+                    }
+                    wave.push(Due {
+                        marker_id: marker_id.clone(),
+                        subscription_id: marker.subscription_id,
+                        due_ms,
+                    });
+                    markers.next();
+                }
+                if wave.is_empty() {
+                    break;
                 }
                 progressed = true;
+                let mut failure = None;
+                for (due, outcome) in wave
+                    .iter()
+                    .zip(self.perform_wave(tenant, &wave, &mut report).await?)
+                {
+                    match outcome {
+                        Ok(Some(next_due)) => horizon = horizon.min(next_due),
+                        Ok(None) => {}
+                        Err(SubscriptionsError::PaymentOutcomeUnknown(_)) => {
+                            report.outcomes_unknown += 1;
+                            skipped.insert(due.marker_id.clone());
+                        }
+                        Err(error) => {
+                            failure.get_or_insert(error);
+                        }
+                    }
+                }
+                if let Some(error) = failure {
+                    return Err(error);
+                }
             }
             if !progressed {
                 break 'run;
             }
         }
         Ok(report)
+    }
+
+    /// Performs a wave's actions at once, each subscription's at its own due time: first the
+    /// renewals together (their invoices numbered in due order in one commit), then every
+    /// action — a renewed subscription's collection among them — concurrently, so their commits
+    /// share group commits and their ledger entries batch. Returns each action's outcome, as
+    /// [`Subscriptions::perform_due`] does.
+    async fn perform_wave(
+        &self,
+        tenant: &str,
+        wave: &[Due],
+        report: &mut BillingReport,
+    ) -> Result<Vec<Result<Option<i64>, SubscriptionsError>>, SubscriptionsError> {
+        report.renewals += self.renew_together(tenant, wave).await?;
+        let actions = wave.iter().map(|due| async move {
+            let mut own = BillingReport::default();
+            let outcome = self
+                .perform_due(
+                    tenant,
+                    &due.subscription_id,
+                    &due.marker_id,
+                    due.due_ms,
+                    &mut own,
+                )
+                .instrument(platform::telemetry::step_span(
+                    "subscription",
+                    &due.subscription_id,
+                ))
+                .await;
+            (own, outcome)
+        });
+        let mut outcomes = Vec::with_capacity(wave.len());
+        for (own, outcome) in futures_util::future::join_all(actions).await {
+            *report += own;
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    /// Starts the next period of every subscription of the wave whose due action is a renewal,
+    /// in **one commit** with the counter: their invoices take a run of numbers in due order,
+    /// gap-free, with one counter compare-and-set instead of one each. Returns how many it
+    /// renewed: 0 when fewer than two are due for renewal, or when anything moved meanwhile (a
+    /// lost race) — each is then renewed on its own by [`Subscriptions::perform_due`].
+    async fn renew_together(&self, tenant: &str, wave: &[Due]) -> Result<i64, SubscriptionsError> {
+        let mut counter = self.counter(tenant).await?;
+        let mut commits = Vec::new();
+        let mut renewed = 0;
+        for due in wave {
+            let state = self.load_sub(tenant, &due.subscription_id).await?;
+            let Some(period) = renewal_due(&state.record, due.due_ms) else {
+                continue;
+            };
+            // A renewal that cannot be composed (its plan gone, say) is left to perform_due,
+            // which reports why; the numbers it took go back.
+            let before = counter.clone();
+            match self
+                .period_commits(
+                    tenant,
+                    &due.subscription_id,
+                    Renewal::Next(period),
+                    due.due_ms,
+                    &mut counter,
+                )
+                .await
+            {
+                Ok(period_commits) => {
+                    commits.extend(period_commits);
+                    renewed += 1;
+                }
+                Err(_) => counter = before,
+            }
+        }
+        if renewed < 2 {
+            return Ok(0);
+        }
+        commits.push(counter.commit());
+        match self.store.commit_all(commits).await {
+            Ok(_) => Ok(renewed),
+            Err(store::StoreError::Conflict { .. }) => Ok(0),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Performs the action due at `due_ms` for the subscription whose marker is `marker_id`;
@@ -490,10 +541,7 @@ impl Subscriptions {
                 .await
             }
             SubscriptionStatus::Trialing | SubscriptionStatus::Active => {
-                let period = Period {
-                    start_ms: ms_or_epoch(&sub.current_period_start),
-                    end_ms: ms_or_epoch(&sub.current_period_end),
-                };
+                let period = current_period(sub);
                 self.start_period(
                     tenant,
                     subscription_id,
@@ -523,6 +571,31 @@ impl Subscriptions {
         report: &mut BillingReport,
     ) -> Result<(), SubscriptionsError> {
         retry_on_conflict(Retry::CONTENDED, || async move {
+            let mut counter = self.counter(tenant).await?;
+            let mut commits = self
+                .period_commits(tenant, subscription_id, renewal, at_ms, &mut counter)
+                .await?;
+            commits.push(counter.commit());
+            self.store.commit_all(commits).await?;
+            Ok::<_, SubscriptionsError>(())
+        })
+        .await?;
+        report.renewals += 1;
+        Ok(())
+    }
+
+    /// The commits that start the subscription's next period at `at_ms` with its invoice,
+    /// numbered from `counter` (whose commit is the caller's): the subscription, its due
+    /// markers, the invoice and the period claim.
+    async fn period_commits(
+        &self,
+        tenant: &str,
+        subscription_id: &str,
+        renewal: Renewal,
+        at_ms: i64,
+        counter: &mut Counter,
+    ) -> Result<Vec<Commit>, SubscriptionsError> {
+        {
             let state = self.load_sub(tenant, subscription_id).await?;
             let mut record = state.record.clone();
             // A migration (MigrateSubscription) takes effect with the new period.
@@ -573,19 +646,18 @@ impl Subscriptions {
                 });
                 record.credit_minor = crate::limits::add("credit", record.credit_minor, -credit)?;
             }
-            let (invoice, invoice_commits) = self
-                .invoice_commits(
-                    tenant,
-                    &sub,
-                    NewInvoice {
-                        period,
-                        lines,
-                        currency: price.currency_code.clone(),
-                        claims_period: true,
-                    },
-                    at_ms,
-                )
-                .await?;
+            let (invoice, invoice_commits) = numbered_invoice(
+                tenant,
+                &sub,
+                NewInvoice {
+                    period,
+                    lines,
+                    currency: price.currency_code.clone(),
+                    claims_period: true,
+                },
+                at_ms,
+                counter.take(),
+            )?;
             record.anchor_ms = anchor;
             record.collect_at_ms = Some(at_ms);
             record.collecting_invoice_id = invoice.invoice_id.clone();
@@ -619,12 +691,8 @@ impl Subscriptions {
                 .subscription_commits(tenant, Some(&state), record, at_ms, &events)
                 .await?;
             commits.extend(invoice_commits);
-            self.store.commit_all(commits).await?;
-            Ok::<_, SubscriptionsError>(())
-        })
-        .await?;
-        report.renewals += 1;
-        Ok(())
+            Ok(commits)
+        }
     }
 
     /// One payment attempt for the invoice the subscription is collecting, at `at_ms` (see the
@@ -848,6 +916,131 @@ impl Subscriptions {
         report.status_changes += 1;
         self.collect(tenant, subscription_id, at_ms, report).await
     }
+}
+
+/// The subscription's current period.
+fn current_period(sub: &Subscription) -> Period {
+    Period {
+        start_ms: ms_or_epoch(&sub.current_period_start),
+        end_ms: ms_or_epoch(&sub.current_period_end),
+    }
+}
+
+/// The period to renew from when the subscription's action due at `due_ms` is a renewal (what
+/// [`Subscriptions::perform_due`] would do: active or trialing, nothing being collected, not
+/// canceling at the period's end).
+fn renewal_due(record: &records::SubscriptionRecord, due_ms: i64) -> Option<Period> {
+    let sub = record.sub();
+    let renews = record.due_ms == Some(due_ms)
+        && record.collect_at_ms.is_none()
+        && matches!(
+            sub.status(),
+            SubscriptionStatus::Trialing | SubscriptionStatus::Active
+        )
+        && !sub.cancel_at_period_end;
+    renews.then(|| current_period(sub))
+}
+
+/// The tenant's invoice counter, read once and handing out numbers in order: every invoice it
+/// numbers must be committed together with [`Counter::commit`] (compare-and-set on the version
+/// read), so numbers stay gap-free — a batch of invoices in one commit takes a run of numbers.
+#[derive(Clone)]
+pub(crate) struct Counter {
+    key: store::AggregateKey,
+    version: u64,
+    last_number: i64,
+}
+
+impl Counter {
+    /// The next number.
+    pub(crate) fn take(&mut self) -> i64 {
+        self.last_number += 1;
+        self.last_number
+    }
+
+    /// The counter after the numbers taken.
+    pub(crate) fn commit(&self) -> Commit {
+        Commit::record(
+            self.key.clone(),
+            self.version,
+            &CounterRecord {
+                last_number: self.last_number,
+            },
+        )
+    }
+}
+
+/// The commits that create `new` for `sub` at `at_ms`, finalized as invoice `number`: the
+/// invoice and the period's claim when it claims one (the counter is the caller's).
+fn numbered_invoice(
+    tenant: &str,
+    sub: &Subscription,
+    new: NewInvoice,
+    at_ms: i64,
+    number: i64,
+) -> Result<(Invoice, Vec<Commit>), SubscriptionsError> {
+    let invoice_id = records::newest_first_id("inv", at_ms);
+    let lines: Vec<InvoiceLine> = new
+        .lines
+        .into_iter()
+        .enumerate()
+        .map(|(n, line)| InvoiceLine {
+            line_id: format!("{invoice_id}-{}", n + 1),
+            ..line
+        })
+        .collect();
+    let subtotal = crate::limits::sum(
+        "invoice subtotal",
+        lines
+            .iter()
+            .map(|line| line.amount.as_ref().map_or(0, |m| m.amount_minor)),
+    )?;
+    let status = next_invoice(InvoiceStatus::Draft, InvoiceAction::Finalize)?;
+    let invoice = Invoice {
+        invoice_id: invoice_id.clone(),
+        number,
+        subscription_id: sub.subscription_id.clone(),
+        customer_id: sub.customer_id.clone(),
+        status: status as i32,
+        lines,
+        subtotal: units::money(&new.currency, subtotal),
+        amount_due: units::money(&new.currency, subtotal.max(0)),
+        amount_paid: units::money(&new.currency, 0),
+        period_start: Some(timestamp_of_ms(new.period.start_ms)),
+        period_end: Some(timestamp_of_ms(new.period.end_ms)),
+        create_time: Some(timestamp_of_ms(at_ms)),
+        finalize_time: Some(timestamp_of_ms(at_ms)),
+        ..Invoice::default()
+    };
+    let record = InvoiceRecord {
+        invoice: Some(invoice.clone()),
+        pending_attempt: 0,
+    };
+    let mut commits = vec![
+        Commit::record(
+            records::key(tenant, records::INVOICE, &invoice_id),
+            0,
+            &record,
+        )
+        .indexed(vec![
+            records::all(),
+            records::invoices_of(&sub.subscription_id),
+        ]),
+    ];
+    if new.claims_period {
+        commits.push(Commit::record(
+            records::key(
+                tenant,
+                records::PERIOD_CLAIM,
+                &records::period_claim_id(&sub.subscription_id, new.period.start_ms),
+            ),
+            0,
+            &PeriodClaim {
+                invoice_id: invoice_id.clone(),
+            },
+        ));
+    }
+    Ok((invoice, commits))
 }
 
 /// Which period a new invoice bills.

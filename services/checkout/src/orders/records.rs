@@ -48,15 +48,22 @@ pub(super) struct PlacementRecord {
 }
 
 impl PlacementRecord {
-    /// A placement just recorded: `Started`, with the reward (if any) still to hold.
+    /// A placement just recorded: `Started`, with the reward still to hold — or, with no
+    /// reward to hold, already `RewardHeld`: the step would only record that nothing happened,
+    /// and skipping it saves a durable commit per order.
     pub(super) fn started(
         order: Order,
         payment_token: String,
         pending_reward_id: String,
         started_ms: i64,
     ) -> Self {
+        let step = if pending_reward_id.is_empty() {
+            Step::RewardHeld
+        } else {
+            Step::Started
+        };
         PlacementRecord {
-            step: Step::Started as i32,
+            step: step as i32,
             order: Some(order),
             payment_token,
             pending_reward_id,
