@@ -14,8 +14,8 @@
 //! at 8.875%) and one active menu item (USD 8.99, tax category `food`).
 //!
 //! 1. **QuoteCart**: one cart with 3 lines, then N `CartService/QuoteCart` calls at concurrency 1
-//!    and 32 (each call prices the cart and stores a quote); req/s, p50/p99.
-//! 2. **PlaceOrder**: for each concurrency (1, 32), K carts are prepared first, 32 at a time and
+//!    and 32 or `--concurrency` (each call prices the cart and stores a quote); req/s, p50/p99.
+//! 2. **PlaceOrder**: for each concurrency (`--concurrency`, default 1,32), K carts are prepared first, 32 at a time and
 //!    outside the timing (CreateCart, AddCartLine, QuoteCart for `quote_id` and `total`); then only
 //!    the K `OrderService/PlaceOrder` calls are timed (own idempotency key each, `tok_ok`,
 //!    `expected_total` = the quote's total); orders/s, p50/p99. Failed calls are not retried:
@@ -54,18 +54,16 @@ use tonic::{Request, Status};
 const TENANT: &str = "bench";
 /// Concurrency of the preparation and verification phases.
 const PREP_CONCURRENCY: usize = 32;
-/// The concurrencies measured.
-const CONCURRENCIES: [usize; 2] = [1, 32];
 /// The payment token the PSP simulator authorizes and captures at once.
 const PAYMENT_TOKEN: &str = "tok_ok";
 
 #[derive(Parser)]
 #[command(about = "Checkout benchmark: QuoteCart and PlaceOrder through `commerce serve`")]
 struct Cli {
-    /// QuoteCart calls per run (at concurrency 1 and at 32).
+    /// QuoteCart calls per run (at each concurrency).
     #[arg(long, default_value_t = 2_000)]
     quotes: usize,
-    /// Orders placed per run (at concurrency 1 and at 32), each from its own prepared cart.
+    /// Orders placed per run (at each concurrency), each from its own prepared cart.
     #[arg(long, default_value_t = 1_000)]
     orders: usize,
     /// HTTP/2 connections the concurrent runs share (one at concurrency 1).
@@ -74,6 +72,13 @@ struct Cli {
     /// The `commerce` binary; default: the one next to this binary (target/release/commerce).
     #[arg(long)]
     commerce: Option<PathBuf>,
+    /// The concurrencies measured, in order.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 32])]
+    concurrency: Vec<usize>,
+    /// Pins the server to these CPUs (`taskset -c`), e.g. `0`; pin this program to the others
+    /// yourself (`taskset -c 1 …`), so the load generator does not compete with the server.
+    #[arg(long)]
+    server_cpus: Option<String>,
 }
 
 #[tokio::main]
@@ -96,8 +101,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let log_path = work.path().join("commerce.log");
+    let mut server = match &cli.server_cpus {
+        Some(cpus) => {
+            let mut pinned = Command::new("taskset");
+            pinned.args(["-c", cpus]).arg(&commerce_bin);
+            pinned
+        }
+        None => Command::new(&commerce_bin),
+    };
     let mut commerce = Process::spawn(
-        Command::new(&commerce_bin)
+        server
             .arg("serve")
             .args(["--listen", &listen.to_string()])
             .args(["--admin-listen", &admin.to_string()])
@@ -224,7 +237,7 @@ async fn measure(cli: &Cli, addr: SocketAddr, bearer: &MetadataValue<Ascii>) -> 
     quotes(&prep_channels, bearer, &quote_cart, 8, 200.min(cli.quotes)).await?;
 
     let mut quote_rows = Vec::new();
-    for concurrency in CONCURRENCIES {
+    for &concurrency in &cli.concurrency {
         let channels = connect_many(addr, cli.connections.min(concurrency)).await?;
         let run = quotes(&channels, bearer, &quote_cart, concurrency, cli.quotes).await?;
         quote_rows.push((concurrency, run));
@@ -238,7 +251,7 @@ async fn measure(cli: &Cli, addr: SocketAddr, bearer: &MetadataValue<Ascii>) -> 
     let mut placed_ids: Vec<String> = warm.ok.iter().map(|p| p.order_id.clone()).collect();
 
     let mut order_rows = Vec::new();
-    for concurrency in CONCURRENCIES {
+    for &concurrency in &cli.concurrency {
         let run_name = format!("c{concurrency}");
         let prepared_started = Instant::now();
         let carts = prepare_carts(&prep_channels, bearer, &menu, &run_name, cli.orders).await?;

@@ -122,6 +122,9 @@ pub struct FaultyStore {
     inner: std::sync::Arc<dyn crate::Store>,
     /// Kinds (with how many more commits to fail) whose commits fail.
     armed: std::sync::Mutex<Vec<(String, u32)>>,
+    /// (kind, at least, how many more): batches with that many commits of the kind are refused
+    /// with a conflict, as if another writer had moved one of them.
+    batches_refused: std::sync::Mutex<Option<(String, usize, u32)>>,
     /// Commits seen so far, and the number of the one that fails (0: none).
     commits: std::sync::atomic::AtomicU64,
     fail_at: std::sync::atomic::AtomicU64,
@@ -133,6 +136,7 @@ impl FaultyStore {
         FaultyStore {
             inner,
             armed: std::sync::Mutex::new(Vec::new()),
+            batches_refused: std::sync::Mutex::new(None),
             commits: std::sync::atomic::AtomicU64::new(0),
             fail_at: std::sync::atomic::AtomicU64::new(0),
         }
@@ -146,6 +150,14 @@ impl FaultyStore {
             .push((kind.to_owned(), times));
     }
 
+    /// The next `times` commits (one `commit_all`, or one job of a `commit_each`) with at least
+    /// `at_least` commits of `kind` are refused with a version conflict — a lost race, nothing
+    /// written.
+    pub fn refuse_batches(&self, kind: &str, at_least: usize, times: u32) {
+        *self.batches_refused.lock().expect("refused batches") =
+            Some((kind.to_owned(), at_least, times));
+    }
+
     /// The `n`th commit from now fails, whatever it touches (1 = the next): a crash at that
     /// point of a run.
     pub fn fail_in(&self, n: u64) {
@@ -157,6 +169,25 @@ impl FaultyStore {
         use std::sync::atomic::Ordering::SeqCst;
         if self.commits.fetch_add(1, SeqCst) + 1 == self.fail_at.load(SeqCst) {
             return Err(crate::StoreError::Backend("injected crash".into()));
+        }
+        if let Some((kind, at_least, left)) = self
+            .batches_refused
+            .lock()
+            .expect("refused batches")
+            .as_mut()
+            && *left > 0
+            && commits
+                .iter()
+                .filter(|commit| &commit.key.kind == kind)
+                .count()
+                >= *at_least
+        {
+            *left -= 1;
+            return Err(crate::StoreError::Conflict {
+                key: format!("a batch of {kind}"),
+                expected: 0,
+                found: 0,
+            });
         }
         let mut armed = self.armed.lock().expect("armed kinds");
         for (kind, left) in armed.iter_mut() {

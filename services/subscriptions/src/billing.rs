@@ -421,7 +421,29 @@ impl Subscriptions {
         wave: &[Due],
         report: &mut BillingReport,
     ) -> Result<Vec<Result<Option<i64>, SubscriptionsError>>, SubscriptionsError> {
-        report.renewals += self.renew_together(tenant, wave).await?;
+        let Some(renewed) = self.renew_together(tenant, wave).await? else {
+            // Something in the wave moved under the batch: one action after another, as the
+            // run did before waves (every action then reads the counter it numbers from).
+            let mut outcomes = Vec::with_capacity(wave.len());
+            for due in wave {
+                outcomes.push(
+                    self.perform_due(
+                        tenant,
+                        &due.subscription_id,
+                        &due.marker_id,
+                        due.due_ms,
+                        report,
+                    )
+                    .instrument(platform::telemetry::step_span(
+                        "subscription",
+                        &due.subscription_id,
+                    ))
+                    .await,
+                );
+            }
+            return Ok(outcomes);
+        };
+        report.renewals += renewed;
         let actions = wave.iter().map(|due| async move {
             let mut own = BillingReport::default();
             let outcome = self
@@ -450,9 +472,13 @@ impl Subscriptions {
     /// Starts the next period of every subscription of the wave whose due action is a renewal,
     /// in **one commit** with the counter: their invoices take a run of numbers in due order,
     /// gap-free, with one counter compare-and-set instead of one each. Returns how many it
-    /// renewed: 0 when fewer than two are due for renewal, or when anything moved meanwhile (a
-    /// lost race) — each is then renewed on its own by [`Subscriptions::perform_due`].
-    async fn renew_together(&self, tenant: &str, wave: &[Due]) -> Result<i64, SubscriptionsError> {
+    /// renewed (0 when fewer than two are due for renewal: [`Subscriptions::perform_due`] renews
+    /// the one), or `None` when anything moved meanwhile (a lost race): nothing was renewed.
+    async fn renew_together(
+        &self,
+        tenant: &str,
+        wave: &[Due],
+    ) -> Result<Option<i64>, SubscriptionsError> {
         let mut counter = self.counter(tenant).await?;
         let mut commits = Vec::new();
         let mut renewed = 0;
@@ -482,12 +508,12 @@ impl Subscriptions {
             }
         }
         if renewed < 2 {
-            return Ok(0);
+            return Ok(Some(0));
         }
         commits.push(counter.commit());
         match self.store.commit_all(commits).await {
-            Ok(_) => Ok(renewed),
-            Err(store::StoreError::Conflict { .. }) => Ok(0),
+            Ok(_) => Ok(Some(renewed)),
+            Err(store::StoreError::Conflict { .. }) => Ok(None),
             Err(error) => Err(error.into()),
         }
     }

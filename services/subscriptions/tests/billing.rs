@@ -168,6 +168,41 @@ async fn an_interrupted_batched_billing_run_neither_skips_nor_double_bills() {
     }
 }
 
+/// A wave's renewals go in one commit; when that commit loses a race (here: refused once with a
+/// conflict), nothing of it is written and the wave's actions run one after another instead —
+/// every period still billed once, numbers still gap-free.
+#[tokio::test]
+async fn a_wave_whose_batched_renewal_loses_a_race_renews_one_by_one() {
+    let inner: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory().unwrap());
+    let refusing = Arc::new(FaultyStore::new(inner));
+    let h = Harness::with(Some(refusing.clone()), RetryPolicy::default()).await;
+    let plan = h.plan(700, 0).await;
+    let mut subs = Vec::new();
+    for n in 0..5 {
+        subs.push(
+            h.engine
+                .create_subscription(TENANT, &key(), &format!("cust-{n}"), &plan, "tok_ok", false)
+                .await
+                .unwrap()
+                .subscription
+                .subscription_id,
+        );
+    }
+    refusing.refuse_batches(subscriptions::records::INVOICE, 2, 1);
+    let report = h.advance_to(month(START, 1) + DAY).await.unwrap();
+    assert_eq!(report.renewals, 5);
+    assert_eq!(report.invoices_paid, 5);
+    let mut numbers = Vec::new();
+    for sub in &subs {
+        let invoices = h.invoices(sub).await;
+        assert_eq!(invoices.len(), 2);
+        assert!(invoices.iter().all(|i| i.status() == InvoiceStatus::Paid));
+        numbers.extend(invoices.iter().map(|i| i.number));
+    }
+    numbers.sort();
+    assert_eq!(numbers, (1..=10).collect::<Vec<_>>());
+}
+
 /// Every subscription has its 4 periods billed once each, paid, charged once; numbers 1..4n.
 async fn billed_once_each(h: &Harness, subs: &[String], crash_at: u64) {
     {
