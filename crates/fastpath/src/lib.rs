@@ -14,6 +14,7 @@ mod degraded;
 mod expiring;
 mod gcra;
 mod lock;
+mod near;
 mod outage;
 mod records;
 #[cfg(feature = "testing")]
@@ -22,6 +23,7 @@ pub mod testing;
 pub use cache::Cache;
 pub use connection::{Redis, connect};
 pub use degraded::Degraded;
-pub use gcra::{DEFAULT_LOCAL_KEYS, Decision, GcraLimit, RateLimiter};
+pub use gcra::{DEFAULT_LOCAL_KEYS, Decision, GcraLimit, RateLimitSync, RateLimiter};
 pub use lock::{LockGuard, Locks};
+pub use near::NearCache;
 pub use records::{RecordError, TtlRecords};
