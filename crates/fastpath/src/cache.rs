@@ -12,7 +12,7 @@
 //! | read | Redis round trips |
 //! | --- | --- |
 //! | near hit | 0 |
-//! | near miss, Redis hit | 1 (`GET`, with any pending stale-key `DEL`s pipelined in front) |
+//! | near miss, Redis hit | 1 (`GET`, with any pending stale-key `DEL`s pipelined in front; on a cluster those go first: 2 while keys are stale) |
 //! | miss, loaded from the store | 2 (`GET`, then `SET NX`); a caller that waited on another's load finds the value in the near cache (or asks Redis once more when it is off) |
 //!
 //! A write-through is one round trip too (`SET` and `PUBLISH` pipelined; on a Redis Cluster one
@@ -220,11 +220,12 @@ impl Cache {
             .insert(key.to_owned());
     }
 
-    /// Runs `pipeline` (commands whose order matters only per key: one round trip, also on a
-    /// cluster) or, on a cluster when `ordered`, its commands one after the other.
-    async fn run(&self, redis: &Redis, commands: Vec<redis::Cmd>, ordered: bool) -> bool {
+    /// Runs `commands`: in one pipeline on one server (one round trip, in order), one after the
+    /// other on a cluster (they may go to different nodes, and a cluster pipeline must stay within
+    /// one slot).
+    async fn run(&self, redis: &Redis, commands: Vec<redis::Cmd>) -> bool {
         let mut connection = redis.clone();
-        let result: Result<(), redis::RedisError> = if ordered && redis.is_cluster() {
+        let result: Result<(), redis::RedisError> = if redis.is_cluster() || commands.len() == 1 {
             let mut result = Ok(());
             for command in commands {
                 result = command
@@ -267,7 +268,7 @@ impl Cache {
         let mut delete = redis::cmd("DEL");
         delete.arg(format!("cache:{key}"));
         let commands = vec![delete, self.announcement(key)];
-        self.run(redis, commands, true).await
+        self.run(redis, commands).await
     }
 
     /// The Redis value of `key` in one round trip: the stale keys' deletes (if any) pipelined in
@@ -298,9 +299,45 @@ impl Cache {
                 .await;
             self.degraded.record(&result);
             result.ok().flatten()
+        } else if redis.is_cluster() {
+            // A cluster pipeline must stay within one slot: the stale keys' DELs go first (one
+            // per key, concurrently), then the GET — two round trips, only while keys are stale.
+            let deletes = futures_util::future::join_all(stale.iter().map(|stale_key| {
+                let mut connection = redis.clone();
+                async move {
+                    redis::cmd("DEL")
+                        .arg(format!("cache:{stale_key}"))
+                        .query_async::<i64>(&mut connection)
+                        .await
+                }
+            }))
+            .await;
+            let still_stale = {
+                let mut still = self
+                    .stale
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                for (stale_key, deleted) in stale.iter().zip(&deletes) {
+                    if deleted.is_ok() {
+                        still.remove(stale_key);
+                    }
+                }
+                still.contains(key)
+            };
+            if let Some(failed) = deletes.into_iter().find(Result::is_err) {
+                self.degraded.record(&failed);
+            }
+            if still_stale {
+                return None;
+            }
+            let result: Result<Option<Vec<u8>>, _> = redis::cmd("GET")
+                .arg(format!("cache:{key}"))
+                .query_async(&mut connection)
+                .await;
+            self.degraded.record(&result);
+            result.ok().flatten()
         } else {
-            // One DEL per key: on a cluster the stale keys may live on different nodes. Each DEL
-            // precedes the GET on its key's connection, so a stale key reads as a miss.
+            // The DELs precede the GET on the one connection, so a stale key reads as a miss.
             let mut pipeline = redis::pipe();
             for stale_key in &stale {
                 pipeline
@@ -340,10 +377,10 @@ impl Cache {
                 if fill == Fill::IfAbsent {
                     // A fill from the store changes nothing other processes could have cached.
                     set.arg("NX");
-                    return self.run(redis, vec![set], false).await;
+                    return self.run(redis, vec![set]).await;
                 }
                 let commands = vec![set, self.announcement(key)];
-                self.run(redis, commands, true).await
+                self.run(redis, commands).await
             }
             None => {
                 let mut local = self

@@ -367,7 +367,8 @@ impl Syncer {
         }
     }
 
-    /// One sync: every key touched since the last, in one pipeline. Whether it reached Redis.
+    /// One sync: every key touched since the last, in one pipeline (concurrent scripts on a
+    /// cluster). Whether it reached Redis.
     async fn once(&self) -> bool {
         let Some(batch) = self.batch.upgrade() else {
             return true;
@@ -383,33 +384,51 @@ impl Syncer {
         if taken.is_empty() {
             return true;
         }
-        let pipeline = |script: &redis::Script| {
-            let mut pipeline = redis::pipe();
-            for (key, spent) in &taken {
-                pipeline.invoke_script(
-                    script
-                        .key(format!("gcra:{key}"))
-                        .arg(self.interval_ms)
-                        .arg(*spent),
-                );
-            }
-            pipeline
-        };
         let mut connection = self.redis.clone();
-        let mut result: Result<Vec<i64>, redis::RedisError> =
-            pipeline(&self.script).query_async(&mut connection).await;
-        if matches!(&result, Err(error) if error.code() == Some("NOSCRIPT")) {
-            // A Redis that restarted (or a new one) does not know the script yet.
-            result = match self
-                .script
-                .prepare_invoke()
-                .load_async(&mut connection)
-                .await
-            {
-                Ok(_) => pipeline(&self.script).query_async(&mut connection).await,
-                Err(error) => Err(error),
+        let result: Result<Vec<i64>, redis::RedisError> = if self.redis.is_cluster() {
+            // A cluster pipeline must stay within one slot: one script per key, concurrently
+            // (one round trip of wall time).
+            futures_util::future::join_all(taken.iter().map(|(key, spent)| {
+                let mut connection = self.redis.clone();
+                let mut invocation = self.script.prepare_invoke();
+                invocation
+                    .key(format!("gcra:{key}"))
+                    .arg(self.interval_ms)
+                    .arg(*spent);
+                async move { invocation.invoke_async::<i64>(&mut connection).await }
+            }))
+            .await
+            .into_iter()
+            .collect()
+        } else {
+            let pipeline = || {
+                let mut pipeline = redis::pipe();
+                for (key, spent) in &taken {
+                    pipeline.invoke_script(
+                        self.script
+                            .key(format!("gcra:{key}"))
+                            .arg(self.interval_ms)
+                            .arg(*spent),
+                    );
+                }
+                pipeline
             };
-        }
+            let result = pipeline().query_async(&mut connection).await;
+            if matches!(&result, Err(error) if error.code() == Some("NOSCRIPT")) {
+                // A Redis that restarted (or a new one) does not know the script yet.
+                match self
+                    .script
+                    .prepare_invoke()
+                    .load_async(&mut connection)
+                    .await
+                {
+                    Ok(_) => pipeline().query_async(&mut connection).await,
+                    Err(error) => Err(error),
+                }
+            } else {
+                result
+            }
+        };
         self.degraded.record(&result);
         // On failure the spend is dropped: each replica has been enforcing the limit on its own.
         let Ok(leads) = result else {
