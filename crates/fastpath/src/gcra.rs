@@ -11,8 +11,9 @@
 //!   spend reaches a tenth of its burst. A replica's local TAT becomes the later of its own and
 //!   the shared one, so debt run up by any replica is paid by all. What the others cannot see is
 //!   each replica's unsynced spend, so the shared limit can be overshot by about
-//!   `replicas × (burst / 10 + what one replica allows during one sync round trip)` — never more
-//!   than `replicas × burst` — and the overshoot is paid back (the shared TAT goes into debt)
+//!   `replicas × (burst / 10 + what one replica allows during one sync round trip)` — at worst
+//!   (a sync round trip slower than a burst) what each local bucket allows between two syncs,
+//!   `replicas × (burst + rate × interval)` — and the overshoot is paid back (the shared TAT goes into debt)
 //!   at the next sync. Spend that cannot be pushed (Redis failing) is dropped: meanwhile each
 //!   replica enforces the limit alone, as in exact mode's fallback.
 

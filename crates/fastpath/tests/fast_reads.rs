@@ -220,6 +220,9 @@ async fn a_lost_subscription_clears_the_near_cache_and_redis_down_leaves_reads_t
     let cache = replica(&server, &degraded).await;
     assert_eq!(read(&cache, "balance:m-1", b"v1").await, "v1");
     assert_eq!(cache.near_cache_len(), 1);
+    // An idle subscription answers its pings (one a second) and stays up.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(cache.near_cache_is_serving() && cache.near_cache_len() == 1);
 
     // The subscription is killed and a write's message is lost with it (here: written to Redis
     // without any announcement).
