@@ -18,8 +18,8 @@ pub(crate) const CLUSTER_SCHEME: &str = "redis+cluster://";
 
 /// How long to wait for a node to accept a connection, and for any reply: the fast path has
 /// local fallbacks, so a slow Redis should fail fast and let them answer.
-const CONNECTION_TIMEOUT: Duration = Duration::from_millis(500);
-const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A Redis connection shared by the fast-path parts; cheap to clone, reconnects by itself.
 ///
@@ -30,6 +30,10 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct Redis {
     connection: Connection,
     outage: Arc<Outage>,
+    /// Where a dedicated pub/sub connection goes (a subscriber cannot share the multiplexed
+    /// connection): the server, or each seed node of a cluster in turn — a message published on
+    /// any node of a cluster reaches subscribers on every node.
+    pubsub: Arc<[redis::Client]>,
 }
 
 #[derive(Clone)]
@@ -50,11 +54,17 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
-    fn new(connection: Connection) -> Self {
+    fn new(connection: Connection, pubsub: Vec<redis::Client>) -> Self {
         Redis {
             connection,
             outage: Arc::default(),
+            pubsub: pubsub.into(),
         }
+    }
+
+    /// Clients for dedicated pub/sub connections (see the `pubsub` field).
+    pub(crate) fn pubsub_clients(&self) -> &[redis::Client] {
+        &self.pubsub
     }
 
     /// Whether this is a Redis Cluster connection.
@@ -177,17 +187,25 @@ impl ConnectionLike for Redis {
 /// only when its keys share a hash slot, e.g. through a `{hash tag}`.
 pub async fn connect(url: &str) -> Result<Redis, RedisError> {
     match url.strip_prefix(CLUSTER_SCHEME) {
-        Some(nodes) => connect_cluster(nodes)
-            .await
-            .map(|cluster| Redis::new(Connection::Cluster(cluster))),
-        None => connect_single(url)
-            .await
-            .map(|single| Redis::new(Connection::Single(single))),
+        Some(nodes) => {
+            let pubsub = cluster_seeds(nodes)?
+                .iter()
+                .map(|seed| redis::Client::open(seed.as_str()))
+                .collect::<Result<Vec<_>, _>>()?;
+            connect_cluster(nodes)
+                .await
+                .map(|cluster| Redis::new(Connection::Cluster(cluster), pubsub))
+        }
+        None => {
+            let client = redis::Client::open(url)?;
+            connect_single(client.clone())
+                .await
+                .map(|single| Redis::new(Connection::Single(single), vec![client]))
+        }
     }
 }
 
-async fn connect_single(url: &str) -> Result<ConnectionManager, RedisError> {
-    let client = redis::Client::open(url)?;
+async fn connect_single(client: redis::Client) -> Result<ConnectionManager, RedisError> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECTION_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT))

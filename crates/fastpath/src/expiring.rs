@@ -73,6 +73,12 @@ impl<V> ExpiringMap<V> {
         self.entries.remove(key).map(|(value, _)| value)
     }
 
+    /// Forgets every key.
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.sweep_at = MIN_SWEEP.min(self.capacity);
+    }
+
     /// Keys held (live or not yet swept).
     pub(crate) fn len(&self) -> usize {
         self.entries.len()

@@ -186,6 +186,65 @@ async fn concurrent_misses_load_once_per_key_on_a_cluster() {
         .await
         .unwrap();
     assert_eq!(&cached[..], b"m-3: 120");
+
+    // A second replica's near cache hears the first one's writes through the cluster's pub/sub
+    // (the subscription is on one seed node; a message published on any node reaches it).
+    let replica = Cache::with_near_cache(
+        Some(connect(&cluster).await),
+        degraded.clone(),
+        "cache",
+        fastpath::NearCache {
+            ttl: Duration::from_secs(30),
+            capacity: 100,
+        },
+    );
+    let started = std::time::Instant::now();
+    while !(cache.near_cache_is_serving() && replica.near_cache_is_serving()) {
+        assert!(started.elapsed() < Duration::from_secs(5), "not subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let from_cache = async |cache: &Cache| {
+        cache
+            .get_or_load("balance:m-1", Duration::from_secs(60), || async {
+                Err::<Bytes, _>("must come from a cache")
+            })
+            .await
+            .unwrap()
+    };
+    assert_eq!(from_cache(&replica).await, "m-1: 120");
+    cache
+        .write_through(
+            "balance:m-1",
+            &Bytes::from_static(b"m-1: 90"),
+            Duration::from_secs(60),
+        )
+        .await;
+    let written = std::time::Instant::now();
+    while from_cache(&replica).await != "m-1: 90" {
+        assert!(
+            written.elapsed() < Duration::from_secs(1),
+            "the other replica's near cache kept the old value"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    // A batched limiter syncs keys living on several nodes in one pipeline.
+    let limiter = RateLimiter::new(
+        GcraLimit {
+            rate_per_second: 10.0,
+            burst: 100,
+        },
+        Some(connect(&cluster).await),
+        degraded.clone(),
+    )
+    .with_sync(fastpath::RateLimitSync::Batched {
+        interval: Duration::from_secs(3600),
+    });
+    for tenant in members {
+        assert_eq!(limiter.check(tenant, 1).await, Decision::Allowed);
+    }
+    assert!(limiter.sync_now().await, "synced across nodes");
+    assert!(!degraded.is_degraded());
 }
 
 #[tokio::test]

@@ -28,6 +28,8 @@ pub struct Shared {
     pub redis: Option<fastpath::Redis>,
     /// Reports Redis failures to health.
     pub degraded: fastpath::Degraded,
+    /// The near cache in front of Redis of the modules' read-through caches.
+    pub near_cache: fastpath::NearCache,
     /// The event bus (Redis Streams, or in process).
     pub bus: Arc<dyn events::Bus>,
     /// Tenant clocks, without due jobs (the binary adds every module's).

@@ -98,6 +98,29 @@ pub struct ServeConfig {
     /// everything in process.
     #[arg(long, env = "COMMERCE_REDIS_URL")]
     pub redis_url: Option<RedisUrl>,
+    /// With Redis: milliseconds a cached value (a loyalty balance) is served from process memory
+    /// without asking Redis; 0 turns the near cache off. A write in this process is seen at once,
+    /// one in another replica within the pub/sub delay; this bounds what a lost invalidation
+    /// message can cost (see docs/operations.md).
+    #[arg(long, env = "COMMERCE_NEAR_CACHE_TTL_MS", default_value_t = 1000)]
+    pub near_cache_ttl_ms: u64,
+    /// With Redis: values the near cache keeps at most (per cache).
+    #[arg(long, env = "COMMERCE_NEAR_CACHE_CAPACITY", default_value_t = 4096)]
+    pub near_cache_capacity: usize,
+    /// With Redis: how replicas share rate limits. `batched`: each call is decided in process and
+    /// spend is synced to Redis in one pipeline every `--rate-limit-sync-ms` (or sooner when a
+    /// key spent a tenth of its burst), so the shared limit may be overshot by about
+    /// replicas × burst/10; `exact`: one Redis script per call, the limit exact.
+    #[arg(
+        long,
+        env = "COMMERCE_RATE_LIMIT_SYNC",
+        value_enum,
+        default_value_t = RateLimitSyncMode::Batched
+    )]
+    pub rate_limit_sync: RateLimitSyncMode,
+    /// With `--rate-limit-sync batched`: the longest time between syncs, in milliseconds.
+    #[arg(long, env = "COMMERCE_RATE_LIMIT_SYNC_MS", default_value_t = 100)]
+    pub rate_limit_sync_ms: u64,
     /// How long idempotency keys are remembered, in hours.
     #[arg(
         long,
@@ -129,6 +152,15 @@ pub struct ServeConfig {
     pub store: storage::StoreArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
+}
+
+/// How replicas share rate limits through Redis (`--rate-limit-sync`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateLimitSyncMode {
+    /// One Redis script per call: the shared limit is exact.
+    Exact,
+    /// Decided in process, synced in batches: no Redis round trip per call.
+    Batched,
 }
 
 /// Connection caps and timeouts of both ports (API and admin): slow, idle and greedy clients.
@@ -402,6 +434,24 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 }
 
 impl ServeConfig {
+    /// The rate limiters' sharing mode.
+    fn rate_limit_sync(&self) -> fastpath::RateLimitSync {
+        match self.rate_limit_sync {
+            RateLimitSyncMode::Exact => fastpath::RateLimitSync::Exact,
+            RateLimitSyncMode::Batched => fastpath::RateLimitSync::Batched {
+                interval: Duration::from_millis(self.rate_limit_sync_ms.max(1)),
+            },
+        }
+    }
+
+    /// The near cache in front of Redis.
+    fn near_cache(&self) -> fastpath::NearCache {
+        fastpath::NearCache {
+            ttl: Duration::from_millis(self.near_cache_ttl_ms),
+            capacity: self.near_cache_capacity,
+        }
+    }
+
     /// The server's own settings: where it listens, its limits, its interceptors.
     fn server_config(&self) -> anyhow::Result<ServerConfig> {
         let grace = Duration::from_secs(self.shutdown_grace_seconds);
@@ -434,6 +484,7 @@ impl ServeConfig {
                     },
                     trusted_proxies: self.trusted_proxies.clone(),
                 },
+                rate_limit_sync: self.rate_limit_sync(),
                 max_in_flight: self.max_in_flight,
                 default_timeout: None,
                 idempotency: IdempotencyConfig {
@@ -473,6 +524,7 @@ async fn shared_parts(config: &ServeConfig, grace: Duration) -> anyhow::Result<S
         store: store.clone(),
         redis: redis.clone(),
         degraded: degraded.clone(),
+        near_cache: config.near_cache(),
         bus: bus.clone(),
         clocks: Clocks::new(store.clone()),
         instance: topology.instance(),

@@ -37,7 +37,12 @@ impl LoyaltyModule {
         let engine = Loyalty::new(
             shared.store.clone(),
             shared.clocks.clone(),
-            fastpath::Cache::new(shared.redis.clone(), shared.degraded.clone()),
+            fastpath::Cache::with_near_cache(
+                shared.redis.clone(),
+                shared.degraded.clone(),
+                "loyalty-balances",
+                shared.near_cache,
+            ),
         )
         .with_event_journal(journal, shared.repair_after);
         LoyaltyModule {

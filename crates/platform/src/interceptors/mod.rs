@@ -68,6 +68,9 @@ pub struct InterceptorConfig {
     /// Limits of anonymous calls (public methods without a token): per client address and per
     /// tenant, apart from the tenant's authenticated limit.
     pub anonymous_rate_limit: AnonymousRateLimitConfig,
+    /// How the rate limiters share their limits through Redis: exact (one script per call, the
+    /// default here) or batched (decided in process, synced in batches; see `fastpath::gcra`).
+    pub rate_limit_sync: fastpath::RateLimitSync,
     /// Calls allowed in flight before shedding load.
     pub max_in_flight: usize,
     /// Deadline for calls that set none; `None` for no default.
@@ -82,6 +85,7 @@ impl Default for InterceptorConfig {
             auth: None,
             rate_limit: RateLimitConfig::default(),
             anonymous_rate_limit: AnonymousRateLimitConfig::default(),
+            rate_limit_sync: fastpath::RateLimitSync::Exact,
             max_in_flight: 1024,
             default_timeout: None,
             idempotency: IdempotencyConfig::default(),
@@ -147,6 +151,7 @@ pub fn stack(
         Some(verifier) => {
             let limiter = |limit: &RateLimitConfig| {
                 fastpath::RateLimiter::new(limit.limit(), redis.clone(), degraded.clone())
+                    .with_sync(config.rate_limit_sync)
             };
             let anonymous = &config.anonymous_rate_limit;
             let limiters = rate_limit::Limiters {
