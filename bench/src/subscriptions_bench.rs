@@ -215,6 +215,23 @@ impl Store for CountingStore {
         result
     }
 
+    /// One transaction: the embedded store commits the jobs in one group (the ledger's batched
+    /// appends come this way).
+    async fn commit_each(&self, jobs: Vec<Vec<Commit>>) -> Vec<Result<Vec<u64>, StoreError>> {
+        let started = Instant::now();
+        let items = jobs.iter().map(Vec::len).sum();
+        let bytes = jobs.iter().map(|job| state_bytes(job)).sum();
+        let outcomes = self.inner.commit_each(jobs).await;
+        let first_refusal = outcomes
+            .iter()
+            .find_map(|outcome| outcome.as_ref().err().cloned())
+            .map_or(Ok(()), Err);
+        self.counters
+            .transactions
+            .record(started, items, bytes, &first_refusal);
+        outcomes
+    }
+
     async fn find(
         &self,
         tenant: &str,
