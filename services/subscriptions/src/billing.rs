@@ -35,6 +35,14 @@
 //! actions happen in the order they fell due. Each action is its own commit, so a run that stops
 //! part-way (crash, store failure) leaves every subscription at a consistent step, and the next
 //! run continues from there: nothing is skipped, nothing billed twice.
+//!
+//! The run works in **waves** of up to 64 due markers of distinct subscriptions, so commits share
+//! group commits instead of waiting on one fsync each: the wave's renewals are one commit (their
+//! invoices numbered in due order from one read of the counter — all or nothing, so still
+//! gap-free), then the wave's actions (collections among them) run at once. Each subscription's
+//! own actions stay in time order; an action that another action of the wave schedules inside the
+//! wave's time span (a dunning retry shorter than the spread of the wave's due times) runs in the
+//! next wave, after actions of other subscriptions that fell due later.
 
 use platform::units;
 use platform::units::{ms_or_epoch, timestamp_of_ms};
