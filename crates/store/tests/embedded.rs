@@ -192,3 +192,27 @@ async fn bookkeeping_writes_go_through_the_writer_in_order() {
         Some(record)
     );
 }
+
+/// Point reads answer without waiting, so each spends tokio's cooperative budget: a task that
+/// loops over reads still lets the other tasks of its thread run (here the only thread).
+#[tokio::test(flavor = "current_thread")]
+async fn a_task_looping_over_reads_lets_others_run() {
+    let store = EmbeddedStore::in_memory().unwrap();
+    store.commit(created("o", "o")).await.unwrap();
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let ran = ran.clone();
+        tokio::spawn(async move { ran.store(true, std::sync::atomic::Ordering::SeqCst) })
+    };
+    let key = AggregateKey::new("tenant-a", "order", "o");
+    let mut reads = 0;
+    while !ran.load(std::sync::atomic::Ordering::SeqCst) && reads < 10_000 {
+        store.load(&key).await.unwrap();
+        reads += 1;
+    }
+    assert!(
+        ran.load(std::sync::atomic::Ordering::SeqCst),
+        "the other task never ran during {reads} reads"
+    );
+    other.await.unwrap();
+}
