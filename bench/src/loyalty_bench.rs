@@ -25,6 +25,8 @@
 
 #[path = "harness.rs"]
 mod harness;
+#[path = "workload.rs"]
+mod workload;
 
 use harness::{
     Process, authorized, commerce_binary, connect, connect_many, free_port, tail, usd, wait_for,
@@ -35,6 +37,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+use workload::enrol;
 
 use anyhow::{Context as _, ensure};
 use clap::{Parser, Subcommand};
@@ -339,7 +342,7 @@ async fn measure(
     // --- 2. Accrual events end to end --------------------------------------------------------
     let channels = connect_many(commerce, cli.connections).await?;
     let started = Instant::now();
-    let member_ids = enrol(&channels, bearer, cli.members).await?;
+    let member_ids = enrol(&channels, bearer, 0..cli.members, ENROL_CONCURRENCY).await?;
     let enrolment = started.elapsed();
 
     let stream = events::stream_of("commerce.checkout.v1.OrderPaid");
@@ -505,51 +508,6 @@ async fn get_balances(
         p50: percentile(0.50),
         p99: percentile(0.99),
     })
-}
-
-/// Enrols `bench-member-0..count` at [`ENROL_CONCURRENCY`]; their member ids by index.
-async fn enrol(
-    channels: &[Channel],
-    bearer: &MetadataValue<Ascii>,
-    count: usize,
-) -> anyhow::Result<Vec<String>> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut callers = Vec::with_capacity(ENROL_CONCURRENCY);
-    for caller in 0..ENROL_CONCURRENCY {
-        let mut client = MemberServiceClient::new(channels[caller % channels.len()].clone());
-        let (next, bearer) = (next.clone(), bearer.clone());
-        callers.push(tokio::spawn(async move {
-            let mut enrolled = Vec::new();
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= count {
-                    return Ok::<_, anyhow::Error>(enrolled);
-                }
-                let response = client
-                    .enroll_member(authorized(
-                        EnrollMemberRequest {
-                            customer_id: format!("bench-member-{index}"),
-                            display_name: format!("Bench Member {index}"),
-                            registered: true,
-                            ..Default::default()
-                        },
-                        &bearer,
-                    ))
-                    .await?
-                    .into_inner();
-                ensure!(response.created, "bench-member-{index} already existed");
-                let member = response.member.context("EnrollMember returned no member")?;
-                enrolled.push((index, member.member_id));
-            }
-        }));
-    }
-    let mut member_ids = vec![String::new(); count];
-    for caller in callers {
-        for (index, member_id) in caller.await?? {
-            member_ids[index] = member_id;
-        }
-    }
-    Ok(member_ids)
 }
 
 /// The bus message the relay would publish for order `index` paid by `member_id`: the outbox
