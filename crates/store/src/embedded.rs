@@ -22,7 +22,9 @@ use crate::port::{
     AggregateKey, Commit, IdempotencyRecord, IndexEntry, PendingEvent, Store, StoreError,
     Versioned, check_batch, unix_now,
 };
-use crate::records::{self, AggregateRecord, IdempotencyRow, IndexRecord, OutboxRecord};
+use crate::records::{
+    self, AggregateHead, AggregateRecord, IdempotencyRow, IndexRecord, OutboxRecord,
+};
 
 const AGGREGATES: TableDefinition<&str, &[u8]> = TableDefinition::new("aggregates");
 const INDEX: TableDefinition<&str, ()> = TableDefinition::new("index");
@@ -76,6 +78,9 @@ struct Tables<'txn> {
     outbox: Table<'txn, u64, &'static [u8]>,
     idempotency: Table<'txn, &'static str, &'static [u8]>,
     meta: Table<'txn, &'static str, u64>,
+    /// The outbox's next sequence, read at the group's first event and written back once by
+    /// [`Tables::finish`] (a meta-table write per commit rewrote that table's pages every time).
+    next_sequence: Option<u64>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -86,7 +91,30 @@ impl<'txn> Tables<'txn> {
             outbox: txn.open_table(OUTBOX).map_err(backend)?,
             idempotency: txn.open_table(IDEMPOTENCY).map_err(backend)?,
             meta: txn.open_table(META).map_err(backend)?,
+            next_sequence: None,
         })
+    }
+
+    /// The next outbox sequence, then one past it.
+    fn take_sequence(&mut self) -> Result<u64, StoreError> {
+        let next = match self.next_sequence {
+            Some(next) => next,
+            None => self
+                .meta
+                .get(NEXT_SEQUENCE)
+                .map_err(backend)?
+                .map_or(1, |value| value.value()),
+        };
+        self.next_sequence = Some(next + 1);
+        Ok(next)
+    }
+
+    /// Writes back what the group kept in memory; called before the transaction commits.
+    fn finish(mut self) -> Result<(), StoreError> {
+        if let Some(next) = self.next_sequence {
+            self.meta.insert(NEXT_SEQUENCE, next).map_err(backend)?;
+        }
+        Ok(())
     }
 }
 
@@ -271,7 +299,6 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, max_batch: usize) {
                     }
                 })
                 .collect();
-            drop(tables);
             // A refused job (conflict, key taken) wrote nothing; an engine failure may have
             // written part of one, so then the whole group is abandoned (the transaction aborts on drop).
             if let Some(Err(failure)) = results
@@ -280,6 +307,7 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, max_batch: usize) {
             {
                 return Err(failure.clone());
             }
+            tables.finish()?;
             txn.commit().map_err(backend)?;
             Ok(results)
         });
@@ -329,10 +357,10 @@ fn apply(tables: &mut Tables<'_>, commits: &[Commit]) -> Result<Vec<u64>, StoreE
 fn check_version(
     tables: &Tables<'_>,
     commit: &Commit,
-) -> Result<Option<AggregateRecord>, StoreError> {
+) -> Result<Option<AggregateHead>, StoreError> {
     let key = records::aggregate_key(&commit.key);
     let previous = match tables.aggregates.get(key.as_str()).map_err(backend)? {
-        Some(bytes) => Some(AggregateRecord::decode(bytes.value()).map_err(backend)?),
+        Some(bytes) => Some(AggregateHead::decode(bytes.value()).map_err(backend)?),
         None => None,
     };
     let found = previous.as_ref().map_or(0, |record| record.version);
@@ -351,7 +379,7 @@ fn check_version(
 fn write(
     tables: &mut Tables<'_>,
     commit: &Commit,
-    previous: Option<AggregateRecord>,
+    previous: Option<AggregateHead>,
 ) -> Result<u64, StoreError> {
     if let Some(record) = &commit.idempotency {
         put_idempotency(tables, record)?;
@@ -368,8 +396,17 @@ fn write(
         .insert(key.as_str(), record.encode_to_vec().as_slice())
         .map_err(backend)?;
 
-    for old in previous.iter().flat_map(|record| record.index.iter()) {
+    // Only the entries that changed are touched: an aggregate rewritten at each step of its
+    // life (an order, a placement, an invoice) mostly keeps its secondary keys, and every
+    // removal or insertion rewrites B-tree pages.
+    let old_index = previous
+        .as_ref()
+        .map_or(&[][..], |record| &record.index[..]);
+    for old in old_index {
         let entry = IndexEntry::from(old);
+        if commit.index.contains(&entry) {
+            continue;
+        }
         tables
             .index
             .remove(
@@ -379,6 +416,12 @@ fn write(
             .map_err(backend)?;
     }
     for entry in &commit.index {
+        if old_index
+            .iter()
+            .any(|old| old.name == entry.name && old.value == entry.value)
+        {
+            continue;
+        }
         tables
             .index
             .insert(
@@ -389,12 +432,8 @@ fn write(
             .map_err(backend)?;
     }
 
-    let mut sequence = tables
-        .meta
-        .get(NEXT_SEQUENCE)
-        .map_err(backend)?
-        .map_or(1, |value| value.value());
     for event in &commit.events {
+        let sequence = tables.take_sequence()?;
         tables
             .outbox
             .insert(
@@ -404,12 +443,7 @@ fn write(
                     .as_slice(),
             )
             .map_err(backend)?;
-        sequence += 1;
     }
-    tables
-        .meta
-        .insert(NEXT_SEQUENCE, sequence)
-        .map_err(backend)?;
     Ok(version)
 }
 

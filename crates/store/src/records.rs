@@ -19,6 +19,16 @@ pub struct AggregateRecord {
     pub index: Vec<IndexRecord>,
 }
 
+/// An [`AggregateRecord`] read without its state: what a write checks and replaces (version and
+/// index entries). Decoding skips the state's bytes instead of copying them.
+#[derive(Clone, PartialEq, Message)]
+pub struct AggregateHead {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(message, repeated, tag = "3")]
+    pub index: Vec<IndexRecord>,
+}
+
 #[derive(Clone, PartialEq, Message)]
 pub struct IndexRecord {
     #[prost(string, tag = "1")]
