@@ -36,6 +36,15 @@ pub struct Created {
     pub first_invoice: Option<Invoice>,
 }
 
+/// How one attempt at a creation ended.
+enum Creation {
+    /// The claim of the creation, committed now or by an earlier call with the key: the first
+    /// charge is finished from it.
+    Claimed(CreateClaim),
+    /// A subscription that starts with a trial: nothing to charge, the commit completed it.
+    Trial(Created),
+}
+
 /// A plan change's outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanChange {
@@ -145,8 +154,46 @@ impl Subscriptions {
             records::CREATE_CLAIM,
             &records::create_claim_id("create_subscription", id_key),
         );
-        if let Some(claim) = self.load_claim(&claim_key).await? {
-            return self.finish_creation(tenant, &claim, recorded).await;
+        // A lost race (the counter moved since it was read, or a call with the same key won)
+        // starts over, in a loop with jittered pauses: a retry by recursion nested one more
+        // future per lost race, and a burst of concurrent creations in a tenant (a dozen lost
+        // races each on average at 16 at once) overflowed the worker thread's stack.
+        let claim_key = &claim_key;
+        let creation = retry_on_conflict(Retry::CONTENDED, || async move {
+            self.try_create(
+                tenant,
+                claim_key,
+                customer_id,
+                plan_id,
+                payment_token,
+                skip_trial,
+                recorded,
+            )
+            .await
+        })
+        .await?;
+        match creation {
+            Creation::Claimed(claim) => self.finish_creation(tenant, &claim, recorded).await,
+            Creation::Trial(created) => Ok(created),
+        }
+    }
+
+    /// One attempt at a creation: finds the claim of an earlier call with the key, or commits
+    /// the subscription (with its first invoice, unless it starts with a trial) and the claim.
+    /// A conflict means the attempt lost a race and wrote nothing.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_create(
+        &self,
+        tenant: &str,
+        claim_key: &store::AggregateKey,
+        customer_id: &str,
+        plan_id: &str,
+        payment_token: &str,
+        skip_trial: bool,
+        recorded: Recorded<'_>,
+    ) -> Result<Creation, SubscriptionsError> {
+        if let Some(claim) = self.load_claim(claim_key).await? {
+            return Ok(Creation::Claimed(claim));
         }
         let (_, plan) = self.load_plan(tenant, plan_id).await?;
         if plan.status() == PlanStatus::Archived {
@@ -216,37 +263,20 @@ impl Subscriptions {
             resource_id: subscription_id.clone(),
             detail: record.collecting_invoice_id.clone(),
         };
-        let mut claimed = Commit::record(claim_key, 0, &claim);
+        let mut claimed = Commit::record(claim_key.clone(), 0, &claim);
         if record.collect_at_ms.is_none() {
             // A trial: nothing to charge, this commit completes the call.
             claimed.idempotency = recorded.record(record.sub(), None);
         }
         commits.push(claimed);
-        // The counter may have moved since it was read, or a call with the same key won: start
-        // over (which finds that call's subscription through the claim).
-        match self.store.commit_all(commits).await {
-            Ok(_) => {}
-            Err(store::StoreError::Conflict { .. }) => {
-                return Box::pin(self.create_subscription_recording(
-                    tenant,
-                    id_key,
-                    customer_id,
-                    plan_id,
-                    payment_token,
-                    skip_trial,
-                    idempotency,
-                ))
-                .await;
-            }
-            Err(error) => return Err(error.into()),
-        }
+        self.store.commit_all(commits).await?;
         if record.collect_at_ms.is_none() {
-            return Ok(Created {
+            return Ok(Creation::Trial(Created {
                 subscription: record.sub().clone(),
                 first_invoice: None,
-            });
+            }));
         }
-        self.finish_creation(tenant, &claim, recorded).await
+        Ok(Creation::Claimed(claim))
     }
 
     /// The created subscription of `claim`, its first invoice charged (the attempt in flight

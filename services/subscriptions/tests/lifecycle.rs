@@ -7,7 +7,10 @@ use commerce_api::commerce::subscriptions::v1::{
     InvoiceLineKind, InvoiceStatus, PlanStatus, SubscriptionStatus,
 };
 use common::*;
-use subscriptions::{Period, SubscriptionsError, prorate};
+use std::sync::Arc;
+use store::testing::FaultyStore;
+use store::{EmbeddedStore, Store};
+use subscriptions::{Period, RetryPolicy, SubscriptionsError, prorate};
 
 fn usd(amount_minor: i64) -> Money {
     Money {
@@ -436,4 +439,74 @@ async fn illegal_transitions_are_refused_as_subscription_transition_invalid() {
         .await
         .unwrap();
     assert_eq!(trials.len(), 1);
+}
+
+/// A creation that keeps losing races (its commit refused 2,000 times in a row, as a burst of
+/// creations racing for the tenant's invoice counter would) retries in a loop with pauses and,
+/// after a bounded number of attempts, answers `Contended` (ABORTED, retryable) having written
+/// nothing. Before, each lost race retried by recursion, one more nested future each, and this
+/// overflowed the thread's stack — aborting the whole process.
+#[tokio::test]
+async fn a_creation_that_keeps_losing_races_gives_up_cleanly_instead_of_overflowing_the_stack() {
+    let inner: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory().unwrap());
+    let refusing = Arc::new(FaultyStore::new(inner));
+    let h = Harness::with(Some(refusing.clone()), RetryPolicy::default()).await;
+    let plan = h.plan(1_000, 0).await;
+    refusing.refuse_batches(subscriptions::records::SUBSCRIPTION, 1, 2_000);
+    let refused = h
+        .engine
+        .create_subscription(TENANT, "create-1", "cust-1", &plan, "tok_ok", false)
+        .await;
+    assert!(
+        matches!(refused, Err(SubscriptionsError::Contended(_))),
+        "{refused:?}"
+    );
+    let (listed, _) = h
+        .engine
+        .list_subscriptions(TENANT, "cust-1", &[], 10, "")
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "a refused creation wrote {listed:?}");
+
+    // The races end: the same call goes through, with the first invoice number.
+    refusing.refuse_batches(subscriptions::records::SUBSCRIPTION, 1, 0);
+    let created = h
+        .engine
+        .create_subscription(TENANT, "create-1", "cust-1", &plan, "tok_ok", false)
+        .await
+        .unwrap();
+    assert_eq!(created.first_invoice.map(|invoice| invoice.number), Some(1));
+}
+
+/// Creations at once in one tenant race for the invoice counter; every one goes through, each
+/// charged once, with numbers exactly 1..=32.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_creations_at_once_in_one_tenant_all_go_through_with_gap_free_numbers() {
+    let h = Arc::new(Harness::new().await);
+    let plan = h.plan(1_000, 0).await;
+    let creations = (0..32).map(|n| {
+        let (h, plan) = (h.clone(), plan.clone());
+        tokio::spawn(async move {
+            h.engine
+                .create_subscription(
+                    TENANT,
+                    &format!("create-{n}"),
+                    &format!("cust-{n}"),
+                    &plan,
+                    "tok_ok",
+                    false,
+                )
+                .await
+        })
+    });
+    let mut numbers = Vec::new();
+    for created in futures_util::future::join_all(creations).await {
+        let created = created.unwrap().unwrap();
+        assert_eq!(created.subscription.status(), SubscriptionStatus::Active);
+        let invoice = created.first_invoice.expect("charged at once");
+        assert_eq!(invoice.status(), InvoiceStatus::Paid);
+        numbers.push(invoice.number);
+    }
+    numbers.sort();
+    assert_eq!(numbers, (1..=32).collect::<Vec<_>>());
 }
