@@ -279,7 +279,9 @@ async fn seed(cli: &Cli, dir: &Path, state: &mut State) -> anyhow::Result<()> {
     let menu = state.menu();
     while state.orders < cli.orders {
         let count = SEED_CHUNK.min(cli.orders - state.orders);
-        let run = format!("seed{}", state.orders);
+        // Unique per process too: a chunk interrupted part-way left carts and orders under its
+        // keys, and a retry with those keys would replay them (or be refused as a reuse).
+        let run = format!("seed{}-{}", state.orders, std::process::id());
         let carts = prepare_carts(&channels, &server.bearer, &menu, &run, count).await?;
         let orders = place_orders(&channels, &server.bearer, &run, carts, SEED_CONCURRENCY).await?;
         ensure!(
