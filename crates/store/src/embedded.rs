@@ -472,6 +472,40 @@ fn put_idempotency(tables: &mut Tables<'_>, record: &IdempotencyRecord) -> Resul
     Ok(())
 }
 
+/// Idempotency records one purge job reads at most.
+const PURGE_SLICE: usize = 4_096;
+
+/// The keys of the expired records among the next [`PURGE_SLICE`] after `after`, and the last
+/// key read when the table goes on (`None` at its end).
+fn expired_slice(
+    tables: &Tables<'_>,
+    after: Option<&str>,
+    now: u64,
+) -> Result<(Vec<String>, Option<String>), StoreError> {
+    use std::ops::Bound;
+    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut expired = Vec::new();
+    let mut last = None;
+    let mut read = 0;
+    for row in tables
+        .idempotency
+        .range::<&str>((start, Bound::Unbounded))
+        .map_err(backend)?
+    {
+        let (key, value) = row.map_err(backend)?;
+        read += 1;
+        let key = key.value().to_owned();
+        if IdempotencyRow::decode(value.value()).is_ok_and(|row| row.expires_at <= now) {
+            expired.push(key.clone());
+        }
+        if read == PURGE_SLICE {
+            last = Some(key);
+            break;
+        }
+    }
+    Ok((expired, last))
+}
+
 impl EmbeddedStore {
     /// Runs a bookkeeping `write` (outbox deliveries, idempotency records of their own, purges)
     /// through the writer, in the group commit of whatever is queued with it.
@@ -659,18 +693,30 @@ impl Store for EmbeddedStore {
         .map(drop)
     }
 
+    /// In slices of [`PURGE_SLICE`] records, each its own job of the writer: one job over
+    /// every record held every commit queued behind it while it read the whole table —
+    /// seconds, every five minutes and at each start, once a store holds millions of records.
     async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, StoreError> {
-        self.write(move |tables| {
-            let removed = tables
-                .idempotency
-                .extract_if(|_, row| {
-                    IdempotencyRow::decode(row).is_ok_and(|row| row.expires_at <= now)
+        let mut removed = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let resume = Arc::new(Mutex::new(None::<String>));
+            let (from, next) = (after.take(), resume.clone());
+            removed += self
+                .write(move |tables| {
+                    let (expired, last) = expired_slice(tables, from.as_deref(), now)?;
+                    for key in &expired {
+                        tables.idempotency.remove(key.as_str()).map_err(backend)?;
+                    }
+                    *next.lock().expect("purge cursor") = last;
+                    Ok(expired.len() as u64)
                 })
-                .map_err(backend)?
-                .count();
-            Ok(removed as u64)
-        })
-        .await
+                .await?;
+            match resume.lock().expect("purge cursor").take() {
+                Some(last) => after = Some(last),
+                None => return Ok(removed),
+            }
+        }
     }
 
     async fn idempotency_record(

@@ -216,3 +216,97 @@ async fn a_task_looping_over_reads_lets_others_run() {
     );
     other.await.unwrap();
 }
+
+/// `count` aggregates in one `commit_all`, each with an idempotency record (key `k{n}`) that
+/// lives ten minutes; with `some_expired`, every third one has expired already.
+async fn keyed_records(store: &EmbeddedStore, count: usize, some_expired: bool) {
+    let now = store::unix_now();
+    let commits = (0..count)
+        .map(|n| {
+            let mut commit = created(&format!("o{n}"), "o");
+            commit.idempotency = Some(store::IdempotencyRecord {
+                tenant: "tenant-a".into(),
+                method: "/m".into(),
+                key: format!("k{n}"),
+                request_digest: Bytes::from_static(b"d"),
+                response: Bytes::from_static(b"r"),
+                expires_at: if some_expired && n % 3 == 0 {
+                    now - 1
+                } else {
+                    now + 600
+                },
+            });
+            commit
+        })
+        .collect();
+    store.commit_all(commits).await.unwrap();
+}
+
+/// The purge reads the table in slices (its own writer jobs): across slice boundaries it removes
+/// exactly the expired records and keeps every live one.
+#[tokio::test]
+async fn purging_in_slices_removes_exactly_the_expired_records() {
+    let store = EmbeddedStore::in_memory().unwrap();
+    let count = 10_000; // more than two slices
+    keyed_records(&store, count, true).await;
+    let removed = store
+        .purge_expired_idempotency(store::unix_now())
+        .await
+        .unwrap();
+    assert_eq!(removed, count.div_ceil(3) as u64);
+    for n in 0..count {
+        let found = store
+            .idempotency_record("tenant-a", "/m", &format!("k{n}"))
+            .await
+            .unwrap();
+        assert_eq!(found.is_some(), n % 3 != 0, "record k{n}");
+    }
+    // A second pass finds nothing more.
+    assert_eq!(
+        store
+            .purge_expired_idempotency(store::unix_now())
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// A commit queued while a purge of a large table runs is not held until the purge ends: it
+/// waits for a slice or two. (One job over the whole table held every commit behind it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_does_not_wait_for_a_whole_purge() {
+    let store = EmbeddedStore::in_memory().unwrap();
+    keyed_records(&store, 60_000, false).await;
+    // Purging as of an hour from now removes every record — while reads, at the real time,
+    // still see the ones not purged yet.
+    let purging = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .purge_expired_idempotency(store::unix_now() + 3_600)
+                .await
+                .unwrap()
+        }
+    });
+    let present = |key: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .idempotency_record("tenant-a", "/m", key)
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    // "k0" sorts first, "k9999" last: wait for the first slice to be committed, then commit.
+    while present("k0").await {
+        tokio::task::yield_now().await;
+    }
+    store.commit(created("during", "d")).await.unwrap();
+    assert!(
+        present("k9999").await,
+        "the commit waited until the purge reached the end of the table"
+    );
+    assert_eq!(purging.await.unwrap(), 60_000);
+    assert!(!present("k9999").await);
+}
