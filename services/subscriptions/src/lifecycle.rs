@@ -42,7 +42,7 @@ enum Creation {
     /// charge is finished from it.
     Claimed(CreateClaim),
     /// A subscription that starts with a trial: nothing to charge, the commit completed it.
-    Trial(Created),
+    Trial(Box<Created>),
 }
 
 /// A plan change's outcome.
@@ -174,7 +174,7 @@ impl Subscriptions {
         .await?;
         match creation {
             Creation::Claimed(claim) => self.finish_creation(tenant, &claim, recorded).await,
-            Creation::Trial(created) => Ok(created),
+            Creation::Trial(created) => Ok(*created),
         }
     }
 
@@ -271,10 +271,10 @@ impl Subscriptions {
         commits.push(claimed);
         self.store.commit_all(commits).await?;
         if record.collect_at_ms.is_none() {
-            return Ok(Creation::Trial(Created {
+            return Ok(Creation::Trial(Box::new(Created {
                 subscription: record.sub().clone(),
                 first_invoice: None,
-            }));
+            })));
         }
         Ok(Creation::Claimed(claim))
     }
