@@ -83,6 +83,10 @@ struct Cli {
     /// Pins the measured server to these CPUs (`taskset -c`), e.g. `0`. Seeding is not pinned.
     #[arg(long)]
     server_cpus: Option<String>,
+    /// One more argument for `commerce serve` when measuring (repeat it), e.g.
+    /// `--serve-arg=--store-cache-mib=8192`.
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    serve_args: Vec<String>,
 }
 
 /// What a data directory holds, as seeded and measured so far.
@@ -169,6 +173,7 @@ impl Server {
                 .args(["--rate-limit-burst", "1000000"])
                 .args(["--shutdown-grace-seconds", "5"])
                 .args(["--shutdown-delay-seconds", "0"])
+                .args(if pinned { &cli.serve_args[..] } else { &[] })
                 .env_remove("MONGODB_URI")
                 .env_remove("COMMERCE_REDIS_URL")
                 .env_remove("COMMERCE_PROMOTIONS_FILE")
@@ -363,10 +368,15 @@ async fn measure(cli: &Cli, server: &Server, dir: &Path, state: &mut State) -> a
     }
 
     println!(
-        "stored-bench: commerce serve{} on an embedded store holding {members} members and {stored_orders} orders of tenant {TENANT} ({:.2} GiB on disk)",
+        "stored-bench: commerce serve{}{} on an embedded store holding {members} members and {stored_orders} orders of tenant {TENANT} ({:.2} GiB on disk)",
         cli.server_cpus
             .as_ref()
             .map_or_else(String::new, |cpus| format!(" pinned to CPU {cpus}")),
+        if cli.serve_args.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", cli.serve_args.join(" "))
+        },
         directory_bytes(&dir.join("data")) as f64 / (1u64 << 30) as f64,
     );
     println!("| call | stored | concurrency | calls | errors | per second | p50 | p99 |");

@@ -40,6 +40,11 @@ pub struct EmbeddedOptions {
     pub group_commit: bool,
     /// Most commits in one group.
     pub max_batch: usize,
+    /// Bytes of pages the engine keeps in memory (redb's cache; 1 GiB by default, redb's own
+    /// default). Pages outside it are read from the file on every access — from the OS's page
+    /// cache at best, copied each time — so a store whose hot pages outgrow it slows down with
+    /// its size: size it to the working set (see docs/operations.md).
+    pub cache_bytes: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -47,6 +52,7 @@ impl Default for EmbeddedOptions {
         EmbeddedOptions {
             group_commit: true,
             max_batch: 256,
+            cache_bytes: 1 << 30,
         }
     }
 }
@@ -206,7 +212,11 @@ fn backend(error: impl std::fmt::Display) -> StoreError {
 impl EmbeddedStore {
     /// Opens (or creates) the store file at `path`.
     pub fn open(path: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self, StoreError> {
-        Self::start(Database::create(path).map_err(backend)?, options)
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(path)
+            .map_err(backend)?;
+        Self::start(db, options)
     }
 
     /// A store in memory: same engine and semantics, nothing durable — for tests and for servers

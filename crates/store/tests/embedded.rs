@@ -310,3 +310,35 @@ async fn a_commit_does_not_wait_for_a_whole_purge() {
     assert_eq!(purging.await.unwrap(), 60_000);
     assert!(!present("k9999").await);
 }
+
+/// A cache far smaller than the data (here 64 KiB for ~4 MiB) changes speed, never answers:
+/// everything written reads back, before and after reopening.
+#[tokio::test]
+async fn a_store_with_a_tiny_cache_reads_back_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let options = EmbeddedOptions {
+        cache_bytes: 64 << 10,
+        ..EmbeddedOptions::default()
+    };
+    let payload = |n: usize| format!("{n:0>1000}");
+    {
+        let store = EmbeddedStore::open(&path, options).unwrap();
+        for chunk in (0..4_000).collect::<Vec<_>>().chunks(500) {
+            let commits = chunk
+                .iter()
+                .map(|&n| created(&format!("o{n}"), &payload(n)))
+                .collect();
+            store.commit_all(commits).await.unwrap();
+        }
+    }
+    let store = EmbeddedStore::open(&path, options).unwrap();
+    for n in (0..4_000).rev() {
+        let stored = store
+            .load(&AggregateKey::new("tenant-a", "order", format!("o{n}")))
+            .await
+            .unwrap()
+            .expect("stored");
+        assert_eq!(stored.data, payload(n).as_bytes());
+    }
+}

@@ -235,7 +235,7 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<()> {
             }
             // Events committed but not yet handed on (a stopped server publishes them at its
             // next start).
-            let opened = store::EmbeddedStore::open(&path, store::EmbeddedOptions::default())
+            let opened = store::EmbeddedStore::open(&path, args.embedded_options())
                 .with_context(|| format!("opening {}", path.display()))?;
             let waiting = opened.pending_events(usize::MAX).await?.len();
             println!("outbox: {waiting} event(s) waiting for the relay");

@@ -16,6 +16,15 @@ pub struct StoreArgs {
     /// Directory of the embedded store (used when no MongoDB is configured).
     #[arg(long, env = "COMMERCE_DATA_DIR", default_value = ".commerce-data")]
     pub data_dir: PathBuf,
+    /// Memory for the embedded store's page cache, in MiB. Pages outside it are read from the
+    /// file at every access, so size it to the data the server touches (up to the file's size).
+    #[arg(
+        long,
+        env = "COMMERCE_STORE_CACHE_MIB",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(16..=1_048_576)
+    )]
+    pub store_cache_mib: u32,
     /// MongoDB connection string; when set, state lives in MongoDB instead of the embedded store.
     #[arg(long, env = "MONGODB_URI")]
     pub mongodb_uri: Option<String>,
@@ -32,6 +41,7 @@ impl fmt::Debug for StoreArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreArgs")
             .field("data_dir", &self.data_dir)
+            .field("store_cache_mib", &self.store_cache_mib)
             // Connection strings carry credentials.
             .field("mongodb_uri", &self.mongodb_uri.as_ref().map(|_| "<set>"))
             .field("mongodb_database", &self.mongodb_database)
@@ -44,6 +54,16 @@ impl StoreArgs {
     /// The embedded store's file.
     pub fn embedded_path(&self) -> PathBuf {
         self.data_dir.join("store.redb")
+    }
+
+    /// The embedded store's options from these settings.
+    pub fn embedded_options(&self) -> EmbeddedOptions {
+        EmbeddedOptions {
+            cache_bytes: usize::try_from(self.store_cache_mib)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(1 << 20),
+            ..EmbeddedOptions::default()
+        }
     }
 
     /// Opens the configured store.
@@ -71,7 +91,7 @@ impl StoreArgs {
                 std::fs::create_dir_all(&self.data_dir)
                     .with_context(|| format!("creating {}", self.data_dir.display()))?;
                 let path = self.embedded_path();
-                let store = EmbeddedStore::open(&path, EmbeddedOptions::default())
+                let store = EmbeddedStore::open(&path, self.embedded_options())
                     .with_context(|| format!("opening {}", path.display()))?;
                 Ok(platform::telemetry::traced_store(Arc::new(store), "redb"))
             }
