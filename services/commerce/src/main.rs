@@ -16,6 +16,13 @@ mod topology;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: the request path and the store's page reads allocate and
+/// free many small and page-sized buffers from several threads, and glibc's allocator showed as a
+/// fifth of the server's CPU in profiles (`malloc`, `free`, `malloc_consolidate`); see
+/// docs/benchmarks.md for the A/B.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub(crate) use auth::{AuthArgs, TokenArgs, token};
 
 /// Commerce API platform.
