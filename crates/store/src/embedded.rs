@@ -413,10 +413,14 @@ fn write(
         .as_ref()
         .map_or(&[][..], |record| &record.index[..]);
     for old in old_index {
-        let entry = IndexEntry::from(old);
-        if commit.index.contains(&entry) {
+        if commit
+            .index
+            .iter()
+            .any(|kept| kept.name == old.name && kept.value == old.value)
+        {
             continue;
         }
+        let entry = IndexEntry::from(old);
         tables
             .index
             .remove(
