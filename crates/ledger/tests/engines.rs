@@ -42,6 +42,7 @@ on_both_engines!(
     reconcile_is_clean_then_names_the_edited_entry,
     an_entry_and_the_idempotency_record_made_from_it_commit_together_or_not_at_all,
     a_burst_of_appends_batches_and_each_append_stands_or_fails_alone,
+    two_replicas_appending_to_one_chain_keep_it_numbered_and_linked,
 );
 
 async fn concurrent_transfers_conserve_totals_and_keep_the_chain_intact(
@@ -371,6 +372,64 @@ async fn a_burst_of_appends_batches_and_each_append_stands_or_fails_alone(
             .iter()
             .enumerate()
             .all(|(i, entry)| entry.sequence == i as u64 + 1)
+    );
+    let report = ledger.reconcile(TENANT).await.expect("reconcile");
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// Two replicas of a service append to one tenant's chain through one database: each has its
+/// own chain writer (here, a second ledger on a second handle to the same store), batching its
+/// appends on the head it read while the other moves it. Every entry must still be numbered
+/// 1..n and linked to the one before — a batch whose first entry lost the race must not leave
+/// its later entries chained to it.
+async fn two_replicas_appending_to_one_chain_keep_it_numbered_and_linked(
+    ledger: Ledger,
+    store: Arc<dyn Store>,
+) {
+    const TASKS: usize = 16;
+    const GIFTS: usize = 25;
+    let replicas = [
+        ledger.clone(),
+        Ledger::new(Arc::new(Counting {
+            inner: store,
+            transactions: 0.into(),
+        })),
+    ];
+    funded(&ledger, &MEMBERS[..1], 1).await;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let ledger = replicas[task % 2].clone();
+            tokio::spawn(async move {
+                for gift in 0..GIFTS {
+                    let entry = NewEntry::new(format!("gift-{task}-{gift}"), 10)
+                        .transfer(ISSUER, MEMBERS[0], "points", 1);
+                    ledger.post(TENANT, entry).await.expect("gift");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let written = (TASKS * GIFTS) as u64;
+    assert_eq!(posted(&ledger, MEMBERS[0]).await, 1 + written as i64);
+    let entries = ledger.entries(TENANT, 0, 10_000).await.expect("entries");
+    assert_eq!(entries.len() as u64, 1 + written);
+    assert!(
+        entries
+            .iter()
+            .enumerate()
+            .all(|(i, entry)| entry.sequence == i as u64 + 1),
+        "sequences run 1..n without gaps"
+    );
+    let unlinked: Vec<_> = entries
+        .windows(2)
+        .filter(|pair| pair[1].prev_hash != pair[0].hash)
+        .map(|pair| pair[1].id.clone())
+        .collect();
+    assert!(
+        unlinked.is_empty(),
+        "entries not linked to the one before: {unlinked:?}"
     );
     let report = ledger.reconcile(TENANT).await.expect("reconcile");
     assert!(report.is_clean(), "{report:?}");

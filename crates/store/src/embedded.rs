@@ -19,8 +19,8 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _, Table, TableDefi
 use tokio::sync::oneshot;
 
 use crate::port::{
-    AggregateKey, Commit, IdempotencyRecord, IndexEntry, PendingEvent, Store, StoreError,
-    Versioned, check_batch, unix_now,
+    AggregateKey, Commit, IdempotencyRecord, IndexEntry, PendingEvent, Refused, Store, StoreError,
+    Versioned, check_batch, not_tried, unix_now,
 };
 use crate::records::{
     self, AggregateHead, AggregateRecord, IdempotencyRow, IndexRecord, OutboxRecord,
@@ -64,10 +64,22 @@ struct Job {
     done: oneshot::Sender<(Result<Vec<u64>, StoreError>, usize)>,
 }
 
+/// Locks `mutex`; a poisoned one only means a thread panicked holding it, and what it guards
+/// (a set of keys) is consistent after every single change.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What a job writes.
 enum Work {
-    /// The commits of one `commit` or `commit_all` call (or one job of `commit_each`).
+    /// The commits of one `commit` or `commit_all` call.
     Commits(Vec<Commit>),
+    /// One job of a `commit_each`, with the aggregates its refused jobs changed so far (shared by
+    /// the call's jobs, which may land in two groups): a job changing one of them is refused
+    /// without being tried (see the port's contract).
+    Chained(Vec<Commit>, Arc<Mutex<Refused>>),
     /// A bookkeeping write (delivered events, an idempotency record of its own, a purge) that
     /// checks before it writes, like a commit; its number is the job's one "version".
     Bookkeeping(Bookkeeping),
@@ -303,6 +315,18 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, max_batch: usize) {
                 .iter_mut()
                 .map(|job| match &mut job.work {
                     Work::Commits(commits) => apply(&mut tables, commits),
+                    Work::Chained(commits, refused) => {
+                        let mut refused = lock(refused);
+                        let outcome = if refused.taints(commits) {
+                            Err(not_tried(commits))
+                        } else {
+                            apply(&mut tables, commits)
+                        };
+                        if outcome.is_err() {
+                            refused.add(Refused::keys(commits));
+                        }
+                        outcome
+                    }
                     Work::Bookkeeping(write) => {
                         let write = std::mem::replace(write, Box::new(|_| Ok(0)));
                         write(&mut tables).map(|count| vec![count])
@@ -328,9 +352,13 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>, max_batch: usize) {
                     let _ = job.done.send((result, group));
                 }
             }
-            // The transaction did not commit: nothing of the group happened; each may retry.
+            // The transaction did not commit: nothing of the group happened; each may retry
+            // (and a chained job in the next group must not count on one of these).
             Err(error) => {
                 for job in batch {
+                    if let Work::Chained(commits, refused) = &job.work {
+                        lock(refused).add(Refused::keys(commits));
+                    }
                     let _ = job.done.send((Err(error.clone()), group));
                 }
             }
@@ -591,14 +619,19 @@ impl Store for EmbeddedStore {
         // one fsync) and are applied in order; a job refused here never reaches it.
         let mut checked = Vec::with_capacity(jobs.len());
         let mut refusals = Vec::with_capacity(jobs.len());
+        let refused = Arc::new(Mutex::new(Refused::default()));
         for job in jobs {
             match check_batch(&job) {
                 Ok(()) if job.is_empty() => refusals.push(Some(Ok(Vec::new()))),
                 Ok(()) => {
                     refusals.push(None);
-                    checked.push(Work::Commits(job));
+                    checked.push(Work::Chained(job, refused.clone()));
                 }
-                Err(error) => refusals.push(Some(Err(error))),
+                Err(error) => {
+                    // Refused before the writer sees it: what counts on it is refused there.
+                    lock(&refused).add(Refused::keys(&job));
+                    refusals.push(Some(Err(error)));
+                }
             }
         }
         let mut queued = self.writer.send(checked).into_iter();

@@ -36,8 +36,8 @@ use mongodb::options::{Acknowledgment, ClientOptions, Hint, IndexOptions, WriteC
 use mongodb::{Client, ClientSession, Collection, IndexModel};
 
 use crate::port::{
-    AggregateKey, Commit, IdempotencyRecord, IndexEntry, OutboxEvent, PendingEvent, Store,
-    StoreError, Versioned, check_batch, unix_now,
+    AggregateKey, Commit, IdempotencyRecord, IndexEntry, OutboxEvent, PendingEvent, Refused, Store,
+    StoreError, Versioned, check_batch, not_tried, unix_now,
 };
 use crate::records;
 
@@ -578,7 +578,10 @@ impl Store for MongoStore {
     /// expect the version an earlier one writes): one commit round trip instead of one per job.
     /// When any job is refused (or the batch spans tenants), nothing of the batch is kept and
     /// the jobs go again one by one, each in a transaction of its own, so each gets its own
-    /// outcome.
+    /// outcome — except a job that changes an aggregate of a refused one: it is refused without
+    /// being tried, since other processes commit between these transactions and one of them may
+    /// have reached the very version the job counts on (two replicas' ledger writers, each
+    /// chaining entries on its own head, broke the chain that way).
     async fn commit_each(&self, jobs: Vec<Vec<Commit>>) -> Vec<Result<Vec<u64>, StoreError>> {
         let one_tenant = jobs.iter().flatten().all(|commit| {
             jobs[0]
@@ -604,8 +607,19 @@ impl Store for MongoStore {
             }
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut refused = Refused::default();
         for job in jobs {
-            outcomes.push(self.commit_all(job).await);
+            let keys = Refused::keys(&job);
+            if refused.taints(&job) {
+                outcomes.push(Err(not_tried(&job)));
+                refused.add(keys);
+                continue;
+            }
+            let outcome = self.commit_all(job).await;
+            if outcome.is_err() {
+                refused.add(keys);
+            }
+            outcomes.push(outcome);
         }
         outcomes
     }

@@ -165,11 +165,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies `jobs` in order, each as one [`Store::commit_all`] would (atomically, with its own
     /// checks), and returns each job's outcome. Jobs may be chained: a later job may expect a
-    /// version an earlier one writes, so once a job is refused, each later one may be refused
-    /// too (its result says whether it was applied). Engines that queue their commits (the
-    /// embedded store) hand the whole list to one group commit — one fsync for all; the default
-    /// commits them one after another and refuses every job after the first refused one with a
-    /// conflict, without trying it.
+    /// version an earlier one writes. So once a job is refused, every later job that changes an
+    /// aggregate it changes is refused too, with a conflict, without being tried: its expected
+    /// version may count on the refused write, and the same version number reached meanwhile by
+    /// another writer (another replica appending to the same ledger chain, say) must not pass
+    /// for it. Jobs that share no aggregate with a refused one are applied as usual. Engines that
+    /// queue their commits (the embedded store) hand the whole list to one group commit — one
+    /// fsync for all; the default commits them one after another and refuses every job after
+    /// the first refused one without trying it.
     async fn commit_each(&self, jobs: Vec<Vec<Commit>>) -> Vec<Result<Vec<u64>, StoreError>> {
         let mut outcomes = Vec::with_capacity(jobs.len());
         let mut refused = false;
@@ -215,6 +218,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops idempotency records expired at unix second `now`; returns how many.
     async fn purge_expired_idempotency(&self, now: u64) -> Result<u64, StoreError>;
+}
+
+/// The aggregates a [`Store::commit_each`] must not change any more: those of the jobs refused
+/// so far (see its contract).
+#[derive(Default)]
+pub(crate) struct Refused(std::collections::HashSet<AggregateKey>);
+
+impl Refused {
+    /// Whether `job` changes an aggregate of a refused job; it is then refused too.
+    pub(crate) fn taints(&self, job: &[Commit]) -> bool {
+        job.iter().any(|commit| self.0.contains(&commit.key))
+    }
+
+    /// Records the aggregates of a refused job.
+    pub(crate) fn add(&mut self, keys: impl IntoIterator<Item = AggregateKey>) {
+        self.0.extend(keys);
+    }
+
+    /// The aggregates `job` changes, for [`Refused::add`] once it is known to be refused.
+    pub(crate) fn keys(job: &[Commit]) -> Vec<AggregateKey> {
+        job.iter().map(|commit| commit.key.clone()).collect()
+    }
 }
 
 /// The answer for a job of [`Store::commit_each`] not tried because an earlier one was refused.

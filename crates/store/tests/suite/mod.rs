@@ -24,6 +24,7 @@ macro_rules! port_suite {
             a_standalone_idempotency_record_is_saved_once,
             secondary_indexes_follow_the_aggregate_and_page_by_id,
             an_update_keeps_the_index_entries_it_keeps_and_replaces_the_rest,
+            a_job_counting_on_a_refused_one_is_refused_though_another_writer_reached_its_version,
             the_outbox_keeps_each_aggregates_order_until_delivered,
             concurrent_read_modify_write_loses_nothing,
             commit_all_applies_every_commit_or_none,
@@ -310,6 +311,51 @@ pub async fn an_update_keeps_the_index_entries_it_keeps_and_replaces_the_rest(
     assert_eq!(found("status", "placed").await, o1(4));
     assert_eq!(found("status", "paid").await, []);
     assert_eq!(found("region", "r-1").await, []);
+}
+
+/// Chained jobs of one `commit_each` count on each other's versions. When a job is refused
+/// because another writer moved its aggregate first — to the very version the next job expects —
+/// the next job must be refused too, not applied on top of the other writer's state: that is how
+/// two replicas' ledger writers, each chaining a batch of entries on the head it had read,
+/// linked an entry to one that was never written. A job that shares no aggregate with the
+/// refused ones still commits.
+pub async fn a_job_counting_on_a_refused_one_is_refused_though_another_writer_reached_its_version(
+    store: Arc<dyn Store>,
+) {
+    store.commit(commit(order("head"), 0, "h1")).await.unwrap();
+    // Our writer read version 1; another writer moves the head to 2 first.
+    store
+        .commit(commit(order("head"), 1, "theirs"))
+        .await
+        .unwrap();
+    let outcomes = store
+        .commit_each(vec![
+            vec![commit(order("head"), 1, "mine")],
+            vec![
+                commit(order("head"), 2, "on top of mine"),
+                commit(order("entry-2"), 0, "mine too"),
+            ],
+            vec![commit(order("entry-2"), 1, "on top of that")],
+            vec![commit(order("elsewhere"), 0, "unrelated")],
+        ])
+        .await;
+    assert!(
+        matches!(outcomes[0], Err(StoreError::Conflict { .. })),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[1], Err(StoreError::Conflict { .. })),
+        "a job counting on the refused one was applied: {outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[2], Err(StoreError::Conflict { .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[3], Ok(vec![1]));
+    let head = store.load(&order("head")).await.unwrap().unwrap();
+    assert_eq!((head.version, &head.data[..]), (2, &b"theirs"[..]));
+    assert_eq!(store.load(&order("entry-2")).await.unwrap(), None);
+    assert!(store.load(&order("elsewhere")).await.unwrap().is_some());
 }
 
 pub async fn the_outbox_keeps_each_aggregates_order_until_delivered(store: Arc<dyn Store>) {
