@@ -1,21 +1,22 @@
 //! Reconciliation: walks a tenant's entries in chain order, recomputes every hash and every
 //! balance from the postings alone, and compares with what is stored. Trusts nothing it checks:
 //! the accounts' cached balances, the holds' states and the chain head are all re-derived.
+//!
+//! It answers while entries keep coming (a busy tenant's chain never stands still): it reads the
+//! head, walks up to it, reads the accounts and open holds, reads the head again and walks on to
+//! it. Every account and hold was read between the two heads, and an entry commits atomically with
+//! the accounts and hold it changes, so each stored state is one the entries produced at some
+//! point of that window. An account or hold no entry of the window changed must match exactly; one
+//! the window changed must match one of the states it went through.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message as _;
-use store::StoreError;
 
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
 use crate::model::{self, Balances, EntryKind, GENESIS, Posting};
-use crate::records::{
-    self, ACCOUNT, AccountRecord, EntryRecord, HEAD, HEAD_ID, HOLD, HeadRecord, SEQUENCE_BLOCK,
-};
-
-/// How often `reconcile` starts over when entries were written while it read.
-const ATTEMPTS: u32 = 5;
+use crate::records::{self, ACCOUNT, AccountRecord, EntryRecord, HOLD, SEQUENCE_BLOCK};
 
 const PAGE: usize = 256;
 
@@ -135,6 +136,8 @@ struct Derived {
     balances: Balances,
     units: BTreeSet<String>,
     first_entry: String,
+    /// Whether the account is stored (found when the accounts are read).
+    listed: bool,
 }
 
 /// The state of a walk along the chain.
@@ -147,6 +150,14 @@ struct Walk<'a> {
     previous: Option<(String, Vec<u8>)>,
     open_holds: BTreeMap<String, Vec<Posting>>,
     accounts: BTreeMap<String, Derived>,
+    /// The last sequence of the first head read; entries past it were written while the
+    /// accounts and holds were read (`u64::MAX` until the walk gets there).
+    settled: u64,
+    /// Every balance an account had from the first head on, for each account an entry past it
+    /// changed: its stored balance was read at one of those points.
+    moving_accounts: BTreeMap<String, Vec<Balances>>,
+    /// Holds created or resolved by an entry past the first head: read either way.
+    moving_holds: BTreeSet<String>,
 }
 
 impl Walk<'_> {
@@ -230,16 +241,36 @@ impl Walk<'_> {
         let Some(changes) = model::effects(&entry.kind, &entry.postings, &held) else {
             return self.unreadable("entry", id, "amounts overflow");
         };
-        for (account, change) in changes {
-            let derived = self.accounts.entry(account).or_insert_with(|| Derived {
-                balances: Balances::default(),
-                units: BTreeSet::new(),
-                first_entry: id.to_owned(),
-            });
-            match derived.balances.plus(&change) {
-                Some(balances) => derived.balances = balances,
-                None => return self.unreadable("entry", id, "balances overflow"),
+        let moving = record.sequence > self.settled;
+        if moving {
+            if matches!(entry.kind, EntryKind::Hold { .. }) {
+                self.moving_holds.insert(id.to_owned());
             }
+            if let Some(hold) = entry.kind.resolves() {
+                self.moving_holds.insert(hold.to_owned());
+            }
+        }
+        for (account, change) in changes {
+            let derived = self
+                .accounts
+                .entry(account.clone())
+                .or_insert_with(|| Derived {
+                    balances: Balances::default(),
+                    units: BTreeSet::new(),
+                    first_entry: id.to_owned(),
+                    listed: false,
+                });
+            let Some(balances) = derived.balances.plus(&change) else {
+                return self.unreadable("entry", id, "balances overflow");
+            };
+            if moving {
+                let states = self
+                    .moving_accounts
+                    .entry(account)
+                    .or_insert_with(|| vec![derived.balances]);
+                states.push(balances);
+            }
+            derived.balances = balances;
         }
         for posting in &entry.postings {
             if let Some(derived) = self.accounts.get_mut(&posting.account) {
@@ -249,39 +280,26 @@ impl Walk<'_> {
     }
 }
 
+/// What the account and hold reads found, kept apart from the entries' problems (which come
+/// first in the report) until the walk has passed the second head.
+#[derive(Default)]
+struct StoredState {
+    accounts_checked: usize,
+    /// In the report's order; a balance mismatch of an account the window changed is dropped
+    /// when the stored balance is one the account went through.
+    problems: Vec<Problem>,
+    /// Holds whose stored state (open or not) disagrees with the walk at the first head.
+    holds: BTreeSet<String>,
+}
+
 impl Ledger {
     /// Proves the tenant's ledger: every entry's hash and link, every entry balanced per unit,
     /// every account's cached balances equal to the sum of its postings (posted and pending),
     /// no account below its floor, every hold's state as the entries say, the head at the last
-    /// entry. Reads are not one snapshot, so when entries are written meanwhile (the head moved)
-    /// it starts over; after a few tries it gives up with the conflict.
+    /// entry. Answers while entries are being written (see the module docs): an account or hold
+    /// changed while it was read is checked against every state it went through meanwhile, and
+    /// is checked exactly by the next reconciliation once it rests.
     pub async fn reconcile(&self, tenant: &str) -> Result<ReconcileReport, LedgerError> {
-        let head_key = records::key(tenant, HEAD, HEAD_ID).to_string();
-        let mut conflict = None;
-        for _ in 0..ATTEMPTS {
-            let (version, head) = self.load_head(tenant).await?;
-            let report = self.reconcile_at(tenant, &head).await?;
-            // Every entry write moves the head: if it did not move, what was read is one state.
-            let (now, _) = self.load_head(tenant).await?;
-            if now == version {
-                return Ok(report);
-            }
-            conflict = Some(StoreError::Conflict {
-                key: head_key.clone(),
-                expected: version,
-                found: now,
-            });
-        }
-        Err(LedgerError::Store(conflict.unwrap_or_else(|| {
-            StoreError::Backend("reconcile made no attempt".into())
-        })))
-    }
-
-    async fn reconcile_at(
-        &self,
-        tenant: &str,
-        head: &HeadRecord,
-    ) -> Result<ReconcileReport, LedgerError> {
         let mut walk = Walk {
             tenant,
             problems: Vec::new(),
@@ -290,21 +308,20 @@ impl Ledger {
             previous: None,
             open_holds: BTreeMap::new(),
             accounts: BTreeMap::new(),
+            settled: u64::MAX,
+            moving_accounts: BTreeMap::new(),
+            moving_holds: BTreeSet::new(),
         };
-        if head.last_sequence > 0 {
-            for block in 0..=head.last_sequence / SEQUENCE_BLOCK {
-                for (id, record) in self.entry_block(tenant, block).await? {
-                    // Entries past the head were written after it was read.
-                    if record
-                        .as_ref()
-                        .is_ok_and(|record| record.sequence > head.last_sequence)
-                    {
-                        continue;
-                    }
-                    walk.visit(&id, record);
-                }
-            }
-        }
+        let (_, first) = self.load_head(tenant).await?;
+        self.walk_through(&mut walk, 1, first.last_sequence).await?;
+        let mut stored = StoredState::default();
+        self.check_accounts(tenant, &mut walk, &mut stored).await?;
+        self.check_holds(tenant, &walk, &mut stored).await?;
+        // Entries written meanwhile: walked on to the head as it is now.
+        let (_, head) = self.load_head(tenant).await?;
+        walk.settled = first.last_sequence;
+        self.walk_through(&mut walk, first.last_sequence + 1, head.last_sequence)
+            .await?;
         if walk.next_sequence <= head.last_sequence {
             walk.problems.push(Problem::MissingEntry {
                 sequence: walk.next_sequence,
@@ -316,22 +333,64 @@ impl Ledger {
                 last_entry: walk.previous.as_ref().map(|(id, _)| id.clone()),
             });
         }
-        let accounts_checked = self.check_accounts(tenant, &mut walk).await?;
-        self.check_holds(tenant, &mut walk).await?;
+        let moving = &walk.moving_accounts;
+        stored.problems.retain(|problem| match problem {
+            Problem::BalanceMismatch {
+                account, stored, ..
+            } => !moving
+                .get(account)
+                .is_some_and(|states| states.contains(stored)),
+            _ => true,
+        });
+        let mut problems = walk.problems;
+        problems.append(&mut stored.problems);
+        problems.extend(
+            stored
+                .holds
+                .difference(&walk.moving_holds)
+                .map(|hold| Problem::HoldMismatch { hold: hold.clone() }),
+        );
         Ok(ReconcileReport {
-            accounts_checked,
+            accounts_checked: stored.accounts_checked,
             entries_checked: walk.entries,
-            problems: walk.problems,
+            problems,
         })
     }
 
-    /// Compares every stored account with the walk's sums; returns how many were compared.
+    /// Walks the entries numbered `from..=last` (fewer when some are missing); the blocks are
+    /// read as they are now, so entries past `last` are skipped. An entry that does not decode
+    /// (it has no number) is reported from the first read of its block only.
+    async fn walk_through(
+        &self,
+        walk: &mut Walk<'_>,
+        from: u64,
+        last: u64,
+    ) -> Result<(), LedgerError> {
+        if last < from {
+            return Ok(());
+        }
+        let read_before = (from > 1).then(|| (from - 1) / SEQUENCE_BLOCK);
+        for block in from / SEQUENCE_BLOCK..=last / SEQUENCE_BLOCK {
+            for (id, record) in self.entry_block(walk.tenant, block).await? {
+                let walk_it = match &record {
+                    Ok(record) => (from..=last).contains(&record.sequence),
+                    Err(_) => read_before != Some(block),
+                };
+                if walk_it {
+                    walk.visit(&id, record);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares every stored account with the walk's sums at the first head.
     async fn check_accounts(
         &self,
         tenant: &str,
         walk: &mut Walk<'_>,
-    ) -> Result<usize, LedgerError> {
-        let mut checked = 0;
+        stored: &mut StoredState,
+    ) -> Result<(), LedgerError> {
         let mut after: Option<String> = None;
         loop {
             let page = self
@@ -346,25 +405,35 @@ impl Ledger {
                 .await?;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
-            for (name, stored) in page {
-                checked += 1;
-                let derived = walk.accounts.remove(&name);
-                let account = match AccountRecord::decode(stored.data.as_ref()) {
+            for (name, record) in page {
+                stored.accounts_checked += 1;
+                let unreadable = |reason: String| Problem::Unreadable {
+                    kind: "account".to_owned(),
+                    id: name.clone(),
+                    reason,
+                };
+                let account = match AccountRecord::decode(record.data.as_ref()) {
                     Ok(record) if record.name == name => record.to_account(),
                     Ok(record) => {
-                        walk.unreadable("account", &name, format!("names {}", record.name));
+                        stored
+                            .problems
+                            .push(unreadable(format!("names {}", record.name)));
                         continue;
                     }
                     Err(error) => {
-                        walk.unreadable("account", &name, error.to_string());
+                        stored.problems.push(unreadable(error.to_string()));
                         continue;
                     }
                 };
-                let (balances, units) = derived
-                    .map(|derived| (derived.balances, derived.units))
-                    .unwrap_or_default();
+                let (balances, units) = match walk.accounts.get_mut(&name) {
+                    Some(derived) => {
+                        derived.listed = true;
+                        (derived.balances, derived.units.clone())
+                    }
+                    None => Default::default(),
+                };
                 if balances != account.balances {
-                    walk.problems.push(Problem::BalanceMismatch {
+                    stored.problems.push(Problem::BalanceMismatch {
                         account: name.clone(),
                         stored: account.balances,
                         derived: balances,
@@ -374,29 +443,38 @@ impl Ledger {
                     .floor
                     .is_some_and(|floor| account.balances.available() < floor)
                 {
-                    walk.problems.push(Problem::BelowFloor {
+                    stored.problems.push(Problem::BelowFloor {
                         account: name.clone(),
                     });
                 }
                 for unit in units.into_iter().filter(|unit| *unit != account.unit) {
-                    walk.problems.push(Problem::UnitMismatch {
+                    stored.problems.push(Problem::UnitMismatch {
                         account: name.clone(),
                         unit,
                     });
                 }
             }
         }
-        for (account, derived) in std::mem::take(&mut walk.accounts) {
-            walk.problems.push(Problem::UnknownAccount {
-                account,
-                entry: derived.first_entry,
-            });
+        // Opened before its first entry, so every account the walk has seen so far is stored.
+        for (account, derived) in &walk.accounts {
+            if !derived.listed {
+                stored.problems.push(Problem::UnknownAccount {
+                    account: account.clone(),
+                    entry: derived.first_entry.clone(),
+                });
+            }
         }
-        Ok(checked)
+        Ok(())
     }
 
-    /// The holds indexed as open must be exactly those the walk left pending.
-    async fn check_holds(&self, tenant: &str, walk: &mut Walk<'_>) -> Result<(), LedgerError> {
+    /// The holds indexed as open must be exactly those the walk left pending at the first head
+    /// (or be ones an entry written meanwhile created or resolved).
+    async fn check_holds(
+        &self,
+        tenant: &str,
+        walk: &Walk<'_>,
+        stored: &mut StoredState,
+    ) -> Result<(), LedgerError> {
         let mut open = BTreeSet::new();
         let mut after: Option<String> = None;
         loop {
@@ -409,10 +487,9 @@ impl Ledger {
             open.extend(page.into_iter().map(|(id, _)| id));
         }
         let pending: BTreeSet<String> = walk.open_holds.keys().cloned().collect();
-        for hold in open.symmetric_difference(&pending) {
-            walk.problems
-                .push(Problem::HoldMismatch { hold: hold.clone() });
-        }
+        stored
+            .holds
+            .extend(open.symmetric_difference(&pending).cloned());
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use store::{Commit, Store};
 
-use crate::records::{self, EntryRecord};
+use crate::records::{self, AccountRecord, EntryRecord};
 
 /// Changes stored entry `id`: one point more on its first posting (or a metadata field when it
 /// has none). With `rehash` the entry's own hash is recomputed, so only the chain link to the
@@ -30,6 +30,31 @@ pub async fn tamper(store: &dyn Store, tenant: &str, id: &str, rehash: bool) {
             expected_version: stored.version,
             data: Bytes::from(record.encode_to_vec()),
             index: records::entry_index(record.sequence, accounts.iter().map(String::as_str)),
+            events: Vec::new(),
+            idempotency: None,
+        })
+        .await
+        .expect("tamper");
+}
+
+/// Adds `delta` to stored account `name`'s posted balance behind the ledger's back (its cached
+/// balance then no longer sums its entries). Panics if the account is not there or moved while
+/// being edited.
+pub async fn tamper_account(store: &dyn Store, tenant: &str, name: &str, delta: i64) {
+    let key = records::key(tenant, records::ACCOUNT, name);
+    let stored = store
+        .load(&key)
+        .await
+        .expect("load")
+        .expect("stored account");
+    let mut record = AccountRecord::decode(stored.data.as_ref()).expect("decode");
+    record.posted += delta;
+    store
+        .commit(Commit {
+            key,
+            expected_version: stored.version,
+            data: Bytes::from(record.encode_to_vec()),
+            index: vec![records::account_list()],
             events: Vec::new(),
             idempotency: None,
         })

@@ -43,6 +43,7 @@ on_both_engines!(
     an_entry_and_the_idempotency_record_made_from_it_commit_together_or_not_at_all,
     a_burst_of_appends_batches_and_each_append_stands_or_fails_alone,
     two_replicas_appending_to_one_chain_keep_it_numbered_and_linked,
+    reconcile_answers_while_entries_keep_coming_and_still_names_an_edited_account,
 );
 
 async fn concurrent_transfers_conserve_totals_and_keep_the_chain_intact(
@@ -433,6 +434,100 @@ async fn two_replicas_appending_to_one_chain_keep_it_numbered_and_linked(
     );
     let report = ledger.reconcile(TENANT).await.expect("reconcile");
     assert!(report.is_clean(), "{report:?}");
+}
+
+/// A busy tenant's chain never stands still, so reconciliation must answer while entries keep
+/// coming — transfers, holds posted and voided — and be clean (it gave up with a conflict after
+/// five tries when the head moved under it). It must still catch an account edited behind the
+/// ledger's back meanwhile.
+async fn reconcile_answers_while_entries_keep_coming_and_still_names_an_edited_account(
+    ledger: Ledger,
+    store: Arc<dyn Store>,
+) {
+    const QUIET: &str = "member:quiet:points";
+    funded(&ledger, &MEMBERS, 1_000_000).await;
+    funded(&ledger, &[QUIET], 50).await;
+    use std::sync::atomic::Ordering::Relaxed;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writers: Vec<_> = (0..4usize)
+        .map(|task| {
+            let (ledger, stop, count) = (ledger.clone(), stop.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut written = 0u64;
+                while !stop.load(Relaxed) {
+                    let n = written;
+                    let (from, to) = (MEMBERS[task % 3], MEMBERS[(task + 1) % 3]);
+                    let at = 100 + n as i64;
+                    let entry = NewEntry::new(format!("w{task}-{n}-move"), at)
+                        .transfer(from, to, "points", 3);
+                    ledger.post(TENANT, entry).await.expect("transfer");
+                    let hold = format!("w{task}-{n}-hold");
+                    let reserve =
+                        NewEntry::new(hold.clone(), at).transfer(from, ISSUER, "points", 2);
+                    ledger
+                        .hold(TENANT, reserve, at + 1_000_000)
+                        .await
+                        .expect("hold");
+                    let resolve = NewEntry::new(format!("{hold}-end"), at + 1);
+                    if n.is_multiple_of(2) {
+                        ledger
+                            .post_hold(TENANT, &hold, resolve)
+                            .await
+                            .expect("post");
+                    } else {
+                        ledger
+                            .void_hold(TENANT, &hold, resolve)
+                            .await
+                            .expect("void");
+                    }
+                    written += 3;
+                    count.fetch_add(3, Relaxed);
+                }
+                written
+            })
+        })
+        .collect();
+    // Reconciliations during which entries were written, out of how many.
+    let (mut overlapped, mut runs) = (0, 0);
+    while overlapped < 10 {
+        runs += 1;
+        assert!(
+            runs <= 500,
+            "entries written during {overlapped} of {runs} reconciliations"
+        );
+        let before = count.load(Relaxed);
+        let report = ledger
+            .reconcile(TENANT)
+            .await
+            .expect("reconcile answers while entries are written");
+        assert!(report.is_clean(), "{report:?}");
+        if count.load(Relaxed) > before {
+            overlapped += 1;
+        }
+    }
+    ledger::testing::tamper_account(store.as_ref(), TENANT, QUIET, 7).await;
+    let report = ledger.reconcile(TENANT).await.expect("reconcile");
+    stop.store(true, Relaxed);
+    let mut written = 0;
+    for writer in writers {
+        written += writer.await.unwrap();
+    }
+    assert_eq!(
+        report.problems,
+        vec![Problem::BalanceMismatch {
+            account: QUIET.into(),
+            stored: ledger::Balances {
+                posted: 57,
+                ..Default::default()
+            },
+            derived: ledger::Balances {
+                posted: 50,
+                ..Default::default()
+            },
+        }],
+        "after {written} entries written alongside"
+    );
 }
 
 /// Counts the store's transactions: a `commit_all` is one, a `commit_each` one.

@@ -304,32 +304,18 @@ async fn kill_loop(
     (server, done)
 }
 
-/// `ReconcilePayments`, asked again while it answers `ABORTED`: its ledger walk starts over
-/// when entries are written meanwhile and gives up after a few tries, and in the all-in-one the
-/// tenant's one chain also takes loyalty's accrual entries, which keep coming for a while after
-/// a burst of orders (the consumer catching up after the restarts). `ABORTED` is the contract's
-/// "retry", so the test retries as a client would, for at most `common::split::SETTLE`.
+/// `ReconcilePayments`, which must answer while loyalty's accrual entries still land on the
+/// tenant's one chain (the consumer catching up after the restarts): the ledger walk answers
+/// under live writes, so `ABORTED` here is a failure, not a retry.
 async fn reconcile_payments(client: &Client) -> co::ReconcilePaymentsResponse {
-    let started = Instant::now();
-    loop {
-        match client
-            .call(
-                "/commerce.checkout.v1.CheckoutAdminService/ReconcilePayments",
-                co::ReconcilePaymentsRequest::default(),
-                None,
-            )
-            .await
-        {
-            Ok(reconciled) => return reconciled,
-            Err(reason)
-                if reason == "CONCURRENT_MODIFICATION"
-                    && started.elapsed() < common::split::SETTLE =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(reason) => panic!("ReconcilePayments: {reason}"),
-        }
-    }
+    client
+        .call(
+            "/commerce.checkout.v1.CheckoutAdminService/ReconcilePayments",
+            co::ReconcilePaymentsRequest::default(),
+            None,
+        )
+        .await
+        .unwrap_or_else(|reason| panic!("ReconcilePayments: {reason}"))
 }
 
 /// Everything the suite proves once the faults stop (see the module docs).

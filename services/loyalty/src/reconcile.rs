@@ -104,10 +104,15 @@ impl Loyalty {
         while let Some(page) = pages.next().await? {
             for (member_id, stored) in page {
                 let record = MemberRecord::load(&stored)?;
-                discrepancies.extend(
-                    self.member_discrepancies(tenant, &member_id, &record)
-                        .await?,
-                );
+                let mut found = self
+                    .member_discrepancies(tenant, &member_id, &record)
+                    .await?;
+                if !found.is_empty() {
+                    found = self
+                        .settled_member_discrepancies(tenant, &member_id)
+                        .await?;
+                }
+                discrepancies.extend(found);
             }
         }
         discrepancies.extend(self.missing_effects(tenant).await?);
@@ -117,6 +122,35 @@ impl Loyalty {
             clean: discrepancies.is_empty(),
             discrepancies,
         })
+    }
+
+    /// A member's discrepancies from reads that show one state: the member record, its
+    /// accounts, then the record again at the same version (every change of a member's
+    /// accounts rewrites its record in the same commit, so an unchanged record means the
+    /// accounts read in between are its own). A member that keeps changing is checked against
+    /// the last reads after a few tries.
+    async fn settled_member_discrepancies(
+        &self,
+        tenant: &str,
+        member_id: &str,
+    ) -> Result<Vec<LedgerDiscrepancy>, LoyaltyError> {
+        const TRIES: usize = 5;
+        let key = records::key(tenant, records::MEMBER, member_id);
+        let mut found = Vec::new();
+        for _ in 0..TRIES {
+            let Some(stored) = self.store.load(&key).await? else {
+                return Ok(Vec::new());
+            };
+            let record = MemberRecord::load(&stored)?;
+            found = self
+                .member_discrepancies(tenant, member_id, &record)
+                .await?;
+            let again = self.store.load(&key).await?;
+            if found.is_empty() || again.is_some_and(|again| again.version == stored.version) {
+                break;
+            }
+        }
+        Ok(found)
     }
 
     /// Paid orders that earned nothing yet and refunds not yet reversed: checkout's events that

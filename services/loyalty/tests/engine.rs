@@ -482,6 +482,64 @@ async fn tiers_upgrade_on_accrual_and_downgrade_after_grace() {
     world.assert_reconciled().await;
 }
 
+/// `ReconcileLedger` must answer, clean, while members keep earning: the ledger walk runs on
+/// past entries written meanwhile, and a member whose record and accounts changed between two
+/// reads is read again until both show one state (it answered `ABORTED`, or named a member's
+/// lots as mismatched, under a steady stream of accruals).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_answers_clean_while_members_keep_earning() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let world = Arc::new(World::new().await);
+    let mut members = Vec::new();
+    for customer in 0..4 {
+        members.push(world.member(&format!("c-{customer}"), true).await);
+    }
+    let (stop, count) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let earners: Vec<_> = members
+        .iter()
+        .cloned()
+        .map(|member| {
+            let (world, stop, count) = (world.clone(), stop.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut order = 0;
+                while !stop.load(Relaxed) {
+                    order += 1;
+                    world
+                        .accrue(&member, &format!("{member}-o{order}"), 1_000)
+                        .await;
+                    count.fetch_add(1, Relaxed);
+                }
+            })
+        })
+        .collect();
+    let (mut overlapped, mut runs) = (0, 0);
+    while overlapped < 10 {
+        runs += 1;
+        assert!(
+            runs <= 500,
+            "accruals during {overlapped} of {runs} reconciliations"
+        );
+        let before = count.load(Relaxed);
+        let report = world
+            .engine
+            .reconcile(TENANT)
+            .await
+            .expect("ReconcileLedger answers while members earn");
+        assert!(report.clean, "{:#?}", report.discrepancies);
+        if count.load(Relaxed) > before {
+            overlapped += 1;
+        }
+    }
+    stop.store(true, Relaxed);
+    for earner in earners {
+        earner.await.unwrap();
+    }
+    world.assert_reconciled().await;
+}
+
 #[tokio::test]
 async fn editing_a_stored_entry_makes_reconcile_fail_and_name_it() {
     let world = World::new().await;
