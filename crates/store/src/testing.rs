@@ -128,6 +128,8 @@ pub struct FaultyStore {
     /// Commits seen so far, and the number of the one that fails (0: none).
     commits: std::sync::atomic::AtomicU64,
     fail_at: std::sync::atomic::AtomicU64,
+    /// `commit` and `commit_all` calls the inner store refused with a conflict (lost races).
+    conflicts: std::sync::atomic::AtomicU64,
 }
 
 impl FaultyStore {
@@ -139,7 +141,22 @@ impl FaultyStore {
             batches_refused: std::sync::Mutex::new(None),
             commits: std::sync::atomic::AtomicU64::new(0),
             fail_at: std::sync::atomic::AtomicU64::new(0),
+            conflicts: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many `commit` and `commit_all` calls the inner store refused with a version
+    /// conflict so far: races the callers lost (injected refusals not counted).
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn count<T>(&self, outcome: Result<T, crate::StoreError>) -> Result<T, crate::StoreError> {
+        if matches!(outcome, Err(crate::StoreError::Conflict { .. })) {
+            self.conflicts
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        outcome
     }
 
     /// The next `times` commits touching an aggregate of `kind` fail.
@@ -213,12 +230,12 @@ impl crate::Store for FaultyStore {
 
     async fn commit(&self, commit: crate::Commit) -> Result<u64, crate::StoreError> {
         self.trip(std::slice::from_ref(&commit))?;
-        self.inner.commit(commit).await
+        self.count(self.inner.commit(commit).await)
     }
 
     async fn commit_all(&self, commits: Vec<crate::Commit>) -> Result<Vec<u64>, crate::StoreError> {
         self.trip(&commits)?;
-        self.inner.commit_all(commits).await
+        self.count(self.inner.commit_all(commits).await)
     }
 
     /// The jobs before the first one that trips go to the inner store as one `commit_each`;

@@ -215,6 +215,8 @@ impl Subscriptions {
         };
         let mut record = SubscriptionRecord::default();
         let mut extra = Vec::new();
+        // Held from reading the invoice counter until the commit that moves it is done.
+        let mut _counter_turn = None;
         if terms.trial_days > 0 && !skip_trial {
             let trial_end = now + i64::from(terms.trial_days) * MILLIS_PER_DAY;
             sub.status = SubscriptionStatus::Trialing as i32;
@@ -227,6 +229,7 @@ impl Subscriptions {
             sub.status = SubscriptionStatus::Incomplete as i32;
             sub.current_period_start = Some(timestamp_of_ms(period.start_ms));
             sub.current_period_end = Some(timestamp_of_ms(period.end_ms));
+            _counter_turn = Some(self.counter_turn(tenant).await);
             let (invoice, commits) = self
                 .invoice_commits(
                     tenant,
