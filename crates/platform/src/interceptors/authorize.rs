@@ -49,9 +49,12 @@ impl Check for Authorize {
         if policy.infrastructure {
             return Ok(());
         }
-        let principal = request.extensions().get::<Principal>().cloned();
+        // Borrowed, not cloned (its scopes are a set of strings): what the call needs from it is
+        // taken out below, and the extensions are changed once the borrow ends.
+        let principal = request.extensions().get::<Principal>();
+        let mut customer_of_call = None;
         let tenant = if policy.public {
-            match &principal {
+            match principal {
                 Some(principal) => principal.tenant.clone(),
                 None => request
                     .headers()
@@ -106,10 +109,13 @@ impl Check for Authorize {
                         format!("{} is not open to customer tokens", policy.name),
                     ));
                 }
-                request.extensions_mut().insert(Customer(customer.clone()));
+                customer_of_call = Some(Customer(customer.clone()));
             }
-            principal.tenant
+            principal.tenant.clone()
         };
+        if let Some(customer) = customer_of_call {
+            request.extensions_mut().insert(customer);
+        }
         request.extensions_mut().insert(Tenant(tenant));
         Ok(())
     }
