@@ -86,8 +86,16 @@ async fn concurrent_transfers_conserve_totals_and_keep_the_chain_intact(
         total += balance;
     }
     assert_eq!(total, 3 * FUNDS, "points were created or lost");
+    let report = assert_chain_intact(&ledger, 3 + written).await;
+    assert_eq!(report.entries_checked, 3 + written);
+    assert_eq!(report.accounts_checked, 4);
+}
+
+/// The tenant's chain holds `count` entries numbered 1..=count, each linked to the one before,
+/// and reconciles clean; returns the reconciliation's report.
+async fn assert_chain_intact(ledger: &Ledger, count: u64) -> ledger::ReconcileReport {
     let entries = ledger.entries(TENANT, 0, 10_000).await.expect("entries");
-    assert_eq!(entries.len() as u64, 3 + written);
+    assert_eq!(entries.len() as u64, count);
     assert!(
         entries
             .iter()
@@ -95,16 +103,18 @@ async fn concurrent_transfers_conserve_totals_and_keep_the_chain_intact(
             .all(|(i, entry)| entry.sequence == i as u64 + 1),
         "sequences run 1..n without gaps"
     );
+    let unlinked: Vec<_> = entries
+        .windows(2)
+        .filter(|pair| pair[1].prev_hash != pair[0].hash)
+        .map(|pair| pair[1].id.clone())
+        .collect();
     assert!(
-        entries
-            .windows(2)
-            .all(|pair| pair[1].prev_hash == pair[0].hash),
-        "each entry chains to the one before"
+        unlinked.is_empty(),
+        "entries not linked to the one before: {unlinked:?}"
     );
     let report = ledger.reconcile(TENANT).await.expect("reconcile");
     assert!(report.is_clean(), "{report:?}");
-    assert_eq!(report.entries_checked, 3 + written);
-    assert_eq!(report.accounts_checked, 4);
+    report
 }
 
 async fn racing_post_and_void_resolve_a_hold_once(ledger: Ledger, _store: Arc<dyn Store>) {
@@ -414,26 +424,7 @@ async fn two_replicas_appending_to_one_chain_keep_it_numbered_and_linked(
     }
     let written = (TASKS * GIFTS) as u64;
     assert_eq!(posted(&ledger, MEMBERS[0]).await, 1 + written as i64);
-    let entries = ledger.entries(TENANT, 0, 10_000).await.expect("entries");
-    assert_eq!(entries.len() as u64, 1 + written);
-    assert!(
-        entries
-            .iter()
-            .enumerate()
-            .all(|(i, entry)| entry.sequence == i as u64 + 1),
-        "sequences run 1..n without gaps"
-    );
-    let unlinked: Vec<_> = entries
-        .windows(2)
-        .filter(|pair| pair[1].prev_hash != pair[0].hash)
-        .map(|pair| pair[1].id.clone())
-        .collect();
-    assert!(
-        unlinked.is_empty(),
-        "entries not linked to the one before: {unlinked:?}"
-    );
-    let report = ledger.reconcile(TENANT).await.expect("reconcile");
-    assert!(report.is_clean(), "{report:?}");
+    assert_chain_intact(&ledger, 1 + written).await;
 }
 
 /// A busy tenant's chain never stands still, so reconciliation must answer while entries keep

@@ -478,8 +478,9 @@ async fn a_creation_that_keeps_losing_races_gives_up_cleanly_instead_of_overflow
     assert_eq!(created.first_invoice.map(|invoice| invoice.number), Some(1));
 }
 
-/// Creations at once in one tenant all take the next number of the tenant's invoice counter.
-/// In one process they take turns for it instead of racing: no creation's commit is refused
+/// Creations at once in one tenant all go through, each charged once, and all take the next
+/// number of the tenant's invoice counter (gap-free). In one process they take turns for it
+/// instead of racing: no creation's commit is refused
 /// (they lost a dozen races each on average at 16 at once, and one of 20,000 creations at 16 at
 /// once in `subscriptions-bench` lost 64 in a row and failed with `Contended`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -511,7 +512,11 @@ async fn creations_at_once_take_turns_for_the_invoice_counter_instead_of_racing(
     });
     let mut numbers = Vec::new();
     for created in futures_util::future::join_all(creations).await {
-        numbers.push(created.unwrap().unwrap().first_invoice.unwrap().number);
+        let created = created.unwrap().unwrap();
+        assert_eq!(created.subscription.status(), SubscriptionStatus::Active);
+        let invoice = created.first_invoice.expect("charged at once");
+        assert_eq!(invoice.status(), InvoiceStatus::Paid);
+        numbers.push(invoice.number);
     }
     numbers.sort();
     assert_eq!(numbers, (2..=49).collect::<Vec<_>>());
@@ -520,37 +525,4 @@ async fn creations_at_once_take_turns_for_the_invoice_counter_instead_of_racing(
         0,
         "commits refused: races lost"
     );
-}
-
-/// Creations at once in one tenant race for the invoice counter; every one goes through, each
-/// charged once, with numbers exactly 1..=32.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn thirty_two_creations_at_once_in_one_tenant_all_go_through_with_gap_free_numbers() {
-    let h = Arc::new(Harness::new().await);
-    let plan = h.plan(1_000, 0).await;
-    let creations = (0..32).map(|n| {
-        let (h, plan) = (h.clone(), plan.clone());
-        tokio::spawn(async move {
-            h.engine
-                .create_subscription(
-                    TENANT,
-                    &format!("create-{n}"),
-                    &format!("cust-{n}"),
-                    &plan,
-                    "tok_ok",
-                    false,
-                )
-                .await
-        })
-    });
-    let mut numbers = Vec::new();
-    for created in futures_util::future::join_all(creations).await {
-        let created = created.unwrap().unwrap();
-        assert_eq!(created.subscription.status(), SubscriptionStatus::Active);
-        let invoice = created.first_invoice.expect("charged at once");
-        assert_eq!(invoice.status(), InvoiceStatus::Paid);
-        numbers.push(invoice.number);
-    }
-    numbers.sort();
-    assert_eq!(numbers, (1..=32).collect::<Vec<_>>());
 }
