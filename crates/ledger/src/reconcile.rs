@@ -425,13 +425,10 @@ impl Ledger {
                         continue;
                     }
                 };
-                let (balances, units) = match walk.accounts.get_mut(&name) {
-                    Some(derived) => {
-                        derived.listed = true;
-                        (derived.balances, derived.units.clone())
-                    }
-                    None => Default::default(),
-                };
+                let derived = walk.accounts.get_mut(&name);
+                let balances = derived
+                    .as_ref()
+                    .map_or_else(Balances::default, |d| d.balances);
                 if balances != account.balances {
                     stored.problems.push(Problem::BalanceMismatch {
                         account: name.clone(),
@@ -447,11 +444,14 @@ impl Ledger {
                         account: name.clone(),
                     });
                 }
-                for unit in units.into_iter().filter(|unit| *unit != account.unit) {
-                    stored.problems.push(Problem::UnitMismatch {
-                        account: name.clone(),
-                        unit,
-                    });
+                if let Some(derived) = derived {
+                    derived.listed = true;
+                    for unit in derived.units.iter().filter(|unit| **unit != account.unit) {
+                        stored.problems.push(Problem::UnitMismatch {
+                            account: name.clone(),
+                            unit: unit.clone(),
+                        });
+                    }
                 }
             }
         }
